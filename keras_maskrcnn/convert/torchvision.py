@@ -1,0 +1,208 @@
+"""Weight import from torchvision detection checkpoints (state_dict -> our Keras layers).
+
+Shape shorthand: Cout/Cin output/input channels, kh/kw kernel height/width.
+
+Conventions pinned here:
+- A state_dict is a mapping name -> torch tensor or numpy array. torch is never imported: a value
+  with ``detach``/``cpu`` attributes is converted with ``np.asarray(v.detach().cpu())``.
+- Conv weights are transposed from torch (Cout, Cin, kh, kw) to Keras (kh, kw, Cin, Cout);
+  biases and FrozenBatchNorm buffers ([C]) are copied as they are.
+- Strict loading: a missing key, a key left unused under a consumed prefix, or a shape mismatch
+  raises a ``ValueError``/``KeyError`` that names the key (and expected vs got shapes). Nothing is
+  assigned unless every check passes. ``num_batches_tracked`` buffers are consumed silently
+  (torchvision's FrozenBatchNorm2d drops them too).
+- Every loader returns the set of keys it consumed, so a full-model converter can check that
+  the union covers the whole checkpoint.
+
+Name mapping (torchvision -> ours), under ``prefix`` (default "backbone."):
+  body.conv1 / body.bn1                     -> ResNet.stem_conv / stem_bn
+  body.layer{s}.{j}.conv{k} / bn{k}         -> ResNet.stages[s - 1][j].conv{k} / bn{k}
+  body.layer{s}.{j}.downsample.0 / .1       -> ... .shortcut_conv / shortcut_bn
+  fpn.inner_blocks.{i}.0 (old: .{i})        -> FPN.lateral_convs[i]
+  fpn.layer_blocks.{i}.0 (old: .{i})        -> FPN.output_convs[i]
+The RPN and RoI-head mappings are meant to be added here as further ``load_*`` functions built on
+``StateDictReader`` (``conv``, ``dense`` style helpers), combined by a full-model loader.
+"""
+import numpy as np
+
+
+def to_numpy(value):
+    """A torch tensor (any device, requires_grad or not) or array-like -> np.ndarray."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+        if str(getattr(value, "dtype", "")) == "torch.bfloat16":  # numpy has no bfloat16
+            value = value.float()
+    return np.asarray(value)
+
+
+def torch_conv_kernel_to_keras(weight):
+    """(Cout, Cin, kh, kw) -> (kh, kw, Cin, Cout)."""
+    return np.transpose(weight, (2, 3, 1, 0))  # torch OIHW -> Keras HWIO
+
+
+def _keras_conv_shape_to_torch(shape):
+    kh, kw, cin, cout = shape
+    return (cout, cin, kh, kw)
+
+
+class StateDictReader:
+    """Checked, all-or-nothing reads from a state_dict; remembers the keys it consumed.
+
+    ``read`` queues (variable, value) pairs after checking key and shape; ``commit`` assigns them
+    all at once, so a failing checkpoint leaves the model untouched.
+    """
+
+    def __init__(self, state_dict):
+        self.state_dict = state_dict
+        self.consumed = set()
+        self.targets = {}  # key -> the Keras variable it was (or will be) assigned to
+        self._pending = []
+
+    def has(self, key):
+        return key in self.state_dict
+
+    def read(self, variable, key, to_keras=None, torch_shape=None):
+        """Queues ``variable.assign(to_keras(state_dict[key]))`` after checking the shape.
+
+        Args:
+            variable: a Keras variable.
+            key: the state_dict key.
+            to_keras: layout conversion applied to the numpy value (None = as is).
+            torch_shape: the expected shape in the checkpoint's layout (for the error message;
+                default ``variable.shape``).
+        """
+        if key not in self.state_dict:
+            raise KeyError(f"missing key in state_dict: {key!r}")
+        value = to_numpy(self.state_dict[key])
+        expected = tuple(torch_shape or variable.shape)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"shape mismatch for {key!r}: expected {expected} "
+                             f"(for {variable.path}), got {tuple(value.shape)}")
+        value = to_keras(value) if to_keras is not None else value
+        self._pending.append((variable, value.astype(np.float32)))
+        self.consumed.add(key)
+        self.targets[key] = variable
+
+    def consume_if_present(self, key):
+        if key in self.state_dict:
+            self.consumed.add(key)
+
+    def check_no_leftover(self, prefix, ignore_prefixes=()):
+        """Raises if a key under ``prefix`` was not consumed (``prefix + ignore`` excepted)."""
+        skip = tuple(prefix + p for p in ignore_prefixes)
+        leftover = sorted(k for k in self.state_dict
+                          if k.startswith(prefix) and k not in self.consumed
+                          and not (skip and k.startswith(skip)))
+        if leftover:
+            raise ValueError(f"unexpected key(s) under {prefix!r} not used by the model: "
+                             f"{leftover[:10]}{' ...' if len(leftover) > 10 else ''}")
+
+    def commit(self):
+        for variable, value in self._pending:
+            variable.assign(value)
+        self._pending = []
+        return set(self.consumed)
+
+
+def read_conv(reader, conv, key_prefix):
+    """Queues a keras Conv2D from ``{key_prefix}weight`` (+ ``bias`` when the conv has one)."""
+    reader.read(conv.kernel, key_prefix + "weight", torch_conv_kernel_to_keras,
+                _keras_conv_shape_to_torch(conv.kernel.shape))
+    if conv.use_bias:
+        reader.read(conv.bias, key_prefix + "bias")
+
+
+def read_frozen_bn(reader, bn, key_prefix):
+    """Queues a FrozenBatchNorm from weight, bias, running_mean, running_var."""
+    for ours, theirs in (("gamma", "weight"), ("beta", "bias"),
+                         ("moving_mean", "running_mean"), ("moving_variance", "running_var")):
+        reader.read(getattr(bn, ours), key_prefix + theirs)
+    reader.consume_if_present(key_prefix + "num_batches_tracked")
+
+
+def _require_built(layer, how):
+    if not layer.built:
+        raise ValueError(f"{layer.name} is not built: {how} before loading weights")
+
+
+def read_resnet(reader, resnet, prefix):
+    """Queues every ResNet weight from torchvision keys ``{prefix}conv1.weight`` etc."""
+    _require_built(resnet, "call it once or resnet.build((None, None, None, 3))")
+    read_conv(reader, resnet.stem_conv, prefix + "conv1.")
+    read_frozen_bn(reader, resnet.stem_bn, prefix + "bn1.")
+    for s, blocks in enumerate(resnet.stages, start=1):
+        for j, block in enumerate(blocks):
+            key = f"{prefix}layer{s}.{j}."
+            for k, (conv, bn) in enumerate(block.conv_bn_pairs(), start=1):
+                read_conv(reader, conv, f"{key}conv{k}.")
+                read_frozen_bn(reader, bn, f"{key}bn{k}.")
+            if block.shortcut_conv is not None:
+                read_conv(reader, block.shortcut_conv, key + "downsample.0.")
+                read_frozen_bn(reader, block.shortcut_bn, key + "downsample.1.")
+
+
+def read_fpn(reader, fpn, prefix):
+    """Queues the FPN convs from ``{prefix}inner_blocks.i.0.*`` / ``layer_blocks.i.0.*``.
+
+    Checkpoints saved before torchvision 0.13 (FPN ``_version`` 1) name them
+    ``inner_blocks.i.weight`` without the ``.0``; both are accepted.
+    """
+    _require_built(fpn, "call it once or fpn.build({'C2': (None, None, None, c2), ...})")
+    for group, convs in (("inner_blocks", fpn.lateral_convs), ("layer_blocks", fpn.output_convs)):
+        for i, conv in enumerate(convs):
+            key = f"{prefix}{group}.{i}."
+            if not reader.has(key + "0.weight") and reader.has(key + "weight"):
+                read_conv(reader, conv, key)  # old layout, no ".0"
+            else:
+                read_conv(reader, conv, key + "0.")
+
+
+def load_resnet_weights(resnet, state_dict, prefix="backbone.body.", ignore_prefixes=()):
+    """Loads a torchvision ResNet body into ``resnet`` (a built ``models.backbones.ResNet``).
+
+    Args:
+        resnet: ``ResNet`` layer (built; this function builds it for 3 input channels if not).
+        state_dict: name -> torch tensor / numpy array.
+        prefix: key prefix of the body ("backbone.body." in detection models, "" for an ImageNet
+            classification checkpoint, with ``ignore_prefixes=("fc.",)``).
+        ignore_prefixes: key prefixes (relative to ``prefix``) exempt from the leftover check.
+    Returns:
+        set of consumed keys.
+    """
+    if not resnet.built:
+        resnet.build((None, None, None, 3))
+    reader = StateDictReader(state_dict)
+    read_resnet(reader, resnet, prefix)
+    reader.check_no_leftover(prefix, ignore_prefixes)
+    return reader.commit()
+
+
+def load_fpn_weights(fpn, state_dict, prefix="backbone.fpn."):
+    """Loads torchvision ``FeaturePyramidNetwork`` weights into a built ``layers.fpn.FPN``.
+
+    Returns:
+        set of consumed keys.
+    """
+    reader = StateDictReader(state_dict)
+    read_fpn(reader, fpn, prefix)
+    reader.check_no_leftover(prefix)
+    return reader.commit()
+
+
+def load_resnet_fpn_weights(resnet, fpn, state_dict, prefix="backbone."):
+    """Loads ``{prefix}body.*`` into ``resnet`` and ``{prefix}fpn.*`` into ``fpn``, all or nothing.
+
+    Builds unbuilt layers (3 input channels; the FPN from ``resnet.out_channels``).
+
+    Returns:
+        set of consumed keys (every key under ``prefix``, else an error was raised).
+    """
+    if not resnet.built:
+        resnet.build((None, None, None, 3))
+    if not fpn.built:
+        fpn.build({k: (None, None, None, c) for k, c in resnet.out_channels.items()})
+    reader = StateDictReader(state_dict)
+    read_resnet(reader, resnet, prefix + "body.")
+    read_fpn(reader, fpn, prefix + "fpn.")
+    reader.check_no_leftover(prefix)
+    return reader.commit()

@@ -1,0 +1,151 @@
+"""Anchors: cell anchors, anchors on one feature grid, anchors for all FPN levels.
+
+Shape shorthand:
+    B  batch size
+    N  anchors per image (all levels concatenated)
+    A  anchors per location (len(sizes) * len(aspect_ratios) of a level)
+    H, W  feature map height and width of one level
+    R, M, K, S  (RoIs, GT, classes, mask size) are not used here
+
+Conventions pinned here (tests/test_anchors.py checks each one against torchvision's
+``AnchorGenerator``):
+    * Aspect ratio = height / width. A cell anchor of size s and ratio r has
+      w = s / sqrt(r), h = s * sqrt(r), corners (-w/2, -h/2, w/2, h/2) rounded to integers
+      (round half to even), computed in float32.
+    * Cell anchors are ordered ratio-major, size-minor: [(r0, s0), (r0, s1), ..., (r1, s0)...].
+    * Anchor centre offset 0: the anchor at feature cell (i, j) is centred at
+      (j * stride_w, i * stride_h). Anchors are ordered row-major over locations (y, then x),
+      anchors-per-location minor: index = (i * W + j) * A + a.
+    * The stride of a level is ``image_size // feature_size`` (integer floor division, per
+      axis), exactly as torchvision: a P6 of 13 rows on an 800-row input has stride 61.
+    * The anchors are the same for every image of a batch (they depend only on the padded
+      input size), so no batch dim is produced.
+
+All functions accept Python ints or scalar int tensors for image and feature sizes, so they
+work inside ``tf.function`` with dynamic input sizes. With Python ints the output shapes are
+static.
+"""
+import tensorflow as tf
+
+DEFAULT_SIZES = ((32,), (64,), (128,), (256,), (512,))
+DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+def cell_anchors(sizes, aspect_ratios):
+    """Zero-centred anchors of one level, torchvision's ``generate_anchors``.
+
+    Args:
+        sizes: sequence of Python numbers (anchor side for ratio 1), e.g. (32,).
+        aspect_ratios: sequence of Python numbers, height / width, e.g. (0.5, 1.0, 2.0).
+
+    Returns:
+        (A, 4) float32 xyxy, A = len(aspect_ratios) * len(sizes), ratio-major/size-minor,
+        corners rounded half-to-even (w = 45.25 -> x2 = round(22.625) = 23).
+    """
+    scales = tf.constant(sizes, tf.float32)
+    ratios = tf.constant(aspect_ratios, tf.float32)
+    h_ratios = tf.sqrt(ratios)
+    w_ratios = 1.0 / h_ratios
+    ws = tf.reshape(w_ratios[:, None] * scales[None, :], [-1])  # (ratios, sizes) -> (A,)
+    hs = tf.reshape(h_ratios[:, None] * scales[None, :], [-1])  # (ratios, sizes) -> (A,)
+    base = tf.stack([-ws, -hs, ws, hs], axis=1) / 2.0  # (A, 4)
+    return tf.round(base)
+
+
+def grid_anchors(cell, feature_height, feature_width, stride_h, stride_w):
+    """Tile the cell anchors over one feature grid.
+
+    Args:
+        cell: (A, 4) float32 zero-centred anchors from ``cell_anchors``.
+        feature_height, feature_width: Python ints or scalar int tensors (H, W).
+        stride_h, stride_w: Python ints or scalar int tensors, pixels between cells.
+
+    Returns:
+        (H * W * A, 4) float32 xyxy anchors; anchor (i, j, a) at row (i * W + j) * A + a is
+        ``cell[a] + (j * stride_w, i * stride_h, j * stride_w, i * stride_h)`` (centre
+        offset 0), torchvision's ``AnchorGenerator.grid_anchors`` order.
+    """
+    cell = tf.convert_to_tensor(cell, tf.float32)
+    shifts_x = tf.range(tf.cast(feature_width, tf.int32)) * tf.cast(stride_w, tf.int32)  # (W,)
+    shifts_y = tf.range(tf.cast(feature_height, tf.int32)) * tf.cast(stride_h, tf.int32)  # (H,)
+    shift_y, shift_x = tf.meshgrid(shifts_y, shifts_x, indexing="ij")  # (H, W) each
+    shift_x = tf.reshape(shift_x, [-1])  # (H, W) -> (H*W,), row-major
+    shift_y = tf.reshape(shift_y, [-1])  # (H, W) -> (H*W,)
+    shifts = tf.cast(tf.stack([shift_x, shift_y, shift_x, shift_y], axis=1), tf.float32)
+    anchors = shifts[:, None, :] + cell[None, :, :]  # (H*W, 1, 4) + (1, A, 4) -> (H*W, A, 4)
+    return tf.reshape(anchors, [-1, 4])  # (H*W, A, 4) -> (H*W*A, 4), anchors minor
+
+
+def _per_level(values, num_levels, name):
+    """Normalise per-level specs: a flat sequence of numbers is used for every level."""
+    values = tuple(values)
+    if values and not isinstance(values[0], (list, tuple)):
+        return (values,) * num_levels
+    if len(values) != num_levels:
+        raise ValueError(f"{name} has {len(values)} levels but there are {num_levels} feature maps")
+    return values
+
+
+def multilevel_anchors(
+    image_height,
+    image_width,
+    feature_sizes,
+    sizes=DEFAULT_SIZES,
+    aspect_ratios=DEFAULT_ASPECT_RATIOS,
+):
+    """Anchors of every pyramid level for one padded input size.
+
+    Args:
+        image_height, image_width: padded input size, Python ints or scalar int tensors.
+        feature_sizes: sequence of (H_l, W_l) per level, Python ints or scalar int tensors
+            (e.g. from ``fpn_feature_sizes``).
+        sizes: per-level sequences of anchor sizes, ((32,), (64,), ...) for P2..P6.
+        aspect_ratios: per-level sequences of ratios (h / w), or one flat sequence used for
+            every level (torchvision's AnchorGenerator does the same).
+
+    Returns:
+        list of (H_l * W_l * A_l, 4) float32 xyxy anchors, one per level. Concatenated over
+        levels they equal torchvision's ``AnchorGenerator`` output for one image. Level l
+        uses stride (image_height // H_l, image_width // W_l) (floor division).
+    """
+    feature_sizes = tuple(feature_sizes)
+    sizes = _per_level(sizes, len(feature_sizes), "sizes")
+    aspect_ratios = _per_level(aspect_ratios, len(feature_sizes), "aspect_ratios")
+    anchors = []
+    for (height, width), level_sizes, level_ratios in zip(feature_sizes, sizes, aspect_ratios):
+        stride_h = image_height // height
+        stride_w = image_width // width
+        cell = cell_anchors(level_sizes, level_ratios)
+        anchors.append(grid_anchors(cell, height, width, stride_h, stride_w))
+    return anchors
+
+
+def _conv_stride2(size):
+    """Output size of a stride-2 layer that ResNet-FPN uses (ceil(size / 2))."""
+    # conv 7x7/2 pad 3, maxpool 3x3/2 pad 1, conv 3x3/2 pad 1, conv 1x1/2 pad 0 and
+    # max_pool 1x1/2 pad 0 all give floor((size - 1) / 2) + 1 = ceil(size / 2).
+    return (size - 1) // 2 + 1
+
+
+def fpn_feature_sizes(image_height, image_width, min_level=2, max_level=6):
+    """Feature map sizes P{min_level}..P{max_level} of a ResNet-FPN for a padded input.
+
+    Args:
+        image_height, image_width: Python ints or scalar int tensors.
+        min_level, max_level: Python ints, 1 <= min_level <= max_level. P1 is conv1's
+            output, P2 is after the stem max-pool (layer1), P3..P5 are after layer2..4
+            (stride in the 3x3 conv), P6 = max_pool(P5, kernel 1, stride 2).
+
+    Returns:
+        list of (H_l, W_l) tuples, one per level; H_l = ceil(image_height / 2**l)
+        (each stride-2 layer rounds up). Python ints in, Python ints out.
+    """
+    if not 1 <= min_level <= max_level:
+        raise ValueError(f"need 1 <= min_level <= max_level, got {min_level}, {max_level}")
+    height, width = image_height, image_width
+    feature_sizes = []
+    for level in range(1, max_level + 1):
+        height, width = _conv_stride2(height), _conv_stride2(width)
+        if level >= min_level:
+            feature_sizes.append((height, width))
+    return feature_sizes

@@ -1,0 +1,168 @@
+"""Keypoints <-> heatmaps: training targets for the keypoint head and inference decoding.
+
+Shape shorthand:
+    B  batch size
+    R  RoIs per image
+    M  GT instances per image
+    K  keypoints per instance (17 for COCO persons; here K never means classes)
+    S  heatmap size (56 in Keypoint R-CNN)
+    ...  any number of leading (batch) dims, e.g. (B,); every function here accepts them
+
+Conventions pinned here (tests/test_keypoints.py checks each against torchvision's
+``roi_heads.keypoints_to_heatmap`` / ``heatmaps_to_keypoints``):
+    * Keypoints are (x, y, visibility) in absolute image pixels; visibility > 0 means labelled.
+    * Heatmap cell (i, j) of an S x S heatmap covers RoI-relative continuous coordinates
+      [j, j + 1) x [i, i + 1) after scaling the RoI to S x S (Heckbert: c = d + 0.5), so a
+      keypoint maps to floor((x - x1) * S / (x2 - x1)); a keypoint exactly on the right
+      (bottom) RoI edge goes to the last column (row), as in torchvision.
+    * Decoding resizes each heatmap to ceil(RoI size) (at least 1 px) with PyTorch's bicubic
+      kernel (A = -0.75, align_corners=False, taps clamped to the border), takes the argmax
+      (first maximum in row-major order on ties) and maps it back with the +0.5 offset.
+"""
+import tensorflow as tf
+
+
+def keypoints_to_heatmap(keypoints, rois, heatmap_size):
+    """Heatmap classification targets of GT keypoints inside their RoIs.
+
+    Args:
+        keypoints: (..., R, K, 3) float [x, y, visibility] in image pixels: the keypoints of
+            the GT instance each RoI is matched to.
+        rois: (..., R, 4) float xyxy RoIs.
+        heatmap_size: Python int S.
+
+    Returns:
+        targets: (..., R, K) int32 flat index y * S + x of the keypoint's heatmap cell, 0
+            where not valid.
+        valid: (..., R, K) bool, True where the keypoint is labelled (visibility > 0) and its
+            cell lies inside the S x S heatmap.
+
+    Equal to torchvision's ``keypoints_to_heatmap`` (which returns int64 and a 0/1 valid).
+    Keypoints exactly on x == x2 (y == y2) get column (row) S - 1. RoIs of zero width or
+    height give non-finite scales; their keypoints are invalid unless on that boundary.
+    """
+    keypoints = tf.convert_to_tensor(keypoints, dtype=tf.float32)
+    rois = tf.convert_to_tensor(rois, dtype=tf.float32)
+    size = float(heatmap_size)
+    rois = rois[..., :, None, :]  # (..., R, 4) -> (..., R, 1, 4) to broadcast over K
+    x1, y1, x2, y2 = rois[..., 0], rois[..., 1], rois[..., 2], rois[..., 3]  # (..., R, 1)
+    scale_x = size / (x2 - x1)  # torchvision's order: scale first, then (x - x1) * scale
+    scale_y = size / (y2 - y1)
+    x, y, vis = keypoints[..., 0], keypoints[..., 1], keypoints[..., 2]  # (..., R, K)
+    fx = tf.floor((x - x1) * scale_x)
+    fy = tf.floor((y - y1) * scale_y)
+    # The border keypoint goes to the last cell whatever its scaled value.
+    fx = tf.where(tf.equal(x, x2), size - 1.0, fx)
+    fy = tf.where(tf.equal(y, y2), size - 1.0, fy)
+    # Decide validity on floats (floor(v) in [0, S) <=> v in [0, S); NaN -> invalid), so that
+    # huge or non-finite values are never cast to int.
+    valid = (fx >= 0.0) & (fx < size) & (fy >= 0.0) & (fy < size) & (vis > 0.0)
+    fx = tf.where(valid, fx, 0.0)
+    fy = tf.where(valid, fy, 0.0)
+    targets = tf.cast(fy, tf.int32) * heatmap_size + tf.cast(fx, tf.int32)
+    return targets, valid
+
+
+def _cubic_coefficients(t):
+    """PyTorch's ``get_cubic_upsample_coefficients`` (A = -0.75) for fractions t, 4 x (n,)."""
+    a = -0.75
+
+    def near(x):  # |x| <= 1 branch of the Keys kernel, PyTorch's operation order
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+
+    def far(x):  # 1 < |x| < 2 branch
+        return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+
+    t2 = 1.0 - t
+    return far(t + 1.0), near(t), near(t2), far(t2 + 1.0)
+
+
+def bicubic_resize_matrix(out_size, in_size):
+    """Interpolation matrix of PyTorch's 1-D bicubic resize (``align_corners=False``).
+
+    Args:
+        out_size: int32 scalar (tensor or Python int), the output length (>= 1).
+        in_size: int32 scalar, the input length.
+
+    Returns:
+        (out_size, in_size) float32 W such that ``W @ v`` is
+        ``F.interpolate(v, out_size, mode="bicubic", align_corners=False)`` along one axis:
+        source x = (in / out) * (i + 0.5) - 0.5 (not clamped), taps floor(x) - 1 .. floor(x)
+        + 2 clamped to [0, in - 1], weights of the Keys kernel with A = -0.75.
+    """
+    in_f = tf.cast(in_size, tf.float32)
+    scale = in_f / tf.cast(out_size, tf.float32)  # float(in) / out, as PyTorch's opmath
+    real = scale * (tf.cast(tf.range(out_size), tf.float32) + 0.5) - 0.5  # (out,)
+    index = tf.minimum(tf.floor(real), in_f - 1.0)  # (out,)
+    t = tf.clip_by_value(real - index, 0.0, 1.0)
+    index = tf.cast(index, tf.int32)
+    weights = tf.zeros([out_size, in_size], tf.float32)
+    for tap, coef in enumerate(_cubic_coefficients(t)):  # 4 taps, unrolled at trace time
+        source = tf.clip_by_value(index + (tap - 1), 0, in_size - 1)  # border clamp
+        weights += tf.one_hot(source, in_size, dtype=tf.float32) * coef[:, None]
+    return weights
+
+
+def _decode_one(args, num_keypoints, size):
+    """Argmax of one RoI's K heatmaps after the bicubic resize to (map_h, map_w).
+
+    args: maps (K, S, S), map_h, map_w int32 scalars. Returns (x_int, y_int) int32 (K,) and
+    the resized heatmap's maximum (K,).
+    """
+    maps, map_h, map_w = args
+    wy = bicubic_resize_matrix(map_h, size)  # (map_h, S)
+    wx = bicubic_resize_matrix(map_w, size)  # (map_w, S)
+    # Horizontal pass first, then vertical: PyTorch's summation nesting.
+    rows = tf.matmul(maps, wx, transpose_b=True)  # (K, S, S) @ (S, map_w) -> (K, S, map_w)
+    resized = tf.matmul(tf.broadcast_to(wy, [num_keypoints, map_h, size]), rows)
+    flat = tf.reshape(resized, [num_keypoints, -1])  # (K, map_h, map_w) -> (K, map_h * map_w)
+    pos = tf.argmax(flat, axis=1, output_type=tf.int32)  # (K,), first maximum on ties
+    score = tf.reduce_max(flat, axis=1)  # (K,) the value at pos
+    return pos % map_w, pos // map_w, score
+
+
+def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4):
+    """Keypoint locations and scores from heatmap logits (Keypoint R-CNN inference).
+
+    Args:
+        heatmaps: (..., R, K, S, S) float heatmap logits.
+        rois: (..., R, 4) float xyxy RoIs (detections) in image pixels.
+        parallel_iterations: RoIs resized concurrently; peak memory is about this many times
+            K * ceil(h) * ceil(w) floats of the largest RoIs.
+
+    Returns:
+        (..., R, K, 3) float32 [x, y, score]: x = x1 + (j + 0.5) * w / ceil(w) with j the
+        argmax column of the heatmap resized to ceil(h) x ceil(w) (w = max(x2 - x1, 1), same
+        for y), and score the resized heatmap's value there (torchvision's ``end_scores``).
+
+    Matches torchvision's ``heatmaps_to_keypoints`` (x, y, end_scores). The resized map size
+    varies per RoI, so RoIs are processed with ``tf.map_fn`` (dynamic inner shapes: graph mode
+    yes, XLA no); the resize is a pair of matrix products with PyTorch's bicubic weights.
+    """
+    heatmaps = tf.convert_to_tensor(heatmaps, dtype=tf.float32)
+    rois = tf.convert_to_tensor(rois, dtype=tf.float32)
+    num_keypoints, size = heatmaps.shape[-3], heatmaps.shape[-1]
+    if num_keypoints is None or size is None:
+        num_keypoints, size = tf.shape(heatmaps)[-3], tf.shape(heatmaps)[-1]
+    flat_maps = tf.reshape(heatmaps, [-1, num_keypoints, size, size])  # (..., R) -> (N,)
+    flat_rois = tf.reshape(rois, [-1, 4])  # (..., R, 4) -> (N, 4)
+    x1, y1, x2, y2 = tf.unstack(flat_rois, axis=1)  # each (N,)
+    widths = tf.maximum(x2 - x1, 1.0)
+    heights = tf.maximum(y2 - y1, 1.0)
+    map_w = tf.math.ceil(widths)  # (N,) resized heatmap width, >= 1
+    map_h = tf.math.ceil(heights)
+    x_int, y_int, score = tf.map_fn(
+        lambda a: _decode_one(a, num_keypoints, size),
+        (flat_maps, tf.cast(map_h, tf.int32), tf.cast(map_w, tf.int32)),
+        fn_output_signature=(tf.int32, tf.int32, tf.float32),
+        parallel_iterations=parallel_iterations,
+    )  # each (N, K)
+    width_correction = (widths / map_w)[:, None]  # (N,) -> (N, 1)
+    height_correction = (heights / map_h)[:, None]
+    x = (tf.cast(x_int, tf.float32) + 0.5) * width_correction + x1[:, None]
+    y = (tf.cast(y_int, tf.float32) + 0.5) * height_correction + y1[:, None]
+    keypoints = tf.stack([x, y, score], axis=-1)  # (N, K, 3)
+    out_shape = tf.concat([tf.shape(rois)[:-1], [num_keypoints, 3]], axis=0)
+    keypoints = tf.reshape(keypoints, out_shape)  # (N, K, 3) -> (..., R, K, 3)
+    keypoints.set_shape(rois.shape[:-1].concatenate([heatmaps.shape[-3], 3]))
+    return keypoints

@@ -1,0 +1,233 @@
+"""RoIAlign (single map and FPN multi-level) and FPN level assignment.
+
+Shape shorthand:
+    B  batch size
+    R  RoIs per image
+    K  flattened RoIs (B * R, or the RoIs of one pyramid level)
+    H, W  feature map height and width;  C  channels
+    P, Q  output height and width (``output_size``)
+    G  sampling_ratio (sample points per bin and axis)
+
+Conventions pinned here (tests/test_roi_align.py checks each against torchvision):
+    * Features are NHWC; boxes are ``xyxy`` float32 pixels of the (padded) input image and are
+      mapped to feature coordinates by ``spatial_scale`` (1 / stride).
+    * ``roi_align`` equals ``torchvision.ops.roi_align`` with ``sampling_ratio > 0``:
+      roi_start = x1 * scale - offset (offset 0.5 if ``aligned``), roi_w = roi_end - roi_start,
+      clamped to >= 1 only when not aligned; bin = roi_w / Q; the G x G sample points of a bin
+      sit at roi_start + q * bin + (i + 0.5) * bin / G and are averaged. A sample with
+      y < -1 or y > H (same for x) is 0; samples in [-1, 0] read row 0 and in [H - 1, H] read
+      row H - 1 (torchvision's clamp), bilinear interpolation in between.
+    * ``aligned=True`` is detectron2's / the paper's half-pixel convention; torchvision's Mask
+      R-CNN uses ``aligned=False``.
+    * Adaptive sampling (torchvision's ``sampling_ratio <= 0``) has data-dependent shapes and is
+      not supported (ValueError).
+
+Implementation: ``tf.image.crop_and_resize`` samples P * G by Q * G points per RoI, then a G x G
+average pool. crop_and_resize extrapolates (with 0) outside [0, size - 1], so the map is first
+padded by one edge-replicated pixel per side and coordinates shifted by +1: samples in [-1, H]
+then interpolate exactly like torchvision and samples beyond it give 0. The crop box is chosen
+so that crop_and_resize's sample points ``y1 * (H + 1) + k * (y2 - y1) * (H + 1) / (n - 1)``
+(or the centre when n == 1) are torchvision's points. Gradients flow to the features (not to
+the boxes). Everything runs in float32; the result is cast back to the features' dtype.
+"""
+import tensorflow as tf
+
+
+def _pair(output_size):
+    """``int`` or ``(P, Q)`` -> ``(P, Q)`` Python ints, validated."""
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    out_h, out_w = (int(s) for s in output_size)
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"output_size must be positive, got {output_size}")
+    return out_h, out_w
+
+
+def _check_sampling_ratio(sampling_ratio):
+    """Validate G: a positive Python int (static shapes), else ValueError."""
+    if int(sampling_ratio) != sampling_ratio or sampling_ratio <= 0:
+        raise ValueError(
+            f"sampling_ratio must be a positive int, got {sampling_ratio!r}: torchvision's "
+            "adaptive sampling (sampling_ratio <= 0, ceil(roi_size / output_size) points per bin) "
+            "has data-dependent shapes and is not supported; use e.g. sampling_ratio=2."
+        )
+    return int(sampling_ratio)
+
+
+def _sample_span(start, end, num_bins, grid, aligned):
+    """First and last sample coordinate along one axis, in feature pixels.
+
+    Args:
+        start, end: (K,) box edges already multiplied by the spatial scale.
+        num_bins: P (or Q), Python int.  grid: G, Python int.  aligned: half-pixel offset.
+
+    Returns:
+        (first, last): (K,) each; the n = num_bins * grid samples are evenly spaced between them
+        (first == last when n == 1), i.e. roi_start + (k + 0.5) * bin / G for k = 0 .. n - 1.
+    """
+    offset = 0.5 if aligned else 0.0
+    roi_start = start - offset
+    roi_size = (end - offset) - roi_start
+    if not aligned:
+        roi_size = tf.maximum(roi_size, 1.0)  # torchvision's legacy minimum of one pixel
+    bin_size = roi_size / num_bins
+    step = bin_size / grid
+    first = roi_start + 0.5 * step
+    last = roi_start + (num_bins - 1) * bin_size + (grid - 0.5) * step
+    return first, last
+
+
+def _crop_and_pool(padded, boxes, box_indices, spatial_scale, out_hw, grid, aligned):
+    """RoIAlign of flattened RoIs on one edge-padded float32 map.
+
+    Args:
+        padded: (B, H + 2, W + 2, C) float32 map, padded by one replicated pixel per side.
+        boxes: (K, 4) xyxy float32 boxes in input pixels.
+        box_indices: (K,) int32 batch index of each box.
+        spatial_scale: Python float, input pixels -> feature pixels.
+        out_hw: (P, Q) Python ints.  grid: G.  aligned: half-pixel offset.
+
+    Returns:
+        (K, P, Q, C) float32 pooled features.
+    """
+    out_h, out_w = out_hw
+    shape = tf.shape(padded)
+    norm_h = tf.cast(shape[1] - 1, tf.float32)  # H + 1: crop_and_resize's y normaliser
+    norm_w = tf.cast(shape[2] - 1, tf.float32)  # W + 1
+    boxes = tf.stop_gradient(tf.cast(boxes, tf.float32)) * spatial_scale
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # 4 x (K,)
+    y_first, y_last = _sample_span(y1, y2, out_h, grid, aligned)
+    x_first, x_last = _sample_span(x1, x2, out_w, grid, aligned)
+    crop_boxes = tf.stack(
+        [(y_first + 1.0) / norm_h, (x_first + 1.0) / norm_w,
+         (y_last + 1.0) / norm_h, (x_last + 1.0) / norm_w], axis=-1)  # (K, 4) y1x1y2x2, +1 pad
+    samples = tf.image.crop_and_resize(
+        padded, crop_boxes, box_indices, (out_h * grid, out_w * grid),
+        method="bilinear", extrapolation_value=0.0)  # (K, P * G, Q * G, C)
+    if grid == 1:
+        return samples
+    return tf.nn.avg_pool2d(samples, grid, grid, "VALID")  # (K, P, Q, C): mean of G x G
+
+
+def _pad_map(features):
+    """(B, H, W, C) -> (B, H + 2, W + 2, C) float32, one edge-replicated pixel per side."""
+    features = tf.cast(features, tf.float32)
+    return tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+
+
+def _flatten_rois(boxes):
+    """(B, R, 4) boxes -> (B * R, 4) boxes and (B * R,) int32 batch index of each."""
+    shape = tf.shape(boxes)
+    flat = tf.reshape(boxes, [-1, 4])  # (B * R, 4), image-major
+    indices = tf.repeat(tf.range(shape[0], dtype=tf.int32), shape[1])  # (B * R,) batch index
+    return flat, indices
+
+
+def _unflatten(pooled, boxes, out_hw, channels, dtype):
+    """(B * R, P, Q, C) -> (B, R, P, Q, C) in ``dtype``, keeping the known static dims."""
+    b, r = tf.shape(boxes)[0], tf.shape(boxes)[1]
+    out = tf.reshape(pooled, tf.stack([b, r, out_hw[0], out_hw[1], tf.shape(pooled)[-1]]))
+    out.set_shape(boxes.shape[:2].concatenate([out_hw[0], out_hw[1], channels]))  # static dims
+    return tf.cast(out, dtype)
+
+
+def roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True):
+    """RoIAlign of every box on one feature map (average of G x G bilinear samples per bin).
+
+    Args:
+        features: (B, H, W, C) float feature map (any float dtype; computed in float32).
+        boxes: (B, R, 4) xyxy boxes in input pixels; R may be 0 or unknown. No gradient flows
+            into them.
+        output_size: int or (P, Q).
+        spatial_scale: input pixels -> feature pixels (1 / stride).
+        sampling_ratio: G > 0 sample points per bin and axis. <= 0 raises ValueError.
+        aligned: True shifts boxes by -0.5 feature pixel (detectron2); False is torchvision's
+            legacy mode (also clamps RoI sides to >= 1 feature pixel).
+
+    Returns:
+        (B, R, P, Q, C) pooled features in the features' dtype.
+
+    Convention: equals ``torchvision.ops.roi_align(nchw, [batch_idx, x1, y1, x2, y2], ...)``
+    transposed to NHWC (see the module docstring for the exact sampling rules).
+    """
+    out_hw = _pair(output_size)
+    grid = _check_sampling_ratio(sampling_ratio)
+    features = tf.convert_to_tensor(features)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    flat, indices = _flatten_rois(boxes)
+    pooled = _crop_and_pool(_pad_map(features), flat, indices, float(spatial_scale), out_hw,
+                            grid, aligned)  # (B * R, P, Q, C)
+    return _unflatten(pooled, boxes, out_hw, features.shape[-1], features.dtype)
+
+
+def assign_fpn_levels(boxes, min_level=2, max_level=5, canonical_size=224, canonical_level=4,
+                      eps=1e-6):
+    """FPN level of each RoI: floor(canonical_level + log2(sqrt(area) / canonical_size) + eps).
+
+    Args:
+        boxes: (..., 4) xyxy boxes in input pixels.
+        min_level, max_level: levels are clamped to [min_level, max_level].
+        canonical_size, canonical_level: a canonical_size x canonical_size box maps to
+            canonical_level (FPN paper eq. 1: 224 and 4).
+        eps: added before the floor (torchvision's 1e-6, keeps exact powers of two stable).
+
+    Returns:
+        (...) int32 absolute levels (e.g. 2..5, not 0-based).
+
+    Convention: torchvision's ``LevelMapper`` in float32 with area = (x2 - x1) * (y2 - y1)
+    (no +1). Zero-area boxes go to ``min_level``; a box inverted on exactly one side (negative
+    area, where torchvision casts NaN to int) also goes to ``min_level``.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # 4 x (...)
+    area = (x2 - x1) * (y2 - y1)
+    scale = tf.sqrt(tf.maximum(area, 0.0))
+    log2 = tf.math.log(scale / float(canonical_size)) / tf.math.log(2.0)  # -inf for area 0
+    levels = tf.floor(float(canonical_level) + log2 + eps)
+    levels = tf.clip_by_value(levels, float(min_level), float(max_level))
+    return tf.cast(levels, tf.int32)
+
+
+def multilevel_roi_align(features, boxes, output_size, sampling_ratio=2, aligned=True,
+                         min_level=2, max_level=5, canonical_size=224, canonical_level=4):
+    """FPN RoIAlign: each RoI is pooled from its ``assign_fpn_levels`` level only.
+
+    Args:
+        features: dict {"P{l}": (B, H_l, W_l, C)} holding at least levels min_level..max_level
+            (other keys, e.g. "P6", are ignored). Level l has stride 2**l, i.e. spatial scale
+            1 / 2**l. torchvision infers the scale of each map as 2**round(log2(H_l / H_img));
+            for inputs padded to a multiple of 2**max_level that is exactly 1 / 2**l.
+        boxes: (B, R, 4) xyxy boxes in input pixels; R may be 0 or unknown (tf.function).
+        output_size: int or (P, Q).
+        sampling_ratio: G > 0 sample points per bin and axis.
+        aligned: half-pixel offset (False = torchvision's MultiScaleRoIAlign).
+        min_level, max_level: pyramid levels used (torchvision: P2..P5 -> 2, 5).
+        canonical_size, canonical_level: level mapping, see ``assign_fpn_levels``.
+
+    Returns:
+        (B, R, P, Q, C) pooled features in the dtype of ``features["P{min_level}"]``.
+
+    Convention: equals ``torchvision.ops.MultiScaleRoIAlign`` (with ``aligned=False``). Each
+    level gathers its RoIs (``tf.dynamic_partition``), runs one crop_and_resize with batch
+    indices into that level, and the results are stitched back in RoI order.
+    """
+    out_hw = _pair(output_size)
+    grid = _check_sampling_ratio(sampling_ratio)
+    names = [f"P{level}" for level in range(min_level, max_level + 1)]
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise ValueError(f"features lacks levels {missing}; got keys {sorted(features)}")
+    first = tf.convert_to_tensor(features[names[0]])
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    flat, indices = _flatten_rois(boxes)
+    levels = assign_fpn_levels(flat, min_level, max_level, canonical_size, canonical_level)
+    positions = tf.range(tf.shape(flat)[0])  # (B * R,) RoI position in the flat order
+    part_ids = tf.dynamic_partition(positions, levels - min_level, len(names))  # per level (K_l,)
+    pooled = []
+    for level, name, ids in zip(range(min_level, max_level + 1), names, part_ids):
+        level_boxes = tf.gather(flat, ids)  # (K_l, 4) this level's RoIs
+        level_indices = tf.gather(indices, ids)  # (K_l,) their batch indices
+        pooled.append(_crop_and_pool(_pad_map(features[name]), level_boxes, level_indices,
+                                     1.0 / 2**level, out_hw, grid, aligned))  # (K_l, P, Q, C)
+    merged = tf.dynamic_stitch(part_ids, pooled)  # (B * R, P, Q, C) back in RoI order
+    return _unflatten(merged, boxes, out_hw, first.shape[-1], first.dtype)
