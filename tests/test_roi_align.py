@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.ops import roi_align as RA
+from keras_maskrcnn.ops import roi_ops as RA
 
 
 def make_boxes(rng, shape, lo, hi, max_side):
