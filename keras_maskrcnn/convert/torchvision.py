@@ -206,3 +206,198 @@ def load_resnet_fpn_weights(resnet, fpn, state_dict, prefix="backbone."):
     read_fpn(reader, fpn, prefix + "fpn.")
     reader.check_no_leftover(prefix)
     return reader.commit()
+
+
+# ---------------------------------------------------------------------------------------------
+# RoI heads (keras_maskrcnn.layers.heads). Name mapping (torchvision -> ours), under ``prefix``
+# (default "roi_heads."):
+#   box_head.fc{6 + i}                      -> BoxHead.fcs[i] (fc6 rows permuted, see below)
+#   box_predictor.cls_score / bbox_pred     -> BoxPredictor.cls_score / bbox_pred
+#   mask_head.{i}.0 (old: mask_fcn{i + 1})  -> MaskHead.convs[i]
+#   mask_predictor.conv5_mask / mask_fcn_logits -> MaskPredictor.conv5_mask / mask_fcn_logits
+#   keypoint_head.{2 * i}                   -> KeypointHead.convs[i] (odd indices are ReLUs)
+#   keypoint_predictor.kps_score_lowres     -> KeypointPredictor.kps_score_lowres
+# A predictor argument may be None (fine-tuning to another class count): its keys are then
+# neither read nor checked.
+# ---------------------------------------------------------------------------------------------
+
+
+def torch_linear_to_keras(weight):
+    """nn.Linear weight (out, in) -> Dense kernel (in, out)."""
+    return np.transpose(weight)  # torch (out, in) -> Keras (in, out)
+
+
+def torch_conv_transpose_kernel_to_keras(weight):
+    """ConvTranspose2d weight (Cin, Cout, kh, kw) -> Conv2DTranspose kernel (kh, kw, Cout, Cin).
+
+    Both frameworks define the transposed conv as the gradient of a cross-correlation, so no
+    spatial flip is needed.
+    """
+    return np.transpose(weight, (2, 3, 1, 0))  # torch (Cin, Cout, kh, kw) -> (kh, kw, Cout, Cin)
+
+
+def torch_fc6_to_keras(weight, pooled_shape):
+    """fc6 weight (D, C * P * P) flattened (C, P, P) -> Dense kernel (P * P * C, D) in NHWC order.
+
+    Args:
+        weight: torch ``box_head.fc6.weight``.
+        pooled_shape: (P_h, P_w, C) of the BoxHead input (``BoxHead.pooled_shape``).
+    """
+    ph, pw, c = pooled_shape
+    w = weight.reshape(weight.shape[0], c, ph, pw)  # [D, C, P, P], torch's flatten order
+    w = np.transpose(w, (2, 3, 1, 0))  # [P, P, C, D], our NHWC flatten order
+    return w.reshape(ph * pw * c, weight.shape[0])  # [P * P * C, D]
+
+
+def read_linear(reader, dense, key_prefix, to_keras=torch_linear_to_keras):
+    """Queues a keras Dense from nn.Linear ``{key_prefix}weight`` (out, in) and ``bias``."""
+    in_dim, out_dim = dense.kernel.shape
+    reader.read(dense.kernel, key_prefix + "weight", to_keras, (out_dim, in_dim))
+    reader.read(dense.bias, key_prefix + "bias")
+
+
+def read_conv_transpose(reader, deconv, key_prefix):
+    """Queues a keras Conv2DTranspose from ConvTranspose2d ``{key_prefix}weight`` and ``bias``."""
+    kh, kw, cout, cin = deconv.kernel.shape
+    reader.read(deconv.kernel, key_prefix + "weight", torch_conv_transpose_kernel_to_keras,
+                (cin, cout, kh, kw))
+    reader.read(deconv.bias, key_prefix + "bias")
+
+
+_HEADS_BUILD_HINT = "call it once or build it with its input shape, e.g. (None, None, P, P, C)"
+
+
+def _load_head_and_predictor(head, predictor, state_dict, head_prefix, predictor_prefix,
+                             read_head, read_predictor):
+    _require_built(head, _HEADS_BUILD_HINT)
+    if predictor is not None:
+        _require_built(predictor, _HEADS_BUILD_HINT)
+    reader = StateDictReader(state_dict)
+    read_head(reader)
+    reader.check_no_leftover(head_prefix)
+    if predictor is not None:
+        read_predictor(reader)
+        reader.check_no_leftover(predictor_prefix)
+    return reader.commit()
+
+
+def load_box_head_weights(box_head, box_predictor, state_dict, prefix="roi_heads."):
+    """Loads torchvision ``TwoMLPHead`` + ``FastRCNNPredictor`` weights, all or nothing.
+
+    Args:
+        box_head: built ``layers.heads.BoxHead`` (fc6's rows are permuted from torch's (C, P, P)
+            flatten order to our (P, P, C) using ``box_head.pooled_shape``).
+        box_predictor: built ``layers.heads.BoxPredictor``, or None to skip its keys.
+        state_dict: name -> torch tensor / numpy array.
+        prefix: key prefix of the RoI heads ("roi_heads." in torchvision detection models).
+    Returns:
+        set of consumed keys.
+    """
+    def read_head(reader):
+        for i, fc in enumerate(box_head.fcs):
+            to_keras = ((lambda w: torch_fc6_to_keras(w, box_head.pooled_shape)) if i == 0
+                        else torch_linear_to_keras)
+            read_linear(reader, fc, f"{prefix}box_head.fc{6 + i}.", to_keras)
+
+    def read_predictor(reader):
+        read_linear(reader, box_predictor.cls_score, prefix + "box_predictor.cls_score.")
+        read_linear(reader, box_predictor.bbox_pred, prefix + "box_predictor.bbox_pred.")
+
+    return _load_head_and_predictor(box_head, box_predictor, state_dict, prefix + "box_head.",
+                                    prefix + "box_predictor.", read_head, read_predictor)
+
+
+def load_mask_head_weights(mask_head, mask_predictor, state_dict, prefix="roi_heads."):
+    """Loads torchvision ``MaskRCNNHeads`` + ``MaskRCNNPredictor`` weights, all or nothing.
+
+    Both ``mask_head.{i}.0.*`` (torchvision >= 0.13) and ``mask_head.mask_fcn{i+1}.*`` (older
+    checkpoints) are accepted.
+
+    Args:
+        mask_head: built ``layers.heads.MaskHead``.
+        mask_predictor: built ``layers.heads.MaskPredictor``, or None to skip its keys.
+        state_dict: name -> torch tensor / numpy array.
+        prefix: key prefix of the RoI heads.
+    Returns:
+        set of consumed keys.
+    """
+    def read_head(reader):
+        for i, conv in enumerate(mask_head.convs):
+            old = f"{prefix}mask_head.mask_fcn{i + 1}."
+            if reader.has(old + "weight") and not reader.has(f"{prefix}mask_head.{i}.0.weight"):
+                read_conv(reader, conv, old)  # pre-0.13 layout
+            else:
+                read_conv(reader, conv, f"{prefix}mask_head.{i}.0.")
+
+    def read_predictor(reader):
+        read_conv_transpose(reader, mask_predictor.conv5_mask,
+                            prefix + "mask_predictor.conv5_mask.")
+        read_conv(reader, mask_predictor.mask_fcn_logits,
+                  prefix + "mask_predictor.mask_fcn_logits.")
+
+    return _load_head_and_predictor(mask_head, mask_predictor, state_dict, prefix + "mask_head.",
+                                    prefix + "mask_predictor.", read_head, read_predictor)
+
+
+def load_keypoint_head_weights(kp_head, kp_predictor, state_dict, prefix="roi_heads."):
+    """Loads torchvision ``KeypointRCNNHeads`` + ``KeypointRCNNPredictor`` weights, all or nothing.
+
+    Args:
+        kp_head: built ``layers.heads.KeypointHead`` (conv i <- ``keypoint_head.{2 * i}``).
+        kp_predictor: built ``layers.heads.KeypointPredictor``, or None to skip its keys.
+        state_dict: name -> torch tensor / numpy array.
+        prefix: key prefix of the RoI heads.
+    Returns:
+        set of consumed keys.
+    """
+    def read_head(reader):
+        for i, conv in enumerate(kp_head.convs):
+            read_conv(reader, conv, f"{prefix}keypoint_head.{2 * i}.")  # odd indices: ReLU
+
+    def read_predictor(reader):
+        read_conv_transpose(reader, kp_predictor.kps_score_lowres,
+                            prefix + "keypoint_predictor.kps_score_lowres.")
+
+    return _load_head_and_predictor(kp_head, kp_predictor, state_dict,
+                                    prefix + "keypoint_head.", prefix + "keypoint_predictor.",
+                                    read_head, read_predictor)
+
+
+# --- RPN head (torchvision rpn.head.*) ---------------------------------------------------------
+
+def read_rpn_head(reader, rpn_head, prefix):
+    """Queues a ``layers.rpn.RPNHead`` from torchvision ``RPNHead`` keys under ``prefix``.
+
+    ``{prefix}conv.{i}.0.*`` (Conv2dNormActivation, torchvision >= 0.13) -> ``convs[i]``; the
+    older single-conv layout ``{prefix}conv.weight`` is accepted when ``num_convs == 1``;
+    ``cls_logits.*`` -> ``objectness_conv``, ``bbox_pred.*`` -> ``delta_conv``.
+    """
+    _require_built(rpn_head, "call it once or rpn_head.build({'P2': (None, None, None, C)})")
+    old_layout = reader.has(prefix + "conv.weight")
+    if old_layout and len(rpn_head.convs) != 1:
+        raise ValueError(f"{prefix}conv.weight is the single-conv (pre-0.13) layout but the head "
+                         f"has num_convs={len(rpn_head.convs)}")
+    for i, conv in enumerate(rpn_head.convs):
+        read_conv(reader, conv, prefix + ("conv." if old_layout else f"conv.{i}.0."))
+    read_conv(reader, rpn_head.objectness_conv, prefix + "cls_logits.")
+    read_conv(reader, rpn_head.delta_conv, prefix + "bbox_pred.")
+
+
+def load_rpn_head_weights(rpn_head, state_dict, prefix="rpn.head."):
+    """Loads torchvision ``RPNHead`` weights into a ``layers.rpn.RPNHead``, all or nothing.
+
+    An unbuilt head is built with the input channel count of ``{prefix}cls_logits.weight``.
+
+    Returns:
+        set of consumed keys (every key under ``prefix``, else an error was raised).
+    """
+    if not rpn_head.built:
+        key = prefix + "cls_logits.weight"
+        if key not in state_dict:
+            raise KeyError(f"missing key in state_dict: {key!r}")
+        channels = int(to_numpy(state_dict[key]).shape[1])
+        rpn_head.build({"P2": (None, None, None, channels)})
+    reader = StateDictReader(state_dict)
+    read_rpn_head(reader, rpn_head, prefix)
+    reader.check_no_leftover(prefix)
+    return reader.commit()
