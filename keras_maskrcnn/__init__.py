@@ -1,2 +1,25 @@
-"""keras-maskrcnn: Mask R-CNN and Keypoint R-CNN for TensorFlow 2 / Keras 3."""
+"""keras-maskrcnn: Mask R-CNN and Keypoint R-CNN for TensorFlow 2 / Keras 3.
+
+Public API: ``build_model(config)``, ``MaskRCNN``, ``load_config``, and the submodules
+``ops`` (tensor functions), ``layers``, ``convert`` (``convert.from_torchvision``).
+"""
 __version__ = "0.1.0.dev0"
+
+
+def build_model(config, category_ids=None, build=True):
+    """A ``MaskRCNN`` for a Config, a config dict or a YAML path (see ``builders.build_model``)."""
+    from keras_maskrcnn.builders import build_model as _build
+    return _build(config, category_ids=category_ids, build=build)
+
+
+def load_config(path, overrides=None):
+    """Strict YAML config loading (see ``keras_maskrcnn.config.load_config``)."""
+    from keras_maskrcnn.config import load_config as _load
+    return _load(path, overrides=overrides)
+
+
+def __getattr__(name):
+    if name == "MaskRCNN":
+        from keras_maskrcnn.models.mask_rcnn import MaskRCNN
+        return MaskRCNN
+    raise AttributeError(f"module 'keras_maskrcnn' has no attribute {name!r}")

@@ -1,0 +1,112 @@
+"""The one place that reads the config and builds layers, models and optimisers.
+
+Layers take primitive constructor arguments only; this module maps ``keras_maskrcnn.config``
+sections onto them, so a layer never sees a config object.
+"""
+from keras_maskrcnn import config as config_lib
+from keras_maskrcnn.layers.detection_generator import DetectionGenerator
+from keras_maskrcnn.layers.fpn import FPN
+from keras_maskrcnn.layers.heads import (BoxHead, BoxPredictor, KeypointHead, KeypointPredictor,
+                                         MaskHead, MaskPredictor)
+from keras_maskrcnn.layers.roi_sampler import RoISampler
+from keras_maskrcnn.layers.rpn import ProposalGenerator, RPNHead
+from keras_maskrcnn.models.backbones import ResNet
+
+
+def build_backbone(model_cfg):
+    """(ResNet, FPN) from ``model.backbone`` and ``model.fpn``."""
+    b = model_cfg.backbone
+    resnet = ResNet(depth=b.name, width_multiplier=b.width_multiplier, freeze_at=b.freeze_at,
+                    norm=b.norm, name="backbone")
+    return resnet, FPN(channels=model_cfg.fpn.channels, name="fpn")
+
+
+def build_rpn(model_cfg):
+    """(RPNHead, ProposalGenerator) from ``model.anchors`` and ``model.rpn``."""
+    r = model_cfg.rpn
+    head = RPNHead(num_anchors=len(model_cfg.anchors.aspect_ratios), num_convs=r.num_convs,
+                   name="rpn_head")
+    generator = ProposalGenerator(
+        pre_nms_top_n_train=r.pre_nms_top_n_train, pre_nms_top_n_test=r.pre_nms_top_n_test,
+        post_nms_top_n_train=r.post_nms_top_n_train, post_nms_top_n_test=r.post_nms_top_n_test,
+        nms_threshold=r.nms_threshold, min_size=r.min_size, score_threshold=r.score_threshold,
+        box_weights=tuple(r.box_weights), scale_clip=r.scale_clip, name="proposal_generator")
+    return head, generator
+
+
+def build_roi_sampler(model_cfg, seed=None):
+    h = model_cfg.roi_heads
+    return RoISampler(
+        fg_iou_threshold=h.fg_iou_threshold, bg_iou_threshold=h.bg_iou_threshold,
+        allow_low_quality_matches=h.allow_low_quality_matches,
+        batch_size_per_image=h.batch_size_per_image, positive_fraction=h.positive_fraction,
+        add_gt_as_proposals=h.add_gt_as_proposals, box_weights=tuple(h.box_weights), seed=seed,
+        name="roi_sampler")
+
+
+def build_detection_generator(model_cfg):
+    h = model_cfg.roi_heads
+    return DetectionGenerator(
+        score_threshold=h.score_threshold, nms_threshold=h.nms_threshold,
+        detections_per_image=h.detections_per_image, min_size=h.min_size,
+        box_weights=tuple(h.box_weights), scale_clip=h.scale_clip,
+        name="detection_generator")
+
+
+def build_box_head(model_cfg):
+    """(BoxHead, BoxPredictor)."""
+    c = model_cfg.box_head
+    return (BoxHead(num_fc=c.num_fc, fc_dim=c.fc_dim, name="box_head"),
+            BoxPredictor(num_classes=model_cfg.num_classes, name="box_predictor"))
+
+
+def build_mask_head(model_cfg):
+    """(MaskHead, MaskPredictor), or (None, None) when masks are off."""
+    c = model_cfg.mask_head
+    if not c.enabled:
+        return None, None
+    num_masks = 1 if c.class_agnostic else model_cfg.num_classes
+    return (MaskHead(num_convs=c.num_convs, conv_dim=c.conv_dim, name="mask_head"),
+            MaskPredictor(num_classes=num_masks, conv_dim=c.conv_dim, name="mask_predictor"))
+
+
+def build_keypoint_head(model_cfg):
+    """(KeypointHead, KeypointPredictor), or (None, None) when keypoints are off."""
+    c = model_cfg.keypoint_head
+    if not c.enabled:
+        return None, None
+    return (KeypointHead(num_convs=c.num_convs, conv_dim=c.conv_dim, name="keypoint_head"),
+            KeypointPredictor(num_keypoints=c.num_keypoints, name="keypoint_predictor"))
+
+
+def build_model(cfg, category_ids=None, build=True):
+    """A ``MaskRCNN`` for ``cfg`` (a Config, a dict or a YAML path).
+
+    Args:
+        cfg: ``keras_maskrcnn.config.Config``, a dict in its layout, or a YAML path.
+        category_ids: dataset category id of each contiguous class 1..K-1 (length K - 1);
+            None = identity (contiguous ids are the dataset ids).
+        build: call the model once on a small dummy batch so its weights exist (needed before
+            ``load_weights`` and before ``fit`` under a distribution strategy).
+    """
+    from keras_maskrcnn.models.mask_rcnn import MaskRCNN  # avoid an import cycle
+
+    if isinstance(cfg, str):
+        cfg = config_lib.load_config(cfg)
+    elif isinstance(cfg, dict):
+        cfg = config_lib.config_from_dict(cfg)
+    model = MaskRCNN(config=model_config_dict(cfg), category_ids=category_ids)
+    if build:
+        model.build_with_dummy_batch()
+    return model
+
+
+def model_config_dict(cfg):
+    """The part of a Config that defines a model (model + input sections), as a plain dict."""
+    full = config_lib.config_to_dict(cfg)
+    return {"model": full["model"], "input": full["input"]}
+
+
+def parse_model_config(config_dict):
+    """Inverse of ``model_config_dict``: a validated Config whose other sections are defaults."""
+    return config_lib.config_from_dict(config_dict, source="<model config>")

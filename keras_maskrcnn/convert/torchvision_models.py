@@ -1,0 +1,114 @@
+"""Whole torchvision detection models -> ``MaskRCNN`` with torchvision's inference settings.
+
+``from_torchvision(checkpoint, arch)`` builds our model with the config that reproduces the
+torchvision model ``arch`` (its thresholds, its resize and normalisation, RoIAlign with
+``aligned=False``), loads every weight through the per-part loaders of
+``keras_maskrcnn.convert.torchvision`` and checks that every checkpoint key was used.
+
+torchvision's COCO models predict 91 classes indexed by COCO category id (with unused ids), so
+the converted model's contiguous ids are the COCO ids themselves (``category_ids`` identity).
+"""
+import dataclasses
+
+from keras_maskrcnn import builders, config as config_lib
+from keras_maskrcnn.convert import torchvision as tv
+
+ARCHITECTURES = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
+
+
+def torchvision_config(arch, num_classes=None):
+    """The Config of torchvision's ``arch`` (its inference behaviour; training as the paper)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown torchvision architecture {arch!r}; expected one of "
+                         f"{', '.join(ARCHITECTURES)}")
+    keypoints = arch.startswith("keypoint")
+    overrides = [
+        f"model.num_classes={num_classes or (2 if keypoints else 91)}",
+        "model.backbone.name=resnet50", "model.backbone.freeze_at=2",
+        "model.roi_align.aligned=false", "model.roi_align.sampling_ratio=2",
+        f"model.mask_head.enabled={'true' if arch.startswith('maskrcnn') else 'false'}",
+        f"model.keypoint_head.enabled={'true' if keypoints else 'false'}",
+        "input.min_size_test=800", "input.max_size=1333",
+    ]
+    if keypoints:  # torchvision's KeypointRCNN trains with multi-scale (640..800, choice)
+        overrides.append("input.min_size_train=[640,672,704,736,768,800]")
+    return config_lib.apply_overrides(config_lib.Config(), overrides, source=f"torchvision:{arch}")
+
+
+def load_state_dict(checkpoint):
+    """A state_dict from a mapping or a ``.pth`` path (torch needed for paths)."""
+    if isinstance(checkpoint, dict):
+        return checkpoint
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading a .pth checkpoint needs torch (pip install torch)") from e
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # training checkpoints wrap the state_dict
+    if not isinstance(state, dict):
+        raise ValueError(f"{checkpoint}: expected a state_dict, got {type(state).__name__}")
+    return state
+
+
+def _check_architecture(state_dict, arch):
+    has_mask = any(k.startswith("roi_heads.mask_") for k in state_dict)
+    has_kp = any(k.startswith("roi_heads.keypoint_") for k in state_dict)
+    found = ("maskrcnn_resnet50_fpn" if has_mask else
+             "keypointrcnn_resnet50_fpn" if has_kp else "fasterrcnn_resnet50_fpn")
+    if found != arch:
+        raise ValueError(f"checkpoint looks like {found!r} (keys: roi_heads.mask_*={has_mask}, "
+                         f"roi_heads.keypoint_*={has_kp}), not {arch!r}")
+
+
+def load_torchvision_weights(model, state_dict):
+    """Assigns every weight of ``model`` from a torchvision state_dict; strict about keys."""
+    consumed = set()
+    consumed |= tv.load_resnet_fpn_weights(model.backbone, model.fpn, state_dict)
+    consumed |= tv.load_rpn_head_weights(model.rpn_head, state_dict)
+    consumed |= tv.load_box_head_weights(model.box_head, model.box_predictor, state_dict)
+    if model.mask_head is not None:
+        consumed |= tv.load_mask_head_weights(model.mask_head, model.mask_predictor, state_dict)
+    if model.keypoint_head is not None:
+        consumed |= tv.load_keypoint_head_weights(model.keypoint_head, model.keypoint_predictor,
+                                                  state_dict)
+    unused = sorted(set(state_dict) - consumed)
+    if unused:
+        raise ValueError(f"unexpected key(s) in the checkpoint not used by the model: "
+                         f"{unused[:10]}{' ...' if len(unused) > 10 else ''}")
+
+
+def infer_num_classes(state_dict):
+    key = "roi_heads.box_predictor.cls_score.weight"
+    if key not in state_dict:
+        raise KeyError(f"missing key in state_dict: {key!r}")
+    return int(tv.to_numpy(state_dict[key]).shape[0])
+
+
+def from_torchvision(checkpoint, arch, overrides=()):
+    """A ``MaskRCNN`` with the weights of a torchvision detection checkpoint.
+
+    Args:
+        checkpoint: a state_dict (name -> tensor/array) or a ``.pth`` path.
+        arch: "maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn" or
+            "keypointrcnn_resnet50_fpn".
+        overrides: extra "a.b=c" config overrides (e.g. a lower score threshold).
+
+    Returns:
+        The built model; its config (``model.config_dict``) reproduces torchvision's inference.
+    """
+    state_dict = load_state_dict(checkpoint)
+    cfg = torchvision_config(arch, num_classes=None)
+    _check_architecture(state_dict, arch)
+    cfg = config_lib.apply_overrides(
+        cfg, [f"model.num_classes={infer_num_classes(state_dict)}", *overrides],
+        source=f"torchvision:{arch}")
+    model = builders.build_model(cfg)
+    load_torchvision_weights(model, state_dict)
+    return model
+
+
+def converted_config(model):
+    """The full Config of a converted model (model/input sections from it, rest default)."""
+    settings = builders.parse_model_config(model.config_dict)
+    return dataclasses.replace(config_lib.Config(), model=settings.model, input=settings.input)
