@@ -240,6 +240,13 @@ class MaskRCNN(keras.Model):
         """Sub-layers build on the first call (their input shapes depend on the config)."""
         self.built = True
 
+    def get_build_config(self):
+        return {"dummy_batch": True}
+
+    def build_from_config(self, config):
+        """Loading a ``.keras`` file: create every weight before they are read."""
+        self.build_with_dummy_batch()
+
     @property
     def metrics(self):
         return list(self.loss_trackers.values())

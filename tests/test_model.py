@@ -1,0 +1,165 @@
+"""MaskRCNN on a tiny config: training forward, losses, gradients, fit, save/load, detect."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_maskrcnn import build_model, config
+from keras_maskrcnn.models.mask_rcnn import MaskRCNN
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+SIZE = 128
+
+
+def tiny_config(**extra):
+    overrides = [f"{k}={v}" for k, v in extra.items()]
+    return config.load_config(os.path.join(CONFIGS, "tiny.yaml"), overrides=overrides)
+
+
+def synthetic_batch(num_gt=(2, 0), size=SIZE, num_keypoints=4, max_gt=3, seed=0):
+    """A batch of noise images with rectangles as GT (image 2 may have no GT at all)."""
+    rng = np.random.default_rng(seed)
+    b = len(num_gt)
+    images = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
+    boxes = -np.ones((b, max_gt, 4), np.float32)
+    classes = -np.ones((b, max_gt), np.int32)
+    masks = np.zeros((b, max_gt, size, size), np.uint8)
+    keypoints = np.zeros((b, max_gt, num_keypoints, 3), np.float32)
+    for i, n in enumerate(num_gt):
+        for j in range(n):
+            x1, y1 = rng.uniform(0, size / 2, 2)
+            w, h = rng.uniform(16, size / 2, 2)
+            boxes[i, j] = [x1, y1, x1 + w, y1 + h]
+            classes[i, j] = 1 + j % 3
+            masks[i, j, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 1
+            images[i, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 40.0 * (j + 1)
+            keypoints[i, j, :, 0] = rng.uniform(x1, x1 + w, num_keypoints)
+            keypoints[i, j, :, 1] = rng.uniform(y1, y1 + h, num_keypoints)
+            keypoints[i, j, :, 2] = 2
+    return {"images": images, "image_sizes": np.full((b, 2), size, np.int32),
+            "gt_boxes": boxes, "gt_classes": classes, "gt_masks": masks,
+            "gt_keypoints": keypoints}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(tiny_config())
+
+
+def test_training_forward_finite_losses_and_empty_image(model):
+    batch = synthetic_batch(num_gt=(2, 0))
+    outputs = model(batch, training=True)
+    losses = model.compute_losses(outputs)
+    assert set(losses) == {"rpn_objectness", "rpn_box", "box_classification",
+                           "box_regression", "mask", "keypoint"}
+    for name, value in losses.items():
+        assert np.isfinite(value.numpy()), name
+    # The image without GT contributes background RoIs only.
+    roi_classes = outputs["roi_classes"].numpy()
+    assert (roi_classes[1] <= 0).all()
+    assert (roi_classes[0] > 0).any()
+
+
+def test_every_trainable_weight_gets_a_gradient(model):
+    batch = synthetic_batch(num_gt=(3, 2))
+    with tf.GradientTape() as tape:
+        outputs = model(batch, training=True)
+        total = tf.add_n(list(model.compute_losses(outputs).values()))
+    grads = tape.gradient(total, model.trainable_variables)
+    missing = [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
+    assert not missing, missing
+    zero = [v.path for v, g in zip(model.trainable_variables, grads)
+            if float(tf.reduce_max(tf.abs(g))) == 0.0]
+    assert not zero, zero
+
+
+def test_frozen_stages_are_not_trainable():
+    m = build_model(tiny_config(**{"model.backbone.freeze_at": 2}))
+    names = [v.path for v in m.trainable_variables]
+    assert not any("stem" in n for n in names)
+    assert any("fpn" in n for n in names)
+
+
+def test_fit_one_step_reduces_nothing_to_nan():
+    m = build_model(tiny_config())
+    m.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
+    batch = synthetic_batch(num_gt=(2, 1))
+    dataset = tf.data.Dataset.from_tensors(batch).repeat(2)
+    before = [v.numpy().copy() for v in m.trainable_variables]
+    history = m.fit(dataset, epochs=1, verbose=0)
+    assert set(history.history) >= {"mask_loss", "keypoint_loss", "rpn_objectness_loss"}
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+    changed = [not np.array_equal(a, v.numpy()) for a, v in zip(before, m.trainable_variables)]
+    assert all(changed)
+
+
+def test_inference_outputs_and_static_shapes(model):
+    batch = synthetic_batch(num_gt=(1, 1))
+    out = model({"images": batch["images"], "image_sizes": batch["image_sizes"]})
+    d = model.model_settings.roi_heads.detections_per_image
+    assert out["boxes"].shape == (2, d, 4)
+    assert out["masks"].shape == (2, d, 28, 28)
+    assert out["keypoints"].shape == (2, d, 4, 3)
+    n = out["num_detections"].numpy()
+    classes = out["classes"].numpy()
+    for i in range(2):
+        assert (classes[i, :n[i]] > 0).all() and (classes[i, n[i]:] == 0).all()
+
+
+def test_keras_and_weights_round_trip(model, tmp_path):
+    batch = synthetic_batch(num_gt=(1, 1))
+    inputs = {"images": batch["images"], "image_sizes": batch["image_sizes"]}
+    expected = model(inputs)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, MaskRCNN)
+    got = loaded(inputs)
+    for key in ("boxes", "scores", "masks", "keypoints"):
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-5)
+    weights = str(tmp_path / "model.weights.h5")
+    model.save_weights(weights)
+    other = build_model(tiny_config())
+    other.load_weights(weights)
+    np.testing.assert_allclose(other(inputs)["boxes"].numpy(), expected["boxes"].numpy(),
+                               atol=1e-5)
+
+
+def test_detect_any_size_without_retracing(model):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+              for h, w in ((100, 150), (180, 90), (128, 128))]
+    results = model.detect(images)
+    for image, result in zip(images, results):
+        n = len(result["scores"])
+        assert result["boxes"].shape == (n, 4)
+        assert result["masks"].shape == (n,) + image.shape[:2]
+        assert result["masks"].dtype == bool
+        assert result["keypoints"].shape == (n, 4, 3)
+        if n:
+            assert result["boxes"][:, 2].max() <= image.shape[1] + 1e-3
+            assert result["boxes"][:, 3].max() <= image.shape[0] + 1e-3
+    assert len(model._detect_fn._list_all_concrete_functions()) == 1
+
+
+def test_detect_maps_labels_to_category_ids():
+    m = build_model(tiny_config(**{"model.roi_heads.score_threshold": 0.0}),
+                    category_ids=[11, 22, 33])
+    result = m.detect([np.full((96, 96, 3), 128, np.uint8)])[0]
+    assert set(result["labels"].tolist()) <= {11, 22, 33}
+
+
+def test_detect_rejects_bad_images(model):
+    with pytest.raises(ValueError, match="uint8"):
+        model.detect([np.zeros((32, 32, 3), np.float32)])
+
+
+def test_box_only_model_has_no_mask_outputs():
+    m = build_model(tiny_config(**{"model.mask_head.enabled": "false",
+                                   "model.keypoint_head.enabled": "false"}))
+    out = m(synthetic_batch(num_gt=(1,)), training=True)
+    assert "mask_logits" not in out and "keypoint_logits" not in out
+    assert set(m.compute_losses(out)) == {"rpn_objectness", "rpn_box", "box_classification",
+                                          "box_regression"}
