@@ -27,6 +27,15 @@ from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_hea
 from keras_maskrcnn.ops.masks import project_masks_on_boxes
 from keras_maskrcnn.ops.roi_ops import multilevel_roi_align
 
+def global_count(mask):
+    """Number of True entries of ``mask`` summed over all replicas (float32, at least 1)."""
+    count = tf.reduce_sum(tf.cast(mask, tf.float32))
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.maximum(count, 1.0)
+
+
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression", "mask",
               "keypoint")
 
@@ -182,34 +191,46 @@ class MaskRCNN(keras.Model):
         return outputs
 
     def compute_losses(self, outputs):
-        """Training outputs -> {loss name: scalar} (unweighted), torchvision's definitions."""
+        """Training outputs -> {loss name: scalar} (unweighted), torchvision's definitions.
+
+        Each loss is a sum over this replica's batch divided by a count summed over all
+        replicas (``global_count``), so the replicas' losses add up to the loss of the whole
+        global batch on one device (tf.distribute sums the replicas' gradients).
+        """
         beta_rpn = self.model_settings.rpn.smooth_l1_beta
         beta_box = self.model_settings.roi_heads.smooth_l1_beta
         result = {}
         result["rpn_objectness"], result["rpn_box"] = losses.rpn_losses(
             outputs["rpn_objectness_logits"], outputs["rpn_box_deltas"], outputs["rpn_labels"],
-            outputs["rpn_box_targets"], beta=beta_rpn)
+            outputs["rpn_box_targets"], beta=beta_rpn,
+            num_sampled=global_count(outputs["rpn_labels"] >= 0))
         result["box_classification"], result["box_regression"] = losses.fastrcnn_losses(
             outputs["class_logits"], outputs["box_deltas"], outputs["roi_classes"],
-            outputs["box_targets"], beta=beta_box)
+            outputs["box_targets"], beta=beta_box,
+            num_rois=global_count(outputs["roi_classes"] >= 0))
         if "mask_logits" in outputs:
-            result["mask"] = losses.mask_loss(outputs["mask_logits"], outputs["mask_targets"],
-                                              outputs["fg_roi_classes"])
+            result["mask"] = losses.mask_loss(
+                outputs["mask_logits"], outputs["mask_targets"], outputs["fg_roi_classes"],
+                num_positives=global_count(outputs["fg_roi_classes"] > 0))
         if "keypoint_logits" in outputs:
             result["keypoint"] = losses.keypoint_loss(
                 outputs["keypoint_logits"], outputs["keypoint_targets"],
-                outputs["keypoint_valid"])
+                outputs["keypoint_valid"], num_valid=global_count(outputs["keypoint_valid"]))
         return result
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Weighted sum of the losses of a training forward pass (``y_pred``); tracks each."""
+        """Weighted sum of the losses of a training forward pass (``y_pred``); tracks each.
+
+        Under a strategy this replica's share of the global-batch loss (see
+        ``compute_losses``); the trackers show the global-batch value.
+        """
         weights = self.model_settings.loss_weights
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         total = 0.0
         for name, value in self.compute_losses(y_pred).items():
-            self.loss_trackers[name].update_state(value)
+            self.loss_trackers[name].update_state(value * replicas)
             total = total + getattr(weights, name) * value
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return total / replicas  # Keras sums replica gradients: average them instead
+        return total
 
     def test_step(self, data):
         """Validation loss: the training forward pass (targets need it), without updates."""

@@ -1,0 +1,427 @@
+"""COCO instances / person_keypoints JSON -> per-image ground truth (numpy, Python side).
+
+Shape shorthand:
+    M  GT instances of one image (crowd regions and degenerate boxes removed)
+    Kp keypoints per instance
+    H, W  original image height and width
+
+Conventions pinned here (tests/test_data_coco.py checks them):
+    * Category ids: the dataset's ids sorted ascending map to contiguous ids 1..K (0 is the
+      background inside the model); ``CategoryMap`` maps both ways.
+    * Boxes: COCO ``bbox`` [x, y, w, h] -> xyxy float32, clipped to the image (as torchvision's
+      reference ``ConvertCocoPolysToMask``); boxes with width or height < 1 pixel after that are
+      dropped and counted in ``stats.num_degenerate``.
+    * ``iscrowd=1`` regions are left out of the GT (torchvision and detectron2 ignore them in
+      training; COCOeval reads them from the JSON itself); counted in ``stats.num_crowd``.
+    * Images without (remaining) annotations stay in the dataset as negatives.
+    * Masks: polygons, compressed RLE (``counts`` a string) and uncompressed RLE (``counts`` a
+      list) are decoded with pycocotools; polygons with fewer than 3 points are ignored (a
+      4-number polygon would make pycocotools read the whole list as boxes). An annotation
+      without a segmentation gets its box as the mask (``stats.num_box_masks``).
+    * Keypoints: (M, Kp, 3) float32 [x, y, v] as written in the file (no +0.5 shift, as
+      torchvision); annotations without ``keypoints`` get zeros (v = 0).
+    * Malformed input raises ``CocoFormatError`` naming the file, the element and the field.
+"""
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import threading
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+logger = logging.getLogger(__name__)
+
+
+class CocoFormatError(ValueError):
+    """A malformed COCO file; the message names the file, the element and the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoryMap:
+    """Dataset category ids <-> contiguous ids 1..K (0 = background).
+
+    ``dataset_ids[i]`` is the dataset id of contiguous id ``i + 1``; ``names`` likewise.
+    """
+
+    dataset_ids: Tuple[int, ...]
+    names: Tuple[str, ...]
+
+    @classmethod
+    def from_categories(cls, categories):
+        """From COCO ``categories`` dicts (any order): sorted by dataset id."""
+        ordered = sorted(categories, key=lambda c: c["id"])
+        return cls(tuple(c["id"] for c in ordered), tuple(c["name"] for c in ordered))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes INCLUDING background (K + 1), as ``model.num_classes``."""
+        return len(self.dataset_ids) + 1
+
+    @functools.cached_property
+    def _lookup(self) -> Dict[int, int]:
+        return {d: i + 1 for i, d in enumerate(self.dataset_ids)}
+
+    def to_contiguous(self, dataset_ids):
+        """Dataset ids (int or array) -> contiguous ids 1..K. Raises KeyError if unknown."""
+        if isinstance(dataset_ids, int) or np.ndim(dataset_ids) == 0:
+            return self._lookup[int(dataset_ids)]
+        ids = np.asarray(dataset_ids)
+        out = np.array([self._lookup[int(d)] for d in ids.ravel()], np.int32).reshape(ids.shape)
+        return out
+
+    def to_dataset(self, contiguous_ids):
+        """Contiguous ids 1..K (int or array) -> dataset ids. Raises IndexError if not in 1..K."""
+        ids = np.asarray(contiguous_ids)
+        if ids.size and (ids.min() < 1 or ids.max() > len(self.dataset_ids)):
+            raise IndexError(f"contiguous ids must be in 1..{len(self.dataset_ids)}, got "
+                             f"{ids.min()}..{ids.max()}")
+        out = np.asarray(self.dataset_ids, np.int64)[ids - 1]  # gather: contiguous -> dataset
+        return int(out) if np.ndim(contiguous_ids) == 0 else out
+
+    def name(self, contiguous_id: int) -> str:
+        return self.names[contiguous_id - 1]
+
+
+@dataclasses.dataclass
+class LoadStats:
+    """Counts of what the loader (and the pipeline reading images) dropped or changed."""
+
+    num_crowd: int = 0
+    num_degenerate: int = 0
+    num_box_masks: int = 0
+    num_bad_polygons: int = 0
+    num_truncated_images: int = 0  # images with more than max_instances GT (extra dropped)
+    skipped_images: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False,
+                                             compare=False)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped_images)
+
+
+@dataclasses.dataclass
+class ImageRecord:
+    """One image: metadata and its GT in original pixels (M may be 0)."""
+
+    image_id: int
+    path: str
+    height: int
+    width: int
+    boxes: np.ndarray  # (M, 4) float32 xyxy
+    classes: np.ndarray  # (M,) int32 contiguous 1..K
+    segmentations: list  # M raw COCO segmentations (None: use the box)
+    keypoints: Optional[np.ndarray]  # (M, Kp, 3) float32, None when Kp = 0
+
+
+def decode_segmentation(segmentation, height, width):
+    """A COCO segmentation (polygon list, RLE dict with string or list counts) -> mask.
+
+    Args:
+        segmentation: as in the JSON.
+        height, width: image size.
+
+    Returns:
+        (H, W) uint8 0/1 mask (polygons are unioned).
+    """
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if len(p) >= 6]
+        if not polygons:
+            return np.zeros((height, width), np.uint8)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)  # uncompressed -> compressed
+    else:
+        rle = dict(segmentation, counts=segmentation["counts"].encode("ascii"))
+    return mask_utils.decode(rle)
+
+
+# ----------------------------------------------------------------------------- validation
+class _Checker:
+    """Raises CocoFormatError("<file>: <where>: <problem>")."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, where, problem):
+        raise CocoFormatError(f"{self.path}: {where}: {problem}")
+
+    def field(self, obj, key, where, kinds, optional=False):
+        if not isinstance(obj, dict):
+            self.fail(where, f"expected an object, got {type(obj).__name__}")
+        if key not in obj:
+            if optional:
+                return None
+            self.fail(where, f"missing field {key!r}")
+        value = obj[key]
+        ok = isinstance(value, kinds) and not isinstance(value, bool)
+        if not ok:
+            names = "/".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+            self.fail(where, f"field {key!r} must be {names}, got {value!r:.60}")
+        return value
+
+
+def _is_number(v):
+    return type(v) in (int, float) and math.isfinite(v)  # type(): bool is not a number
+
+
+def _all_numbers(values):
+    """Fast check for long lists (polygons): every value an int or float (finite)."""
+    return all(type(v) in (int, float) for v in values) and math.isfinite(sum(values))
+
+
+def _check_segmentation(chk, segm, where, image):
+    if isinstance(segm, list):
+        for j, poly in enumerate(segm):
+            if not isinstance(poly, list) or not _all_numbers(poly):
+                chk.fail(where, f"'segmentation'[{j}] must be a list of numbers (a polygon)")
+            if len(poly) % 2:
+                chk.fail(where, f"'segmentation'[{j}] has an odd number of coordinates "
+                                f"({len(poly)})")
+        return
+    counts = chk.field(segm, "counts", where + " 'segmentation'", (str, list))
+    size = chk.field(segm, "size", where + " 'segmentation'", list)
+    if list(size) != [image["height"], image["width"]]:
+        chk.fail(where, f"'segmentation' RLE size {size} differs from the image's "
+                        f"[height, width] = {[image['height'], image['width']]}")
+    if isinstance(counts, list) and sum(counts) != image["height"] * image["width"]:
+        chk.fail(where, f"'segmentation' uncompressed RLE counts sum to {sum(counts)}, "
+                        f"expected height * width = {image['height'] * image['width']}")
+
+
+def _check_annotation(chk, ann, i, images, category_ids, num_keypoints):
+    where = f"annotations[{i}]"
+    if isinstance(ann, dict) and "id" in ann:
+        where += f" (id {ann['id']})"
+    image_id = chk.field(ann, "image_id", where, int)
+    if image_id not in images:
+        chk.fail(where, f"'image_id' {image_id} is not in 'images'")
+    category_id = chk.field(ann, "category_id", where, int)
+    if category_id not in category_ids:
+        chk.fail(where, f"unknown 'category_id' {category_id} (categories: "
+                        f"{sorted(category_ids)})")
+    bbox = chk.field(ann, "bbox", where, list)
+    if len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        chk.fail(where, f"'bbox' must be 4 numbers [x, y, width, height], got {bbox!r:.80}")
+    if bbox[2] < 0 or bbox[3] < 0:
+        chk.fail(where, f"'bbox' has a negative width or height: {bbox}")
+    crowd = chk.field(ann, "iscrowd", where, int, optional=True)
+    if crowd not in (None, 0, 1):
+        chk.fail(where, f"'iscrowd' must be 0 or 1, got {crowd!r}")
+    segm = chk.field(ann, "segmentation", where, (list, dict), optional=True)
+    if segm is not None:
+        _check_segmentation(chk, segm, where, images[image_id])
+    keypoints = chk.field(ann, "keypoints", where, list, optional=True)
+    if num_keypoints and keypoints is not None and not crowd:
+        if len(keypoints) != 3 * num_keypoints or not _all_numbers(keypoints):
+            chk.fail(where, f"'keypoints' must be {3 * num_keypoints} numbers "
+                            f"({num_keypoints} keypoints x [x, y, v]), got {len(keypoints)} "
+                            "values")
+
+
+def _check_tables(chk, data):
+    """Validates 'images' and 'categories'; returns ({image id: image}, {category id: cat})."""
+    if not isinstance(data, dict):
+        chk.fail("top level", f"expected an object, got {type(data).__name__}")
+    images, categories = {}, {}
+    for i, image in enumerate(chk.field(data, "images", "top level", list)):
+        where = f"images[{i}]"
+        image_id = chk.field(image, "id", where, int)
+        where += f" (id {image_id})"
+        chk.field(image, "file_name", where, str)
+        for key in ("height", "width"):
+            if chk.field(image, key, where, int) <= 0:
+                chk.fail(where, f"{key!r} must be positive, got {image[key]}")
+        if image_id in images:
+            chk.fail(where, f"duplicate image id {image_id}")
+        images[image_id] = image
+    for i, cat in enumerate(chk.field(data, "categories", "top level", list)):
+        where = f"categories[{i}]"
+        cat_id = chk.field(cat, "id", where, int)
+        chk.field(cat, "name", where + f" (id {cat_id})", str)
+        if cat_id in categories:
+            chk.fail(where, f"duplicate category id {cat_id}")
+        categories[cat_id] = cat
+    if not categories:
+        chk.fail("categories", "no categories")
+    return images, categories
+
+
+# ----------------------------------------------------------------------------- loading
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise CocoFormatError(f"{path}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise CocoFormatError(f"{path}: invalid JSON: {e}") from None
+
+
+def _image_gt(anns, image, categories, num_keypoints, stats):
+    """Non-crowd, non-degenerate GT of one image as (boxes, classes, segmentations, kps)."""
+    kept = [a for a in anns if not a.get("iscrowd", 0)]
+    stats.num_crowd += len(anns) - len(kept)
+    boxes = np.array([a["bbox"] for a in kept], np.float64).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+    limits = [image["width"], image["height"]] * 2
+    boxes = np.clip(boxes, 0, limits).astype(np.float32)
+    keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    stats.num_degenerate += int((~keep).sum())
+    kept = [a for a, k in zip(kept, keep) if k]
+    segms = [a.get("segmentation") or None for a in kept]
+    stats.num_box_masks += sum(s is None for s in segms)
+    stats.num_bad_polygons += sum(isinstance(s, list) and any(len(p) < 6 for p in s)
+                                  for s in segms)
+    classes = np.array([categories.to_contiguous(a["category_id"]) for a in kept], np.int32)
+    kps = None
+    if num_keypoints:
+        kps = [a.get("keypoints") or [0.0] * 3 * num_keypoints for a in kept]
+        kps = np.array(kps, np.float32).reshape(-1, num_keypoints, 3)  # (M, 3Kp) -> (M, Kp, 3)
+    return boxes[keep], classes, segms, kps
+
+
+class CocoDataset:
+    """A loaded, validated COCO annotation file.
+
+    Attributes:
+        annotation_file, image_dir: where it came from.
+        images: list of ``ImageRecord``, sorted by image id.
+        categories: ``CategoryMap``.
+        keypoint_names, skeleton: from the first category that has them (0-based skeleton),
+            else empty tuples.
+        num_keypoints: Kp requested at load (0: no keypoints).
+        stats: ``LoadStats`` (updated by the pipeline as it skips unreadable images).
+    """
+
+    def __init__(self, annotation_file, image_dir, num_keypoints=0):
+        self.annotation_file, self.image_dir = annotation_file, image_dir
+        self.num_keypoints = num_keypoints
+        self.stats = LoadStats()
+        self._skipped_ids = set()
+        chk = _Checker(annotation_file)
+        data = _read_json(annotation_file)
+        image_table, category_table = _check_tables(chk, data)
+        self.categories = CategoryMap.from_categories(category_table.values())
+        annotations = chk.field(data, "annotations", "top level", list, optional=True) or []
+        per_image: Dict[int, list] = {image_id: [] for image_id in image_table}
+        for i, ann in enumerate(annotations):
+            _check_annotation(chk, ann, i, image_table, category_table, num_keypoints)
+            per_image[ann["image_id"]].append(ann)
+        self.images = []
+        for image_id in sorted(image_table):
+            image = image_table[image_id]
+            gt = _image_gt(per_image[image_id], image, self.categories, num_keypoints,
+                           self.stats)
+            path = os.path.join(image_dir, image["file_name"])
+            self.images.append(ImageRecord(image_id, path, image["height"], image["width"], *gt))
+        with_kp = [c for c in category_table.values() if c.get("keypoints")]
+        self.keypoint_names = tuple(with_kp[0]["keypoints"]) if with_kp else ()
+        self.skeleton = tuple((a - 1, b - 1) for a, b in with_kp[0].get("skeleton", ())) \
+            if with_kp else ()
+        s = self.stats
+        if s.num_crowd or s.num_degenerate or s.num_box_masks or s.num_bad_polygons:
+            logger.info("%s: %d images; left out %d crowd regions and %d boxes smaller than "
+                        "1 pixel; %d annotations without segmentation use their box; %d with "
+                        "polygons of < 3 points", annotation_file, len(self.images),
+                        s.num_crowd, s.num_degenerate, s.num_box_masks, s.num_bad_polygons)
+
+    def __len__(self):
+        return len(self.images)
+
+    def num_instances(self) -> np.ndarray:
+        """(num images,) int: GT instances per image (crowd and degenerate excluded)."""
+        return np.array([len(r.classes) for r in self.images], np.int64)
+
+    def instance_masks(self, record: ImageRecord, count: Optional[int] = None):
+        """(M, H, W) uint8 masks of the first ``count`` (default all) instances of an image."""
+        segms = record.segmentations[:count]
+        masks = np.zeros((len(segms), record.height, record.width), np.uint8)
+        for i, segm in enumerate(segms):
+            if segm is None:  # no segmentation: fill the (integer-rounded) box
+                x1, y1, x2, y2 = np.round(record.boxes[i]).astype(int)
+                masks[i, y1:y2, x1:x2] = 1
+            else:
+                masks[i] = decode_segmentation(segm, record.height, record.width)
+        return masks
+
+    def skip(self, record: ImageRecord, reason: str):
+        """Counts an image the pipeline could not use and names it in a warning (once: later
+        epochs skip it silently)."""
+        with self.stats.lock:
+            if record.image_id in self._skipped_ids:
+                return
+            self._skipped_ids.add(record.image_id)
+            self.stats.skipped_images.append((record.path, reason))
+        logger.warning("skipping image %s (id %d): %s", record.path, record.image_id, reason)
+
+    def load_example(self, index: int, max_instances: Optional[int] = None,
+                     with_masks: bool = True):
+        """Reads image ``index`` and its GT. Returns None (after ``skip``) if unreadable.
+
+        Returns:
+            dict: image (H, W, 3) uint8 RGB, boxes (M, 4) float32 xyxy, classes (M,) int32,
+            masks (M, H, W) uint8 (absent when ``with_masks`` is False), keypoints
+            (M, Kp, 3) float32 (when Kp > 0), image_id int; M <= max_instances (the first
+            ones in file order are kept, counted in ``stats.num_truncated_images``).
+        """
+        record = self.images[index]
+        if record.image_id in self._skipped_ids:
+            return None
+        image = read_image(record, self.skip)
+        if image is None:
+            return None
+        count = len(record.classes)
+        if max_instances is not None and count > max_instances:
+            with self.stats.lock:
+                self.stats.num_truncated_images += 1
+            count = max_instances
+        example = {"image": image, "boxes": record.boxes[:count],
+                   "classes": record.classes[:count], "image_id": record.image_id}
+        if with_masks:
+            try:
+                example["masks"] = self.instance_masks(record, count)
+            except Exception as e:  # noqa: BLE001 - e.g. a corrupt compressed RLE string
+                self.skip(record, f"cannot decode a segmentation: {type(e).__name__}: {e}")
+                return None
+        if self.num_keypoints:
+            example["keypoints"] = record.keypoints[:count]
+        return example
+
+
+def read_image(record: ImageRecord, on_error):
+    """Decodes an image file to (H, W, 3) uint8 RGB with PIL; calls ``on_error(record,
+    reason)`` and returns None when it is missing, unreadable, truncated or of another size
+    than the annotation file says."""
+    from PIL import Image  # PIL decodes with the GIL released: fine in tf.data threads
+
+    try:
+        with Image.open(record.path) as im:
+            image = np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoding problem means "skip this image"
+        on_error(record, f"{type(e).__name__}: {e}")
+        return None
+    if image.shape[:2] != (record.height, record.width):
+        on_error(record, f"decoded size {image.shape[0]}x{image.shape[1]} differs from the "
+                         f"annotation's {record.height}x{record.width}")
+        return None
+    return image
+
+
+def load_coco(annotation_file, image_dir, num_keypoints=0) -> CocoDataset:
+    """Loads and validates a COCO instances / person_keypoints JSON.
+
+    Args:
+        annotation_file: path of the JSON.
+        image_dir: directory the images' ``file_name`` are relative to.
+        num_keypoints: Kp; > 0 reads and checks the annotations' ``keypoints`` (3 * Kp numbers).
+
+    Returns:
+        ``CocoDataset``. Raises ``CocoFormatError`` naming the file and field on bad input.
+    """
+    return CocoDataset(os.fspath(annotation_file), os.fspath(image_dir), num_keypoints)

@@ -1,0 +1,271 @@
+"""tf.data input pipeline: COCO-format files -> batched, padded model inputs.
+
+Shape shorthand:
+    B  batch size
+    M  max_instances (GT rows per image, padded)
+    Kp keypoints per instance
+    Hp, Wp  padded image size: training max_size rounded up to size_divisor on both sides
+            (one static shape, so ``fit`` traces once); evaluation the batch's largest resized
+            image rounded up to size_divisor
+
+Each element is one dict (the model's ``inputs``), dense tensors only (RaggedTensors crash
+``fit`` under a distribution strategy):
+
+    images          (B, Hp, Wp, 3) float32  raw RGB 0..255, resized; zero in the padding
+    image_sizes     (B, 2) int32     (height, width) of the resized image before padding
+    gt_boxes        (B, M, 4) float32  xyxy in resized pixels; padding rows -1
+    gt_classes      (B, M) int32     contiguous 1..K; padding -1 (valid = gt_classes > 0)
+    gt_masks        (B, M, Hp, Wp) uint8  0/1; padding rows and pixels 0
+    gt_keypoints    (B, M, Kp, 3) float32  [x, y, v] in resized pixels; padding rows -1
+                    (only when the source has keypoints)
+    image_ids       (B,) int64       the dataset's image ids
+    original_sizes  (B, 2) int32     (height, width) of the original image
+    scales          (B,) float32     nominal resize factor; boxes are scaled per axis by
+                                     image_sizes / original_sizes (torchvision's resize_boxes)
+
+Stages: image indices -> [training: filter images without GT, full shuffle of the indices,
+repeat] -> Python stage (``tf.numpy_function``, parallel): PIL decode + pycocotools masks;
+an unreadable, truncated or wrongly sized image is skipped, counted in
+``source.stats.skipped_images`` and named in a logged warning -> TF stage (parallel): resize
+(training: random short side from ``min_size_train``), random horizontal flip, padding ->
+batch (training: ``drop_remainder`` so B is static) -> prefetch. Training randomness is
+stateless, seeded per element from ``tf.data.Dataset.random(seed)``: reproducible for a seed.
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from keras_maskrcnn.data import coco, synthetic, transforms
+
+
+def flip_indices_from_pairs(flip_pairs, num_keypoints):
+    """Permutation of the keypoint axis for a horizontal flip: each pair (a, b) swapped."""
+    perm = list(range(num_keypoints))
+    for a, b in flip_pairs:
+        perm[a], perm[b] = b, a
+    return tuple(perm)
+
+
+def load_split(data_config, split, num_keypoints=0, create_synthetic=True):
+    """Loads ``data_config.<split>`` ("train" or "val") as a ``coco.CocoDataset``.
+
+    Format "coco" reads ``annotations`` / ``images``; "synthetic" reads the shapes dataset of
+    ``data_config.synthetic`` (written first when absent or written with other parameters, if
+    ``create_synthetic``); "tfrecord" is not read here.
+    """
+    split_config = getattr(data_config, split)
+    if split_config.format == "synthetic":
+        paths = synthetic.split_paths(data_config.synthetic.output_dir, split)
+        if create_synthetic:
+            synthetic.ensure_synthetic_dataset(data_config.synthetic)
+        return coco.load_coco(*paths, num_keypoints=num_keypoints)
+    if split_config.format == "coco":
+        return coco.load_coco(split_config.annotations, split_config.images, num_keypoints)
+    raise NotImplementedError(f"data.{split}.format {split_config.format!r} is not read by "
+                              "keras_maskrcnn.data.pipeline")
+
+
+def _python_stage(source, max_instances, with_masks):
+    """A tf.data map function running ``source.load_example`` in Python; adds ``valid``."""
+    kp = source.num_keypoints
+    names = ["image", "boxes", "classes", "image_id"] + ["masks"] * with_masks \
+        + ["keypoints"] * bool(kp)
+    dtypes = {"image": tf.uint8, "boxes": tf.float32, "classes": tf.int32,
+              "image_id": tf.int64, "masks": tf.uint8, "keypoints": tf.float32}
+    shapes = {"image": [None, None, 3], "boxes": [None, 4], "classes": [None],
+              "image_id": [], "masks": [None, None, None], "keypoints": [None, kp, 3]}
+    empty = {"image": np.zeros((1, 1, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
+             "classes": np.zeros((0,), np.int32), "image_id": np.int64(-1),
+             "masks": np.zeros((0, 1, 1), np.uint8), "keypoints": np.zeros((0, kp, 3),
+                                                                              np.float32)}
+
+    def load(index):
+        example = source.load_example(int(index), max_instances, with_masks)
+        valid = example is not None
+        if not valid and source.stats.num_skipped >= len(source):
+            raise RuntimeError(f"{source.annotation_file}: no image of the split is readable "
+                               f"(first: {source.stats.skipped_images[0]})")
+        example = example if valid else empty
+        values = [np.asarray(example[n], dtypes[n].as_numpy_dtype) for n in names]
+        return values + [np.bool_(valid)]
+
+    def stage(index):
+        values = tf.numpy_function(load, [index], [dtypes[n] for n in names] + [tf.bool])
+        example = {n: tf.ensure_shape(v, shapes[n]) for n, v in zip(names, values)}
+        example["valid"] = tf.ensure_shape(values[-1], [])
+        return example
+
+    return stage
+
+
+def _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
+              fixed_size):
+    """The TF map function: resize, flip, pad. ``fixed_size``: (Hp, Wp) ints or None."""
+    max_instances = input_config.max_instances
+
+    def stage(example, seed=None):
+        example = dict(example)
+        example.pop("valid")
+        original_size = tf.shape(example["image"])[:2]
+        min_size = input_config.min_size_test
+        if training:
+            size_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+            min_size = transforms.sample_min_size(size_seed, input_config.min_size_train,
+                                                  input_config.min_size_train_sampling)
+        example = transforms.resize_example(example, min_size, input_config.max_size,
+                                            mask_method)
+        if training and flip_probability > 0:
+            example = transforms.random_flip_example(example, flip_seed, flip_probability,
+                                                     flip_indices)
+        size = tf.shape(example["image"])[:2]
+        if fixed_size is not None:
+            pad_h, pad_w = fixed_size
+        else:
+            pad_h, pad_w = transforms.padded_size(size[0], size[1], input_config.size_divisor)
+        out = {
+            "images": transforms.pad_image(example["image"], pad_h, pad_w),
+            "image_sizes": size,
+            "gt_boxes": transforms.pad_instances(example["boxes"], max_instances, -1),
+            "gt_classes": transforms.pad_instances(example["classes"], max_instances, -1),
+            "image_ids": example["image_id"],
+            "original_sizes": original_size,
+            "scales": example["scale"],
+        }
+        if "masks" in example:
+            masks = transforms.pad_instances(example["masks"], max_instances, 0)
+            out["gt_masks"] = transforms.pad_masks(masks, pad_h, pad_w)
+        if "keypoints" in example:
+            out["gt_keypoints"] = transforms.pad_instances(example["keypoints"], max_instances,
+                                                           -1)
+        if fixed_size is not None:  # one static shape for the whole training run
+            out["images"] = tf.ensure_shape(out["images"], [pad_h, pad_w, 3])
+            if "gt_masks" in out:
+                out["gt_masks"] = tf.ensure_shape(out["gt_masks"], [max_instances, pad_h, pad_w])
+        return out
+
+    return stage
+
+
+def _padding_values(with_masks, with_keypoints):
+    values = {"images": 0.0, "image_sizes": 0, "gt_boxes": -1.0, "gt_classes": -1,
+              "image_ids": tf.constant(0, tf.int64), "original_sizes": 0, "scales": 0.0}
+    if with_masks:
+        values["gt_masks"] = tf.constant(0, tf.uint8)
+    if with_keypoints:
+        values["gt_keypoints"] = -1.0
+    return {k: tf.constant(v, tf.float32) if isinstance(v, float) else
+            tf.constant(v, tf.int32) if isinstance(v, int) else v for k, v in values.items()}
+
+
+def build_dataset(source, input_config, batch_size, training, *, flip_probability=0.5,
+                  flip_pairs=None, shuffle_buffer=1000, num_parallel_calls=None, cache=False,
+                  filter_empty_images=True, seed=0, max_images=None, mask_method="nearest",
+                  with_masks=True, fixed_size=None, skip_examples=0):
+    """Batched model inputs from a loaded dataset (keys and shapes in the module docstring).
+
+    Args:
+        source: ``coco.CocoDataset`` (``load_split`` / ``coco.load_coco``); its ``stats``
+            count the images skipped while iterating.
+        input_config: ``config.InputConfig`` (sizes, size_divisor, max_instances).
+        batch_size: B (global batch).
+        training: True: filter images without GT (if ``filter_empty_images``), shuffle,
+            random short side from ``min_size_train``, random flip, repeat forever, fixed
+            padded size, ``drop_remainder``. False: ordered by image id, ``min_size_test``,
+            no flip, one pass, padded to the batch's largest image, last batch may be smaller.
+        flip_probability: training horizontal flip probability.
+        flip_pairs: keypoint pairs swapped by a flip (``KeypointHeadConfig.flip_pairs``);
+            required (may be empty) when the source has keypoints and flips are on.
+        shuffle_buffer: > 0 shuffles; the shuffle is over image indices before decoding, so it
+            is a full shuffle of the split whatever the number (with ``cache`` it is a buffer of
+            this many decoded examples). 0 keeps the file order.
+        num_parallel_calls: parallel map calls; None = tf.data.AUTOTUNE.
+        cache: cache the decoded original-size examples in memory (small datasets only).
+        seed: shuffle and augmentation seed (the dataset is reproducible for a seed).
+        max_images: keep only the first images (by id) of the split.
+        mask_method: see ``transforms.resize_masks``.
+        with_masks: False drops ``gt_masks`` (box-only models; saves the mask decoding).
+        fixed_size: (Hp, Wp) to pad every image to; default (training) max_size rounded up to
+            size_divisor on both sides, (evaluation) None = per batch.
+        skip_examples: training: start after this many examples of the (deterministic for a
+            seed) stream, e.g. steps already trained x global batch when resuming. Skipping
+            happens on image indices and seeds, before any decoding.
+
+    Returns:
+        tf.data.Dataset of input dicts.
+    """
+    num_kp = source.num_keypoints
+    if training and flip_probability > 0 and num_kp and flip_pairs is None:
+        raise ValueError("the source has keypoints: pass flip_pairs (possibly empty) so a "
+                         "horizontal flip can swap left and right keypoints")
+    flip_indices = flip_indices_from_pairs(flip_pairs or (), num_kp) if num_kp else None
+    if training and fixed_size is None:
+        side = math.ceil(input_config.max_size / input_config.size_divisor)
+        fixed_size = (side * input_config.size_divisor,) * 2
+    parallel = num_parallel_calls or tf.data.AUTOTUNE
+    indices = np.arange(len(source), dtype=np.int64)
+    if training and filter_empty_images:
+        indices = indices[source.num_instances() > 0]
+    indices = indices[:max_images]
+    if len(indices) == 0:
+        raise ValueError(f"{source.annotation_file}: no images to read"
+                         + (" (all without annotations)" if training else ""))
+    load = _python_stage(source, input_config.max_instances, with_masks)
+    dataset = tf.data.Dataset.from_tensor_slices(indices)
+    shuffle = training and shuffle_buffer > 0
+    if cache:
+        dataset = dataset.map(load, num_parallel_calls=parallel).filter(_is_valid).cache()
+        if shuffle:
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if training:
+            dataset = dataset.repeat()
+    else:
+        if shuffle:  # indices are cheap: shuffle them all before decoding anything
+            dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+        if training:
+            dataset = dataset.repeat().skip(skip_examples)
+        dataset = dataset.map(load, num_parallel_calls=parallel).filter(_is_valid)
+    if training:  # one (2,) stateless seed per element
+        seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
+        if cache:
+            dataset = dataset.skip(skip_examples)
+        dataset = tf.data.Dataset.zip((dataset, seeds))
+    transform = _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
+                          fixed_size)
+    dataset = dataset.map(transform, num_parallel_calls=parallel)
+    if fixed_size is not None:
+        dataset = dataset.batch(batch_size, drop_remainder=training)
+    else:
+        dataset = dataset.padded_batch(batch_size, drop_remainder=training,
+                                       padding_values=_padding_values(with_masks, num_kp > 0))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _is_valid(example):
+    return example["valid"]
+
+
+def dataset_from_config(data_config, input_config, split, batch_size, training,
+                        keypoint_config=None, seed=0, max_images=None, with_masks=True,
+                        skip_examples=0):
+    """``load_split`` + ``build_dataset`` with the config objects.
+
+    Args:
+        data_config: ``config.DataConfig``; input_config: ``config.InputConfig``.
+        split: "train" or "val".
+        keypoint_config: ``config.KeypointHeadConfig``; keypoints are read when it is enabled.
+
+    Returns:
+        (tf.data.Dataset, coco.CocoDataset): the dataset and its source (categories, stats).
+    """
+    kp_on = keypoint_config is not None and keypoint_config.enabled
+    source = load_split(data_config, split, keypoint_config.num_keypoints if kp_on else 0)
+    dataset = build_dataset(
+        source, input_config, batch_size, training,
+        flip_probability=data_config.flip_probability,
+        flip_pairs=keypoint_config.flip_pairs if kp_on else None,
+        shuffle_buffer=data_config.shuffle_buffer,
+        num_parallel_calls=data_config.num_parallel_calls, cache=data_config.cache,
+        filter_empty_images=data_config.filter_empty_images, seed=seed,
+        max_images=max_images, with_masks=with_masks, skip_examples=skip_examples)
+    return dataset, source

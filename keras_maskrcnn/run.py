@@ -1,0 +1,154 @@
+"""The main job behind ``train.py``: train (resumable), evaluate, export, draw predictions."""
+import json
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from keras_maskrcnn import builders, config as config_lib, training
+from keras_maskrcnn.data import pipeline
+
+log = logging.getLogger("keras_maskrcnn")
+
+
+def _paths(cfg):
+    out = cfg.train.output_dir
+    return {"root": out, "config": os.path.join(out, "config.yaml"),
+            "checkpoints": os.path.join(out, "checkpoints"), "logs": os.path.join(out, "logs"),
+            "weights": os.path.join(out, "model.weights.h5"), "eval": os.path.join(out, "eval"),
+            "saved_model": os.path.join(out, "saved_model"),
+            "predictions": os.path.join(out, "predictions")}
+
+
+def train_dataset(cfg, start_step):
+    """The training pipeline positioned after the ``start_step`` batches already consumed."""
+    dataset, source = pipeline.dataset_from_config(
+        cfg.data, cfg.input, "train", cfg.train.batch_size, training=True,
+        keypoint_config=cfg.model.keypoint_head, seed=cfg.train.seed,
+        with_masks=cfg.model.mask_head.enabled, skip_examples=start_step * cfg.train.batch_size)
+    return dataset, source
+
+
+def build_training_model(cfg, strategy, category_ids):
+    """Model and optimizer created (and built) inside the strategy's scope."""
+    with strategy.scope():
+        model = builders.build_model(cfg, category_ids=category_ids)
+        model.compile(optimizer=training.build_optimizer(cfg.train), jit_compile=False)
+        model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def train(cfg):
+    """Trains to ``train.total_steps`` (resuming if checkpoints exist); returns (model, source).
+
+    Raises RuntimeError when a non-finite loss stopped training.
+    """
+    paths = _paths(cfg)
+    os.makedirs(paths["root"], exist_ok=True)
+    config_lib.save_config(cfg, paths["config"])
+    keras.utils.set_random_seed(cfg.train.seed)
+    strategy = training.select_strategy(cfg.train.strategy)
+    source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg))
+    model = build_training_model(cfg, strategy, source.categories.dataset_ids)
+    start = training.restore_latest(model, paths["checkpoints"])
+    if start:
+        print(f"resuming from step {start} ({paths['checkpoints']})")
+    guard = training.CheckpointAndGuard(paths["checkpoints"], cfg.train.checkpoint_every,
+                                        cfg.train.keep_checkpoints, cfg.train.total_steps)
+    callbacks = [guard, training.LearningRateLogger(),
+                 keras.callbacks.TensorBoard(paths["logs"], update_freq=cfg.train.log_every)]
+    step = start
+    for initial, epochs, steps in training.fit_schedule(start, cfg.train.total_steps,
+                                                        cfg.train.steps_per_epoch):
+        dataset, source = train_dataset(cfg, step)
+        model.fit(dataset, initial_epoch=initial, epochs=epochs, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=1)
+        if guard.failed:
+            kept = training.list_checkpoints(paths["checkpoints"])
+            raise RuntimeError(f"training stopped: {guard.failed}; last good checkpoint: "
+                               f"{kept[-1][1] if kept else 'none'}")
+        step = int(model.optimizer.iterations.numpy())
+    model.save_weights(paths["weights"])
+    _report_skipped(source)
+    return model, source
+
+
+def _num_keypoints(cfg):
+    k = cfg.model.keypoint_head
+    return k.num_keypoints if k.enabled else 0
+
+
+def _report_skipped(source):
+    stats = source.stats
+    if stats.num_skipped:
+        names = ", ".join(path for path, _ in stats.skipped_images[:5])
+        log.warning("skipped %d unreadable image(s): %s", stats.num_skipped, names)
+
+
+def evaluate(cfg, model):
+    """COCOeval on the validation split; metrics are also written to TensorBoard."""
+    from keras_maskrcnn import evaluation
+
+    paths = _paths(cfg)
+    val = pipeline.load_split(cfg.data, "val", _num_keypoints(cfg))
+    metrics = evaluation.evaluate_model(model, val.annotation_file, val.image_dir,
+                                        max_images=cfg.eval.max_images,
+                                        output_dir=paths["eval"])
+    writer = tf.summary.create_file_writer(os.path.join(paths["logs"], "eval"))
+    with writer.as_default():
+        step = int(model.optimizer.iterations.numpy()) if model.optimizer else 0
+        for iou_type, values in metrics.items():
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    tf.summary.scalar(f"{iou_type}/{name}", value, step=step)
+    return metrics
+
+
+def draw_predictions(cfg, model, count=None):
+    """PNGs (and TensorBoard images) of predictions on the first validation images."""
+    from keras_maskrcnn import visualize
+
+    paths = _paths(cfg)
+    os.makedirs(paths["predictions"], exist_ok=True)
+    val = pipeline.load_split(cfg.data, "val", _num_keypoints(cfg))
+    names = {i + 1: n for i, n in enumerate(val.categories.names)}
+    names.update({d: n for d, n in zip(val.categories.dataset_ids, val.categories.names)})
+    drawn = []
+    for record in val.images[:count or cfg.eval.num_visualizations]:
+        image = tf.io.decode_image(tf.io.read_file(record.path), channels=3,
+                                   expand_animations=False).numpy()
+        result = model.detect([image])[0]
+        picture = visualize.draw_detections(
+            image, result, names, keypoint_skeleton=cfg.model.keypoint_head.skeleton,
+            score_threshold=cfg.eval.visualization_score_threshold)
+        path = os.path.join(paths["predictions"], f"{record.image_id}.png")
+        visualize.save_png(picture, path)
+        drawn.append(picture)
+    writer = tf.summary.create_file_writer(os.path.join(paths["logs"], "eval"))
+    with writer.as_default():
+        for i, picture in enumerate(drawn):
+            tf.summary.image(f"predictions/{i}", picture[None], step=0)
+    return drawn
+
+
+def train_and_evaluate(cfg, run_evaluation=True, run_export=True):
+    """The main job; returns a process exit code."""
+    try:
+        model, _ = train(cfg)
+    except RuntimeError as e:
+        print(f"ERROR: {e}")
+        return 1
+    paths = _paths(cfg)
+    if run_evaluation:
+        metrics = evaluate(cfg, model)
+        print(json.dumps({k: {m: v for m, v in d.items() if m in ("AP", "AP50")}
+                          for k, d in metrics.items()}, indent=1))
+        draw_predictions(cfg, model)
+    if run_export:
+        from keras_maskrcnn import export as export_lib
+        export_lib.export_model(model, paths["saved_model"],
+                                include_full_masks=cfg.export.include_full_masks)
+        print(f"exported {paths['saved_model']}")
+    print(f"outputs in {paths['root']}")
+    return 0

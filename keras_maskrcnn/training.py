@@ -1,0 +1,209 @@
+"""Training machinery for ``train.py``: strategy, optimiser and schedule, checkpoints, resume.
+
+The loop itself is ``model.fit``. Checkpoints are ``ckpt-<step>.weights.h5`` files (model and
+optimizer variables, the step is the optimizer's ``iterations``) written atomically every
+``train.checkpoint_every`` steps; a restarted run loads the newest one, skips the examples the
+previous run consumed (the pipeline is deterministic for a seed) and continues at that step.
+A non-finite loss stops training with a message; the last good checkpoint is kept.
+"""
+import glob
+import json
+import math
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+CHECKPOINT_PATTERN = re.compile(r"ckpt-(\d+)\.weights\.h5$")
+
+
+# ------------------------------------------------------------------------------- strategy
+def select_strategy(name):
+    """A tf.distribute strategy for ``train.strategy``.
+
+    "auto": TPUStrategy when a TPU is found, MultiWorkerMirroredStrategy when TF_CONFIG names a
+    cluster, MirroredStrategy across the visible GPUs when there are several, otherwise the
+    default strategy (one device).
+    """
+    if name == "auto":
+        name = _auto_strategy_name()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _auto_strategy_name():
+    try:
+        tf.distribute.cluster_resolver.TPUClusterResolver()
+        return "tpu"
+    except (ValueError, tf.errors.NotFoundError, ImportError):
+        pass
+    if os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("cluster"):
+        return "multi_worker"
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return "mirrored"
+    return "default"
+
+
+# ------------------------------------------------------------------------------ optimiser
+@keras.saving.register_keras_serializable(package="keras_maskrcnn")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """torchvision's detection schedule: linear warm-up, then x ``decay_factor`` at each step.
+
+    lr(step) = base * f(step) * decay_factor ** (number of decay_steps <= step), where during
+    warm-up f = warmup_factor * (1 - a) + a with a = step / warmup_steps, and f = 1 after.
+    """
+
+    def __init__(self, base_learning_rate, decay_steps, decay_factor=0.1, warmup_steps=0,
+                 warmup_factor=0.001):
+        self.base_learning_rate = float(base_learning_rate)
+        self.decay_steps = [int(s) for s in decay_steps]
+        self.decay_factor = float(decay_factor)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_factor = float(warmup_factor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        decays = tf.add_n([tf.cast(step >= s, tf.float32) for s in self.decay_steps] or
+                          [tf.zeros([])])
+        lr = self.base_learning_rate * tf.pow(self.decay_factor, decays)
+        if self.warmup_steps > 0:
+            alpha = tf.minimum(step / self.warmup_steps, 1.0)
+            lr = lr * (self.warmup_factor * (1.0 - alpha) + alpha)
+        return lr
+
+    def get_config(self):
+        return {"base_learning_rate": self.base_learning_rate, "decay_steps": self.decay_steps,
+                "decay_factor": self.decay_factor, "warmup_steps": self.warmup_steps,
+                "warmup_factor": self.warmup_factor}
+
+
+def build_optimizer(train_cfg):
+    """SGD (momentum, weight decay) or AdamW with the warm-up / step-decay schedule.
+
+    The learning rate is scaled linearly with the global batch (``train.learning_rate``).
+    Keras applies weight decay decoupled from the gradient (torch's SGD adds it to the
+    gradient before momentum); with momentum 0.9 and lr ~0.02 the two differ little.
+    """
+    schedule = WarmupStepDecay(train_cfg.learning_rate, train_cfg.lr_decay_steps,
+                               train_cfg.lr_decay_factor, train_cfg.warmup_steps,
+                               train_cfg.warmup_factor)
+    common = {"learning_rate": schedule, "weight_decay": train_cfg.weight_decay or None,
+              "global_clipnorm": train_cfg.clip_gradient_norm}
+    if train_cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(beta_1=train_cfg.momentum, **common)
+    return keras.optimizers.SGD(momentum=train_cfg.momentum, **common)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def list_checkpoints(directory):
+    """[(step, path)] of the checkpoints in ``directory``, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(directory, "ckpt-*.weights.h5")):
+        match = CHECKPOINT_PATTERN.search(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def restore_latest(model, directory):
+    """Loads the newest checkpoint into a built model + optimizer; returns its step (0: none)."""
+    checkpoints = list_checkpoints(directory)
+    if not checkpoints:
+        return 0
+    step, path = checkpoints[-1]
+    model.load_weights(path)
+    restored = int(model.optimizer.iterations.numpy())
+    if restored != step:
+        raise RuntimeError(f"{path}: optimizer step {restored} does not match the file name")
+    return step
+
+
+class CheckpointAndGuard(keras.callbacks.Callback):
+    """Every ``every`` steps: stop on a non-finite loss, else write ``ckpt-<step>`` atomically.
+
+    Keeps the newest ``keep`` checkpoints. A non-finite loss sets ``self.failed`` and stops
+    training without writing, so the last checkpoint on disk is the last good one.
+    """
+
+    def __init__(self, directory, every, keep, total_steps):
+        super().__init__()
+        self.directory, self.every, self.keep = directory, int(every), int(keep)
+        self.total_steps = int(total_steps)
+        self.failed = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.failed = f"non-finite loss {loss} at step {step}"
+            self.model.stop_training = True
+            return
+        if step % self.every == 0 or step == self.total_steps:
+            self.save(step)
+
+    def save(self, step):
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, f"ckpt-{step:08d}.weights.h5")
+        partial = path + ".partial.weights.h5"
+        self.model.save_weights(partial)
+        os.replace(partial, path)  # atomic: a kill never leaves a half-written checkpoint
+        for _, old in list_checkpoints(self.directory)[:-self.keep]:
+            os.remove(old)
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the current learning rate to the logs (so TensorBoard and the bar show it)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None:
+            optimizer = self.model.optimizer
+            logs["learning_rate"] = float(optimizer.learning_rate.numpy()
+                                          if hasattr(optimizer.learning_rate, "numpy")
+                                          else optimizer.learning_rate)
+
+
+def fit_schedule(start_step, total_steps, steps_per_epoch):
+    """The fit calls that take training from ``start_step`` to ``total_steps``.
+
+    Returns [(initial_epoch, epochs, steps_per_epoch)]: first the rest of a partly done epoch
+    (after a resume), then whole epochs; the last epoch may be shorter.
+    """
+    calls = []
+    epoch, done = divmod(start_step, steps_per_epoch)
+    step = start_step
+    if done:
+        n = min(steps_per_epoch - done, total_steps - step)
+        calls.append((epoch, epoch + 1, n))
+        step += n
+        epoch += 1
+    while step < total_steps:
+        n = min(steps_per_epoch, total_steps - step)
+        calls.append((epoch, epoch + 1, n))
+        step += n
+        epoch += 1
+    return _merge_full_epochs(calls, steps_per_epoch)
+
+
+def _merge_full_epochs(calls, steps_per_epoch):
+    """Joins consecutive full-length epochs into one fit call (one progress bar per epoch)."""
+    merged = []
+    for initial, end, n in calls:
+        if merged and n == steps_per_epoch and merged[-1][2] == steps_per_epoch:
+            merged[-1] = (merged[-1][0], end, n)
+        else:
+            merged.append((initial, end, n))
+    return merged
+
+
+def epochs_for(total_steps, steps_per_epoch):
+    return math.ceil(total_steps / steps_per_epoch)

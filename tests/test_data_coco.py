@@ -1,0 +1,241 @@
+"""keras_maskrcnn.data.coco: validation errors, category mapping, GT against pycocotools."""
+import copy
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from keras_maskrcnn.data import coco as C
+from keras_maskrcnn.data import synthetic
+
+
+def _square_rle(h, w, box):
+    mask = np.zeros((h, w), np.uint8)
+    x1, y1, x2, y2 = box
+    mask[y1:y2, x1:x2] = 1
+    return mask, mask_utils.encode(np.asfortranarray(mask))
+
+
+def _tiny(tmp_path, write_images=True):
+    """A hand-made dataset: 3 images (one without annotations), categories 5 and 2."""
+    _, rle = _square_rle(20, 30, (10, 5, 20, 15))
+    data = {
+        "images": [{"id": 10, "file_name": "a.jpg", "height": 20, "width": 30},
+                   {"id": 4, "file_name": "b.png", "height": 16, "width": 16},
+                   {"id": 7, "file_name": "c.jpg", "height": 20, "width": 30}],
+        "categories": [{"id": 5, "name": "five"}, {"id": 2, "name": "two"}],
+        "annotations": [
+            {"id": 1, "image_id": 10, "category_id": 5, "bbox": [2, 3, 6, 4], "iscrowd": 0,
+             "segmentation": [[2, 3, 8, 3, 8, 7, 2, 7]], "area": 24},
+            {"id": 2, "image_id": 10, "category_id": 2, "bbox": [10, 5, 10, 10], "iscrowd": 0,
+             "segmentation": {"counts": rle["counts"].decode(), "size": [20, 30]}},
+            {"id": 3, "image_id": 10, "category_id": 2, "bbox": [0, 0, 5, 5], "iscrowd": 1,
+             "segmentation": synthetic._uncompressed_rle(np.ones((20, 30), bool))},
+            {"id": 4, "image_id": 4, "category_id": 5, "bbox": [10, 1, 10, 10.5], "iscrowd": 0,
+             "segmentation": [[10, 1, 20, 1, 20, 11.5, 10, 11.5]]},
+            {"id": 5, "image_id": 4, "category_id": 5, "bbox": [3, 3, 0.5, 4], "iscrowd": 0,
+             "segmentation": [[3, 3, 3.5, 3, 3.5, 7]]},
+        ],
+    }
+    if write_images:
+        for image in data["images"]:
+            Image.new("RGB", (image["width"], image["height"]), (9, 99, 199)).save(
+                tmp_path / image["file_name"])
+    return data
+
+
+def _write(tmp_path, data, name="ann.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_category_map_round_trip():
+    cmap = C.CategoryMap.from_categories([{"id": 7, "name": "rect"}, {"id": 1, "name": "circ"},
+                                          {"id": 3, "name": "tri"}])
+    assert cmap.dataset_ids == (1, 3, 7) and cmap.names == ("circ", "tri", "rect")
+    assert cmap.num_classes == 4
+    ids = np.array([[7, 1], [3, 3]])
+    np.testing.assert_array_equal(cmap.to_contiguous(ids), [[3, 1], [2, 2]])
+    np.testing.assert_array_equal(cmap.to_dataset(cmap.to_contiguous(ids)), ids)
+    assert cmap.to_dataset(cmap.to_contiguous(3)) == 3 and cmap.to_contiguous(7) == 3
+    assert cmap.name(1) == "circ"
+    assert cmap.to_contiguous(np.zeros((0,), int)).shape == (0,)
+    with pytest.raises(KeyError):
+        cmap.to_contiguous(2)
+    with pytest.raises(IndexError):
+        cmap.to_dataset(0)  # background has no dataset id
+    with pytest.raises(IndexError):
+        cmap.to_dataset([1, 4])
+
+
+def test_tiny_dataset(tmp_path):
+    ds = C.load_coco(_write(tmp_path, _tiny(tmp_path)), str(tmp_path))
+    assert [r.image_id for r in ds.images] == [4, 7, 10]  # sorted by id
+    assert ds.categories.dataset_ids == (2, 5)
+    assert ds.stats.num_crowd == 1 and ds.stats.num_degenerate == 1
+    b, c, a = ds.images  # ids 4, 7, 10
+    np.testing.assert_allclose(b.boxes, [[10, 1, 16, 11.5]])  # clipped to the 16 px width
+    assert len(c.classes) == 0  # no annotations: a valid negative image
+    np.testing.assert_allclose(a.boxes, [[2, 3, 8, 7], [10, 5, 20, 15]])
+    np.testing.assert_array_equal(a.classes, [2, 1])  # dataset 5 -> 2, dataset 2 -> 1
+    ex = ds.load_example(2)
+    assert ex["image"].shape == (20, 30, 3) and ex["image"].dtype == np.uint8
+    assert ex["image_id"] == 10 and ex["masks"].shape == (2, 20, 30)
+    np.testing.assert_array_equal(ex["masks"][1], _square_rle(20, 30, (10, 5, 20, 15))[0])
+    empty = ds.load_example(1)
+    assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 20, 30)
+    assert empty["classes"].dtype == np.int32
+    assert "keypoints" not in empty
+    assert ds.load_example(2, max_instances=1)["masks"].shape == (1, 20, 30)
+    assert ds.stats.num_truncated_images == 1
+
+
+def test_matches_pycocotools_on_synthetic(tmp_path):
+    paths = synthetic.write_synthetic_dataset(str(tmp_path), 12, 1, seed=1, image_size=64)
+    ds = C.load_coco(*paths["train"], num_keypoints=4)
+    ref = COCO(paths["train"][0])
+    assert ds.keypoint_names == ("top", "right", "bottom", "left")
+    assert ds.skeleton == synthetic.SKELETON
+    num_crowd = 0
+    for i, record in enumerate(ds.images):
+        anns = ref.loadAnns(ref.getAnnIds(imgIds=record.image_id))
+        num_crowd += sum(a["iscrowd"] for a in anns)
+        anns = [a for a in anns if not a["iscrowd"]]
+        boxes = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        np.testing.assert_allclose(record.boxes, boxes, rtol=1e-6)
+        np.testing.assert_array_equal(ds.categories.to_dataset(record.classes),
+                                      [a["category_id"] for a in anns])
+        ex = ds.load_example(i)
+        masks = np.array([ref.annToMask(a) for a in anns]).reshape(-1, 64, 64)
+        np.testing.assert_array_equal(ex["masks"], masks)
+        kps = np.array([a["keypoints"] for a in anns], np.float32).reshape(-1, 4, 3)
+        np.testing.assert_allclose(ex["keypoints"], kps)
+    assert ds.stats.num_crowd == num_crowd
+
+
+def test_decode_segmentation_formats_agree():
+    mask, rle = _square_rle(9, 11, (2, 3, 7, 8))
+    poly = [[2, 3, 7, 3, 7, 8, 2, 8]]
+    compressed = {"counts": rle["counts"].decode(), "size": [9, 11]}
+    uncompressed = synthetic._uncompressed_rle(mask.astype(bool))
+    for segm in (poly, compressed, uncompressed):
+        np.testing.assert_array_equal(C.decode_segmentation(segm, 9, 11), mask)
+    # A 2-point "polygon" first in the list makes pycocotools take the list for boxes; we
+    # ignore such polygons (mutation: the naive call fails).
+    trap = [[1, 1, 2, 2]] + poly
+    np.testing.assert_array_equal(C.decode_segmentation(trap, 9, 11), mask)
+    with pytest.raises(TypeError):
+        mask_utils.frPyObjects(trap, 9, 11)
+    assert C.decode_segmentation([[1, 1, 2, 2]], 9, 11).sum() == 0
+
+
+def test_missing_segmentation_and_keypoints(tmp_path):
+    data = _tiny(tmp_path)
+    del data["annotations"][0]["segmentation"]
+    data["annotations"][1]["keypoints"] = [1, 2, 2, 3, 4, 1]
+    ds = C.load_coco(_write(tmp_path, data), str(tmp_path), num_keypoints=2)
+    assert ds.stats.num_box_masks == 1
+    ex = ds.load_example(2)
+    np.testing.assert_array_equal(ex["masks"][0], _square_rle(20, 30, (2, 3, 8, 7))[0])
+    np.testing.assert_allclose(ex["keypoints"], [[[0, 0, 0], [0, 0, 0]], [[1, 2, 2], [3, 4, 1]]])
+    assert ds.load_example(0)["keypoints"].shape == (1, 2, 3)
+
+
+def _mutate(data, path, value):
+    """Sets data[path...] = value; value None deletes the key."""
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if value is None:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+
+
+ERRORS = [
+    (("annotations", 0, "bbox"), None, r"annotations\[0\] \(id 1\): missing field 'bbox'"),
+    (("annotations", 1, "bbox"), [1, 2, 3], r"annotations\[1\] \(id 2\): 'bbox' must be 4"),
+    (("annotations", 1, "bbox"), [1, 2, 3, "x"], r"'bbox' must be 4 numbers"),
+    (("annotations", 1, "bbox"), [1, 2, -3, 4], r"'bbox' has a negative width"),
+    (("annotations", 0, "category_id"), 3, r"annotations\[0\].*unknown 'category_id' 3"),
+    (("annotations", 0, "image_id"), 99, r"'image_id' 99 is not in 'images'"),
+    (("annotations", 0, "iscrowd"), 2, r"'iscrowd' must be 0 or 1"),
+    (("annotations", 0, "segmentation"), [[1, 2, 3]], r"'segmentation'\[0\] has an odd"),
+    (("annotations", 1, "segmentation", "size"), [30, 20], r"RLE size \[30, 20\] differs"),
+    (("annotations", 2, "segmentation", "counts"), [1, 2], r"counts sum to 3"),
+    (("annotations", 1, "segmentation", "counts"), None, r"'segmentation': missing field 'counts'"),
+    (("images", 1, "file_name"), None, r"images\[1\] \(id 4\): missing field 'file_name'"),
+    (("images", 0, "height"), 0, r"images\[0\] \(id 10\): 'height' must be positive"),
+    (("images", 2, "id"), 10, r"images\[2\] \(id 10\): duplicate image id 10"),
+    (("images", 0, "width"), "30", r"field 'width' must be int"),
+    (("categories", 1, "name"), None, r"categories\[1\] \(id 2\): missing field 'name'"),
+    (("categories", 1, "id"), 5, r"duplicate category id 5"),
+    (("categories",), [], r"no categories"),
+    (("images",), None, r"top level: missing field 'images'"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", ERRORS)
+def test_errors_name_file_and_field(tmp_path, path, value, message):
+    data = _tiny(tmp_path, write_images=False)
+    _mutate(data, path, value)
+    ann = _write(tmp_path, data, "bad.json")
+    with pytest.raises(C.CocoFormatError, match=message) as err:
+        C.load_coco(ann, str(tmp_path))
+    assert str(err.value).startswith(ann + ": ")
+
+
+def test_keypoint_length_error_and_unreadable_files(tmp_path):
+    data = _tiny(tmp_path, write_images=False)
+    data["annotations"][0]["keypoints"] = [1, 2, 2] * 3
+    ann = _write(tmp_path, data, "kp.json")
+    with pytest.raises(C.CocoFormatError, match=r"kp.json: annotations\[0\] \(id 1\): "
+                                                r"'keypoints' must be 12 numbers"):
+        C.load_coco(ann, str(tmp_path), num_keypoints=4)
+    C.load_coco(ann, str(tmp_path))  # keypoints are not checked when not requested
+    with pytest.raises(C.CocoFormatError, match="missing.json: cannot read"):
+        C.load_coco(str(tmp_path / "missing.json"), str(tmp_path))
+    (tmp_path / "broken.json").write_text('{"images": [')
+    with pytest.raises(C.CocoFormatError, match="broken.json: invalid JSON"):
+        C.load_coco(str(tmp_path / "broken.json"), str(tmp_path))
+    with pytest.raises(C.CocoFormatError, match="top level: expected an object"):
+        C.load_coco(_write(tmp_path, [1, 2], "list.json"), str(tmp_path))
+
+
+def test_unreadable_images_are_skipped_counted_and_named(tmp_path, caplog):
+    data = _tiny(tmp_path)
+    ds = C.load_coco(_write(tmp_path, data), str(tmp_path))
+    jpeg = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "a.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # truncated jpeg
+    Image.new("RGB", (5, 5)).save(tmp_path / "b.png")  # wrong size for its annotations
+    os.remove(tmp_path / "c.jpg")  # missing
+    with caplog.at_level(logging.WARNING, logger="keras_maskrcnn.data.coco"):
+        assert [ds.load_example(i) for i in range(3)] == [None] * 3
+        assert ds.load_example(2) is None  # a known bad image is not read or warned again
+    assert ds.stats.num_skipped == 3
+    names = [os.path.basename(p) for p, _ in ds.stats.skipped_images]
+    assert sorted(names) == ["a.jpg", "b.png", "c.jpg"]
+    text = caplog.text
+    assert "a.jpg" in text and "truncated" in text.lower() and "b.png" in text and "5x5" in text
+    assert text.count("skipping image") == 3
+    # Mutation: the intact file decodes (the failure came from the truncation).
+    (tmp_path / "a.jpg").write_bytes(jpeg)
+    fresh = C.load_coco(_write(tmp_path, copy.deepcopy(data), "again.json"), str(tmp_path))
+    assert fresh.load_example(2) is not None
+
+
+def test_corrupt_rle_string_skips_the_image(tmp_path, caplog):
+    data = _tiny(tmp_path)
+    data["annotations"][1]["segmentation"]["counts"] = "zz!!"
+    ds = C.load_coco(_write(tmp_path, data), str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="keras_maskrcnn.data.coco"):
+        assert ds.load_example(2) is None
+    assert ds.stats.num_skipped == 1 and "cannot decode a segmentation" in caplog.text
+    assert ds.load_example(2, with_masks=False) is None  # known bad: skipped from now on

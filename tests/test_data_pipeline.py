@@ -1,0 +1,219 @@
+"""keras_maskrcnn.data.pipeline: batch keys, shapes, padding, consistency, skipping, order."""
+import json
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_maskrcnn.config import InputConfig, load_config
+from keras_maskrcnn.data import coco, pipeline, transforms
+
+INPUT = InputConfig(min_size_train=(48, 64), min_size_test=64, max_size=96, max_instances=4)
+PAD = 96  # max_size rounded up to size_divisor 32
+# (id, file, height, width, rectangles (x1, y1, x2, y2) with their category ids)
+IMAGES = [(1, "a.png", 60, 80, [((5, 6, 30, 40), 9), ((40, 10, 75, 30), 4)]),
+          (2, "b.png", 90, 50, [((10, 20, 40, 80), 4)]),
+          (3, "c.png", 64, 64, []),  # no annotations: a negative image
+          (4, "d.jpg", 70, 100, [((2, 2, 20, 20), 9), ((30, 5, 58, 60), 9), ((60, 40, 98, 68), 4)]),
+          (5, "e.jpg", 50, 50, [((5, 5, 20, 20), 4)]),  # truncated file: skipped
+          (6, "f.png", 80, 60, [((0, 0, 60, 80), 4)])]
+COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230)]
+BACKGROUND = (128, 128, 128)
+
+
+@pytest.fixture(scope="module")
+def source_files(tmp_path_factory):
+    """A hand-made COCO dataset with 2 keypoints per object: (left middle, right middle)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    images, annotations = [], []
+    for image_id, name, h, w, rects in IMAGES:
+        pixels = np.full((h, w, 3), BACKGROUND, np.uint8)
+        for i, ((x1, y1, x2, y2), cat) in enumerate(rects):
+            pixels[y1:y2, x1:x2] = COLOURS[i]
+            ym = (y1 + y2) / 2
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0, "area": (x2 - x1) * (y2 - y1),
+                "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
+                "keypoints": [x1, ym, 2, x2, ym, 2], "num_keypoints": 2})
+        Image.fromarray(pixels).save(root / name, quality=95)
+        images.append({"id": image_id, "file_name": name, "height": h, "width": w})
+    data = root / "e.jpg"
+    data.write_bytes(data.read_bytes()[:300])
+    categories = [{"id": 9, "name": "nine", "keypoints": ["left", "right"]},
+                  {"id": 4, "name": "four"}]
+    ann_file = root / "ann.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": annotations,
+                                    "categories": categories}))
+    return str(ann_file), str(root)
+
+
+def _source(files, num_keypoints=2):
+    return coco.load_coco(*files, num_keypoints=num_keypoints)
+
+
+def _mask_box(mask):
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+
+
+def _check_batch(batch, num_kp=2):
+    """Padding values and image / box / mask / keypoint consistency of one batch."""
+    b = {k: v.numpy() for k, v in batch.items()}
+    for i in range(len(b["image_ids"])):
+        h, w = b["image_sizes"][i]
+        oh, ow = b["original_sizes"][i]
+        s = float(b["scales"][i])  # float32: floor(side * scale) up to rounding
+        assert oh * s - 1 < h <= oh * s + 1e-3 and ow * s - 1 < w <= ow * s + 1e-3
+        assert not b["images"][i, h:].any() and not b["images"][i, :, w:].any()
+        n = int((b["gt_classes"][i] > 0).sum())
+        assert (b["gt_classes"][i, n:] == -1).all() and (b["gt_boxes"][i, n:] == -1).all()
+        assert not b["gt_masks"][i, n:].any()
+        assert not b["gt_masks"][i, :, h:].any() and not b["gt_masks"][i, :, :, w:].any()
+        if num_kp:
+            assert (b["gt_keypoints"][i, n:] == -1).all()
+        for j in range(n):
+            box, mask = b["gt_boxes"][i, j], b["gt_masks"][i, j]
+            np.testing.assert_allclose(_mask_box(mask), box, atol=1.0)
+            colour = b["images"][i][mask.astype(bool)].mean(axis=0)
+            assert np.abs(colour - COLOURS[j]).max() < 25, (colour, j)
+            if num_kp:  # keypoint 0 is the left side, 1 the right side, flipped or not
+                kp = b["gt_keypoints"][i, j]
+                np.testing.assert_allclose(kp[:, 0], box[[0, 2]], atol=1e-3)
+                np.testing.assert_allclose(kp[:, 1], (box[1] + box[3]) / 2, atol=1e-3)
+    return b
+
+
+def test_training_batches(source_files, caplog):
+    source = _source(source_files)
+    with caplog.at_level(logging.WARNING):
+        ds = pipeline.build_dataset(source, INPUT, 2, True, flip_pairs=((0, 1),), seed=3)
+        spec = ds.element_spec
+        assert spec["images"].shape == (2, PAD, PAD, 3) and spec["images"].dtype == tf.float32
+        assert spec["gt_masks"].shape == (2, 4, PAD, PAD) and spec["gt_masks"].dtype == tf.uint8
+        assert spec["gt_boxes"].shape == (2, 4, 4) and spec["gt_classes"].dtype == tf.int32
+        assert spec["gt_keypoints"].shape == (2, 4, 2, 3)
+        assert spec["image_ids"].dtype == tf.int64 and spec["scales"].shape == (2,)
+        assert spec["image_sizes"].dtype == spec["original_sizes"].dtype == tf.int32
+        assert all(s.shape.is_fully_defined() for s in spec.values())
+        ids, short_sides = set(), set()
+        for batch in ds.take(12):
+            b = _check_batch(batch)
+            ids |= set(b["image_ids"].tolist())
+            for (h, w), (oh, ow) in zip(b["image_sizes"], b["original_sizes"]):
+                short_sides.add(min(h, w) if max(h, w) < 96 else "capped")
+    assert ids == {1, 2, 4, 6}  # no negative (3) nor unreadable (5) image
+    assert {48, 64} <= short_sides
+    assert source.stats.num_skipped == 1 and "e.jpg" in source.stats.skipped_images[0][0]
+    assert caplog.text.count("e.jpg") == 1  # named once, though the split repeats
+
+
+def test_training_flip_and_class_mapping(source_files):
+    source = _source(source_files)
+    ds = pipeline.build_dataset(source, INPUT, 4, True, flip_probability=1.0,
+                                flip_pairs=((0, 1),), shuffle_buffer=0, seed=0)
+    b = _check_batch(next(iter(ds)))
+    assert b["image_ids"].tolist() == [1, 2, 4, 6]  # shuffle_buffer 0: file order
+    np.testing.assert_array_equal(b["gt_classes"][0], [2, 1, -1, -1])  # 9 -> 2, 4 -> 1
+    original = np.asarray(Image.open(source.images[0].path).convert("RGB"))
+    h, w = b["image_sizes"][0]
+    expected = transforms.flip_image(transforms.resize_image(original, (h, w))).numpy()
+    np.testing.assert_allclose(b["images"][0, :h, :w], expected, atol=1e-3)
+    # Mutation: without the left/right swap keypoint 0 would sit on the right edge.
+    bad = pipeline.build_dataset(source, INPUT, 4, True, flip_probability=1.0, flip_pairs=(),
+                                 shuffle_buffer=0)
+    with pytest.raises(AssertionError):
+        _check_batch(next(iter(bad)))
+
+
+def test_eval_batches_are_ordered_unflipped_and_padded_per_batch(source_files):
+    source = _source(source_files)
+    ds = pipeline.build_dataset(source, INPUT, 2, False)
+    batches = [{k: v.numpy() for k, v in b.items()} for b in ds]
+    ids = [i for b in batches for i in b["image_ids"].tolist()]
+    assert ids == [1, 2, 3, 4, 6]  # by id, negative kept, unreadable skipped
+    for b in batches:
+        _check_batch({k: tf.constant(v) for k, v in b.items()})
+        hp, wp = b["images"].shape[1:3]
+        assert hp % 32 == 0 and wp % 32 == 0
+        assert hp - 32 < b["image_sizes"][:, 0].max() <= hp
+        assert wp - 32 < b["image_sizes"][:, 1].max() <= wp
+        assert b["gt_masks"].shape[2:] == (hp, wp)
+    assert [len(b["image_ids"]) for b in batches] == [2, 2, 1]
+    first = batches[0]
+    np.testing.assert_array_equal(first["image_sizes"], [[64, 85], [96, 53]])  # 96 caps 115
+    original = np.asarray(Image.open(source.images[0].path).convert("RGB"))
+    np.testing.assert_allclose(first["images"][0, :64, :85],
+                               transforms.resize_image(original, (64, 85)).numpy(), atol=1e-3)
+    negative = batches[1]["gt_classes"][0]
+    assert batches[1]["image_ids"][0] == 3 and (negative == -1).all()
+    assert batches[1]["images"][0].any()  # the negative image itself is there
+
+
+def test_determinism_and_filtering(source_files):
+    def first(seed, **kw):
+        ds = pipeline.build_dataset(_source(source_files), INPUT, 2, True, seed=seed,
+                                    flip_pairs=((0, 1),), **kw)
+        return [{k: v.numpy() for k, v in b.items()} for b in ds.take(3)]
+
+    a, b, c = first(5), first(5), first(6)
+    for x, y in zip(a, b):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    assert any(not np.array_equal(x["images"], y["images"]) for x, y in zip(a, c))
+    ids = {i for batch in first(0, filter_empty_images=False, shuffle_buffer=0)
+           for i in batch["image_ids"]}
+    assert 3 in ids
+
+
+def test_cached_training_dataset(source_files):
+    source = _source(source_files)
+    ds = pipeline.build_dataset(source, INPUT, 2, True, flip_pairs=((0, 1),), cache=True,
+                                shuffle_buffer=3)
+    ids = set()
+    for batch in ds.take(6):
+        ids |= set(_check_batch(batch)["image_ids"].tolist())
+    assert ids == {1, 2, 4, 6} and source.stats.num_skipped == 1
+
+
+def test_optional_outputs_and_argument_errors(source_files):
+    source = _source(source_files, num_keypoints=0)
+    ds = pipeline.build_dataset(source, INPUT, 2, False, with_masks=False, max_images=3)
+    keys = set(ds.element_spec)
+    assert keys == {"images", "image_sizes", "gt_boxes", "gt_classes", "image_ids",
+                    "original_sizes", "scales"}
+    assert sum(len(b["image_ids"]) for b in ds) == 3
+    with pytest.raises(ValueError, match="flip_pairs"):
+        pipeline.build_dataset(_source(source_files), INPUT, 2, True)
+    assert pipeline.flip_indices_from_pairs(((1, 3),), 4) == (0, 3, 2, 1)
+
+
+def test_all_images_unreadable_raises(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.jpg")
+    (tmp_path / "x.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "a.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "x.jpg", "height": 8, "width": 8}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}],
+        "categories": [{"id": 1, "name": "one"}]}))
+    source = coco.load_coco(str(tmp_path / "a.json"), str(tmp_path))
+    ds = pipeline.build_dataset(source, INPUT, 1, True)
+    with pytest.raises(Exception, match="no image of the split is readable"):
+        next(iter(ds))
+
+
+def test_dataset_from_shapes_config(tmp_path):
+    cfg = load_config("configs/shapes.yaml", [
+        f"data.synthetic.output_dir={tmp_path}", "data.synthetic.num_train=6",
+        "data.synthetic.num_val=3", "data.synthetic.image_size=128"])
+    kp = cfg.model.keypoint_head
+    train, source = pipeline.dataset_from_config(cfg.data, cfg.input, "train", 2, True, kp)
+    assert source.categories.num_classes == cfg.model.num_classes
+    assert source.keypoint_names == kp.keypoint_names
+    batch = next(iter(train))
+    assert batch["images"].shape == (2, 320, 320, 3)
+    assert batch["gt_keypoints"].shape == (2, cfg.input.max_instances, 4, 3)
+    val, _ = pipeline.dataset_from_config(cfg.data, cfg.input, "val", 2, False, kp)
+    sizes = np.concatenate([b["image_sizes"].numpy() for b in val])
+    np.testing.assert_array_equal(sizes, [[256, 256]] * 3)  # min_size_test 256

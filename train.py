@@ -1,0 +1,45 @@
+"""Train a Mask R-CNN: ``python train.py --config configs/shapes.yaml [--set key=value ...]``.
+
+Reads and validates the config (before any work), picks the tf.distribute strategy, makes the
+synthetic dataset when the config uses it and it is absent, builds the tf.data pipeline and the
+model, and trains with ``model.fit``: checkpoints every ``train.checkpoint_every`` steps, and
+a rerun of the same command resumes from the newest checkpoint. Then, unless told not to, it
+evaluates with COCOeval, exports a SavedModel and draws predictions of validation images.
+
+Output directory (``train.output_dir``):
+    config.yaml              the config used (with overrides applied)
+    checkpoints/             ckpt-<step>.weights.h5 (model + optimizer), newest few kept
+    logs/                    TensorBoard: losses, learning rate, evaluation AP, prediction images
+    model.weights.h5         final weights
+    eval/                    results.json (COCO results), metrics.json
+    saved_model/             SavedModel for TF Serving (serving_default: encoded images)
+    predictions/             PNGs of predictions on validation images
+"""
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train keras-maskrcnn.")
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.batch_size=4")
+    parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from keras_maskrcnn import config as config_lib
+
+    cfg = config_lib.load_config(args.config, overrides=args.set)  # strict: fails fast
+    from keras_maskrcnn import run  # imports TensorFlow: after the config is known good
+
+    return run.train_and_evaluate(cfg, run_evaluation=not args.no_eval,
+                                  run_export=not args.no_export)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
