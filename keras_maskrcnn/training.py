@@ -143,9 +143,10 @@ class CheckpointAndGuard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(loss):
-            self.failed = f"non-finite loss {loss} at step {step}"
+        bad = {k: v for k, v in (logs or {}).items()
+               if k.endswith("loss") and not np.isfinite(v)}
+        if bad:
+            self.failed = f"non-finite loss at step {step}: {bad}"
             self.model.stop_training = True
             return
         if step % self.every == 0 or step == self.total_steps:

@@ -75,6 +75,7 @@ class MaskRCNN(keras.Model):
         self.rpn_seed = keras.random.SeedGenerator(m.rpn.batch_size_per_image, name="rpn_seed")
         self.loss_trackers = {name: keras.metrics.Mean(name=f"{name}_loss")
                               for name in self.enabled_losses}
+        self.total_loss_tracker = keras.metrics.Mean(name="loss")
 
     @property
     def enabled_losses(self):
@@ -230,13 +231,14 @@ class MaskRCNN(keras.Model):
         for name, value in self.compute_losses(y_pred).items():
             self.loss_trackers[name].update_state(value * replicas)
             total = total + getattr(weights, name) * value
+        self.total_loss_tracker.update_state(total * replicas)
         return total
 
     def test_step(self, data):
         """Validation loss: the training forward pass (targets need it), without updates."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         self.compute_loss(x=x, y_pred=self(x, training=True), training=False)
-        return {m.name: m.result() for m in self.loss_trackers.values()}
+        return {m.name: m.result() for m in self.metrics}
 
     # --------------------------------------------------------------------------- inference
     def inference_outputs(self, features, proposals, image_sizes):
@@ -270,7 +272,7 @@ class MaskRCNN(keras.Model):
 
     @property
     def metrics(self):
-        return list(self.loss_trackers.values())
+        return [self.total_loss_tracker, *self.loss_trackers.values()]
 
     def build_with_dummy_batch(self, size=64):
         """Creates every weight: one inference pass on a zero (1, size, size, 3) batch."""

@@ -1,0 +1,117 @@
+"""train.py: strict config, checkpoints, kill -9 and resume, NaN guard, schedule."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keras_maskrcnn import training
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _train_command(tmp_path, *extra):
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--config",
+            os.path.join(ROOT, "configs", "tiny.yaml"), "--no-eval", "--no-export",
+            "--set", f"train.output_dir={tmp_path / 'run'}",
+            "--set", f"data.synthetic.output_dir={tmp_path / 'data'}", *extra]
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def test_bad_config_key_fails_before_any_work(tmp_path):
+    result = subprocess.run(_train_command(tmp_path, "--set", "train.batch_sise=2"),
+                            capture_output=True, text=True, timeout=120, env=_env())
+    assert result.returncode != 0
+    assert "train.batch_sise" in result.stderr and "batch_size" in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+def test_kill_and_resume_continues_from_last_checkpoint(tmp_path):
+    """kill -9 after the first checkpoint; the same command resumes there and finishes."""
+    settings = ("--set", "train.total_steps=12", "--set", "train.checkpoint_every=4",
+                "--set", "train.steps_per_epoch=6", "--set", "train.lr_decay_steps=[10]")
+    command = _train_command(tmp_path, *settings)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=_env())
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not training.list_checkpoints(str(checkpoints)):
+            assert process.poll() is None, process.stdout.read().decode()[-3000:]
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    saved = training.list_checkpoints(str(checkpoints))
+    assert saved, "no checkpoint before the kill"
+    killed_at = saved[-1][0]
+    assert killed_at < 12
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"resuming from step {killed_at}" in result.stdout
+    final = training.list_checkpoints(str(checkpoints))
+    assert final[-1][0] == 12
+    assert (tmp_path / "run" / "model.weights.h5").exists()
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
+
+
+def test_fit_schedule_resumes_mid_epoch():
+    assert training.fit_schedule(0, 12, 6) == [(0, 2, 6)]
+    assert training.fit_schedule(4, 12, 6) == [(0, 1, 2), (1, 2, 6)]
+    assert training.fit_schedule(6, 13, 6) == [(1, 2, 6), (2, 3, 1)]
+    assert training.fit_schedule(12, 12, 6) == []
+
+
+def test_warmup_step_decay_matches_torchvision_rule():
+    schedule = training.WarmupStepDecay(0.02, [60, 80], 0.1, warmup_steps=10, warmup_factor=0.001)
+    for step in (0, 5, 10, 59, 60, 79, 80, 100):
+        alpha = min(step / 10, 1.0)
+        warm = 0.001 * (1 - alpha) + alpha
+        expected = 0.02 * warm * 0.1 ** sum(step >= s for s in (60, 80))
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
+
+
+class _FakeOptimizer:
+    def __init__(self, step):
+        self.iterations = type("V", (), {"numpy": lambda self_: np.int64(step)})()
+
+
+class _FakeModel:
+    def __init__(self, step):
+        self.optimizer = _FakeOptimizer(step)
+        self.stop_training = False
+        self.saved = []
+
+    def save_weights(self, path):
+        open(path, "w").close()
+        self.saved.append(path)
+
+
+def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
+    guard = training.CheckpointAndGuard(str(tmp_path), every=2, keep=2, total_steps=10)
+    guard.set_model(_FakeModel(step=2))
+    guard.on_train_batch_end(0, {"loss": 1.0, "mask_loss": 0.5})
+    assert [s for s, _ in training.list_checkpoints(str(tmp_path))] == [2]
+    guard.set_model(_FakeModel(step=4))
+    guard.on_train_batch_end(1, {"loss": float("nan"), "mask_loss": 0.5})
+    assert guard.failed and "step 4" in guard.failed
+    assert guard.model.stop_training
+    assert [s for s, _ in training.list_checkpoints(str(tmp_path))] == [2]
+
+
+def test_checkpoints_keep_only_the_newest(tmp_path):
+    guard = training.CheckpointAndGuard(str(tmp_path), every=1, keep=2, total_steps=10)
+    for step in (1, 2, 3):
+        guard.set_model(_FakeModel(step=step))
+        guard.on_train_batch_end(0, {"loss": 1.0})
+    assert [s for s, _ in training.list_checkpoints(str(tmp_path))] == [2, 3]
