@@ -1,0 +1,280 @@
+"""SavedModel export with TF Serving signatures (``keras.export.ExportArchive``).
+
+Shape shorthand:
+    B  images in a request;  H0, W0  one image's original size
+    Hm, Wm  largest original height / width in the batch (full masks are padded to it)
+    Hp, Wp  resized, padded model input;  D  detections per image (static)
+    S  RoI mask size (28);  Kp  keypoints
+
+    python -m keras_maskrcnn.export --config C --weights W.weights.h5 --output DIR \
+        [--full-masks] [--category-ids 1,2,3 | --category-ids instances.json] [--set k=v]
+
+Signatures (batch dimension first everywhere; TF Serving needs ``serving_default``):
+    serving_default(image_bytes: tf.string [B])  JPEG / PNG / BMP / GIF bytes, any sizes.
+        Each image is decoded (3 channels, first frame) and runs through the model on its own
+        (``tf.map_fn``), so its result never depends on the other images of the request and
+        equals ``model.detect`` on the decoded image.
+    serving_images(images: tf.uint8 [B, H0, W0, 3])  RGB images of one size; one batched
+        model call (same resize and padding for all, so again equal to ``model.detect`` up to
+        float rounding of batched kernels).
+Outputs of both (padding rows beyond ``num_detections`` are all zero):
+    boxes (B, D, 4) float32 xyxy in original-image pixels; scores (B, D) float32;
+    classes (B, D) int32 dataset category ids (``model.category_ids``; 0 = padding);
+    num_detections (B,) int32; original_sizes (B, 2) int32 decoded (H0, W0);
+    masks (B, D, S, S) float32 mask probabilities inside each box (the TF Object Detection
+        API's "detection_masks" convention: paste them into the box, e.g. with
+        ``keras_maskrcnn.ops.masks.paste_masks``), when the model has a mask head;
+    full_masks (B, D, Hm, Wm) uint8 {0, 1} masks pasted into the image (torchvision's 1-pixel
+        expansion, probability > ``mask_head.threshold``), only when exported with
+        ``include_full_masks``. For ``serving_default`` with images of different sizes the
+        canvas is the largest (Hm, Wm) of the batch: image b occupies [:H0_b, :W0_b] and is
+        zero beyond (crop with ``original_sizes``);
+    keypoints (B, D, Kp, 3) float32 [x, y, score] in original pixels, with a keypoint head.
+
+Preprocessing and the mapping back follow ``keras_maskrcnn.inference`` (torchvision's resize
+rule, bilinear without antialias, zero padding to ``size_divisor``; boxes and keypoints scaled
+by original / resized per axis). The SavedModel needs only TensorFlow to load and runs in the
+session-based loader (``saved_model_cli run``, TF Serving).
+"""
+import argparse
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from keras_maskrcnn.inference import resized_size
+from keras_maskrcnn.ops.masks import paste_masks
+
+BYTES_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "serving_images"
+PARALLEL_IMAGES = 4  # serving_default: images in flight at once (bounds activation memory)
+
+
+def preprocess_batch(images, min_size, max_size, size_divisor):
+    """Same-size images -> model inputs, exactly as ``inference.preprocess`` per image.
+
+    Args:
+        images: (B, H0, W0, 3) uint8 (or any real dtype) RGB.
+        min_size, max_size: Python floats, torchvision's resize rule.
+        size_divisor: Python int, pad bottom/right to a multiple of it.
+
+    Returns:
+        images (B, Hp, Wp, 3) float32 in [0, 255], image_sizes (B, 2) int32 resized (H, W).
+    """
+    shape = tf.shape(images)
+    new_h, new_w = resized_size(shape[1], shape[2], min_size, max_size)
+    resized = tf.image.resize(tf.cast(images, tf.float32), tf.stack([new_h, new_w]),
+                              method="bilinear", antialias=False)  # (B, H, W, 3)
+    pad_h = (new_h + size_divisor - 1) // size_divisor * size_divisor - new_h
+    pad_w = (new_w + size_divisor - 1) // size_divisor * size_divisor - new_w
+    padded = tf.pad(resized, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])  # (B, Hp, Wp, 3)
+    image_sizes = tf.tile(tf.stack([new_h, new_w])[None], [shape[0], 1])  # (B, 2)
+    return padded, image_sizes
+
+
+def to_original_pixels(outputs, image_sizes, original_sizes, category_ids=None):
+    """Batched model outputs -> serving outputs in original pixels, padding rows zeroed.
+
+    Args:
+        outputs: the model's inference dict: boxes (B, D, 4), scores (B, D), classes (B, D)
+            contiguous, num_detections (B,), optional masks (B, D, S, S), keypoints
+            (B, D, Kp, 3), all in resized-input pixels.
+        image_sizes: (B, 2) int32 resized (H, W); original_sizes: (B, 2) int32 (H0, W0).
+        category_ids: Python list, dataset id of contiguous class 1..K-1; None = identity.
+
+    Returns:
+        dict boxes, scores, classes (dataset ids, int32), num_detections (int32), masks,
+        keypoints (as present), original_sizes; boxes and keypoints scaled per axis by
+        H0 / H and W0 / W (``inference.postprocess``'s float32 arithmetic).
+    """
+    num = tf.cast(outputs["num_detections"], tf.int32)
+    valid = tf.range(tf.shape(outputs["scores"])[1])[None] < num[:, None]  # (B, D)
+    ratio = tf.cast(original_sizes, tf.float32) / tf.cast(image_sizes, tf.float32)  # (B, 2)
+    rh, rw = ratio[:, 0, None, None], ratio[:, 1, None, None]  # each (B, 1, 1)
+
+    def keep(x):  # zero the padding rows of a (B, D, ...) tensor
+        mask = tf.reshape(valid, tf.concat([tf.shape(valid), tf.ones_like(tf.shape(x)[2:])], 0))
+        return tf.where(mask, x, tf.zeros_like(x))
+
+    classes = tf.cast(outputs["classes"], tf.int32)
+    if category_ids is not None:
+        lookup = tf.constant([0] + [int(c) for c in category_ids], tf.int32)  # (K,)
+        classes = tf.gather(lookup, classes)  # contiguous -> dataset ids, 0 stays 0
+    result = {
+        "boxes": keep(outputs["boxes"] * tf.concat([rw, rh, rw, rh], axis=-1)),  # (B, D, 4)
+        "scores": keep(outputs["scores"]),
+        "classes": keep(classes),
+        "num_detections": num,
+        "original_sizes": tf.cast(original_sizes, tf.int32),
+    }
+    if "masks" in outputs:
+        result["masks"] = keep(tf.cast(outputs["masks"], tf.float32))
+    if "keypoints" in outputs:
+        scale = tf.concat([rw, rh, tf.ones_like(rw)], axis=-1)[:, :, None]  # (B, 1, 1, 3)
+        result["keypoints"] = keep(outputs["keypoints"] * scale)
+    return result
+
+
+def full_image_masks(masks, boxes, num_detections, original_sizes, threshold):
+    """RoI mask probabilities -> binary masks pasted on a common (Hm, Wm) canvas.
+
+    Args:
+        masks: (B, D, S, S) float32 probabilities; boxes: (B, D, 4) xyxy original pixels.
+        num_detections: (B,) int32; original_sizes: (B, 2) int32 (H0, W0) per image.
+        threshold: Python float, a pixel is on when its pasted probability is > threshold.
+
+    Returns:
+        (B, D, Hm, Wm) uint8 in {0, 1}, Hm, Wm = max over the batch; image b's masks are
+        ``inference.postprocess``'s (paste_masks, 1-pixel expansion) on [:H0_b, :W0_b] and
+        zero elsewhere and on padding rows.
+    """
+    sizes = tf.concat([original_sizes, tf.zeros([1, 2], original_sizes.dtype)], 0)  # B may be 0
+    height, width = tf.unstack(tf.reduce_max(sizes, axis=0))  # scalars Hm, Wm
+    pasted = paste_masks(masks, boxes, height, width)  # (B, D, Hm, Wm)
+    rows = tf.range(height)[None, :] < original_sizes[:, 0, None]  # (B, Hm)
+    cols = tf.range(width)[None, :] < original_sizes[:, 1, None]  # (B, Wm)
+    inside = tf.logical_and(rows[:, :, None], cols[:, None, :])  # (B, Hm, Wm)
+    valid = tf.range(tf.shape(masks)[1])[None] < num_detections[:, None]  # (B, D)
+    on = tf.logical_and(pasted > threshold, inside[:, None])  # (B, D, Hm, Wm)
+    on = tf.logical_and(on, valid[:, :, None, None])
+    return tf.cast(on, tf.uint8)
+
+
+def _output_dtypes(model):
+    """dtype of each per-image model output (``tf.map_fn``'s fn_output_signature)."""
+    dtypes = {"boxes": tf.float32, "scores": tf.float32, "classes": tf.int32,
+              "num_detections": tf.int32, "image_sizes": tf.int32, "original_sizes": tf.int32}
+    if model.mask_head is not None:
+        dtypes["masks"] = tf.float32
+    if model.keypoint_head is not None:
+        dtypes["keypoints"] = tf.float32
+    return dtypes
+
+
+def serving_functions(model, include_full_masks=False):
+    """The two signature bodies (plain Python functions; ``export_model`` traces them).
+
+    Returns:
+        (serve_image_bytes, serve_images): ``serve_image_bytes(image_bytes)`` takes tf.string
+        (B,) encoded images, ``serve_images(images)`` (B, H0, W0, 3) uint8; both return the
+        output dict of the module docstring.
+    """
+    s = model.input_settings
+    resize_args = (float(s.min_size_test), float(s.max_size), int(s.size_divisor))
+    threshold = float(model.model_settings.mask_head.threshold)
+    category_ids = model.category_ids
+
+    def run_model(images):
+        inputs, image_sizes = preprocess_batch(images, *resize_args)
+        outputs = model({"images": inputs, "image_sizes": image_sizes}, training=False)
+        return outputs, image_sizes
+
+    def finish(outputs, image_sizes, original_sizes):
+        result = to_original_pixels(outputs, image_sizes, original_sizes, category_ids)
+        if include_full_masks:
+            result["full_masks"] = full_image_masks(
+                result["masks"], result["boxes"], result["num_detections"],
+                result["original_sizes"], threshold)
+        return result
+
+    def serve_images(images):
+        outputs, image_sizes = run_model(images)
+        shape = tf.shape(images)
+        original_sizes = tf.tile(shape[1:3][None], [shape[0], 1])  # (B, 2)
+        return finish(outputs, image_sizes, original_sizes)
+
+    dtypes = _output_dtypes(model)
+
+    def one_image(data):
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        image = tf.ensure_shape(image, [None, None, 3])  # (H0, W0, 3)
+        outputs, image_sizes = run_model(image[None])
+        outputs = dict(outputs, image_sizes=image_sizes, original_sizes=tf.shape(image)[None, :2])
+        return {k: tf.cast(outputs[k][0], dtype) for k, dtype in dtypes.items()}  # drop B = 1
+
+    def serve_image_bytes(image_bytes):
+        per_image = tf.map_fn(one_image, image_bytes, fn_output_signature=dtypes,
+                              parallel_iterations=PARALLEL_IMAGES)  # dict of (B, ...)
+        image_sizes = per_image.pop("image_sizes")
+        original_sizes = per_image.pop("original_sizes")
+        return finish(per_image, image_sizes, original_sizes)
+
+    return serve_image_bytes, serve_images
+
+
+def export_model(model, output_dir, include_full_masks=False):
+    """Writes a SavedModel with the ``serving_default`` and ``serving_images`` signatures.
+
+    Args:
+        model: a built ``MaskRCNN`` (weights loaded).
+        output_dir: SavedModel directory to write.
+        include_full_masks: also output ``full_masks`` (B, D, Hm, Wm) uint8 (needs a mask
+            head; large: D full-size masks per image).
+
+    Returns:
+        ``output_dir``. The SavedModel loads with ``tf.saved_model.load`` without keras or
+        keras_maskrcnn, and in the session-based loader (TF Serving, ``saved_model_cli``).
+    """
+    if include_full_masks and model.mask_head is None:
+        raise ValueError("include_full_masks needs a model with a mask head")
+    ids = model.category_ids
+    num_classes = model.model_settings.num_classes
+    if ids is not None and len(ids) != num_classes - 1:
+        raise ValueError(f"category_ids has {len(ids)} ids; the model has {num_classes - 1} "
+                         "classes besides the background")
+    serve_image_bytes, serve_images = serving_functions(model, include_full_masks)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(BYTES_SIGNATURE, serve_image_bytes,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint(IMAGES_SIGNATURE, serve_images,
+                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
+                                                        name="images")])
+    archive.write_out(output_dir, verbose=False)
+    return output_dir
+
+
+def parse_category_ids(value):
+    """``--category-ids``: "1,2,3" or a COCO json whose categories, sorted by id, are used."""
+    if value is None:
+        return None
+    if value.endswith(".json"):
+        with open(value, encoding="utf-8") as f:
+            categories = json.load(f)["categories"]
+        return sorted(int(c["id"]) for c in categories)
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_maskrcnn.export",
+        description="Export a keras-maskrcnn model as a SavedModel for TF Serving.")
+    parser.add_argument("--config", required=True, help="YAML config of the model")
+    parser.add_argument("--weights", required=True, help=".weights.h5 file")
+    parser.add_argument("--output", required=True, help="SavedModel directory to write")
+    parser.add_argument("--full-masks", action="store_true",
+                        help="also output masks pasted into the image (export.include_full_masks)")
+    parser.add_argument("--category-ids", default=None,
+                        help="dataset id of each class 1..K-1: '1,2,3' or a COCO json "
+                             "(default: identity)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. model.roi_heads.score_threshold=0.3")
+    args = parser.parse_args(argv)
+
+    from keras_maskrcnn.builders import build_model
+    from keras_maskrcnn.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    model = build_model(cfg, category_ids=parse_category_ids(args.category_ids))
+    model.load_weights(args.weights)
+    full_masks = args.full_masks or cfg.export.include_full_masks
+    export_model(model, args.output, include_full_masks=full_masks)
+    print(f"wrote SavedModel to {args.output}: signatures {BYTES_SIGNATURE} (image_bytes: "
+          f"string [None]) and {IMAGES_SIGNATURE} (images: uint8 [None, None, None, 3])"
+          + ("; with full_masks" if full_masks else ""))
+    return args.output
+
+
+if __name__ == "__main__":
+    main()
