@@ -30,13 +30,16 @@ an unreadable, truncated or wrongly sized image is skipped, counted in
 (training: random short side from ``min_size_train``), random horizontal flip, padding ->
 batch (training: ``drop_remainder`` so B is static) -> prefetch. Training randomness is
 stateless, seeded per element from ``tf.data.Dataset.random(seed)``: reproducible for a seed.
+TFRecords (``tfrecord.TFRecordSource``) replace the first stages by records -> [training:
+filter, shuffle shards and a buffer of records, repeat] -> the same decoding in Python.
 """
+import functools
 import math
 
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.data import coco, synthetic, transforms
+from keras_maskrcnn.data import coco, synthetic, tfrecord, transforms
 
 
 def flip_indices_from_pairs(flip_pairs, num_keypoints):
@@ -52,7 +55,8 @@ def load_split(data_config, split, num_keypoints=0, create_synthetic=True):
 
     Format "coco" reads ``annotations`` / ``images``; "synthetic" reads the shapes dataset of
     ``data_config.synthetic`` (written first when absent or written with other parameters, if
-    ``create_synthetic``); "tfrecord" is not read here.
+    ``create_synthetic``); "tfrecord" opens ``tfrecords`` as a ``tfrecord.TFRecordSource``
+    (categories from ``annotations`` when given, else from the records' labels).
     """
     split_config = getattr(data_config, split)
     if split_config.format == "synthetic":
@@ -62,6 +66,9 @@ def load_split(data_config, split, num_keypoints=0, create_synthetic=True):
         return coco.load_coco(*paths, num_keypoints=num_keypoints)
     if split_config.format == "coco":
         return coco.load_coco(split_config.annotations, split_config.images, num_keypoints)
+    if split_config.format == "tfrecord":
+        return tfrecord.load_tfrecords(split_config.tfrecords, split_config.annotations,
+                                       num_keypoints)
     raise NotImplementedError(f"data.{split}.format {split_config.format!r} is not read by "
                               "keras_maskrcnn.data.pipeline")
 
@@ -165,8 +172,9 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     """Batched model inputs from a loaded dataset (keys and shapes in the module docstring).
 
     Args:
-        source: ``coco.CocoDataset`` (``load_split`` / ``coco.load_coco``); its ``stats``
-            count the images skipped while iterating.
+        source: ``coco.CocoDataset`` (``load_split`` / ``coco.load_coco``) or
+            ``tfrecord.TFRecordSource`` (``tfrecord.load_tfrecords``; same output); its
+            ``stats`` count the images skipped while iterating.
         input_config: ``config.InputConfig`` (sizes, size_divisor, max_instances).
         batch_size: B (global batch).
         training: True: filter images without GT (if ``filter_empty_images``), shuffle,
@@ -203,32 +211,14 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         side = math.ceil(input_config.max_size / input_config.size_divisor)
         fixed_size = (side * input_config.size_divisor,) * 2
     parallel = num_parallel_calls or tf.data.AUTOTUNE
-    indices = np.arange(len(source), dtype=np.int64)
-    if training and filter_empty_images:
-        indices = indices[source.num_instances() > 0]
-    indices = indices[:max_images]
-    if len(indices) == 0:
-        raise ValueError(f"{source.annotation_file}: no images to read"
-                         + (" (all without annotations)" if training else ""))
-    load = _python_stage(source, input_config.max_instances, with_masks)
-    dataset = tf.data.Dataset.from_tensor_slices(indices)
-    shuffle = training and shuffle_buffer > 0
-    if cache:
-        dataset = dataset.map(load, num_parallel_calls=parallel).filter(_is_valid).cache()
-        if shuffle:
-            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if training:
-            dataset = dataset.repeat()
-    else:
-        if shuffle:  # indices are cheap: shuffle them all before decoding anything
-            dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-        if training:
-            dataset = dataset.repeat().skip(skip_examples)
-        dataset = dataset.map(load, num_parallel_calls=parallel).filter(_is_valid)
+    examples = source.example_dataset if isinstance(source, tfrecord.TFRecordSource) \
+        else functools.partial(_index_examples, source)
+    dataset = examples(input_config.max_instances, training, with_masks=with_masks,
+                       shuffle_buffer=shuffle_buffer, seed=seed,
+                       filter_empty_images=filter_empty_images, max_images=max_images,
+                       cache=cache, skip_examples=skip_examples, num_parallel_calls=parallel)
     if training:  # one (2,) stateless seed per element
         seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
-        if cache:
-            dataset = dataset.skip(skip_examples)
         dataset = tf.data.Dataset.zip((dataset, seeds))
     transform = _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
                           fixed_size)
@@ -239,6 +229,34 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         dataset = dataset.padded_batch(batch_size, drop_remainder=training,
                                        padding_values=_padding_values(with_masks, num_kp > 0))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _index_examples(source, max_instances, training, *, with_masks, shuffle_buffer, seed,
+                    filter_empty_images, max_images, cache, skip_examples, num_parallel_calls):
+    """Decoded examples of a ``CocoDataset`` (training: shuffled, repeated, skipped)."""
+    indices = np.arange(len(source), dtype=np.int64)
+    if training and filter_empty_images:
+        indices = indices[source.num_instances() > 0]
+    indices = indices[:max_images]
+    if len(indices) == 0:
+        raise ValueError(f"{source.annotation_file}: no images to read"
+                         + (" (all without annotations)" if training else ""))
+    load = _python_stage(source, max_instances, with_masks)
+    dataset = tf.data.Dataset.from_tensor_slices(indices)
+    shuffle = training and shuffle_buffer > 0
+    if cache:
+        dataset = dataset.map(load, num_parallel_calls=num_parallel_calls).filter(_is_valid).cache()
+        if shuffle:
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if training:
+            dataset = dataset.repeat().skip(skip_examples)
+    else:
+        if shuffle:  # indices are cheap: shuffle them all before decoding anything
+            dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+        if training:
+            dataset = dataset.repeat().skip(skip_examples)
+        dataset = dataset.map(load, num_parallel_calls=num_parallel_calls).filter(_is_valid)
+    return dataset
 
 
 def _is_valid(example):
@@ -256,7 +274,8 @@ def dataset_from_config(data_config, input_config, split, batch_size, training,
         keypoint_config: ``config.KeypointHeadConfig``; keypoints are read when it is enabled.
 
     Returns:
-        (tf.data.Dataset, coco.CocoDataset): the dataset and its source (categories, stats).
+        (tf.data.Dataset, source): the dataset and its ``coco.CocoDataset`` or
+        ``tfrecord.TFRecordSource`` (categories, stats).
     """
     kp_on = keypoint_config is not None and keypoint_config.enabled
     source = load_split(data_config, split, keypoint_config.num_keypoints if kp_on else 0)

@@ -1,0 +1,616 @@
+"""TFRecords in the TF Object Detection API / Model Garden tf.Example schema: writer and reader.
+
+Shape shorthand:
+    M  objects of a record (crowd included when written), M' after the reader's filtering
+    Kp keypoints per object
+    H, W  image height and width
+
+Schema (``FEATURE_KEYS``; the key names and conventions of Model Garden's
+``official/vision/data/create_coco_tf_record.py`` / ``tfrecord_lib.py`` read by its
+``tf_example_decoder.py``, plus the TF Object Detection API's keypoint keys), one tf.Example per
+image::
+
+    image/encoded            the image file's bytes, unchanged
+    image/format             b"jpeg" / b"png" (from the file name)
+    image/source_id          str(image id), e.g. b"139"
+    image/height, image/width, image/filename, image/key/sha256
+    image/object/bbox/{xmin,ymin,xmax,ymax}   float, NORMALISED: x / W, y / H, in [0, 1]
+    image/object/class/label  int64 dataset category id (not contiguous; as Model Garden)
+    image/object/class/text   category name, utf-8
+    image/object/is_crowd     int64 0/1      image/object/area   float (the annotation's)
+    image/object/mask         one PNG per object: (H, W) uint8 0/1, mode "L"
+    image/object/keypoint/{x,y}  float x / W, y / H, flattened over objects (M * Kp)
+    image/object/keypoint/visibility  int64 (M * Kp); keypoint/num (visible per object) and
+                              keypoint/text (names, M * Kp) as the Object Detection API writes
+
+Conventions pinned here (tests/test_data_tfrecord.py checks them):
+    * Writing (``write_tfrecords``, ``python -m keras_maskrcnn.data.tfrecord``): images in id
+      order, image i to shard i % N (as Model Garden), files ``PREFIX-00000-of-0000N.tfrecord``.
+      Boxes are clipped to the image first; objects whose clipped box is under 1 pixel wide or
+      high are not written (the COCO loader drops them too; Model Garden drops boxes that leave
+      the image). Crowd regions ARE written (is_crowd 1). An annotation without segmentation
+      gets its box as the PNG mask, as ``CocoDataset.instance_masks``.
+    * Reading (``load_tfrecords``, ``TFRecordSource.example_dataset``) yields the examples of
+      the COCO path's Python stage: boxes x * W, y * H (float32 xyxy pixels), crowd regions and
+      boxes under 1 pixel left out (``stats.num_crowd``, ``stats.num_degenerate``, counted on
+      the first pass), labels mapped to 1..K, masks PNG -> (M', H, W) uint8 (pixel > 0), a
+      record without masks gets box masks (``stats.num_box_masks``), one without keypoints
+      gets v = 0. Images are decoded with PIL, as the COCO path (same pixels): a record whose
+      image does not decode, or decodes to another size than image/height x image/width, is
+      skipped, counted in ``stats.skipped_images`` and named in a warning; the pipeline goes on.
+    * Category map: records carry only per-object ids and names, not the category list. The
+      reader takes it from an annotation json's ``categories`` when given (recommended: a
+      category absent from a split cannot shift the contiguous ids), else from the labels seen
+      in all the records (one extra pass; names from image/object/class/text, else str(id)).
+    * image_ids: image/source_id when it is a decimal integer (COCO), else a 63-bit hash of it
+      (of the image bytes when empty, as Model Garden regenerates one).
+    * Order: shards are read round-robin (evaluation: all at once, so records written by this
+      writer or Model Garden's come back in id order); training shuffles shards and records.
+"""
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_maskrcnn.data import coco
+
+logger = logging.getLogger(__name__)
+
+FEATURE_KEYS = (
+    "image/encoded", "image/format", "image/source_id", "image/height", "image/width",
+    "image/filename", "image/key/sha256",
+    "image/object/bbox/xmin", "image/object/bbox/ymin", "image/object/bbox/xmax",
+    "image/object/bbox/ymax", "image/object/class/label", "image/object/class/text",
+    "image/object/is_crowd", "image/object/area", "image/object/mask",
+    "image/object/keypoint/x", "image/object/keypoint/y", "image/object/keypoint/visibility",
+    "image/object/keypoint/num", "image/object/keypoint/text")
+_BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("xmin", "ymin", "xmax", "ymax"))
+_MAX_FAILURES_IN_A_ROW = 1000  # then the records are taken to be unreadable altogether
+
+
+def shard_paths(prefix, num_shards):
+    """The files ``write_tfrecords`` writes: PREFIX-00000-of-0000N.tfrecord ..."""
+    return [f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+
+
+def encode_mask_png(mask):
+    """(H, W) 0/1 mask -> PNG bytes (uint8, mode "L"), as Model Garden's encode_mask_as_png."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(mask, np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+# ----------------------------------------------------------------------------- writing
+def _feature(values, kind):
+    if kind == "bytes":
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+    if kind == "int":
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=np.asarray(
+            values, np.int64).ravel()))
+    return tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(
+        values, np.float32).ravel()))
+
+
+def _object_features(image, anns, names, num_keypoints, keypoint_names, stats):
+    """Per-object features of one image's annotations (file order); updates ``stats``."""
+    h, w = image["height"], image["width"]
+    boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+    boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+    keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    stats["num_degenerate"] += int((~keep).sum())
+    anns, boxes = [a for a, k in zip(anns, keep) if k], boxes[keep]
+    crowd = [int(a.get("iscrowd", 0)) for a in anns]
+    stats["num_objects"] += len(anns)
+    stats["num_crowd"] += sum(crowd)
+    masks = []
+    for ann, box in zip(anns, boxes):
+        if ann.get("segmentation"):
+            mask = coco.decode_segmentation(ann["segmentation"], h, w)
+        else:  # as CocoDataset.instance_masks: the (integer-rounded) box
+            stats["num_box_masks"] += 1
+            mask = np.zeros((h, w), np.uint8)
+            x1, y1, x2, y2 = np.round(box).astype(int)
+            mask[y1:y2, x1:x2] = 1
+        masks.append(encode_mask_png(mask))
+    normalised = boxes.astype(np.float64) / [w, h, w, h]
+    features = {key: _feature(normalised[:, i], "float") for i, key in enumerate(_BOX_KEYS)}
+    features.update({
+        "image/object/class/label": _feature([a["category_id"] for a in anns], "int"),
+        "image/object/class/text": _feature(
+            [names[a["category_id"]].encode("utf-8") for a in anns], "bytes"),
+        "image/object/is_crowd": _feature(crowd, "int"),
+        "image/object/area": _feature([a.get("area", (b[2] - b[0]) * (b[3] - b[1]))
+                                       for a, b in zip(anns, boxes)], "float"),
+        "image/object/mask": _feature(masks, "bytes")})
+    if num_keypoints:
+        zeros = [0.0] * 3 * num_keypoints
+        kps = [(not c and a.get("keypoints")) or zeros for a, c in zip(anns, crowd)]
+        kps = np.array(kps, np.float64).reshape(-1, num_keypoints, 3)  # (M, 3Kp) -> (M, Kp, 3)
+        features.update({
+            "image/object/keypoint/x": _feature(kps[..., 0] / w, "float"),
+            "image/object/keypoint/y": _feature(kps[..., 1] / h, "float"),
+            "image/object/keypoint/visibility": _feature(kps[..., 2], "int"),
+            "image/object/keypoint/num": _feature((kps[..., 2] > 0).sum(axis=1), "int")})
+        if len(keypoint_names) == num_keypoints:
+            features["image/object/keypoint/text"] = _feature(
+                [n.encode("utf-8") for n in keypoint_names] * len(anns), "bytes")
+    return features
+
+
+def _image_features(image, encoded):
+    ext = os.path.splitext(image["file_name"])[1].lower().lstrip(".")
+    return {
+        "image/encoded": _feature([encoded], "bytes"),
+        "image/format": _feature([{"jpg": b"jpeg"}.get(ext, ext.encode())], "bytes"),
+        "image/source_id": _feature([str(image["id"]).encode()], "bytes"),
+        "image/height": _feature([image["height"]], "int"),
+        "image/width": _feature([image["width"]], "int"),
+        "image/filename": _feature([image["file_name"].encode("utf-8")], "bytes"),
+        "image/key/sha256": _feature([hashlib.sha256(encoded).hexdigest().encode()], "bytes")}
+
+
+def _load_annotations(annotation_file, num_keypoints):
+    """Validated (images sorted by id, {image id: annotations}, data) of a COCO json."""
+    chk = coco._Checker(annotation_file)  # the COCO loader's validation, same messages
+    data = coco._read_json(annotation_file)
+    images, categories = coco._check_tables(chk, data)
+    per_image = {image_id: [] for image_id in images}
+    annotations = chk.field(data, "annotations", "top level", list, optional=True) or []
+    for i, ann in enumerate(annotations):
+        coco._check_annotation(chk, ann, i, images, categories, num_keypoints)
+        per_image[ann["image_id"]].append(ann)
+    return [images[i] for i in sorted(images)], per_image, data
+
+
+def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_keypoints=0,
+                    progress=True):
+    """Converts a COCO json and its images to sharded TFRecords (schema in the module doc).
+
+    Args:
+        annotation_file: COCO instances / person_keypoints json (validated as ``load_coco``).
+        image_dir: directory of the images' ``file_name``.
+        output_prefix: files ``{output_prefix}-0000i-of-0000N.tfrecord`` (directory created).
+        num_shards: N.
+        num_keypoints: Kp > 0 writes the keypoint features.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        dict: files, num_images, num_objects, num_crowd, num_degenerate (not written),
+        num_box_masks, missing_images (file names not found: not written).
+    """
+    from tqdm import tqdm
+
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    images, per_image, data = _load_annotations(os.fspath(annotation_file), num_keypoints)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    with_kp = [c for c in data["categories"] if c.get("keypoints")]
+    keypoint_names = tuple(with_kp[0]["keypoints"]) if with_kp else ()
+    stats = dict(num_images=0, num_objects=0, num_crowd=0, num_degenerate=0, num_box_masks=0)
+    missing, paths = [], shard_paths(os.fspath(output_prefix), num_shards)
+    os.makedirs(os.path.dirname(os.path.abspath(paths[0])), exist_ok=True)
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    try:
+        for image in tqdm(images, desc=f"writing {output_prefix}", unit="image",
+                          disable=not progress):
+            try:
+                with open(os.path.join(image_dir, image["file_name"]), "rb") as f:
+                    encoded = f.read()
+            except OSError as e:
+                logger.warning("not writing image %s: %s", image["file_name"], e)
+                missing.append(image["file_name"])
+                continue
+            features = _image_features(image, encoded)
+            features.update(_object_features(image, per_image[image["id"]], names,
+                                             num_keypoints, keypoint_names, stats))
+            example = tf.train.Example(features=tf.train.Features(feature=features))
+            writers[stats["num_images"] % num_shards].write(example.SerializeToString())
+            stats["num_images"] += 1
+    finally:
+        for writer in writers:
+            writer.close()
+    if missing and not stats["num_images"]:
+        raise ValueError(f"none of the {len(missing)} images is in {image_dir} (first: "
+                         f"{missing[0]})")
+    return dict(stats, files=paths, missing_images=missing)
+
+
+# ----------------------------------------------------------------------------- reading
+def _image_id(source_id, encoded):
+    """int(source_id) when decimal, else a 63-bit hash of it (of the image when empty)."""
+    if source_id.isdigit():
+        return int(source_id)
+    digest = hashlib.sha256(source_id.encode() if source_id else encoded).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _decode_png_masks(pngs, height, width):
+    from PIL import Image
+
+    masks = np.zeros((len(pngs), height, width), np.uint8)
+    for i, png in enumerate(pngs):
+        with Image.open(io.BytesIO(png)) as im:
+            mask = np.asarray(im)
+        if mask.ndim == 3:  # an RGB(A) mask: its first channel
+            mask = mask[..., 0]
+        if mask.shape != (height, width):
+            raise ValueError(f"mask {i} is {mask.shape[0]}x{mask.shape[1]}, the image "
+                             f"{height}x{width}")
+        masks[i] = mask > 0
+    return masks
+
+
+def _box_masks(boxes, height, width):
+    """(M, H, W) uint8 masks filling the integer-rounded boxes (as CocoDataset)."""
+    masks = np.zeros((len(boxes), height, width), np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(np.round(boxes).astype(int)):
+        masks[i, y1:y2, x1:x2] = 1
+    return masks
+
+
+def _feature_spec(with_masks, num_keypoints):
+    """tf.io.parse_single_example spec; every feature optional but image/encoded."""
+    fixed, var = tf.io.FixedLenFeature, tf.io.VarLenFeature
+    spec = {key: fixed((), tf.string, b"") for key in (
+        "image/encoded", "image/source_id", "image/filename")}
+    spec.update({"image/height": fixed((), tf.int64, -1), "image/width": fixed((), tf.int64, -1),
+                 "image/object/class/label": var(tf.int64),
+                 "image/object/is_crowd": var(tf.int64)})
+    spec.update({key: var(tf.float32) for key in _BOX_KEYS})
+    if with_masks:
+        spec["image/object/mask"] = var(tf.string)
+    if num_keypoints:
+        spec.update({"image/object/keypoint/x": var(tf.float32),
+                     "image/object/keypoint/y": var(tf.float32),
+                     "image/object/keypoint/visibility": var(tf.int64)})
+    return spec
+
+
+def _parse(serialized, spec):
+    """Serialized tf.Example -> dict of dense tensors (lists: (n,), missing lists: (0,))."""
+    parsed = tf.io.parse_single_example(serialized, spec)
+    return {k: tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v
+            for k, v in parsed.items()}
+
+
+def _has_instances(serialized):
+    """() bool: the record has an object that is not crowd and >= 1 pixel wide and high
+    (the training filter of images without GT, before any image decoding)."""
+    spec = {k: v for k, v in _feature_spec(False, 0).items() if "/object/" in k or k in (
+        "image/height", "image/width")}  # not the image bytes
+    f = _parse(serialized, spec)
+    labels = f["image/object/class/label"]
+    crowd = tf.concat([f["image/object/is_crowd"], tf.zeros_like(labels)], 0)
+    crowd = crowd[:tf.size(labels)]  # is_crowd absent: zeros
+
+    def at_least_a_pixel(size, lo, hi):  # the size may be absent (-1): then only hi > lo
+        lo, hi = tf.clip_by_value(lo, 0.0, 1.0), tf.clip_by_value(hi, 0.0, 1.0)
+        return tf.where(size > 0, (hi - lo) * tf.cast(size, tf.float32) >= 1.0, hi > lo)
+
+    def any_instance():
+        xmin, ymin, xmax, ymax = [f[k] for k in _BOX_KEYS]
+        wide = at_least_a_pixel(f["image/width"], xmin, xmax)
+        high = at_least_a_pixel(f["image/height"], ymin, ymax)
+        return tf.reduce_any((crowd == 0) & wide & high)
+
+    consistent = tf.reduce_all(tf.stack([tf.size(f[k]) == tf.size(labels) for k in _BOX_KEYS]))
+    return tf.cond(consistent, any_instance, lambda: True)  # malformed: decoding skips it
+
+
+def _decode_image(encoded, height, width):
+    """(image (H, W, 3) uint8 RGB or None, reason) with PIL, as the COCO path's read_image."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(encoded)) as im:
+            image = np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoding problem means "skip this record"
+        return None, f"{type(e).__name__}: {e}"
+    if height > 0 and width > 0 and image.shape[:2] != (height, width):
+        return None, (f"decoded size {image.shape[0]}x{image.shape[1]} differs from the "
+                      f"record's image/height x image/width {height}x{width}")
+    return image, None
+
+
+def _category_map_from_json(path):
+    data = coco._read_json(path)
+    chk = coco._Checker(path)
+    categories = chk.field(data, "categories", "top level", list)
+    for i, cat in enumerate(categories):
+        chk.field(cat, "id", f"categories[{i}]", int)
+        chk.field(cat, "name", f"categories[{i}]", str)
+    if not categories:
+        chk.fail("categories", "no categories")
+    with_kp = [c for c in categories if c.get("keypoints")]
+    names = tuple(with_kp[0]["keypoints"]) if with_kp else ()
+    skeleton = tuple((a - 1, b - 1) for a, b in with_kp[0].get("skeleton", ())) \
+        if with_kp else ()
+    return coco.CategoryMap.from_categories(categories), names, skeleton
+
+
+def _category_map_from_records(files):
+    """CategoryMap of the labels seen in all records (names from class/text, else str(id))."""
+    spec = {"image/object/class/label": tf.io.RaggedFeature(tf.int64),
+            "image/object/class/text": tf.io.RaggedFeature(tf.string)}
+    records = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
+
+    def flat(serialized):  # (values, row lengths) of labels and texts of 256 records
+        parsed = tf.io.parse_example(serialized, spec)
+        return [(parsed[k].values, parsed[k].row_lengths()) for k in sorted(spec)]
+
+    batches = records.batch(256).map(flat, num_parallel_calls=tf.data.AUTOTUNE)
+    names = {}
+    for (labels, label_counts), (texts, text_counts) in batches.as_numpy_iterator():
+        same = label_counts == text_counts  # records with a name per object
+        texts = iter(np.split(texts, np.cumsum(text_counts)[:-1]))
+        for ok, record in zip(same, np.split(labels, np.cumsum(label_counts)[:-1])):
+            text = next(texts)
+            for label, name in zip(record.tolist(), text if ok else [b""] * len(record)):
+                if name or label not in names:
+                    names[label] = name.decode("utf-8", "replace") or str(label)
+    if not names:
+        raise ValueError(f"no object labels in {len(files)} TFRecord files ({files[0]} ...): "
+                         "give the annotation json (data.<split>.annotations) for the "
+                         "categories")
+    return coco.CategoryMap.from_categories([{"id": k, "name": v} for k, v in names.items()])
+
+
+class TFRecordSource:
+    """Sharded TFRecords, read by ``pipeline.build_dataset`` (the ``CocoDataset`` counterpart).
+
+    Attributes:
+        file_pattern: the glob(s) given; files: the matching files, sorted.
+        annotation_file: the json the categories came from (None: from the records).
+        image_dir: None (the images are inside the records).
+        categories: ``coco.CategoryMap``; keypoint_names, skeleton: from the json, else ().
+        num_keypoints: Kp read (0: none). stats: ``coco.LoadStats`` (filled while reading).
+    """
+
+    def __init__(self, file_pattern, annotation_file=None, num_keypoints=0):
+        patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) \
+            else list(file_pattern)
+        self.file_pattern = file_pattern
+        self.files = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
+        if not self.files:
+            raise FileNotFoundError(f"no TFRecord file matches {file_pattern!r}")
+        self.annotation_file = os.fspath(annotation_file) if annotation_file else None
+        self.image_dir = None
+        self.num_keypoints = num_keypoints
+        self.keypoint_names, self.skeleton = (), ()
+        if self.annotation_file:
+            self.categories, self.keypoint_names, self.skeleton = _category_map_from_json(
+                self.annotation_file)
+        else:
+            self.categories = _category_map_from_records(self.files)
+            logger.info("%s: categories from the labels of the records: %s", file_pattern,
+                        dict(zip(self.categories.dataset_ids, self.categories.names)))
+        self.stats = coco.LoadStats()
+        self._skipped_ids, self._counted_ids = set(), set()
+        self._failures_in_a_row = 0
+
+    def skip(self, image_id, name, reason):
+        """Counts a record that cannot be used, names it in a warning (once); returns None."""
+        with self.stats.lock:
+            self._failures_in_a_row += 1
+            if self._failures_in_a_row >= _MAX_FAILURES_IN_A_ROW:
+                raise RuntimeError(f"{self.file_pattern}: {_MAX_FAILURES_IN_A_ROW} records in "
+                                   f"a row are unreadable (last: {name}: {reason})")
+            if image_id in self._skipped_ids:
+                return None
+            self._skipped_ids.add(image_id)
+            self.stats.skipped_images.append((name, reason))
+        logger.warning("skipping record %s (image id %d): %s", name, image_id, reason)
+        return None
+
+    def _count_once(self, image_id, **counts):
+        """Adds ``counts`` to ``stats`` the first time an image is read (not every epoch)."""
+        with self.stats.lock:
+            self._failures_in_a_row = 0
+            if image_id in self._counted_ids:
+                return
+            self._counted_ids.add(image_id)
+            for key, value in counts.items():
+                setattr(self.stats, key, getattr(self.stats, key) + int(value))
+
+    @staticmethod
+    def _objects(f, size):
+        """(boxes (M, 4) float32 pixels, labels, crowd) of a parsed record, or a reason."""
+        labels = f["image/object/class/label"]
+        m, (h, w) = len(labels), size
+        lengths = {k: len(f[k]) for k in _BOX_KEYS + ("image/object/is_crowd",)}
+        if any(n != m for k, n in lengths.items() if k != "image/object/is_crowd") \
+                or lengths["image/object/is_crowd"] not in (0, m):
+            return f"object features of different lengths: labels {m}, {lengths}"
+        crowd = f["image/object/is_crowd"] if len(f["image/object/is_crowd"]) else np.zeros(m)
+        boxes = np.stack([f[k].astype(np.float64) for k in _BOX_KEYS], 1) * [w, h, w, h]
+        boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)  # normalised -> pixels
+        return boxes, labels, crowd.astype(bool)
+
+    def decode_record(self, f, max_instances=None, with_masks=True):
+        """A parsed record (numpy values of ``_feature_spec``) -> the pipeline's example dict
+        (image, boxes, classes, image_id, masks, keypoints as ``CocoDataset.load_example``),
+        or None after ``skip``."""
+        source_id = f["image/source_id"].decode("utf-8", "replace")
+        image_id = _image_id(source_id, f["image/encoded"])
+        name = f["image/filename"].decode("utf-8", "replace") or f"source_id {source_id!r}"
+        image, reason = _decode_image(f["image/encoded"], int(f["image/height"]),
+                                      int(f["image/width"]))
+        if image is None:
+            return self.skip(image_id, name, reason)
+        size = image.shape[:2]
+        objects = self._objects(f, size)
+        if isinstance(objects, str):
+            return self.skip(image_id, name, objects)
+        boxes, labels, crowd = objects
+        degenerate = (boxes[:, 2] - boxes[:, 0] < 1) | (boxes[:, 3] - boxes[:, 1] < 1)
+        keep = np.flatnonzero(~crowd & ~degenerate)
+        no_masks = with_masks and len(f["image/object/mask"]) == 0
+        truncated = max_instances is not None and len(keep) > max_instances
+        kept = keep[:max_instances]
+        try:
+            classes = self.categories.to_contiguous(labels[kept]).astype(np.int32)
+        except KeyError as e:
+            raise ValueError(f"record {name}: label {e} is not in the category map (from "
+                             f"{self.annotation_file or 'the records'})") from None
+        example = {"image": image, "boxes": boxes[kept], "classes": classes,
+                   "image_id": image_id}
+        if with_masks:
+            pngs = f["image/object/mask"]
+            if no_masks:
+                example["masks"] = _box_masks(boxes[kept], *size)
+            elif len(pngs) != len(labels):
+                return self.skip(image_id, name, f"{len(pngs)} masks for {len(labels)} objects")
+            else:
+                try:
+                    example["masks"] = _decode_png_masks(pngs[kept], *size)
+                except Exception as e:  # noqa: BLE001 - a corrupt PNG: skip the record
+                    return self.skip(image_id, name, f"mask: {type(e).__name__}: {e}")
+        if self.num_keypoints:
+            example["keypoints"] = self._keypoints(f, name, size, len(labels))[kept]
+        self._count_once(image_id, num_crowd=crowd.sum(),
+                         num_degenerate=(~crowd & degenerate).sum(),
+                         num_box_masks=len(keep) if no_masks else 0,
+                         num_truncated_images=truncated)
+        return example
+
+    def _keypoints(self, f, name, size, m):
+        """(M, Kp, 3) float32 keypoints in pixels (zeros when the record has none)."""
+        kp, (h, w) = self.num_keypoints, size
+        x, y, v = (f[f"image/object/keypoint/{k}"] for k in ("x", "y", "visibility"))
+        if len(x) == 0:
+            return np.zeros((m, kp, 3), np.float32)
+        if not len(x) == len(y) == len(v) == m * kp:
+            raise ValueError(f"record {name}: {len(x)} keypoint values for {m} objects, "
+                             f"expected {m} x {kp} (the num_keypoints asked for)")
+        kps = np.stack([x.astype(np.float64) * w, y.astype(np.float64) * h, v], axis=-1)
+        return kps.reshape(m, kp, 3).astype(np.float32)  # (M * Kp, 3) -> (M, Kp, 3)
+
+    def _decode_stage(self, max_instances, with_masks):
+        """tf.data map function: serialized record -> the pipeline's Python-stage dict."""
+        kp = self.num_keypoints
+        spec = _feature_spec(with_masks, kp)
+        keys = sorted(spec)
+        names = ["image", "boxes", "classes", "image_id"] + ["masks"] * with_masks \
+            + ["keypoints"] * bool(kp)
+        dtypes = {"image": tf.uint8, "boxes": tf.float32, "classes": tf.int32,
+                  "image_id": tf.int64, "masks": tf.uint8, "keypoints": tf.float32}
+        shapes = {"image": [None, None, 3], "boxes": [None, 4], "classes": [None],
+                  "image_id": [], "masks": [None, None, None], "keypoints": [None, kp, 3]}
+        empty = {"image": np.zeros((1, 1, 3)), "boxes": np.zeros((0, 4)), "classes": [],
+                 "image_id": -1, "masks": np.zeros((0, 1, 1)), "keypoints": np.zeros((0, kp, 3))}
+
+        def decode(*values):
+            values = [v.item() if np.ndim(v) == 0 and isinstance(v, np.ndarray) else v
+                      for v in values]  # eager numpy_function passes 0-d arrays
+            example = self.decode_record(dict(zip(keys, values)), max_instances, with_masks)
+            out = example if example is not None else empty
+            return [np.asarray(out[n], dtypes[n].as_numpy_dtype) for n in names] \
+                + [np.bool_(example is not None)]
+
+        def stage(serialized):
+            parsed = _parse(serialized, spec)
+            values = tf.numpy_function(decode, [parsed[k] for k in keys],
+                                       [dtypes[n] for n in names] + [tf.bool])
+            example = {n: tf.ensure_shape(v, shapes[n]) for n, v in zip(names, values)}
+            example["valid"] = tf.ensure_shape(values[-1], [])
+            return example
+
+        return stage
+
+    def example_dataset(self, max_instances, training, *, with_masks=True, shuffle_buffer=1000,
+                        seed=0, filter_empty_images=True, max_images=None, cache=False,
+                        skip_examples=0, num_parallel_calls=None):
+        """Decoded examples (the dicts of ``pipeline``'s Python stage, invalid ones dropped).
+
+        Evaluation: one pass, shards round-robin (id order for files of this writer). Training:
+        records without usable GT dropped (``filter_empty_images``, before decoding), shards
+        and records shuffled (``shuffle_buffer`` serialized records; files not shuffled with
+        ``max_images``, which keeps the first records), repeated, the first ``skip_examples``
+        records skipped before decoding (they are still read). Arguments as
+        ``pipeline.build_dataset``.
+        """
+        parallel = num_parallel_calls or tf.data.AUTOTUNE
+        shuffle = training and shuffle_buffer > 0
+        files = tf.data.Dataset.from_tensor_slices(self.files)
+        if shuffle and max_images is None:
+            files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
+        cycle = min(len(self.files), 16) if shuffle else len(self.files)
+        records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+                                   num_parallel_calls=parallel, deterministic=True)
+        if training and filter_empty_images:
+            records = records.filter(_has_instances)
+        if max_images is not None:
+            records = records.take(max_images)
+        decode = self._decode_stage(max_instances, with_masks)
+        if cache:
+            dataset = records.map(decode, num_parallel_calls=parallel).filter(_is_valid).cache()
+            if shuffle:
+                dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            return dataset.repeat().skip(skip_examples) if training else dataset
+        if shuffle:
+            records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if training:
+            records = records.repeat().skip(skip_examples)
+        return records.map(decode, num_parallel_calls=parallel).filter(_is_valid)
+
+
+def _is_valid(example):
+    return example["valid"]
+
+
+def load_tfrecords(file_pattern, annotation_file=None, num_keypoints=0) -> TFRecordSource:
+    """Opens sharded TFRecords for ``pipeline.build_dataset``.
+
+    Args:
+        file_pattern: a glob (``tf.io.gfile.glob``: local, gs://, ...) or a list of globs.
+        annotation_file: a json with COCO ``categories`` (e.g. the instances json the records
+            were written from): the category map. None: the labels seen in all the records
+            (one extra pass over them; a category missing from the split is then missing from
+            the map and shifts the contiguous ids).
+        num_keypoints: Kp > 0 reads image/object/keypoint/* (records without them: v = 0).
+
+    Returns:
+        ``TFRecordSource``.
+    """
+    return TFRecordSource(file_pattern, annotation_file, num_keypoints)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="COCO json + images -> TFRecords in the Model Garden / TF Object Detection "
+                    "API tf.Example schema (image/encoded, image/object/bbox/*, "
+                    "image/object/mask PNGs, image/object/keypoint/*).")
+    parser.add_argument("--annotations", required=True, help="COCO instances json")
+    parser.add_argument("--images", required=True, help="image directory")
+    parser.add_argument("--output", required=True,
+                        help="output prefix: PREFIX-00000-of-0000N.tfrecord ...")
+    parser.add_argument("--shards", type=int, default=32, help="number of files (default 32)")
+    parser.add_argument("--keypoints", type=int, default=0,
+                        help="keypoints per object to write (0: none; 17 for COCO persons)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        stats = write_tfrecords(args.annotations, args.images, args.output, args.shards,
+                                args.keypoints, progress=not args.no_progress)
+    except (coco.CocoFormatError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    print(f"wrote {stats['num_images']} images, {stats['num_objects']} objects "
+          f"({stats['num_crowd']} crowd) to {len(stats['files'])} files "
+          f"{stats['files'][0]} ...; left out {stats['num_degenerate']} boxes under 1 pixel"
+          + (f" and {len(stats['missing_images'])} missing images" if stats["missing_images"]
+             else ""))
+    print(f"read with data.<split>: {{format: tfrecord, tfrecords: '{args.output}-*.tfrecord',"
+          f" annotations: {json.dumps(os.fspath(args.annotations))}}}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
