@@ -2,6 +2,8 @@
 import json
 import logging
 import os
+import shutil
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -13,7 +15,10 @@ log = logging.getLogger("keras_maskrcnn")
 
 
 def _paths(cfg):
-    out = cfg.train.output_dir
+    return _paths_under(cfg.train.output_dir)
+
+
+def _paths_under(out):
     return {"root": out, "config": os.path.join(out, "config.yaml"),
             "checkpoints": os.path.join(out, "checkpoints"), "logs": os.path.join(out, "logs"),
             "weights": os.path.join(out, "model.weights.h5"), "eval": os.path.join(out, "eval"),
@@ -42,22 +47,41 @@ def build_training_model(cfg, strategy, category_ids):
 def train(cfg):
     """Trains to ``train.total_steps`` (resuming if checkpoints exist); returns (model, source).
 
-    Raises RuntimeError when a non-finite loss stopped training.
+    Multi-worker (TF_CONFIG): every worker runs this; only the chief writes ``output_dir``
+    (config, checkpoints, logs, weights), which every worker reads to resume, so it must be on
+    a file system they share. Raises RuntimeError when a non-finite loss stopped training.
     """
-    paths = _paths(cfg)
-    os.makedirs(paths["root"], exist_ok=True)
-    config_lib.save_config(cfg, paths["config"])
     keras.utils.set_random_seed(cfg.train.seed)
     strategy = training.select_strategy(cfg.train.strategy)
-    source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg))
+    paths = _paths(cfg)
+    chief = training.is_chief(strategy)
+    # In a multi-worker job only the chief writes the outputs; the others write theirs to a
+    # temporary directory (removed at the end) and read the chief's data and checkpoints.
+    writes = paths if chief else _paths_under(tempfile.mkdtemp(prefix="keras_maskrcnn_worker_"))
+    try:
+        return _train(cfg, strategy, paths, writes, chief)
+    finally:
+        if not chief:
+            shutil.rmtree(writes["root"], ignore_errors=True)
+
+
+def _train(cfg, strategy, paths, writes, chief):
+    os.makedirs(writes["root"], exist_ok=True)
+    if chief:
+        config_lib.save_config(cfg, paths["config"])
+        source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg))
+    training.sync_workers(strategy)  # the chief has written the synthetic data, if any
+    if not chief:
+        source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg),
+                                     create_synthetic=False)
     model = build_training_model(cfg, strategy, source.categories.dataset_ids)
     start = training.restore_latest(model, paths["checkpoints"])
     if start:
         print(f"resuming from step {start} ({paths['checkpoints']})")
-    guard = training.CheckpointAndGuard(paths["checkpoints"], cfg.train.checkpoint_every,
+    guard = training.CheckpointAndGuard(writes["checkpoints"], cfg.train.checkpoint_every,
                                         cfg.train.keep_checkpoints, cfg.train.total_steps)
     callbacks = [guard, training.LearningRateLogger(),
-                 keras.callbacks.TensorBoard(paths["logs"], update_freq=cfg.train.log_every)]
+                 keras.callbacks.TensorBoard(writes["logs"], update_freq=cfg.train.log_every)]
     step = start
     for initial, epochs, steps in training.fit_schedule(start, cfg.train.total_steps,
                                                         cfg.train.steps_per_epoch):
@@ -69,7 +93,7 @@ def train(cfg):
             raise RuntimeError(f"training stopped: {guard.failed}; last good checkpoint: "
                                f"{kept[-1][1] if kept else 'none'}")
         step = int(model.optimizer.iterations.numpy())
-    model.save_weights(paths["weights"])
+    model.save_weights(writes["weights"])
     _report_skipped(source)
     return model, source
 
@@ -139,6 +163,8 @@ def train_and_evaluate(cfg, run_evaluation=True, run_export=True):
     except RuntimeError as e:
         print(f"ERROR: {e}")
         return 1
+    if not training.is_chief(model.distribute_strategy):
+        return 0  # evaluation, export and pictures are the chief's
     paths = _paths(cfg)
     if run_evaluation:
         metrics = evaluate(cfg, model)

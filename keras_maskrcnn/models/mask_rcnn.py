@@ -21,6 +21,8 @@ import keras
 import tensorflow as tf
 
 from keras_maskrcnn import builders, losses
+from keras_maskrcnn import training as _training  # noqa: F401  .keras loading: optimizer
+from keras_maskrcnn.layers.roi_sampler import _replica_seed
 from keras_maskrcnn.layers.rpn import level_sizes, rpn_targets
 from keras_maskrcnn.ops.anchors import multilevel_anchors
 from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
@@ -34,6 +36,12 @@ def global_count(mask):
     if context is not None and context.num_replicas_in_sync > 1:
         count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
     return tf.maximum(count, 1.0)
+
+
+def _is_multi_worker(strategy):
+    """True for a MultiWorkerMirroredStrategy spanning more than one worker."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
 
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression", "mask",
@@ -161,7 +169,7 @@ class MaskRCNN(keras.Model):
             allow_low_quality_matches=m.rpn.allow_low_quality_matches,
             batch_size_per_image=m.rpn.batch_size_per_image,
             positive_fraction=m.rpn.positive_fraction, box_weights=m.rpn.box_weights,
-            seed=tf.cast(self.rpn_seed.next(), tf.int32))
+            seed=_replica_seed(self.rpn_seed.next()))  # replicas draw independently
         sample = self.roi_sampler(proposals["proposals"], proposals["valid"], gt_boxes,
                                   gt_classes)
         class_logits, box_deltas = self.box_predictions(features, sample["rois"])
@@ -237,8 +245,34 @@ class MaskRCNN(keras.Model):
     def test_step(self, data):
         """Validation loss: the training forward pass (targets need it), without updates."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        self.compute_loss(x=x, y_pred=self(x, training=True), training=False)
-        return {m.name: m.result() for m in self.metrics}
+        y_pred = self(x, training=True)
+        self.compute_loss(x=x, y_pred=y_pred, training=False)
+        return self.compute_metrics(x, None, y_pred)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """The loss trackers' values: {name: scalar}, or shape [1] under a multi-worker strategy.
+
+        Keras 3 ``fit`` reduces step results under MultiWorkerMirroredStrategy with
+        ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars (keras-team/keras
+        #20329); a [1] value is reduced to a scalar there, so the logs stay scalars.
+        """
+        results = {m.name: m.result() for m in self.metrics}
+        if _is_multi_worker(tf.distribute.get_strategy()):
+            results = {k: tf.reshape(v, [1]) for k, v in results.items()}
+        return results
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras' pre-``fit`` symbolic build once the optimizer is built.
+
+        Keras (3.15) otherwise takes a batch from the distributed dataset and averages it over
+        the replicas with ``strategy.reduce`` first, which fails under
+        MultiWorkerMirroredStrategy for a dict of images and GT (keras-team/keras#20585).
+        Its symbolic build is an inference pass, which ``build_with_dummy_batch`` already did
+        before the optimizer could be built on the weights (``run.build_training_model``).
+        """
+        if self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # --------------------------------------------------------------------------- inference
     def inference_outputs(self, features, proposals, image_sizes):
