@@ -98,7 +98,34 @@ def build_model(cfg, category_ids=None, build=True):
     model = MaskRCNN(config=model_config_dict(cfg), category_ids=category_ids)
     if build:
         model.build_with_dummy_batch()
+        load_initial_weights(model, cfg.model)
     return model
+
+
+def load_initial_weights(model, model_cfg):
+    """``model.backbone.weights`` then ``model.weights``, when the config names them.
+
+    backbone.weights: a torchvision ImageNet ResNet state_dict (``.pth``, its ``fc.`` keys
+    ignored; reading it needs torch). model.weights: a whole-model ``.weights.h5`` (e.g.
+    converted COCO weights to fine-tune from).
+    """
+    import os
+
+    for key, path in (("model.backbone.weights", model_cfg.backbone.weights),
+                      ("model.weights", model_cfg.weights)):
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"{key}: no such file: {path}")
+    path = model_cfg.backbone.weights
+    if path:
+        if not path.endswith((".pth", ".pt")):
+            raise ValueError(f"model.backbone.weights: expected a torchvision ResNet .pth "
+                             f"state_dict, got {path}")
+        from keras_maskrcnn.convert import torchvision as tv
+        from keras_maskrcnn.convert.torchvision_models import load_state_dict
+        tv.load_resnet_weights(model.backbone, load_state_dict(path), prefix="",
+                               ignore_prefixes=("fc.",))
+    if model_cfg.weights:
+        model.load_weights(model_cfg.weights)
 
 
 def model_config_dict(cfg):

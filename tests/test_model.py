@@ -163,3 +163,19 @@ def test_box_only_model_has_no_mask_outputs():
     assert "mask_logits" not in out and "keypoint_logits" not in out
     assert set(m.compute_losses(out)) == {"rpn_objectness", "rpn_box", "box_classification",
                                           "box_regression"}
+
+
+def test_backbone_weights_from_a_torchvision_imagenet_checkpoint(torch, torchvision, tmp_path):
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None)
+    path = str(tmp_path / "resnet18.pth")
+    torch.save(net.state_dict(), path)
+    m = build_model(tiny_config(**{"model.backbone.width_multiplier": 1.0,
+                                   "model.backbone.weights": path}))
+    expected = net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    np.testing.assert_array_equal(m.backbone.stem_conv.kernel.numpy(), expected)
+
+
+def test_missing_initial_weights_file_is_named():
+    with pytest.raises(FileNotFoundError, match="model.weights: no such file: /nope.h5"):
+        build_model(tiny_config(**{"model.weights": "/nope.h5"}))
