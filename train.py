@@ -35,6 +35,11 @@ def main(argv=None):
     from keras_maskrcnn import config as config_lib
 
     cfg = config_lib.load_config(args.config, overrides=args.set)  # strict: fails fast
+    # TensorFlow leaves its oneDNN kernels off by default on some x86 CPUs (on the 2-core AVX2
+    # AMD EPYC this was tuned on); turning them on made a training step ~1.6x faster there
+    # (mostly conv backprop). Must be set before TensorFlow is imported; an explicit
+    # TF_ENABLE_ONEDNN_OPTS=0 in the environment still wins.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     from keras_maskrcnn import run  # imports TensorFlow: after the config is known good
 
     return run.train_and_evaluate(cfg, run_evaluation=not args.no_eval,

@@ -1,7 +1,7 @@
 """Run a model on one image and draw what it finds: ``python -m keras_maskrcnn.predict``.
 
     python -m keras_maskrcnn.predict --config configs/shapes.yaml \\
-        --weights runs/shapes/final.weights.h5 --image photo.jpg --output out.png \\
+        --weights runs/shapes/model.weights.h5 --image photo.jpg --output out.png \\
         [--score-threshold 0.5] [--set model.roi_heads.score_threshold=0.3 ...]
 
 Builds the config's model (``builders.build_model``), loads the ``.weights.h5`` file, runs

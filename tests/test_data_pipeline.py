@@ -212,8 +212,10 @@ def test_dataset_from_shapes_config(tmp_path):
     assert source.categories.num_classes == cfg.model.num_classes
     assert source.keypoint_names == kp.keypoint_names
     batch = next(iter(train))
-    assert batch["images"].shape == (2, 320, 320, 3)
+    side = -(-cfg.input.max_size // cfg.input.size_divisor) * cfg.input.size_divisor
+    assert batch["images"].shape == (2, side, side, 3)  # training pads to max_size, rounded up
     assert batch["gt_keypoints"].shape == (2, cfg.input.max_instances, 4, 3)
     val, _ = pipeline.dataset_from_config(cfg.data, cfg.input, "val", 2, False, kp)
     sizes = np.concatenate([b["image_sizes"].numpy() for b in val])
-    np.testing.assert_array_equal(sizes, [[256, 256]] * 3)  # min_size_test 256
+    test_side = min(cfg.input.min_size_test, cfg.input.max_size)  # square 128 px images
+    np.testing.assert_array_equal(sizes, [[test_side, test_side]] * 3)
