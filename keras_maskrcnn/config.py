@@ -515,14 +515,12 @@ class TrainConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(_Section):
-    batch_size: int = 1
     every_n_steps: Optional[int] = None  # null = only after training
     max_images: Optional[int] = None  # null = the whole split
     visualization_score_threshold: float = 0.5
     num_visualizations: int = 8
 
     def validate(self):
-        _positive(self, "batch_size")
         for name in ("every_n_steps", "max_images"):
             if getattr(self, name) is not None:
                 _positive(self, name)
@@ -533,10 +531,6 @@ class EvalConfig(_Section):
 @dataclasses.dataclass(frozen=True)
 class ExportConfig(_Section):
     include_full_masks: bool = False  # also output masks pasted into the image (large)
-    max_image_size: int = 1333  # serving: longest side the signature accepts after resizing
-
-    def validate(self):
-        _positive(self, "max_image_size")
 
 
 @dataclasses.dataclass(frozen=True)

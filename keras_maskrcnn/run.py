@@ -82,6 +82,8 @@ def _train(cfg, strategy, paths, writes, chief):
                                         cfg.train.keep_checkpoints, cfg.train.total_steps)
     callbacks = [guard, training.LearningRateLogger(),
                  keras.callbacks.TensorBoard(writes["logs"], update_freq=cfg.train.log_every)]
+    if cfg.eval.every_n_steps and chief and not training.is_multi_worker(strategy):
+        callbacks.append(PeriodicEvaluation(cfg, cfg.eval.every_n_steps))
     step = start
     for initial, epochs, steps in training.fit_schedule(start, cfg.train.total_steps,
                                                         cfg.train.steps_per_epoch):
@@ -108,6 +110,19 @@ def _report_skipped(source):
     if stats.num_skipped:
         names = ", ".join(path for path, _ in stats.skipped_images[:5])
         log.warning("skipped %d unreadable image(s): %s", stats.num_skipped, names)
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """COCOeval on the validation split every ``every`` steps (metrics to TensorBoard)."""
+
+    def __init__(self, cfg, every):
+        super().__init__()
+        self.cfg, self.every = cfg, int(every)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0 and step < self.cfg.train.total_steps:
+            evaluate(self.cfg, self.model)
 
 
 def evaluate(cfg, model):

@@ -57,9 +57,14 @@ def is_chief(strategy):
     return task_type == "worker" and int(resolver.task_id or 0) == 0 and "chief" not in jobs
 
 
+def is_multi_worker(strategy):
+    """True for a strategy that spans more than one worker process."""
+    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+
+
 def sync_workers(strategy):
     """Waits until every worker of a multi-worker strategy gets here (no-op otherwise)."""
-    if getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
+    if is_multi_worker(strategy):
         ones = strategy.run(lambda: tf.ones([]))
         strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)  # a collective: a barrier
 

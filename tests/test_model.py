@@ -179,3 +179,14 @@ def test_backbone_weights_from_a_torchvision_imagenet_checkpoint(torch, torchvis
 def test_missing_initial_weights_file_is_named():
     with pytest.raises(FileNotFoundError, match="model.weights: no such file: /nope.h5"):
         build_model(tiny_config(**{"model.weights": "/nope.h5"}))
+
+
+def test_mixed_bfloat16_policy_trains_and_keeps_geometry_float32():
+    m = build_model(tiny_config(**{"model.dtype_policy": "mixed_bfloat16"}))
+    assert m.backbone.dtype_policy.name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
+    outputs = m(synthetic_batch(num_gt=(2, 1)), training=True)
+    for name, value in m.compute_losses(outputs).items():
+        assert value.dtype == tf.float32 and np.isfinite(value.numpy()), name
+    detections = m(synthetic_batch(num_gt=(1,)), training=False)
+    assert detections["boxes"].dtype == tf.float32

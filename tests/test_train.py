@@ -115,3 +115,17 @@ def test_checkpoints_keep_only_the_newest(tmp_path):
         guard.set_model(_FakeModel(step=step))
         guard.on_train_batch_end(0, {"loss": 1.0})
     assert [s for s, _ in training.list_checkpoints(str(tmp_path))] == [2, 3]
+
+
+def test_periodic_evaluation_writes_metrics(tmp_path):
+    """eval.every_n_steps evaluates during training (and again at the end)."""
+    command = _train_command(tmp_path, "--set", "train.total_steps=4", "--set",
+                             "eval.every_n_steps=2", "--set", "train.lr_decay_steps=[3]",
+                             "--set", "train.checkpoint_every=4", "--set", "eval.max_images=2",
+                             "--set", "eval.num_visualizations=1")
+    command.remove("--no-eval")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("Evaluate annotation type *bbox*") == 2
+    assert (tmp_path / "run" / "eval" / "metrics.json").exists()
+    assert list((tmp_path / "run" / "predictions").glob("*.png"))

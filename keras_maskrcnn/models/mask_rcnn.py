@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from keras_maskrcnn import builders, losses
-from keras_maskrcnn import training as _training  # noqa: F401  .keras loading: optimizer
+from keras_maskrcnn import training as training_lib  # also registers the optimizers for .keras loading
 from keras_maskrcnn.layers.roi_sampler import _replica_seed
 from keras_maskrcnn.layers.rpn import level_sizes, rpn_targets
 from keras_maskrcnn.ops.anchors import multilevel_anchors
@@ -36,12 +36,6 @@ def global_count(mask):
     if context is not None and context.num_replicas_in_sync > 1:
         count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
     return tf.maximum(count, 1.0)
-
-
-def _is_multi_worker(strategy):
-    """True for a MultiWorkerMirroredStrategy spanning more than one worker."""
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
 
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression", "mask",
@@ -73,13 +67,18 @@ class MaskRCNN(keras.Model):
         settings = builders.parse_model_config(config)
         self.model_settings, self.input_settings = settings.model, settings.input
         m = self.model_settings
-        self.backbone, self.fpn = builders.build_backbone(m)
-        self.rpn_head, self.proposal_generator = builders.build_rpn(m)
-        self.roi_sampler = builders.build_roi_sampler(m)
-        self.detection_generator = builders.build_detection_generator(m)
-        self.box_head, self.box_predictor = builders.build_box_head(m)
-        self.mask_head, self.mask_predictor = builders.build_mask_head(m)
-        self.keypoint_head, self.keypoint_predictor = builders.build_keypoint_head(m)
+        previous_policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(m.dtype_policy)  # the sub-layers take the config's policy
+        try:
+            self.backbone, self.fpn = builders.build_backbone(m)
+            self.rpn_head, self.proposal_generator = builders.build_rpn(m)
+            self.roi_sampler = builders.build_roi_sampler(m)
+            self.detection_generator = builders.build_detection_generator(m)
+            self.box_head, self.box_predictor = builders.build_box_head(m)
+            self.mask_head, self.mask_predictor = builders.build_mask_head(m)
+            self.keypoint_head, self.keypoint_predictor = builders.build_keypoint_head(m)
+        finally:
+            keras.config.set_dtype_policy(previous_policy)
         self.rpn_seed = keras.random.SeedGenerator(m.rpn.batch_size_per_image, name="rpn_seed")
         self.loss_trackers = {name: keras.metrics.Mean(name=f"{name}_loss")
                               for name in self.enabled_losses}
@@ -257,7 +256,7 @@ class MaskRCNN(keras.Model):
         #20329); a [1] value is reduced to a scalar there, so the logs stay scalars.
         """
         results = {m.name: m.result() for m in self.metrics}
-        if _is_multi_worker(tf.distribute.get_strategy()):
+        if training_lib.is_multi_worker(tf.distribute.get_strategy()):
             results = {k: tf.reshape(v, [1]) for k, v in results.items()}
         return results
 
