@@ -141,7 +141,7 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_classes, seed, batch_siz
     }
 
 
-def _replica_seed(seed):
+def replica_seed(seed):
     """Fold the tf.distribute replica id into the second seed word: (2,) -> (2,) int64."""
     seed = tf.cast(seed, tf.int64)
     context = tf.distribute.get_replica_context()
@@ -204,7 +204,7 @@ class RoISampler(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="roi_sampler_seed")
 
     def call(self, proposals, proposal_valid, gt_boxes, gt_classes, seed=None):
-        seed = _replica_seed(self.seed_generator.next() if seed is None else seed)
+        seed = replica_seed(self.seed_generator.next() if seed is None else seed)
         return sample_rois(
             proposals, proposal_valid, gt_boxes, gt_classes, seed,
             batch_size_per_image=self.batch_size_per_image,

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from keras_maskrcnn import builders, losses
 from keras_maskrcnn import training as training_lib  # also registers the optimizers for .keras loading
-from keras_maskrcnn.layers.roi_sampler import _replica_seed
+from keras_maskrcnn.layers.roi_sampler import replica_seed
 from keras_maskrcnn.layers.rpn import level_sizes, rpn_targets
 from keras_maskrcnn.ops.anchors import multilevel_anchors
 from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
@@ -168,7 +168,7 @@ class MaskRCNN(keras.Model):
             allow_low_quality_matches=m.rpn.allow_low_quality_matches,
             batch_size_per_image=m.rpn.batch_size_per_image,
             positive_fraction=m.rpn.positive_fraction, box_weights=m.rpn.box_weights,
-            seed=_replica_seed(self.rpn_seed.next()))  # replicas draw independently
+            seed=replica_seed(self.rpn_seed.next()))  # replicas draw independently
         sample = self.roi_sampler(proposals["proposals"], proposals["valid"], gt_boxes,
                                   gt_classes)
         class_logits, box_deltas = self.box_predictions(features, sample["rois"])
