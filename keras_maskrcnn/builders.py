@@ -1,8 +1,11 @@
-"""The one place that reads the config and builds layers, models and optimisers.
+"""Config -> layers and models: the one place that maps ``model`` config sections onto layers.
 
-Layers take primitive constructor arguments only; this module maps ``keras_maskrcnn.config``
-sections onto them, so a layer never sees a config object.
+Layers take primitive constructor arguments only, so a layer never sees a config object. The
+optimizer (``training.build_optimizer``) and the datasets
+(``data.pipeline.dataset_from_config``) are built from their sections the same way.
 """
+import os
+
 from keras_maskrcnn import config as config_lib
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.layers.fpn import FPN
@@ -109,8 +112,6 @@ def load_initial_weights(model, model_cfg):
     ignored; reading it needs torch). model.weights: a whole-model ``.weights.h5`` (e.g.
     converted COCO weights to fine-tune from).
     """
-    import os
-
     for key, path in (("model.backbone.weights", model_cfg.backbone.weights),
                       ("model.weights", model_cfg.weights)):
         if path and not os.path.exists(path):
