@@ -132,9 +132,13 @@ def keypoint_categories(coco_gt):
     return sorted(c["id"] for c in cats), (counts.pop() if counts else 0)
 
 
-def _ensure_num_keypoints(coco_gt):
-    """COCOeval reads ``num_keypoints`` of every GT: fill it in (visible count) if missing."""
+def _ensure_num_keypoints(coco_gt, num_keypoints):
+    """COCOeval reads ``keypoints`` and ``num_keypoints`` of every GT it pairs with a keypoint
+    detection: a GT without keypoints gets all-zero (unlabelled) ones, then the visible count.
+    """
     for ann in coco_gt.anns.values():
+        if "keypoints" not in ann:
+            ann["keypoints"] = [0] * (3 * num_keypoints)
         if "num_keypoints" not in ann:
             v = np.asarray(ann.get("keypoints", []), np.float64)[2::3]
             ann["num_keypoints"] = int(np.sum(v > 0))
@@ -207,7 +211,7 @@ def run_coco_eval(coco_gt, results, iou_types=IOU_TYPES, image_ids=None, kpt_oks
             if not cat_ids:
                 notes[iou_type] = "not evaluated: no category of the GT has keypoints"
                 continue
-            _ensure_num_keypoints(coco_gt)
+            _ensure_num_keypoints(coco_gt, num_keypoints)
             sigmas = _kpt_sigmas(num_keypoints, kpt_oks_sigmas)
         dts = _results_for(iou_type, results, cat_ids)
         names = stat_names(iou_type)

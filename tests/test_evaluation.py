@@ -193,6 +193,19 @@ def test_num_keypoints_filled_in_when_missing():
     assert metrics["keypoints"]["AP"] == pytest.approx(1.0)
 
 
+def test_keypoint_category_gt_without_keypoints_does_not_crash():
+    """A keypoint detection paired with a GT that has no ``keypoints`` field (pycocotools
+    raised KeyError in computeOks): that GT counts as unlabelled (num_keypoints 0, ignored)."""
+    gt = make_gt()
+    gt["categories"][1]["keypoints"] = KP_NAMES  # category 3 now has keypoints, its GT none
+    results = perfect_results(make_gt())
+    for r in results:
+        if r["category_id"] == 3:
+            r["keypoints"] = [5.0, 5.0, 1.0] * 4
+    metrics = run(gt, results, iou_types=("keypoints",))
+    assert -1.0 <= metrics["keypoints"]["AP"] <= 1.0
+
+
 def test_empty_results():
     with pytest.warns(UserWarning, match="no detections"):
         metrics = run(make_gt(), [])
