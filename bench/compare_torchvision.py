@@ -1,7 +1,11 @@
 """Benchmark: our whole model against torchvision's, same photos, same CPU threads.
 
-    python bench/compare_torchvision.py [--threads 2] [--repeats 3] [--train-repeats 2]
+    python bench/compare_torchvision.py [--threads 2] [--repeats 2] [--train-repeats 2]
         [--sizes 800,512] [--archs maskrcnn_resnet50_fpn,keypointrcnn_resnet50_fpn] [--quick]
+
+Run time on 2 cores: 17.5 min measured with --repeats 3, about 16 min with the defaults;
+--quick (one photo, 2 runs, 1 step): 3 min for --archs maskrcnn_resnet50_fpn --sizes 512, 7 min
+for --archs keypointrcnn_resnet50_fpn --sizes 512 (its training step is the slow part).
 
 Models: torchvision's ``maskrcnn_resnet50_fpn`` and ``keypointrcnn_resnet50_fpn`` built as with
 a pretrained backbone (FrozenBatchNorm2d, conv1 + layer1 frozen), seeded and randomised as in
@@ -124,8 +128,8 @@ def prepare(args):
     from keras_maskrcnn.inference import resized_size
 
     torch.set_num_threads(args.threads)
-    work, images = Path(args.workdir), photos(args.images)
-    chw = {k: test_parity.to_chw(torch, v) for k, v in images.items()}  # calibration photos
+    work, images = Path(args.workdir), photos()  # all three calibrate, whatever --images
+    chw = {k: test_parity.to_chw(torch, v) for k, v in images.items()}
     for arch in args.archs:
         torch.manual_seed(SEED)
         model = build_torchvision(torchvision, arch, 800).eval()
@@ -135,7 +139,7 @@ def prepare(args):
         np.savez(work / f"{arch}.npz", **{k: v.numpy() for k, v in state.items()})
     batch, rng = {}, np.random.default_rng(SEED)
     for i, name in enumerate(TRAIN_PHOTOS):
-        image = photos([name])[name]
+        image = images[name]
         h, w = (int(s) for s in resized_size(*image.shape[:2], args.train_size,
                                              max_size_for(args.train_size)))
         batch[f"image_{i}"] = resize_image(image, (h, w)).numpy()  # (h, w, 3) float 0..255
@@ -425,7 +429,7 @@ def common_argv(args, work):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="timed inference runs per photo")
+    parser.add_argument("--repeats", type=int, default=2, help="timed inference runs per photo")
     parser.add_argument("--train-repeats", type=int, default=2, help="timed training steps")
     parser.add_argument("--sizes", default="800,512", help="short sides (max = side * 1333/800)")
     parser.add_argument("--archs", default=",".join(ARCHS))
