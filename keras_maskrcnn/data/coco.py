@@ -32,6 +32,7 @@ import threading
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import tensorflow as tf
 from pycocotools import mask as mask_utils
 
 logger = logging.getLogger(__name__)
@@ -411,6 +412,25 @@ def read_image(record: ImageRecord, on_error):
                          f"annotation's {record.height}x{record.width}")
         return None
     return image
+
+
+def example_schema(num_keypoints, with_masks):
+    """The Python decoding stage's output: (names, tf dtypes, shapes, stand-in when skipped).
+
+    Shared by the COCO and TFRecord readers so both feed the pipeline the same structure.
+    """
+    kp = num_keypoints
+    names = ["image", "boxes", "classes", "image_id"] + ["masks"] * with_masks \
+        + ["keypoints"] * bool(kp)
+    dtypes = {"image": tf.uint8, "boxes": tf.float32, "classes": tf.int32,
+              "image_id": tf.int64, "masks": tf.uint8, "keypoints": tf.float32}
+    shapes = {"image": [None, None, 3], "boxes": [None, 4], "classes": [None],
+              "image_id": [], "masks": [None, None, None], "keypoints": [None, kp, 3]}
+    empty = {"image": np.zeros((1, 1, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
+             "classes": np.zeros((0,), np.int32), "image_id": np.int64(-1),
+             "masks": np.zeros((0, 1, 1), np.uint8), "keypoints": np.zeros((0, kp, 3),
+                                                                              np.float32)}
+    return names, dtypes, shapes, empty
 
 
 def load_coco(annotation_file, image_dir, num_keypoints=0) -> CocoDataset:

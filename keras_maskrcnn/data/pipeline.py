@@ -75,17 +75,7 @@ def load_split(data_config, split, num_keypoints=0, create_synthetic=True):
 
 def _python_stage(source, max_instances, with_masks):
     """A tf.data map function running ``source.load_example`` in Python; adds ``valid``."""
-    kp = source.num_keypoints
-    names = ["image", "boxes", "classes", "image_id"] + ["masks"] * with_masks \
-        + ["keypoints"] * bool(kp)
-    dtypes = {"image": tf.uint8, "boxes": tf.float32, "classes": tf.int32,
-              "image_id": tf.int64, "masks": tf.uint8, "keypoints": tf.float32}
-    shapes = {"image": [None, None, 3], "boxes": [None, 4], "classes": [None],
-              "image_id": [], "masks": [None, None, None], "keypoints": [None, kp, 3]}
-    empty = {"image": np.zeros((1, 1, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
-             "classes": np.zeros((0,), np.int32), "image_id": np.int64(-1),
-             "masks": np.zeros((0, 1, 1), np.uint8), "keypoints": np.zeros((0, kp, 3),
-                                                                              np.float32)}
+    names, dtypes, shapes, empty = coco.example_schema(source.num_keypoints, with_masks)
 
     def load(index):
         example = source.load_example(int(index), max_instances, with_masks)

@@ -498,14 +498,7 @@ class TFRecordSource:
         kp = self.num_keypoints
         spec = _feature_spec(with_masks, kp)
         keys = sorted(spec)
-        names = ["image", "boxes", "classes", "image_id"] + ["masks"] * with_masks \
-            + ["keypoints"] * bool(kp)
-        dtypes = {"image": tf.uint8, "boxes": tf.float32, "classes": tf.int32,
-                  "image_id": tf.int64, "masks": tf.uint8, "keypoints": tf.float32}
-        shapes = {"image": [None, None, 3], "boxes": [None, 4], "classes": [None],
-                  "image_id": [], "masks": [None, None, None], "keypoints": [None, kp, 3]}
-        empty = {"image": np.zeros((1, 1, 3)), "boxes": np.zeros((0, 4)), "classes": [],
-                 "image_id": -1, "masks": np.zeros((0, 1, 1)), "keypoints": np.zeros((0, kp, 3))}
+        names, dtypes, shapes, empty = coco.example_schema(kp, with_masks)
 
         def decode(*values):
             values = [v.item() if np.ndim(v) == 0 and isinstance(v, np.ndarray) else v
