@@ -190,3 +190,43 @@ def test_mixed_bfloat16_policy_trains_and_keeps_geometry_float32():
         assert value.dtype == tf.float32 and np.isfinite(value.numpy()), name
     detections = m(synthetic_batch(num_gt=(1,)), training=False)
     assert detections["boxes"].dtype == tf.float32
+
+
+def test_heads_on_foreground_slots_only_match_all_fixed_slots(model, monkeypatch):
+    """Mask / keypoint heads on the F' used slots give the losses of all F fixed slots."""
+    from keras_maskrcnn.models import mask_rcnn
+
+    batch = synthetic_batch(num_gt=(3, 1))
+    roi = model.model_settings.roi_heads
+    num_fg = int(roi.batch_size_per_image * roi.positive_fraction)
+    seeds = [v for v in model.variables if "seed" in v.path]
+    assert seeds
+    start = [v.numpy().copy() for v in seeds]
+
+    def run():
+        for v, value in zip(seeds, start):
+            v.assign(value)
+        outputs = model(batch, training=True)
+        return outputs, model.compute_losses(outputs)
+
+    compact_outputs, compact = run()
+    monkeypatch.setattr(mask_rcnn, "foreground_slots", lambda s: (
+        s["rois"][:, :num_fg], s["roi_classes"][:, :num_fg], s["matched_gt"][:, :num_fg]))
+    full_outputs, full = run()
+    used = compact_outputs["fg_roi_classes"].shape[1]
+    assert 0 < used < num_fg == full_outputs["fg_roi_classes"].shape[1]
+    positives = (full_outputs["fg_roi_classes"].numpy() > 0).sum(axis=1)
+    assert used == positives.max()
+    assert (full_outputs["fg_roi_classes"].numpy()[:, used:] <= 0).all()
+    for name in full:
+        np.testing.assert_allclose(compact[name].numpy(), full[name].numpy(), rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+
+
+def test_training_step_with_no_positive_roi_anywhere(model):
+    """F' = 0 (no GT in the batch): the heads run on zero RoIs, losses finite, mask loss 0."""
+    outputs = model(synthetic_batch(num_gt=(0, 0)), training=True)
+    assert outputs["mask_logits"].shape[1] == 0
+    losses = model.compute_losses(outputs)
+    assert all(np.isfinite(v.numpy()) for v in losses.values())
+    assert float(losses["mask"]) == 0.0 and float(losses["keypoint"]) == 0.0

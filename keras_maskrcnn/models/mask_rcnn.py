@@ -4,6 +4,7 @@ Shape shorthand:
     B  batch size;  Hp, Wp  padded input size (multiple of 32)
     N  anchors over all levels;  P  proposals per image
     S  sampled RoIs per image (training);  F  foreground slots (S * positive_fraction)
+    F' foreground slots in use: the most positives of an image of the batch (dynamic)
     D  detections per image;  M  GT per image (padded with -1)
     K  classes incl. background;  Kp keypoints;  Sm mask size (28);  Sk heatmap size (56)
 
@@ -13,7 +14,7 @@ Method, as in He et al. 2017 and torchvision's ``MaskRCNN``:
     3. proposals: top-k per level, decode, clip, NMS -> (B, P, 4)
     4. training: sample S RoIs from proposals + GT (positives first); inference: RoIs = proposals
     5. multi-level RoIAlign 7x7 -> box head -> class logits (B, R, K), deltas (B, R, K, 4)
-    6. training: mask / keypoint heads on the F foreground slots, with their targets;
+    6. training: mask / keypoint heads on the foreground slots (F' <= F), with their targets;
        inference: detections (per-class NMS, top D), then mask / keypoint heads on them.
 Training returns predictions, targets and weights; ``compute_loss`` is arithmetic over them.
 """
@@ -36,6 +37,25 @@ def global_count(mask):
     if context is not None and context.num_replicas_in_sync > 1:
         count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
     return tf.maximum(count, 1.0)
+
+
+def foreground_slots(sample):
+    """The sample's first F' slots, F' = the largest positive count of an image in the batch.
+
+    Positives come first in each image's sample (``RoISampler``), so these slots hold every
+    foreground RoI; the mask and keypoint heads run on them only (torchvision runs them on the
+    positives alone). F' is dynamic (0 <= F' <= F): a few RoIs per image instead of the F =
+    ``batch_size_per_image * positive_fraction`` (128) fixed slots, about 10x less head work
+    on COCO. Slots past an image's own positives are negatives or padding (class <= 0): the
+    losses ignore them.
+
+    Returns:
+        rois (B, F', 4), classes (B, F') int32 (> 0 on positives), matched_gt (B, F') int32.
+    """
+    classes = sample["roi_classes"]  # (B, S)
+    count = tf.reduce_max(tf.reduce_sum(tf.cast(classes > 0, tf.int32), axis=1))  # F'
+    return (sample["rois"][:, :count], classes[:, :count],  # (B, F', 4), (B, F')
+            sample["matched_gt"][:, :count])  # (B, F')
 
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression", "mask",
@@ -178,11 +198,7 @@ class MaskRCNN(keras.Model):
             "class_logits": class_logits, "box_deltas": box_deltas,
             "roi_classes": sample["roi_classes"], "box_targets": sample["box_targets"],
         }
-        # Positives come first in the sample: the first F slots hold every foreground RoI.
-        num_fg = int(m.roi_heads.batch_size_per_image * m.roi_heads.positive_fraction)
-        fg_rois = sample["rois"][:, :num_fg]  # (B, F, 4)
-        fg_classes = sample["roi_classes"][:, :num_fg]  # (B, F), > 0 on positives
-        fg_matched = sample["matched_gt"][:, :num_fg]  # (B, F) index into M
+        fg_rois, fg_classes, fg_matched = foreground_slots(sample)  # (B, F', ...)
         outputs["fg_roi_classes"] = fg_classes
         if self.mask_head is not None:
             outputs["mask_logits"] = self.mask_logits(features, fg_rois)
