@@ -462,6 +462,9 @@ class DataConfig(_Section):
     shuffle_buffer: int = 1000  # 0 = no shuffling
     num_parallel_calls: Optional[int] = None  # null = tf.data.AUTOTUNE
     cache: bool = False
+    # training batches hold images of one orientation (landscape h <= w, or portrait), padded
+    # to that orientation's size (two padded sizes); false = one square size (max_size)
+    group_by_aspect_ratio: bool = True
 
     def validate(self):
         _unit(self, "flip_probability")

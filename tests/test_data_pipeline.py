@@ -213,9 +213,138 @@ def test_dataset_from_shapes_config(tmp_path):
     assert source.keypoint_names == kp.keypoint_names
     batch = next(iter(train))
     side = -(-cfg.input.max_size // cfg.input.size_divisor) * cfg.input.size_divisor
+    assert cfg.data.group_by_aspect_ratio  # the default; min = max = 160: one square size
     assert batch["images"].shape == (2, side, side, 3)  # training pads to max_size, rounded up
     assert batch["gt_keypoints"].shape == (2, cfg.input.max_instances, 4, 3)
     val, _ = pipeline.dataset_from_config(cfg.data, cfg.input, "val", 2, False, kp)
     sizes = np.concatenate([b["image_sizes"].numpy() for b in val])
     test_side = min(cfg.input.min_size_test, cfg.input.max_size)  # square 128 px images
     np.testing.assert_array_equal(sizes, [[test_side, test_side]] * 3)
+
+
+# ---- aspect-ratio grouping ---------------------------------------------------------------
+
+LANDSCAPE, PORTRAIT = (64, 96), (96, 64)  # INPUT: max(min_size_train) 64, max_size 96
+
+
+def test_training_padded_sizes_hand_computed_and_every_resize_fits():
+    assert pipeline.training_padded_sizes(INPUT) == (LANDSCAPE, PORTRAIT)
+    coco_cfg = InputConfig(min_size_train=(800,), max_size=1333)
+    assert pipeline.training_padded_sizes(coco_cfg) == ((800, 1344), (1344, 800))
+    small = InputConfig(min_size_train=(480, 512), min_size_test=512, max_size=853)
+    assert pipeline.training_padded_sizes(small) == ((512, 864), (864, 512))
+    ranged = InputConfig(min_size_train=(500, 700), min_size_train_sampling="range",
+                         min_size_test=600, max_size=1000, size_divisor=64)
+    assert pipeline.training_padded_sizes(ranged) == ((704, 1024), (1024, 704))
+    # Any original size and any sampled min size fits its orientation's padded size.
+    rng = np.random.default_rng(0)
+    hw = rng.integers(1, 3000, size=(2, 2000))
+    for cfg in (coco_cfg, small, ranged, INPUT):
+        mins = rng.integers(min(cfg.min_size_train), max(cfg.min_size_train) + 1, 2000)
+        h, w, _ = transforms.resized_size(hw[0], hw[1], mins, cfg.max_size)
+        h, w = h.numpy(), w.numpy()
+        (lh, lw), (ph, pw) = pipeline.training_padded_sizes(cfg)
+        portrait = h > w
+        assert ((h <= np.where(portrait, ph, lh)) & (w <= np.where(portrait, pw, lw))).all()
+        # Mutation: ignoring the orientation (everything landscape) would not fit portraits.
+        assert portrait.any() and not (h[portrait] <= lh).all()
+
+
+def _grouped(source_files, seed=3, batch_size=2, **kw):
+    return pipeline.build_dataset(_source(source_files), INPUT, batch_size, True,
+                                  flip_pairs=((0, 1),), seed=seed, group_by_aspect_ratio=True,
+                                  **kw)
+
+
+def _simulate_grouping(stream, batch_size):
+    """Oracle of group_by_window: ungrouped examples -> [ids per batch], in emission order."""
+    windows, batches = {0: [], 1: []}, []
+    for image_id, (h, w) in stream:
+        window = windows[int(h > w)]
+        window.append(image_id)
+        if len(window) == batch_size:
+            batches.append(list(window))
+            window.clear()
+    return batches
+
+
+def test_grouped_batches_one_orientation_and_its_size(source_files):
+    ds = _grouped(source_files)
+    spec = ds.element_spec
+    assert spec["images"].shape.as_list() == [2, None, None, 3]
+    assert spec["gt_masks"].shape.as_list() == [2, 4, None, None]
+    assert spec["gt_boxes"].shape == (2, 4, 4) and spec["gt_keypoints"].shape == (2, 4, 2, 3)
+    shapes, portrait_heights = set(), []
+    for batch in ds.take(8):
+        b = _check_batch(batch)
+        portrait = b["image_sizes"][:, 0] > b["image_sizes"][:, 1]
+        assert portrait.all() or not portrait.any()  # one orientation per batch
+        expected = PORTRAIT if portrait[0] else LANDSCAPE
+        assert b["images"].shape[1:3] == expected and b["gt_masks"].shape[2:] == expected
+        assert (b["image_sizes"] <= expected).all()
+        shapes.add(expected)
+        if portrait[0]:
+            portrait_heights += b["image_sizes"][:, 0].tolist()
+    assert shapes == {LANDSCAPE, PORTRAIT}
+    # Mutation: some portrait images would not fit the landscape size (e.g. 96 x 53 > 64 high),
+    # so padding by a size that ignored the orientation would fail the shape checks above.
+    assert max(portrait_heights) > LANDSCAPE[0]
+
+
+def test_grouping_matches_the_ungrouped_stream(source_files):
+    """Same examples as without grouping (same seed: same order, sizes, flips, pixels),
+    regrouped by orientation exactly as the oracle does; nothing dropped."""
+    n = 16  # 4 epochs of the 4 training images
+    flat = pipeline.build_dataset(_source(source_files), INPUT, 1, True, flip_pairs=((0, 1),),
+                                  seed=3)
+    flat = [{k: v.numpy()[0] for k, v in b.items()} for b in flat.take(n)]
+    expected = _simulate_grouping([(e["image_ids"], e["image_sizes"]) for e in flat], 2)
+    batches = [{k: v.numpy() for k, v in b.items()} for b in _grouped(source_files).take(
+        len(expected))]
+    assert [b["image_ids"].tolist() for b in batches] == expected
+    assert sum(len(b) for b in expected) >= n - 2  # at most one example waits per window
+    assert {i for b in expected for i in b} == {1, 2, 4, 6}
+    queues = {0: [], 1: []}  # per orientation, the grouped examples equal the stream's, in order
+    for e in flat:
+        queues[int(e["image_sizes"][0] > e["image_sizes"][1])].append(e)
+    for b in batches:
+        key = int(b["image_sizes"][0, 0] > b["image_sizes"][0, 1])
+        for i in range(2):
+            e = queues[key].pop(0)
+            h, w = e["image_sizes"]
+            np.testing.assert_array_equal(b["image_sizes"][i], e["image_sizes"])
+            np.testing.assert_array_equal(b["images"][i, :h, :w], e["images"][:h, :w])
+            np.testing.assert_array_equal(b["gt_masks"][i, :, :h, :w], e["gt_masks"][:, :h, :w])
+            for k in ("gt_boxes", "gt_classes", "gt_keypoints", "scales", "original_sizes"):
+                np.testing.assert_array_equal(b[k][i], e[k])
+
+
+def test_grouping_is_deterministic_and_off_or_fixed_keeps_one_size(source_files):
+    def ids(seed):
+        return [b["image_ids"].numpy().tolist() for b in _grouped(source_files, seed).take(6)]
+
+    first = ids(5)
+    assert first == ids(5) and first != ids(6)
+    off = pipeline.build_dataset(_source(source_files), INPUT, 2, True, flip_pairs=((0, 1),),
+                                 group_by_aspect_ratio=False)
+    assert off.element_spec["images"].shape == (2, PAD, PAD, 3)
+    # Grouping off mixes orientations in a batch (so the grouped test above is not vacuous).
+    assert any(len({bool(h > w) for h, w in b["image_sizes"].numpy()}) == 2
+               for b in off.take(6))
+    fixed = _grouped(source_files, fixed_size=(128, 96))
+    assert fixed.element_spec["images"].shape == (2, 128, 96, 3)
+    assert fixed.element_spec["gt_masks"].shape == (2, 4, 128, 96)
+    _check_batch(next(iter(fixed)))
+    evaluation = pipeline.build_dataset(_source(source_files), INPUT, 2, False,
+                                        group_by_aspect_ratio=True)
+    assert [b["image_ids"].numpy().tolist() for b in evaluation] == [[1, 2], [3, 4], [6]]
+
+
+def test_dataset_from_config_passes_grouping(tmp_path):
+    overrides = [f"data.synthetic.output_dir={tmp_path}", "data.synthetic.num_train=4",
+                 "data.synthetic.num_val=1", "data.synthetic.image_size=128",
+                 "input.min_size_train=[96]", "model.keypoint_head.enabled=false"]
+    for flag, shape in (("true", (96, 160)), ("false", (160, 160))):
+        cfg = load_config("configs/shapes.yaml", overrides + [f"data.group_by_aspect_ratio={flag}"])
+        train, _ = pipeline.dataset_from_config(cfg.data, cfg.input, "train", 2, True)
+        assert next(iter(train))["images"].shape == (2,) + shape + (3,)  # square: landscape

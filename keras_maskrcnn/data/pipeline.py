@@ -4,9 +4,13 @@ Shape shorthand:
     B  batch size
     M  max_instances (GT rows per image, padded)
     Kp keypoints per instance
-    Hp, Wp  padded image size: training max_size rounded up to size_divisor on both sides
-            (one static shape, so ``fit`` traces once); evaluation the batch's largest resized
-            image rounded up to size_divisor
+    Hp, Wp  padded image size. Training with ``group_by_aspect_ratio`` (the config default):
+            the batch's orientation's size, (Hs, Wl) for landscape (h <= w after resizing;
+            square counts as landscape) or (Wl, Hs) for portrait, with Hs = max(min_size_train)
+            and Wl = max_size rounded up to size_divisor (``training_padded_sizes``; every
+            batch holds one orientation, two shapes in all). Training without grouping:
+            (Wl, Wl), one square size. An explicit ``fixed_size``: that size. Evaluation: the
+            batch's largest resized image rounded up to size_divisor
 
 Each element is one dict (the model's ``inputs``), dense tensors only (RaggedTensors crash
 ``fit`` under a distribution strategy):
@@ -28,7 +32,8 @@ repeat] -> Python stage (``tf.numpy_function``, parallel): PIL decode + pycocoto
 an unreadable, truncated or wrongly sized image is skipped, counted in
 ``source.stats.skipped_images`` and named in a logged warning -> TF stage (parallel): resize
 (training: random short side from ``min_size_train``), random horizontal flip, padding ->
-batch (training: ``drop_remainder`` so B is static) -> prefetch. Training randomness is
+batch (training: ``drop_remainder`` so B is static; with grouping, ``group_by_window`` on
+the orientation, one batch per full window) -> prefetch. Training randomness is
 stateless, seeded per element from ``tf.data.Dataset.random(seed)``: reproducible for a seed.
 TFRecords (``tfrecord.TFRecordSource``) replace the first stages by records -> [training:
 filter, shuffle shards and a buffer of records, repeat] -> the same decoding in Python.
@@ -96,9 +101,47 @@ def _python_stage(source, max_instances, with_masks):
     return stage
 
 
+def training_padded_sizes(input_config):
+    """The two padded training sizes of aspect-ratio grouping.
+
+    Args:
+        input_config: ``config.InputConfig``.
+
+    Returns:
+        ((Hs, Wl), (Wl, Hs)) Python ints: the landscape (h <= w) and portrait (h > w) padded
+        (height, width), with Hs = max(min_size_train) and Wl = max_size each rounded up to
+        size_divisor. Any training resize fits its orientation's size: the resize keeps the
+        short side <= its sampled min size <= max(min_size_train) (for "range" sampling
+        min_size_train is [lo, hi]) and the long side <= max_size.
+    """
+    d = input_config.size_divisor
+    short = -(-max(input_config.min_size_train) // d) * d  # ceil to a multiple of d
+    long = -(-input_config.max_size // d) * d
+    return (short, long), (long, short)
+
+
+def _orientation(example):
+    """() int64 window key of a TF-stage output: 0 landscape (h <= w), 1 portrait (h > w)."""
+    size = example["image_sizes"]
+    return tf.cast(size[0] > size[1], tf.int64)
+
+
+def _pad_size(size, input_config, fixed_size, grouped_sizes):
+    """(pad_h, pad_w): ``fixed_size``, else the orientation's size of ``grouped_sizes``
+    (``training_padded_sizes`` or None), else ``size`` rounded up to size_divisor."""
+    if fixed_size is not None:
+        return fixed_size
+    if grouped_sizes is not None:
+        (land_h, land_w), (port_h, port_w) = grouped_sizes
+        portrait = size[0] > size[1]
+        return tf.where(portrait, port_h, land_h), tf.where(portrait, port_w, land_w)
+    return transforms.padded_size(size[0], size[1], input_config.size_divisor)
+
+
 def _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
-              fixed_size):
-    """The TF map function: resize, flip, pad. ``fixed_size``: (Hp, Wp) ints or None."""
+              fixed_size, grouped_sizes=None):
+    """The TF map function: resize, flip, pad. ``fixed_size``: (Hp, Wp) ints or None;
+    ``grouped_sizes``: ``training_padded_sizes`` or None (see ``_pad_size``)."""
     max_instances = input_config.max_instances
 
     def stage(example, seed=None):
@@ -115,11 +158,8 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
         if training and flip_probability > 0:
             example = transforms.random_flip_example(example, flip_seed, flip_probability,
                                                      flip_indices)
-        size = tf.shape(example["image"])[:2]
-        if fixed_size is not None:
-            pad_h, pad_w = fixed_size
-        else:
-            pad_h, pad_w = transforms.padded_size(size[0], size[1], input_config.size_divisor)
+        size = tf.shape(example["image"])[:2]  # resized (and flipped: same size)
+        pad_h, pad_w = _pad_size(size, input_config, fixed_size, grouped_sizes)
         out = {
             "images": transforms.pad_image(example["image"], pad_h, pad_w),
             "image_sizes": size,
@@ -155,10 +195,23 @@ def _padding_values(with_masks, with_keypoints):
             tf.constant(v, tf.int32) if isinstance(v, int) else v for k, v in values.items()}
 
 
+def _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, with_keypoints):
+    """Batches TF-stage outputs: one fixed size, orientation groups, or padded per batch."""
+    if fixed_size is not None:
+        return dataset.batch(batch_size, drop_remainder=training)
+    if grouped:  # every window holds batch_size examples of one orientation = one batch
+        return dataset.group_by_window(
+            _orientation, lambda _, window: window.batch(batch_size, drop_remainder=True),
+            window_size=batch_size)
+    return dataset.padded_batch(batch_size, drop_remainder=training,
+                                padding_values=_padding_values(with_masks, with_keypoints))
+
+
 def build_dataset(source, input_config, batch_size, training, *, flip_probability=0.5,
                   flip_pairs=None, shuffle_buffer=1000, num_parallel_calls=None, cache=False,
                   filter_empty_images=True, seed=0, max_images=None, mask_method="nearest",
-                  with_masks=True, fixed_size=None, skip_examples=0):
+                  with_masks=True, fixed_size=None, skip_examples=0,
+                  group_by_aspect_ratio=False):
     """Batched model inputs from a loaded dataset (keys and shapes in the module docstring).
 
     Args:
@@ -169,7 +222,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         batch_size: B (global batch).
         training: True: filter images without GT (if ``filter_empty_images``), shuffle,
             random short side from ``min_size_train``, random flip, repeat forever, fixed
-            padded size, ``drop_remainder``. False: ordered by image id, ``min_size_test``,
+            padded size(s), ``drop_remainder``. False: ordered by image id, ``min_size_test``,
             no flip, one pass, padded to the batch's largest image, last batch may be smaller.
         flip_probability: training horizontal flip probability.
         flip_pairs: keypoint pairs swapped by a flip (``KeypointHeadConfig.flip_pairs``);
@@ -183,11 +236,21 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         max_images: keep only the first images (by id) of the split.
         mask_method: see ``transforms.resize_masks``.
         with_masks: False drops ``gt_masks`` (box-only models; saves the mask decoding).
-        fixed_size: (Hp, Wp) to pad every image to; default (training) max_size rounded up to
-            size_divisor on both sides, (evaluation) None = per batch.
+        fixed_size: (Hp, Wp) to pad every image to (overrides grouping); default (training)
+            see ``group_by_aspect_ratio``, (evaluation) None = per batch.
         skip_examples: training: start after this many examples of the (deterministic for a
             seed) stream, e.g. steps already trained x global batch when resuming. Skipping
-            happens on image indices and seeds, before any decoding.
+            happens on image indices and seeds, before any decoding. With grouping the
+            batches are formed after the skip, so a resumed run is an approximation: the up to
+            batch_size - 1 examples that were waiting in the other orientation's window when
+            the run stopped may be seen again or not at all.
+        group_by_aspect_ratio: training without ``fixed_size``: True pads each example to
+            its orientation's size (``training_padded_sizes``) and batches examples of one
+            orientation together (``tf.data.Dataset.group_by_window``, deterministic for a
+            seed; an example waits until batch_size examples of its orientation arrived); the
+            element spec then has None for Hp, Wp (two shapes). False (the default here;
+            ``DataConfig.group_by_aspect_ratio`` defaults to True) pads to max_size rounded up
+            to size_divisor on both sides, one static shape.
 
     Returns:
         tf.data.Dataset of input dicts.
@@ -197,7 +260,9 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         raise ValueError("the source has keypoints: pass flip_pairs (possibly empty) so a "
                          "horizontal flip can swap left and right keypoints")
     flip_indices = flip_indices_from_pairs(flip_pairs or (), num_kp) if num_kp else None
-    if training and fixed_size is None:
+    grouped = training and fixed_size is None and group_by_aspect_ratio
+    grouped_sizes = training_padded_sizes(input_config) if grouped else None
+    if training and fixed_size is None and not grouped:
         side = math.ceil(input_config.max_size / input_config.size_divisor)
         fixed_size = (side * input_config.size_divisor,) * 2
     parallel = num_parallel_calls or tf.data.AUTOTUNE
@@ -211,13 +276,9 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
         dataset = tf.data.Dataset.zip((dataset, seeds))
     transform = _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
-                          fixed_size)
-    dataset = dataset.map(transform, num_parallel_calls=parallel)
-    if fixed_size is not None:
-        dataset = dataset.batch(batch_size, drop_remainder=training)
-    else:
-        dataset = dataset.padded_batch(batch_size, drop_remainder=training,
-                                       padding_values=_padding_values(with_masks, num_kp > 0))
+                          fixed_size, grouped_sizes)
+    dataset = dataset.map(transform, num_parallel_calls=parallel)  # ordered (deterministic)
+    dataset = _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, num_kp > 0)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -276,5 +337,6 @@ def dataset_from_config(data_config, input_config, split, batch_size, training,
         shuffle_buffer=data_config.shuffle_buffer,
         num_parallel_calls=data_config.num_parallel_calls, cache=data_config.cache,
         filter_empty_images=data_config.filter_empty_images, seed=seed,
-        max_images=max_images, with_masks=with_masks, skip_examples=skip_examples)
+        max_images=max_images, with_masks=with_masks, skip_examples=skip_examples,
+        group_by_aspect_ratio=data_config.group_by_aspect_ratio)
     return dataset, source
