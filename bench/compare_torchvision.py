@@ -2,6 +2,7 @@
 
     python bench/compare_torchvision.py [--threads 2] [--repeats 2] [--train-repeats 2]
         [--sizes 800,512] [--archs maskrcnn_resnet50_fpn,keypointrcnn_resnet50_fpn] [--quick]
+        [--no-train | --no-infer]
 
 Run time on 2 cores: 17.5 min measured with --repeats 3, about 16 min with the defaults;
 --quick (one photo, 2 runs, 1 step): 3 min for --archs maskrcnn_resnet50_fpn --sizes 512, 7 min
@@ -29,12 +30,13 @@ Training step, batch 2 (astronaut + coffee, short side 512, six synthetic GT ins
 torchvision ``model.train()`` forward (with its transform; it pads the batch to 512x768) +
 backward + ``torch.optim.SGD`` step, against ours: ``model.compile(keras SGD,
 jit_compile=False)`` + ``model.train_on_batch(inputs)`` with the inputs our tf.data pipeline
-produces (images float 0-255 resized and zero-padded to its fixed training size, 864x864 here,
+produces (images float 0-255 resized and zero-padded to its training size for landscape
+images, ``pipeline.training_padded_sizes``: 512x864 here,
 image_sizes, gt_* padded to ``input.max_instances`` = 100 rows), and, for reference (Mask
 R-CNN by default), ours on the same 512x768 padding as torchvision. Same images and GT on both
 sides; tiny learning rate (the step's cost does not depend on it; a random model does not
 diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
-positives; ours: every one of the fixed foreground slots, 2 x 128).
+positives; ours: B x F', F' the most positives of an image in the batch).
 
 Each side runs in its own worker process (one per model, size and task), so that the peak
 memory (``ru_maxrss``) is that side's alone; the parent alternates commands between the
@@ -244,8 +246,8 @@ def our_worker(args):
     else:
         inputs = {k: tf.constant(v) for k, v in training_inputs(args, model).items()}
         info["padded"] = list(inputs["images"].shape[1:3])
-        r = model.model_settings.roi_heads  # the heads run on every foreground slot
-        head_rois = len(TRAIN_PHOTOS) * int(r.batch_size_per_image * r.positive_fraction)
+        # the heads run on the F' slots that hold the positives: B x F' RoIs (untimed pass)
+        head_rois = int(np.prod(model(inputs, training=True)["fg_roi_classes"].shape))
         model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=0.9,
                                                      weight_decay=1e-4), jit_compile=False)
 
@@ -260,15 +262,16 @@ def our_worker(args):
 
 
 def training_inputs(args, model):
-    """The training batch as our pipeline pads it (``--pad pipeline``: max_size rounded up to
-    size_divisor on both sides) or as torchvision batches it (``--pad torchvision``)."""
+    """The training batch as our pipeline pads it (``--pad pipeline``: the landscape size of
+    ``training_padded_sizes``) or as torchvision batches it (``--pad torchvision``)."""
     import numpy as np
     batch = np.load(Path(args.workdir) / "train_batch.npz")
     s = model.input_settings
     images = [batch[f"image_{i}"] for i in range(len(TRAIN_PHOTOS))]
     d = s.size_divisor
-    if args.pad == "pipeline":
-        hp = wp = math.ceil(s.max_size / d) * d
+    if args.pad == "pipeline":  # both photos are landscape (or square)
+        from keras_maskrcnn.data.pipeline import training_padded_sizes
+        hp, wp = training_padded_sizes(s)[0]
     else:
         hp = max(math.ceil(im.shape[0] / d) * d for im in images)
         wp = max(math.ceil(im.shape[1] / d) * d for im in images)
@@ -436,10 +439,11 @@ def parse_args(argv=None):
     parser.add_argument("--images", default=",".join(PHOTOS))
     parser.add_argument("--train-size", type=int, default=512)
     parser.add_argument("--train-padding", default=None,
-                        help="our training inputs, comma-separated: pipeline (fixed square), "
+                        help="our training inputs, comma-separated: pipeline (its landscape size), "
                              "torchvision (batch max); default both for Mask R-CNN, pipeline "
                              "only for Keypoint R-CNN (its keypoint head dominates the step)")
     parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--no-infer", action="store_true", help="training steps only")
     parser.add_argument("--quick", action="store_true", help="one photo, 2 repeats, 1 step")
     # internal: worker processes
     parser.add_argument("--worker", choices=("prepare", "ours", "torchvision"))
@@ -483,7 +487,7 @@ def main():
               "torchvision (lower is better); GFLOP counted by FlopCounterMode on torchvision's "
               "forward of the same network.")
         for arch in args.archs:
-            for size in args.sizes:
+            for size in ([] if args.no_infer else args.sizes):
                 bench_inference(args, arch, size, work)
             if not args.no_train:
                 bench_training(args, arch, work)
