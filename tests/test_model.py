@@ -230,3 +230,31 @@ def test_training_step_with_no_positive_roi_anywhere(model):
     losses = model.compute_losses(outputs)
     assert all(np.isfinite(v.numpy()) for v in losses.values())
     assert float(losses["mask"]) == 0.0 and float(losses["keypoint"]) == 0.0
+
+
+def test_rpn_targets_on_used_gt_rows_match_all_padded_rows(model, monkeypatch):
+    """Matching anchors against the M' used GT rows gives the losses of all M padded rows."""
+    from keras_maskrcnn.models import mask_rcnn
+
+    batch = synthetic_batch(num_gt=(2, 3), max_gt=12)
+    batch["gt_classes"][0, 1] = -1  # a padded row between valid ones (crowd-like gap)
+    boxes, classes = mask_rcnn.used_gt_rows(tf.constant(batch["gt_boxes"]),
+                                            tf.constant(batch["gt_classes"]))
+    assert classes.shape[1] == 3 and (classes.numpy() > 0).sum() == 4
+    _, none = mask_rcnn.used_gt_rows(tf.constant(batch["gt_boxes"]),
+                                     -tf.ones_like(batch["gt_classes"]))
+    assert none.shape[1] == 1  # one padded row when no image has GT
+    seeds = [v for v in model.variables if "seed" in v.path]
+    start = [v.numpy().copy() for v in seeds]
+
+    def losses():
+        for v, value in zip(seeds, start):
+            v.assign(value)
+        return model.compute_losses(model(batch, training=True))
+
+    used = losses()
+    monkeypatch.setattr(mask_rcnn, "used_gt_rows", lambda b, c: (b, c))
+    full = losses()
+    for name in full:
+        np.testing.assert_allclose(used[name].numpy(), full[name].numpy(), rtol=1e-6,
+                                   err_msg=name)

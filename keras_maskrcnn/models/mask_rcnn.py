@@ -39,6 +39,22 @@ def global_count(mask):
     return tf.maximum(count, 1.0)
 
 
+def used_gt_rows(gt_boxes, gt_classes):
+    """The first M' GT rows, M' = max(1, 1 + the last valid row of any image of the batch).
+
+    The input pads GT to ``max_instances`` (100) rows; matching every anchor (~100k) against
+    all of them is the RPN targets' (B, M, N) IoU, most of it padding. Rows past M' are
+    padding in every image, so the targets are the same. At least one row is kept (a padded
+    one when no image has GT).
+
+    Returns:
+        gt_boxes (B, M', 4), gt_classes (B, M') int32.
+    """
+    rows = tf.range(1, tf.shape(gt_classes)[1] + 1)[None, :]  # (1, M): 1-based row numbers
+    count = tf.reduce_max(tf.where(gt_classes > 0, rows, 1))  # M'
+    return gt_boxes[:, :count], gt_classes[:, :count]  # (B, M', 4), (B, M')
+
+
 def foreground_slots(sample):
     """The sample's first F' slots, F' = the largest positive count of an image in the batch.
 
@@ -182,8 +198,9 @@ class MaskRCNN(keras.Model):
         m = self.model_settings
         gt_boxes = tf.cast(inputs["gt_boxes"], tf.float32)
         gt_classes = tf.cast(inputs["gt_classes"], tf.int32)
+        rpn_gt_boxes, rpn_gt_classes = used_gt_rows(gt_boxes, gt_classes)  # (B, M', ...)
         rpn_labels, rpn_box_targets = rpn_targets(
-            anchors, gt_boxes, gt_classes > 0, fg_iou_threshold=m.rpn.fg_iou_threshold,
+            anchors, rpn_gt_boxes, rpn_gt_classes > 0, fg_iou_threshold=m.rpn.fg_iou_threshold,
             bg_iou_threshold=m.rpn.bg_iou_threshold,
             allow_low_quality_matches=m.rpn.allow_low_quality_matches,
             batch_size_per_image=m.rpn.batch_size_per_image,
