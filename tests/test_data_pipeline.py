@@ -279,10 +279,13 @@ def test_grouped_batches_one_orientation_and_its_size(source_files):
         b = _check_batch(batch)
         portrait = b["image_sizes"][:, 0] > b["image_sizes"][:, 1]
         assert portrait.all() or not portrait.any()  # one orientation per batch
-        expected = PORTRAIT if portrait[0] else LANDSCAPE
+        bound = PORTRAIT if portrait[0] else LANDSCAPE
+        # padded to the batch's largest image rounded up to the size divisor (torchvision's)
+        expected = tuple(int(-(-v // INPUT.size_divisor) * INPUT.size_divisor)
+                         for v in b["image_sizes"].max(axis=0))
         assert b["images"].shape[1:3] == expected and b["gt_masks"].shape[2:] == expected
-        assert (b["image_sizes"] <= expected).all()
-        shapes.add(expected)
+        assert (np.array(expected) <= bound).all()
+        shapes.add(bound)
         if portrait[0]:
             portrait_heights += b["image_sizes"][:, 0].tolist()
     assert shapes == {LANDSCAPE, PORTRAIT}
@@ -344,7 +347,8 @@ def test_dataset_from_config_passes_grouping(tmp_path):
     overrides = [f"data.synthetic.output_dir={tmp_path}", "data.synthetic.num_train=4",
                  "data.synthetic.num_val=1", "data.synthetic.image_size=128",
                  "input.min_size_train=[96]", "model.keypoint_head.enabled=false"]
-    for flag, shape in (("true", (96, 160)), ("false", (160, 160))):
+    # square 128 px images resized to 96: grouped pads to the batch (96), else max_size square
+    for flag, shape in (("true", (96, 96)), ("false", (160, 160))):
         cfg = load_config("configs/shapes.yaml", overrides + [f"data.group_by_aspect_ratio={flag}"])
         train, _ = pipeline.dataset_from_config(cfg.data, cfg.input, "train", 2, True)
-        assert next(iter(train))["images"].shape == (2,) + shape + (3,)  # square: landscape
+        assert next(iter(train))["images"].shape == (2,) + shape + (3,)

@@ -4,13 +4,14 @@ Shape shorthand:
     B  batch size
     M  max_instances (GT rows per image, padded)
     Kp keypoints per instance
-    Hp, Wp  padded image size. Training with ``group_by_aspect_ratio`` (the config default):
-            the batch's orientation's size, (Hs, Wl) for landscape (h <= w after resizing;
-            square counts as landscape) or (Wl, Hs) for portrait, with Hs = max(min_size_train)
-            and Wl = max_size rounded up to size_divisor (``training_padded_sizes``; every
-            batch holds one orientation, two shapes in all). Training without grouping:
-            (Wl, Wl), one square size. An explicit ``fixed_size``: that size. Evaluation: the
-            batch's largest resized image rounded up to size_divisor
+    Hp, Wp  padded image size. Training with ``group_by_aspect_ratio`` (the config default,
+            torchvision's reference recipe): every batch holds images of one orientation
+            (landscape h <= w after resizing, square included; or portrait) and is padded to
+            its largest image rounded up to size_divisor, at most (Hs, Wl) or (Wl, Hs) with
+            Hs = max(min_size_train), Wl = max_size rounded up (``training_padded_sizes``).
+            Training without grouping: (Wl, Wl), one static square size. An explicit
+            ``fixed_size``: that size. Evaluation: the batch's largest resized image rounded
+            up to size_divisor
 
 Each element is one dict (the model's ``inputs``), dense tensors only (RaggedTensors crash
 ``fit`` under a distribution strategy):
@@ -102,7 +103,7 @@ def _python_stage(source, max_instances, with_masks):
 
 
 def training_padded_sizes(input_config):
-    """The two padded training sizes of aspect-ratio grouping.
+    """The largest padded training sizes of aspect-ratio grouping, per orientation.
 
     Args:
         input_config: ``config.InputConfig``.
@@ -126,22 +127,19 @@ def _orientation(example):
     return tf.cast(size[0] > size[1], tf.int64)
 
 
-def _pad_size(size, input_config, fixed_size, grouped_sizes):
-    """(pad_h, pad_w): ``fixed_size``, else the orientation's size of ``grouped_sizes``
-    (``training_padded_sizes`` or None), else ``size`` rounded up to size_divisor."""
+def _pad_size(size, input_config, fixed_size):
+    """(pad_h, pad_w): ``fixed_size``, else ``size`` rounded up to size_divisor (the batch
+    then pads to its largest image)."""
     if fixed_size is not None:
         return fixed_size
-    if grouped_sizes is not None:
-        (land_h, land_w), (port_h, port_w) = grouped_sizes
-        portrait = size[0] > size[1]
-        return tf.where(portrait, port_h, land_h), tf.where(portrait, port_w, land_w)
     return transforms.padded_size(size[0], size[1], input_config.size_divisor)
 
 
 def _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
-              fixed_size, grouped_sizes=None):
+              fixed_size):
     """The TF map function: resize, flip, pad. ``fixed_size``: (Hp, Wp) ints or None;
-    ``grouped_sizes``: ``training_padded_sizes`` or None (see ``_pad_size``)."""
+    Without ``fixed_size`` each example is padded to its size rounded up to size_divisor; the
+    batching pads on to the batch's largest image."""
     max_instances = input_config.max_instances
 
     def stage(example, seed=None):
@@ -159,7 +157,7 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
             example = transforms.random_flip_example(example, flip_seed, flip_probability,
                                                      flip_indices)
         size = tf.shape(example["image"])[:2]  # resized (and flipped: same size)
-        pad_h, pad_w = _pad_size(size, input_config, fixed_size, grouped_sizes)
+        pad_h, pad_w = _pad_size(size, input_config, fixed_size)
         out = {
             "images": transforms.pad_image(example["image"], pad_h, pad_w),
             "image_sizes": size,
@@ -199,12 +197,13 @@ def _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, with_
     """Batches TF-stage outputs: one fixed size, orientation groups, or padded per batch."""
     if fixed_size is not None:
         return dataset.batch(batch_size, drop_remainder=training)
+    values = _padding_values(with_masks, with_keypoints)
     if grouped:  # every window holds batch_size examples of one orientation = one batch
         return dataset.group_by_window(
-            _orientation, lambda _, window: window.batch(batch_size, drop_remainder=True),
+            _orientation, lambda _, window: window.padded_batch(
+                batch_size, drop_remainder=True, padding_values=values),
             window_size=batch_size)
-    return dataset.padded_batch(batch_size, drop_remainder=training,
-                                padding_values=_padding_values(with_masks, with_keypoints))
+    return dataset.padded_batch(batch_size, drop_remainder=training, padding_values=values)
 
 
 def build_dataset(source, input_config, batch_size, training, *, flip_probability=0.5,
@@ -244,13 +243,13 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
             batches are formed after the skip, so a resumed run is an approximation: the up to
             batch_size - 1 examples that were waiting in the other orientation's window when
             the run stopped may be seen again or not at all.
-        group_by_aspect_ratio: training without ``fixed_size``: True pads each example to
-            its orientation's size (``training_padded_sizes``) and batches examples of one
+        group_by_aspect_ratio: training without ``fixed_size``: True batches examples of one
             orientation together (``tf.data.Dataset.group_by_window``, deterministic for a
-            seed; an example waits until batch_size examples of its orientation arrived); the
-            element spec then has None for Hp, Wp (two shapes). False (the default here;
-            ``DataConfig.group_by_aspect_ratio`` defaults to True) pads to max_size rounded up
-            to size_divisor on both sides, one static shape.
+            seed; an example waits until batch_size examples of its orientation arrived) and
+            pads each batch to its largest image (at most ``training_padded_sizes``); the
+            element spec then has None for Hp, Wp, and ``fit`` traces one graph for all sizes.
+            False (the default here; ``DataConfig.group_by_aspect_ratio`` defaults to True)
+            pads to max_size rounded up to size_divisor on both sides, one static shape.
 
     Returns:
         tf.data.Dataset of input dicts.
@@ -261,7 +260,6 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
                          "horizontal flip can swap left and right keypoints")
     flip_indices = flip_indices_from_pairs(flip_pairs or (), num_kp) if num_kp else None
     grouped = training and fixed_size is None and group_by_aspect_ratio
-    grouped_sizes = training_padded_sizes(input_config) if grouped else None
     if training and fixed_size is None and not grouped:
         side = math.ceil(input_config.max_size / input_config.size_divisor)
         fixed_size = (side * input_config.size_divisor,) * 2
@@ -276,7 +274,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
         dataset = tf.data.Dataset.zip((dataset, seeds))
     transform = _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
-                          fixed_size, grouped_sizes)
+                          fixed_size)
     dataset = dataset.map(transform, num_parallel_calls=parallel)  # ordered (deterministic)
     dataset = _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, num_kp > 0)
     return dataset.prefetch(tf.data.AUTOTUNE)
