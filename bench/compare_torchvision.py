@@ -30,10 +30,10 @@ Training step, batch 2 (astronaut + coffee, short side 512, six synthetic GT ins
 torchvision ``model.train()`` forward (with its transform; it pads the batch to 512x768) +
 backward + ``torch.optim.SGD`` step, against ours: ``model.compile(keras SGD,
 jit_compile=False)`` + ``model.train_on_batch(inputs)`` with the inputs our tf.data pipeline
-produces (images float 0-255 resized and zero-padded to its training size for landscape
-images, ``pipeline.training_padded_sizes``: 512x864 here,
-image_sizes, gt_* padded to ``input.max_instances`` = 100 rows), and, for reference (Mask
-R-CNN by default), ours on the same 512x768 padding as torchvision. Same images and GT on both
+produces with its default ``data.group_by_aspect_ratio``: images float 0-255 resized and
+zero-padded to the batch's largest image rounded up to 32 (512x768, as torchvision),
+image_sizes, gt_* padded to ``input.max_instances`` = 100 rows; ``--train-padding
+pipeline,square`` adds ours without grouping (the 864x864 max_size square). Same images and GT on both
 sides; tiny learning rate (the step's cost does not depend on it; a random model does not
 diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
 positives; ours: B x F', F' the most positives of an image in the batch).
@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARCHS = ("maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
 PHOTOS = ("astronaut", "coffee", "chelsea")
 TRAIN_PHOTOS = ("astronaut", "coffee")
-TRAIN_PADDING = {"maskrcnn_resnet50_fpn": ("pipeline", "torchvision"),
+TRAIN_PADDING = {"maskrcnn_resnet50_fpn": ("pipeline",),
                  "keypointrcnn_resnet50_fpn": ("pipeline",)}
 VERSIONS_PRINTED = []
 SEED, LEARNING_RATE, GT_PER_IMAGE, NUM_KEYPOINTS = 0, 1e-5, 6, 17
@@ -262,16 +262,18 @@ def our_worker(args):
 
 
 def training_inputs(args, model):
-    """The training batch as our pipeline pads it (``--pad pipeline``: the landscape size of
-    ``training_padded_sizes``) or as torchvision batches it (``--pad torchvision``)."""
+    """The training batch as our pipeline pads it: ``--pad pipeline`` (the default config,
+    ``data.group_by_aspect_ratio``) pads the batch to its largest image rounded up to
+    size_divisor, as torchvision does; ``--pad square`` (grouping off) to the max_size square
+    (``training_padded_sizes``' long side on both axes)."""
     import numpy as np
+    from keras_maskrcnn.data.pipeline import training_padded_sizes
     batch = np.load(Path(args.workdir) / "train_batch.npz")
     s = model.input_settings
     images = [batch[f"image_{i}"] for i in range(len(TRAIN_PHOTOS))]
     d = s.size_divisor
-    if args.pad == "pipeline":  # both photos are landscape (or square)
-        from keras_maskrcnn.data.pipeline import training_padded_sizes
-        hp, wp = training_padded_sizes(s)[0]
+    if args.pad == "square":
+        hp = wp = training_padded_sizes(s)[0][1]
     else:
         hp = max(math.ceil(im.shape[0] / d) * d for im in images)
         wp = max(math.ceil(im.shape[1] / d) * d for im in images)
@@ -439,9 +441,9 @@ def parse_args(argv=None):
     parser.add_argument("--images", default=",".join(PHOTOS))
     parser.add_argument("--train-size", type=int, default=512)
     parser.add_argument("--train-padding", default=None,
-                        help="our training inputs, comma-separated: pipeline (its landscape size), "
-                             "torchvision (batch max); default both for Mask R-CNN, pipeline "
-                             "only for Keypoint R-CNN (its keypoint head dominates the step)")
+                        help="our training inputs, comma-separated: pipeline (default: "
+                             "grouped by orientation, padded to the batch's largest image, as "
+                             "torchvision), square (data.group_by_aspect_ratio=false)")
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--no-infer", action="store_true", help="training steps only")
     parser.add_argument("--quick", action="store_true", help="one photo, 2 repeats, 1 step")
@@ -451,7 +453,7 @@ def parse_args(argv=None):
     parser.add_argument("--arch")
     parser.add_argument("--size", type=int)
     parser.add_argument("--task", choices=("infer", "train"))
-    parser.add_argument("--pad", choices=("pipeline", "torchvision"), default="pipeline")
+    parser.add_argument("--pad", choices=("pipeline", "square"), default="pipeline")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     args.archs = args.archs.split(",")

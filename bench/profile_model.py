@@ -104,9 +104,12 @@ def layer_of(op_name):
     """The model layer an op belongs to: the first name scope below the model's own."""
     parts = [p for p in op_name.split("/") if p]
     parts = [p for p in parts if not p.startswith(("__inference", "StatefulPartitioned"))]
-    if len(parts) >= 3 and parts[0].startswith(("mask_rcnn", "functional", "one_step")):
-        return "/".join(parts[1:3])
-    return "/".join(parts[:2]) if len(parts) > 1 else "(top level)"
+    suffix = ""
+    if parts and parts[0] == "gradient_tape":  # backward pass of the layer below
+        parts, suffix = parts[1:], " (backward)"
+    if len(parts) >= 3 and parts[0].startswith("mask_rcnn"):
+        return "/".join(parts[1:3]) + suffix
+    return ("/".join(parts[:2]) if len(parts) > 1 else "(top level)") + suffix
 
 
 def print_table(title, totals, wall_ms, top):
@@ -123,12 +126,13 @@ def main():
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--inter-op", type=int, default=None, help="default: --threads")
     parser.add_argument("--logdir", default="/tmp/keras_maskrcnn_profile")
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op or args.threads)
     import keras
     import skimage.data
     model, cfg = build(args.arch, args.size)
