@@ -18,6 +18,8 @@ Conventions pinned here (checked against torchvision in tests/test_backbones.py)
 import keras
 import tensorflow as tf
 
+from keras_maskrcnn.layers.conv import Conv2D
+
 INPUT_LEVELS = ("C2", "C3", "C4", "C5")
 OUTPUT_LEVELS = ("P2", "P3", "P4", "P5", "P6")
 
@@ -63,7 +65,7 @@ def upsample_nearest_like(x, target, method="resize"):
 def _conv(channels, kernel_size, name):
     init = keras.initializers.VarianceScaling(1.0, mode="fan_in", distribution="uniform")
     # "same" with stride 1 and an odd kernel pads symmetrically, as torch padding=k//2.
-    return keras.layers.Conv2D(channels, kernel_size, padding="same", use_bias=True,
+    return Conv2D(channels, kernel_size, padding="same", use_bias=True,
                                kernel_initializer=init, bias_initializer="zeros", name=name)
 
 

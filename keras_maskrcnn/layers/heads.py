@@ -28,6 +28,8 @@ Conventions pinned here (checked against torchvision in tests/test_heads.py):
 import keras
 import tensorflow as tf
 
+from keras_maskrcnn.layers.conv import Conv2D
+
 
 def _kaiming_normal_fan_out():
     # torch kaiming_normal_(mode="fan_out", nonlinearity="relu"): std = sqrt(2 / fan_out). For a
@@ -38,7 +40,7 @@ def _kaiming_normal_fan_out():
 
 def _conv3x3(channels, dilation, name, dtype):
     # "same" with stride 1 pads `dilation` on every side, as torch padding=dilation for 3x3.
-    return keras.layers.Conv2D(channels, 3, padding="same", dilation_rate=dilation,
+    return Conv2D(channels, 3, padding="same", dilation_rate=dilation,
                                activation="relu", kernel_initializer=_kaiming_normal_fan_out(),
                                bias_initializer="zeros", name=name, dtype=dtype)
 
@@ -290,7 +292,7 @@ class MaskPredictor(keras.layers.Layer):
         self.conv_dim = int(conv_dim)
         self.conv5_mask = _conv_transpose(self.conv_dim, 2, "relu", "conv5_mask",
                                           self.dtype_policy)
-        self.mask_fcn_logits = keras.layers.Conv2D(
+        self.mask_fcn_logits = Conv2D(
             self.num_classes, 1, kernel_initializer=_kaiming_normal_fan_out(),
             bias_initializer="zeros", name="mask_fcn_logits", dtype=self.dtype_policy)
 

@@ -34,6 +34,7 @@ import numbers
 import keras
 import tensorflow as tf
 
+from keras_maskrcnn.layers.conv import Conv2D
 from keras_maskrcnn.ops import boxes as box_ops
 from keras_maskrcnn.ops import matching
 from keras_maskrcnn.ops import nms as nms_ops
@@ -102,7 +103,7 @@ class RPNHead(keras.layers.Layer):
         init = keras.initializers.RandomNormal(stddev=0.01)
 
         def conv(filters, size, name, activation=None):
-            return keras.layers.Conv2D(filters, size, padding="same", activation=activation,
+            return Conv2D(filters, size, padding="same", activation=activation,
                                        kernel_initializer=init, bias_initializer="zeros",
                                        name=name, dtype=self.dtype_policy)
 

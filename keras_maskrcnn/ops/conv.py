@@ -1,0 +1,75 @@
+"""Stride-1 "same" convolution whose gradient is computed with forward convs and matmuls.
+
+Shape shorthand:
+    B  batch size;  H, W  feature map height and width
+    C  input channels;  O  output channels;  k  kernel size (odd)
+
+Why: TensorFlow's CPU gradient kernels of a convolution (Conv2DBackpropInput and
+Conv2DBackpropFilter, with oneDNN on especially) run at about half the speed of its forward
+conv and of a plain matmul on the 2-core CPU this was tuned on; they were ~60 % of a Mask
+R-CNN training step (bench/profile_model.py). For stride 1, "same" padding and no dilation the
+two gradients are ordinary products:
+    * input gradient: the forward conv of dy with the kernel flipped in space and with its
+      input and output channels swapped (a "full" correlation, i.e. a transposed conv, which
+      for stride 1 and symmetric padding k // 2 is again a "same" conv);
+    * kernel gradient: for each of the k * k taps (i, j), the (C, O) product
+      x_shifted(i, j)^T @ dy over all B * H * W positions, x_shifted being the zero-padded input
+      shifted by the tap.
+The forward pass is ``tf.nn.conv2d`` unchanged, so outputs are identical; gradients agree
+with TensorFlow's to float32 rounding (tests/test_conv.py).
+"""
+import tensorflow as tf
+
+
+def conv2d_same(x, kernel):
+    """``tf.nn.conv2d(x, kernel, 1, "SAME")`` with the matmul-based gradient above.
+
+    Args:
+        x: (B, H, W, C) float NHWC features (H, W may be dynamic).
+        kernel: (k, k, C, O) float, k odd (1 or 3 in Mask R-CNN).
+
+    Returns:
+        (B, H, W, O) convolution output (same dtype as x).
+    """
+    x = tf.convert_to_tensor(x)
+    kernel = tf.convert_to_tensor(kernel, x.dtype)  # a (Keras) variable's value, autocast
+    size = kernel.shape[0]
+    if size is None or size % 2 != 1 or kernel.shape[1] != size:
+        raise ValueError(f"conv2d_same needs a square odd kernel, got shape {kernel.shape}")
+    return _conv2d_same(x, kernel)
+
+
+@tf.custom_gradient
+def _conv2d_same(x, kernel):
+    y = tf.nn.conv2d(x, kernel, 1, "SAME")
+
+    def grad(dy):
+        return _input_gradient(dy, kernel), _kernel_gradient(x, dy, kernel.shape)
+
+    return y, grad
+
+
+def _input_gradient(dy, kernel):
+    """dL/dx (B, H, W, C): dy (B, H, W, O) correlated with the flipped, transposed kernel."""
+    flipped = tf.reverse(kernel, axis=[0, 1])  # (k, k, C, O), spatially flipped
+    swapped = tf.transpose(flipped, [0, 1, 3, 2])  # (k, k, O, C)
+    return tf.nn.conv2d(dy, swapped, 1, "SAME")
+
+
+def _kernel_gradient(x, dy, kernel_shape):
+    """dL/dkernel (k, k, C, O): per tap, shifted padded input^T @ dy over B * H * W."""
+    size, channels, filters = kernel_shape[0], kernel_shape[2], kernel_shape[3]
+    dy_rows = tf.reshape(dy, [-1, filters])  # (B * H * W, O)
+    if size == 1:
+        x_rows = tf.reshape(x, [-1, channels])  # (B * H * W, C)
+        return tf.reshape(tf.matmul(x_rows, dy_rows, transpose_a=True), kernel_shape)
+    pad = size // 2
+    shape = tf.shape(x)
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])  # (B, H + 2p, W + 2p, C)
+    taps = []
+    for i in range(size):
+        for j in range(size):
+            shifted = padded[:, i:i + shape[1], j:j + shape[2]]  # (B, H, W, C): tap (i, j)
+            rows = tf.reshape(shifted, [-1, channels])  # (B * H * W, C)
+            taps.append(tf.matmul(rows, dy_rows, transpose_a=True))  # (C, O)
+    return tf.reshape(tf.stack(taps), kernel_shape)  # (k * k, C, O) -> (k, k, C, O)

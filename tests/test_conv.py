@@ -1,0 +1,89 @@
+"""ops.conv.conv2d_same and layers.conv.Conv2D: outputs and gradients equal TensorFlow's."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_maskrcnn.layers.conv import Conv2D
+from keras_maskrcnn.ops.conv import conv2d_same
+
+
+def _grads(conv, x, kernel, upstream):
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        y = conv(x, kernel)
+        loss = tf.reduce_sum(y * upstream)
+    return (y, *tape.gradient(loss, [x, kernel]))
+
+
+def _reference(x, kernel):
+    return tf.nn.conv2d(x, kernel, 1, "SAME")
+
+
+@pytest.mark.parametrize("shape,size,filters", [((2, 9, 7, 5), 3, 4), ((1, 6, 11, 3), 1, 6),
+                                                ((3, 5, 5, 2), 5, 3), ((1, 1, 2, 4), 3, 2)])
+def test_values_and_gradients_match_tensorflow(shape, size, filters):
+    rng = np.random.default_rng(size * 10 + shape[0])
+    x = tf.constant(rng.normal(size=shape), tf.float32)
+    kernel = tf.constant(rng.normal(size=(size, size, shape[-1], filters)), tf.float32)
+    upstream = tf.constant(rng.normal(size=shape[:3] + (filters,)), tf.float32)
+    ours = tf.function(lambda *a: _grads(conv2d_same, *a))(x, kernel, upstream)
+    theirs = _grads(_reference, x, kernel, upstream)
+    for name, a, b in zip(("output", "dx", "dkernel"), ours, theirs):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_gradient_hand_case_and_mutation():
+    """1-channel 3x3 on a 2x2 image: dkernel[i, j] = sum of x shifted by the tap, by hand."""
+    x = tf.constant([[[[1.0], [2.0]], [[3.0], [4.0]]]])  # (1, 2, 2, 1)
+    kernel = tf.zeros((3, 3, 1, 1))
+    _, _, dkernel = _grads(conv2d_same, x, kernel, tf.ones((1, 2, 2, 1)))
+    # tap (i, j) sees x[y + i - 1, x + j - 1] for every output pixel (zero outside)
+    expected = [[1.0, 3.0, 2.0], [4.0, 10.0, 6.0], [3.0, 7.0, 4.0]]
+    np.testing.assert_allclose(dkernel.numpy()[..., 0, 0], expected)
+    # the un-flipped kernel would give a different input gradient: the test can fail
+    k = tf.constant(np.arange(9, dtype=np.float32).reshape(3, 3, 1, 1))
+    _, dx, _ = _grads(conv2d_same, x, k, tf.ones((1, 2, 2, 1)))
+    wrong = tf.nn.conv2d(tf.ones((1, 2, 2, 1)), tf.transpose(k, [0, 1, 3, 2]), 1, "SAME")
+    assert not np.allclose(dx.numpy(), wrong.numpy())
+
+
+def test_rejects_even_or_non_square_kernels():
+    with pytest.raises(ValueError, match="odd"):
+        conv2d_same(tf.zeros((1, 4, 4, 1)), tf.zeros((2, 2, 1, 1)))
+
+
+def test_layer_equals_keras_conv2d_and_falls_back_when_strided():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 8, 10, 3)), tf.float32)
+    for kwargs, fast in (({"padding": "same"}, True), ({"padding": "same", "strides": 2}, False),
+                         ({"padding": "same", "dilation_rate": 2}, False),
+                         ({"padding": "valid"}, False)):
+        ours = Conv2D(4, 3, activation="relu", **kwargs)
+        keras_layer = keras.layers.Conv2D(4, 3, activation="relu", **kwargs)
+        ours.build(x.shape)
+        keras_layer.build(x.shape)
+        keras_layer.set_weights(ours.get_weights())
+        assert ours.uses_fast_gradient == fast
+        results = []
+        for layer in (ours, keras_layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(y * y)
+            results.append([y, *tape.gradient(loss, [x, *layer.trainable_variables])])
+        for a, b in zip(*results):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
+    assert type(restored) is Conv2D and restored.get_config() == ours.get_config()
+
+
+def test_mixed_bfloat16_policy():
+    layer = Conv2D(4, 3, padding="same", dtype="mixed_bfloat16")
+    x = tf.random.normal((1, 6, 6, 3))
+    with tf.GradientTape() as tape:
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32))
+    grads = tape.gradient(loss, layer.trainable_variables)
+    assert y.dtype == tf.bfloat16
+    assert all(g.dtype == tf.float32 and np.isfinite(g.numpy()).all() for g in grads)
