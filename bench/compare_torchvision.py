@@ -29,7 +29,9 @@ counted) / median. Ours: the first ``detect`` call (trace + run) and the trace c
 Training step, batch 2 (astronaut + coffee, short side 512, six synthetic GT instances each):
 torchvision ``model.train()`` forward (with its transform; it pads the batch to 512x768) +
 backward + ``torch.optim.SGD`` step, against ours: ``model.compile(keras SGD,
-jit_compile=False)`` + ``model.train_on_batch(inputs)`` with the inputs our tf.data pipeline
+jit_compile=False)`` + ``model.train_on_batch(inputs)``, with TensorFlow's oneDNN kernels on as
+``train.py`` turns them on (``TF_ENABLE_ONEDNN_OPTS=1`` unless the environment sets it; inference
+runs with TensorFlow's default, off on this AMD CPU), with the inputs our tf.data pipeline
 produces with its default ``data.group_by_aspect_ratio``: images float 0-255 resized and
 zero-padded to the batch's largest image rounded up to 32 (512x768, as torchvision),
 image_sizes, gt_* padded to ``input.max_instances`` = 100 rows; ``--train-padding
@@ -315,9 +317,9 @@ def serve(handlers, info):
 
 
 class Worker:
-    def __init__(self, argv, log):
+    def __init__(self, argv, log, env=None):
         self.log = log
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
         self.proc = subprocess.Popen([sys.executable, __file__, *argv], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
                                      env=env, cwd=ROOT)
@@ -399,13 +401,16 @@ def bench_training(args, arch, work):
     common = ["--arch", arch, "--size", str(args.train_size), "--task", "train",
               *common_argv(args, work)]
     paddings = args.train_padding or TRAIN_PADDING[arch]
+    # train.py turns TensorFlow's oneDNN kernels on (unless the environment says otherwise)
+    onednn = {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1")}
     workers = {f"ours ({pad} padding)": Worker(["--worker", "ours", "--pad", pad, *common],
-                                               work / f"ours_train_{arch}_{pad}.log")
+                                               work / f"ours_train_{arch}_{pad}.log", onednn)
                for pad in paddings}
     workers["torchvision"] = Worker(["--worker", "torchvision", *common],
                                     work / f"tv_train_{arch}.log")
     print(f"\n{arch}: one training step, batch 2 ({', '.join(TRAIN_PHOTOS)}), short side "
-          f"{args.train_size}, median (min-max) of {args.train_repeats} after one warm-up step")
+          f"{args.train_size}, median (min-max) of {args.train_repeats} after one warm-up step; "
+          f"ours with TF_ENABLE_ONEDNN_OPTS={onednn['TF_ENABLE_ONEDNN_OPTS']} as train.py")
     first, times = alternate(workers, "train_step", args.train_repeats)
     theirs = statistics.median(times["torchvision"])
     head = "mask" if arch.startswith("mask") else "keypoint"

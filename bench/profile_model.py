@@ -159,7 +159,9 @@ def main():
         by_layer[layer_of(name)] += ms / args.steps
     print_table(f"{args.arch} {args.task} @{args.size}, by op type", by_type, wall_ms, args.top)
     print_table(f"{args.arch} {args.task} @{args.size}, by layer", by_layer, wall_ms, args.top)
-    print(f"\ntrace: tensorboard --logdir {args.logdir}")
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak RSS {peak:.0f} MiB; trace: tensorboard --logdir {args.logdir}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ two gradients are ordinary products:
       for stride 1 and symmetric padding k // 2 is again a "same" conv);
     * kernel gradient: for each of the k * k taps (i, j), the (C, O) product
       x_shifted(i, j)^T @ dy over all B * H * W positions, x_shifted being the zero-padded input
-      shifted by the tap.
+      shifted by the tap (a row offset of the flattened padded input, see
+      ``_kernel_gradient``).
 The forward pass is ``tf.nn.conv2d`` unchanged, so outputs are identical; gradients agree
 with TensorFlow's to float32 rounding (tests/test_conv.py).
 """
@@ -57,19 +58,33 @@ def _input_gradient(dy, kernel):
 
 
 def _kernel_gradient(x, dy, kernel_shape):
-    """dL/dkernel (k, k, C, O): per tap, shifted padded input^T @ dy over B * H * W."""
+    """dL/dkernel (k, k, C, O): per tap, shifted padded input^T @ dy over all positions.
+
+    Without copying a shifted input per tap: x is zero-padded to (B, H + 2p, W + 2p) and dy is
+    placed on the same grid (zeros in the extra rows and columns); flattened row-major, the
+    input seen by tap (i, j) at every position is the input rows shifted by the constant
+    offset i * (W + 2p) + j, so each tap multiplies a slice of rows of the flat input (an
+    outer-dimension slice: TensorFlow shares its buffer) with a slice of the flat dy. A shift
+    never crosses into the next image (y + i <= H + 2p - 1); the padding rows of dy are zero
+    and contribute nothing.
+    """
     size, channels, filters = kernel_shape[0], kernel_shape[2], kernel_shape[3]
-    dy_rows = tf.reshape(dy, [-1, filters])  # (B * H * W, O)
     if size == 1:
         x_rows = tf.reshape(x, [-1, channels])  # (B * H * W, C)
+        dy_rows = tf.reshape(dy, [-1, filters])  # (B * H * W, O)
         return tf.reshape(tf.matmul(x_rows, dy_rows, transpose_a=True), kernel_shape)
     pad = size // 2
-    shape = tf.shape(x)
-    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])  # (B, H + 2p, W + 2p, C)
+    width = tf.shape(x)[2] + 2 * pad  # W + 2p: the flat offset of one row down
+    x_rows = tf.reshape(tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]]),
+                        [-1, channels])  # (B * (H + 2p) * (W + 2p), C)
+    dy_rows = tf.reshape(tf.pad(dy, [[0, 0], [0, 2 * pad], [0, 2 * pad], [0, 0]]),
+                         [-1, filters])  # (B * (H + 2p) * (W + 2p), O), dy on the same grid
+    length = tf.shape(x_rows)[0] - (size - 1) * (width + 1)  # rows every tap can shift
+    dy_rows = dy_rows[:length]  # covers every real position of the last image
     taps = []
     for i in range(size):
         for j in range(size):
-            shifted = padded[:, i:i + shape[1], j:j + shape[2]]  # (B, H, W, C): tap (i, j)
-            rows = tf.reshape(shifted, [-1, channels])  # (B * H * W, C)
-            taps.append(tf.matmul(rows, dy_rows, transpose_a=True))  # (C, O)
+            offset = i * width + j
+            shifted = x_rows[offset:offset + length]  # (L, C): input of tap (i, j)
+            taps.append(tf.matmul(shifted, dy_rows, transpose_a=True))  # (C, O)
     return tf.reshape(tf.stack(taps), kernel_shape)  # (k * k, C, O) -> (k, k, C, O)
