@@ -87,3 +87,18 @@ def test_mixed_bfloat16_policy():
     grads = tape.gradient(loss, layer.trainable_variables)
     assert y.dtype == tf.bfloat16
     assert all(g.dtype == tf.float32 and np.isfinite(g.numpy()).all() for g in grads)
+
+
+def test_accelerators_keep_keras_convolution(monkeypatch):
+    """With a GPU / TPU visible the layer calls Keras' own convolution (cuDNN / XLA gradients)."""
+    from keras_maskrcnn.layers import conv as conv_layers
+
+    calls = []
+    monkeypatch.setattr(conv_layers, "conv2d_same", lambda *a: calls.append(1) or
+                        tf.nn.conv2d(a[0], a[1], 1, "SAME"))
+    layer = Conv2D(2, 3, padding="same")
+    layer(tf.zeros((1, 4, 4, 1)))
+    assert calls == [1]
+    monkeypatch.setattr(conv_layers, "cpu_only", lambda: False)
+    layer(tf.zeros((1, 4, 4, 1)))
+    assert calls == [1]
