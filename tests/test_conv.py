@@ -102,3 +102,44 @@ def test_accelerators_keep_keras_convolution(monkeypatch):
     monkeypatch.setattr(conv_layers, "cpu_only", lambda: False)
     layer(tf.zeros((1, 4, 4, 1)))
     assert calls == [1]
+
+
+def test_conv_transpose_layer_equals_keras_and_falls_back():
+    from keras_maskrcnn.layers.conv import Conv2DTranspose
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(3, 5, 4, 6)), tf.float32)
+    for kwargs, fast in (({"kernel_size": 2, "strides": 2}, True),
+                         ({"kernel_size": 3, "strides": 3}, True),
+                         ({"kernel_size": 4, "strides": 2}, False)):
+        ours = Conv2DTranspose(7, activation="relu", padding="valid", **kwargs)
+        reference = keras.layers.Conv2DTranspose(7, activation="relu", padding="valid", **kwargs)
+        ours.build(x.shape)
+        reference.build(x.shape)
+        weights = [rng.normal(size=w.shape).astype(np.float32) for w in ours.get_weights()]
+        ours.set_weights(weights)
+        reference.set_weights(weights)
+        assert ours.uses_block_matmul == fast
+        results = []
+        for layer in (ours, reference):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(y * y)
+            results.append([y, *tape.gradient(loss, [x, *layer.trainable_variables])])
+        for a, b in zip(*results):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
+    assert type(restored) is Conv2DTranspose
+
+
+def test_block_matmul_mutation_flipped_kernel_differs():
+    """The kernel is not flipped: flipping it changes the output (the test above can fail)."""
+    from keras_maskrcnn.ops.conv import conv2d_transpose_unstrided_blocks
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(1, 3, 3, 2)), tf.float32)
+    k = tf.constant(rng.normal(size=(2, 2, 4, 2)), tf.float32)
+    reference = tf.nn.conv2d_transpose(x, k, (1, 6, 6, 4), 2, "VALID")
+    np.testing.assert_allclose(conv2d_transpose_unstrided_blocks(x, k).numpy(),
+                               reference.numpy(), rtol=1e-5, atol=1e-5)
+    flipped = conv2d_transpose_unstrided_blocks(x, tf.reverse(k, [0, 1]))
+    assert not np.allclose(flipped.numpy(), reference.numpy(), atol=1e-3)

@@ -1,4 +1,4 @@
-"""Conv2D: ``keras.layers.Conv2D`` whose stride-1 "same" convolutions train faster on CPU.
+"""Conv2D / Conv2DTranspose: Keras' layers with faster CPU paths for the shapes Mask R-CNN uses.
 
 Same weights, names, config and forward output as Keras' layer; only the gradient of an
 eligible convolution (stride 1, "same" padding, no dilation, one group, channels last, odd
@@ -10,7 +10,7 @@ there; the matmul gradient was tuned on CPU only).
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.ops.conv import conv2d_same
+from keras_maskrcnn.ops.conv import conv2d_same, conv2d_transpose_unstrided_blocks
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -33,3 +33,24 @@ class Conv2D(keras.layers.Conv2D):
 def cpu_only():
     """True when TensorFlow sees no GPU or TPU (convolutions then run on the CPU)."""
     return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+@keras.saving.register_keras_serializable(package="keras_maskrcnn")
+class Conv2DTranspose(keras.layers.Conv2DTranspose):
+    """``keras.layers.Conv2DTranspose``; stride = kernel size, "valid" (the mask predictor's
+    2x2 / stride 2) runs as a matmul + depth_to_space (``ops.conv``), same output. Same weights,
+    names and config as Keras' layer; other configurations are Keras' own."""
+
+    @property
+    def uses_block_matmul(self):
+        return (tuple(self.strides) == tuple(self.kernel_size) and self.padding == "valid"
+                and self.output_padding is None and tuple(self.dilation_rate) == (1, 1)
+                and self.data_format == "channels_last")
+
+    def call(self, inputs):
+        if not (self.uses_block_matmul and keras.backend.backend() == "tensorflow"):
+            return super().call(inputs)
+        outputs = conv2d_transpose_unstrided_blocks(inputs, self.kernel)
+        if self.use_bias:
+            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+        return self.activation(outputs) if self.activation is not None else outputs

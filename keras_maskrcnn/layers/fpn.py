@@ -66,7 +66,7 @@ def _conv(channels, kernel_size, name):
     init = keras.initializers.VarianceScaling(1.0, mode="fan_in", distribution="uniform")
     # "same" with stride 1 and an odd kernel pads symmetrically, as torch padding=k//2.
     return Conv2D(channels, kernel_size, padding="same", use_bias=True,
-                               kernel_initializer=init, bias_initializer="zeros", name=name)
+                  kernel_initializer=init, bias_initializer="zeros", name=name)
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")

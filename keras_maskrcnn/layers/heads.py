@@ -28,7 +28,7 @@ Conventions pinned here (checked against torchvision in tests/test_heads.py):
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D
+from keras_maskrcnn.layers.conv import Conv2D, Conv2DTranspose
 
 
 def _kaiming_normal_fan_out():
@@ -41,8 +41,8 @@ def _kaiming_normal_fan_out():
 def _conv3x3(channels, dilation, name, dtype):
     # "same" with stride 1 pads `dilation` on every side, as torch padding=dilation for 3x3.
     return Conv2D(channels, 3, padding="same", dilation_rate=dilation,
-                               activation="relu", kernel_initializer=_kaiming_normal_fan_out(),
-                               bias_initializer="zeros", name=name, dtype=dtype)
+                  activation="relu", kernel_initializer=_kaiming_normal_fan_out(),
+                  bias_initializer="zeros", name=name, dtype=dtype)
 
 
 def _fold_rois(x):
@@ -263,7 +263,7 @@ class KeypointHead(_ConvStack):
 
 
 def _conv_transpose(channels, kernel_size, activation, name, dtype):
-    return keras.layers.Conv2DTranspose(
+    return Conv2DTranspose(
         channels, kernel_size, strides=2, padding="valid", activation=activation,
         kernel_initializer=_kaiming_normal_fan_out(), bias_initializer="zeros", name=name,
         dtype=dtype)

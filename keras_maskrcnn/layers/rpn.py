@@ -104,8 +104,8 @@ class RPNHead(keras.layers.Layer):
 
         def conv(filters, size, name, activation=None):
             return Conv2D(filters, size, padding="same", activation=activation,
-                                       kernel_initializer=init, bias_initializer="zeros",
-                                       name=name, dtype=self.dtype_policy)
+                          kernel_initializer=init, bias_initializer="zeros",
+                          name=name, dtype=self.dtype_policy)
 
         self.convs = [conv(None, 3, f"conv_{i}", "relu") for i in range(self.num_convs)]
         self.objectness_conv = conv(self.num_anchors, 1, "objectness")

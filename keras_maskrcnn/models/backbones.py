@@ -47,7 +47,7 @@ def _conv(filters, kernel_size, strides, name):
     # A stride-1 conv pads symmetrically with "same"; stride > 1 gets an explicit pad in call().
     padding = "same" if strides == 1 else "valid"
     return Conv2D(filters, kernel_size, strides=strides, padding=padding,
-                               use_bias=False, kernel_initializer=_he_fan_out(), name=name)
+                  use_bias=False, kernel_initializer=_he_fan_out(), name=name)
 
 
 def _pad_hw(x, pad, value=0.0):
