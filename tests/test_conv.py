@@ -53,6 +53,19 @@ def test_rejects_even_or_non_square_kernels():
         conv2d_same(tf.zeros((1, 4, 4, 1)), tf.zeros((2, 2, 1, 1)))
 
 
+def _assert_same_outputs_and_gradients(ours, reference, x):
+    """Both layers' outputs and gradients (input, then weights) of sum(y^2) agree."""
+    results = []
+    for layer in (ours, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        results.append([y, *tape.gradient(loss, [x, *layer.trainable_variables])])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_layer_equals_keras_conv2d_and_falls_back_when_strided():
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(2, 8, 10, 3)), tf.float32)
@@ -65,15 +78,7 @@ def test_layer_equals_keras_conv2d_and_falls_back_when_strided():
         keras_layer.build(x.shape)
         keras_layer.set_weights(ours.get_weights())
         assert ours.uses_fast_gradient == fast
-        results = []
-        for layer in (ours, keras_layer):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x)
-                loss = tf.reduce_sum(y * y)
-            results.append([y, *tape.gradient(loss, [x, *layer.trainable_variables])])
-        for a, b in zip(*results):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+        _assert_same_outputs_and_gradients(ours, keras_layer, x)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
     assert type(restored) is Conv2D and restored.get_config() == ours.get_config()
 
@@ -119,15 +124,7 @@ def test_conv_transpose_layer_equals_keras_and_falls_back():
         ours.set_weights(weights)
         reference.set_weights(weights)
         assert ours.uses_block_matmul == fast
-        results = []
-        for layer in (ours, reference):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x)
-                loss = tf.reduce_sum(y * y)
-            results.append([y, *tape.gradient(loss, [x, *layer.trainable_variables])])
-        for a, b in zip(*results):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+        _assert_same_outputs_and_gradients(ours, reference, x)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
     assert type(restored) is Conv2DTranspose
 
