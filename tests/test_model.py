@@ -225,11 +225,17 @@ def test_heads_on_foreground_slots_only_match_all_fixed_slots(model, monkeypatch
 
 def test_training_step_with_no_positive_roi_anywhere(model):
     """F' = 0 (no GT in the batch): the heads run on zero RoIs, losses finite, mask loss 0."""
-    outputs = model(synthetic_batch(num_gt=(0, 0)), training=True)
+    with tf.GradientTape() as tape:
+        outputs = model(synthetic_batch(num_gt=(0, 0)), training=True)
+        losses = model.compute_losses(outputs)
+        total = tf.add_n(list(losses.values()))
     assert outputs["mask_logits"].shape[1] == 0
-    losses = model.compute_losses(outputs)
     assert all(np.isfinite(v.numpy()) for v in losses.values())
     assert float(losses["mask"]) == 0.0 and float(losses["keypoint"]) == 0.0
+    grads = tape.gradient(total, model.trainable_variables)
+    head = [g for v, g in zip(model.trainable_variables, grads) if "mask_head" in v.path]
+    assert head and all(g is None or float(tf.reduce_max(tf.abs(g))) == 0.0 for g in head)
+    assert all(g is None or np.isfinite(g.numpy()).all() for g in grads)
 
 
 def test_rpn_targets_on_used_gt_rows_match_all_padded_rows(model, monkeypatch):
