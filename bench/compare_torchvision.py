@@ -35,9 +35,9 @@ runs with TensorFlow's default, off on this AMD CPU), with the inputs our tf.dat
 produces with its default ``data.group_by_aspect_ratio``: images float 0-255 resized and
 zero-padded to the batch's largest image rounded up to 32 (512x768, as torchvision),
 image_sizes, gt_* padded to ``input.max_instances`` = 100 rows; ``--train-padding
-pipeline,square`` adds ours without grouping (the 864x864 max_size square). Same images and GT on both
-sides; tiny learning rate (the step's cost does not depend on it; a random model does not
-diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
+pipeline,square`` adds ours without grouping (the 864x864 max_size square). Same images and GT
+on both sides; tiny learning rate (the step's cost does not depend on it; a random model does
+not diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
 positives; ours: B x F', F' the most positives of an image in the batch).
 
 Each side runs in its own worker process (one per model, size and task), so that the peak
@@ -62,8 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARCHS = ("maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
 PHOTOS = ("astronaut", "coffee", "chelsea")
 TRAIN_PHOTOS = ("astronaut", "coffee")
-TRAIN_PADDING = {"maskrcnn_resnet50_fpn": ("pipeline",),
-                 "keypointrcnn_resnet50_fpn": ("pipeline",)}
+TRAIN_PADDING = ("pipeline",)
 VERSIONS_PRINTED = []
 SEED, LEARNING_RATE, GT_PER_IMAGE, NUM_KEYPOINTS = 0, 1e-5, 6, 17
 
@@ -400,7 +399,7 @@ def bench_inference(args, arch, size, work):
 def bench_training(args, arch, work):
     common = ["--arch", arch, "--size", str(args.train_size), "--task", "train",
               *common_argv(args, work)]
-    paddings = args.train_padding or TRAIN_PADDING[arch]
+    paddings = args.train_padding or TRAIN_PADDING
     # train.py turns TensorFlow's oneDNN kernels on (unless the environment says otherwise)
     onednn = {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1")}
     workers = {f"ours ({pad} padding)": Worker(["--worker", "ours", "--pad", pad, *common],

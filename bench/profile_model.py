@@ -9,7 +9,8 @@ The model is built from configs/<arch>_r50_fpn_coco.yaml with random weights and
 bench/compare_torchvision.py); the cost of the ops does not depend on the weights.
 Inference: ``model.detect`` on skimage's astronaut at short side ``--size``. Training: one
 ``train_on_batch`` on the astronaut and coffee photos with six box/mask/keypoint GT each, padded
-as the training pipeline pads them (``pipeline.training_padded_sizes``). Two untimed warm-up
+as the training pipeline pads them (one orientation, padded to the batch's largest image rounded
+up to size_divisor: 512x768 at 512). Two untimed warm-up
 calls trace and compile, then ``--steps`` calls run under ``tf.profiler.experimental``.
 
 Open the trace with ``tensorboard --logdir <logdir>`` (Profile tab; needs the
@@ -43,8 +44,7 @@ def training_batch(model, cfg, arch, size):
     """Two photos resized to short side ``size``, padded as the pipeline pads them, 6 GT each."""
     import numpy as np
     import skimage.data
-    from keras_maskrcnn.data import pipeline
-    from keras_maskrcnn.data.transforms import resize_image
+    from keras_maskrcnn.data.transforms import padded_size, resize_image
     from keras_maskrcnn.inference import resized_size
     rng = np.random.default_rng(0)
     s = model.input_settings
@@ -53,8 +53,9 @@ def training_batch(model, cfg, arch, size):
         photo = getattr(skimage.data, name)()
         h, w = (int(v) for v in resized_size(*photo.shape[:2], size, s.max_size))
         images.append(resize_image(photo, (h, w)).numpy())
-    landscape, portrait = pipeline.training_padded_sizes(s)
-    hp, wp = landscape  # both photos are landscape (or square)
+    # both photos are landscape (or square): one batch, padded to its largest image
+    hp, wp = (int(v) for v in padded_size(max(im.shape[0] for im in images),
+                                          max(im.shape[1] for im in images), s.size_divisor))
     b, m = len(images), s.max_instances
     out = {"images": np.zeros((b, hp, wp, 3), np.float32),
            "image_sizes": np.array([im.shape[:2] for im in images], np.int32),

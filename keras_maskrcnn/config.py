@@ -463,7 +463,7 @@ class DataConfig(_Section):
     num_parallel_calls: Optional[int] = None  # null = tf.data.AUTOTUNE
     cache: bool = False
     # training batches hold images of one orientation (landscape h <= w, or portrait), padded
-    # to that orientation's size (two padded sizes); false = one square size (max_size)
+    # to the batch's largest image; false = one static square size (max_size)
     group_by_aspect_ratio: bool = True
 
     def validate(self):

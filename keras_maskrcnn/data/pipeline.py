@@ -40,7 +40,6 @@ TFRecords (``tfrecord.TFRecordSource``) replace the first stages by records -> [
 filter, shuffle shards and a buffer of records, repeat] -> the same decoding in Python.
 """
 import functools
-import math
 
 import numpy as np
 import tensorflow as tf
@@ -127,19 +126,11 @@ def _orientation(example):
     return tf.cast(size[0] > size[1], tf.int64)
 
 
-def _pad_size(size, input_config, fixed_size):
-    """(pad_h, pad_w): ``fixed_size``, else ``size`` rounded up to size_divisor (the batch
-    then pads to its largest image)."""
-    if fixed_size is not None:
-        return fixed_size
-    return transforms.padded_size(size[0], size[1], input_config.size_divisor)
-
-
 def _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
               fixed_size):
-    """The TF map function: resize, flip, pad. ``fixed_size``: (Hp, Wp) ints or None;
-    Without ``fixed_size`` each example is padded to its size rounded up to size_divisor; the
-    batching pads on to the batch's largest image."""
+    """The TF map function: resize, flip, pad. ``fixed_size``: (Hp, Wp) ints, or None: each
+    example is padded to its size rounded up to size_divisor, and the batching pads on to the
+    batch's largest image."""
     max_instances = input_config.max_instances
 
     def stage(example, seed=None):
@@ -157,7 +148,10 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
             example = transforms.random_flip_example(example, flip_seed, flip_probability,
                                                      flip_indices)
         size = tf.shape(example["image"])[:2]  # resized (and flipped: same size)
-        pad_h, pad_w = _pad_size(size, input_config, fixed_size)
+        if fixed_size is not None:
+            pad_h, pad_w = fixed_size
+        else:
+            pad_h, pad_w = transforms.padded_size(size[0], size[1], input_config.size_divisor)
         out = {
             "images": transforms.pad_image(example["image"], pad_h, pad_w),
             "image_sizes": size,
@@ -261,8 +255,8 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     flip_indices = flip_indices_from_pairs(flip_pairs or (), num_kp) if num_kp else None
     grouped = training and fixed_size is None and group_by_aspect_ratio
     if training and fixed_size is None and not grouped:
-        side = math.ceil(input_config.max_size / input_config.size_divisor)
-        fixed_size = (side * input_config.size_divisor,) * 2
+        side = training_padded_sizes(input_config)[0][1]  # max_size rounded up
+        fixed_size = (side, side)
     parallel = num_parallel_calls or tf.data.AUTOTUNE
     examples = source.example_dataset if isinstance(source, tfrecord.TFRecordSource) \
         else functools.partial(_index_examples, source)
