@@ -210,7 +210,7 @@ def test_heads_on_foreground_slots_only_match_all_fixed_slots(model, monkeypatch
         return outputs, model.compute_losses(outputs)
 
     compact_outputs, compact = run()
-    monkeypatch.setattr(mask_rcnn, "foreground_slots", lambda s: (
+    monkeypatch.setattr(mask_rcnn, "foreground_slots", lambda s, _: (
         s["rois"][:, :num_fg], s["roi_classes"][:, :num_fg], s["matched_gt"][:, :num_fg]))
     full_outputs, full = run()
     used = compact_outputs["fg_roi_classes"].shape[1]

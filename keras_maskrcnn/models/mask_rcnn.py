@@ -55,7 +55,7 @@ def used_gt_rows(gt_boxes, gt_classes):
     return gt_boxes[:, :count], gt_classes[:, :count]  # (B, M', 4), (B, M')
 
 
-def foreground_slots(sample):
+def foreground_slots(sample, fixed_slots):
     """The sample's first F' slots, F' = the largest positive count of an image in the batch.
 
     Positives come first in each image's sample (``RoISampler``), so these slots hold every
@@ -65,11 +65,20 @@ def foreground_slots(sample):
     on COCO. Slots past an image's own positives are negatives or padding (class <= 0): the
     losses ignore them.
 
+    Args:
+        sample: ``RoISampler`` output. fixed_slots: F, used instead of F' under a
+            tf.distribute strategy with several replicas.
+
     Returns:
         rois (B, F', 4), classes (B, F') int32 (> 0 on positives), matched_gt (B, F') int32.
     """
     classes = sample["roi_classes"]  # (B, S)
     count = tf.reduce_max(tf.reduce_sum(tf.cast(classes > 0, tf.int32), axis=1))  # F'
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        # Several replicas keep all F fixed slots: with F' the two-replica step was not
+        # reproducible run to run (update differences up to ~2e-4 against < 1e-6 with F
+        # slots, tests/test_distribute.py); root cause not found yet.
+        count = fixed_slots
     return (sample["rois"][:, :count], classes[:, :count],  # (B, F', 4), (B, F')
             sample["matched_gt"][:, :count])  # (B, F')
 
@@ -215,7 +224,8 @@ class MaskRCNN(keras.Model):
             "class_logits": class_logits, "box_deltas": box_deltas,
             "roi_classes": sample["roi_classes"], "box_targets": sample["box_targets"],
         }
-        fg_rois, fg_classes, fg_matched = foreground_slots(sample)  # (B, F', ...)
+        num_fg = int(m.roi_heads.batch_size_per_image * m.roi_heads.positive_fraction)  # F
+        fg_rois, fg_classes, fg_matched = foreground_slots(sample, num_fg)  # (B, F', ...)
         outputs["fg_roi_classes"] = fg_classes
         if self.mask_head is not None:
             outputs["mask_logits"] = self.mask_logits(features, fg_rois)
