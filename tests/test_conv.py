@@ -1,4 +1,6 @@
 """ops.conv.conv2d_same and layers.conv.Conv2D: outputs and gradients equal TensorFlow's."""
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -140,3 +142,37 @@ def test_block_matmul_mutation_flipped_kernel_differs():
                                reference.numpy(), rtol=1e-5, atol=1e-5)
     flipped = conv2d_transpose_unstrided_blocks(x, tf.reverse(k, [0, 1]))
     assert not np.allclose(flipped.numpy(), reference.numpy(), atol=1e-3)
+
+
+def test_gradient_copies_wait_for_the_upstream_gradient(monkeypatch):
+    """The padded input and the flipped kernel of the gradient are built once dy exists, not
+    in the forward pass (where the executor would run them early and hold them)."""
+    from keras_maskrcnn.ops import conv as conv_ops
+
+    x = tf.random.normal([2, 6, 7, 3])
+    kernel = tf.Variable(tf.random.normal([3, 3, 3, 4]))
+
+    def gradient_graph():
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(conv_ops.conv2d_same(x, kernel) ** 2)
+            return tape.gradient(loss, [x, kernel])
+        return step.get_concrete_function().graph
+
+    def early_ops(graph):
+        """Pad / ReverseV2 ops of the gradient with no (transitive) input from the loss."""
+        ops = [op for op in graph.get_operations() if op.type in ("Pad", "ReverseV2")]
+        assert ops
+        loss_side = set()
+        for op in graph.get_operations():  # topological order
+            if op.type in ("Sum", "Pow") or any(
+                    i.op in loss_side for i in op.inputs) or any(
+                    c in loss_side for c in op.control_inputs):
+                loss_side.add(op)
+        return [op.name for op in ops if op not in loss_side]
+
+    assert early_ops(gradient_graph()) == []
+    monkeypatch.setattr(tf, "control_dependencies", lambda deps: contextlib.nullcontext())
+    assert early_ops(gradient_graph())  # mutation: without the edge they can run early

@@ -239,7 +239,8 @@ def test_training_step_with_no_positive_roi_anywhere(model):
 
 
 def test_rpn_targets_on_used_gt_rows_match_all_padded_rows(model, monkeypatch):
-    """Matching anchors against the M' used GT rows gives the losses of all M padded rows."""
+    """Matching anchors against the M' used GT rows, and sampling the mask targets from the
+    M' used GT masks, gives the losses of all M padded rows."""
     from keras_maskrcnn.models import mask_rcnn
 
     batch = synthetic_batch(num_gt=(2, 3), max_gt=12)

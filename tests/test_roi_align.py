@@ -226,6 +226,47 @@ def test_gradient_matches_torch_autograd(torch, torchvision, rng, aligned):
     assert np.abs(ref).sum() > 1.0  # non-trivial gradient
 
 
+@pytest.mark.parametrize("hw", [(5, 7), (1, 4), (3, 1), (1, 1)])
+def test_edge_pad_gradient_folds_the_border(rng, hw):
+    # _pad_map's own gradient against TensorFlow's autodiff of the same two concats,
+    # including maps one pixel high or wide (both borders fold onto the same row/column)
+    images = tf.constant(rng.standard_normal((2, *hw, 3)).astype(np.float32))
+    upstream = tf.constant(rng.standard_normal((2, hw[0] + 2, hw[1] + 2, 3)).astype(np.float32))
+    grads = []
+    for pad in (RA._pad_map, RA._edge_pad):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            padded = pad(images)
+            loss = tf.reduce_sum(padded * upstream)
+        grads.append(tape.gradient(loss, images).numpy())
+    np.testing.assert_array_equal(RA._pad_map(images).numpy(), RA._edge_pad(images).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)
+    # every padded pixel's gradient lands somewhere: the totals agree
+    np.testing.assert_allclose(grads[0].sum((1, 2)), upstream.numpy().sum((1, 2)), rtol=1e-5)
+
+
+def test_mutation_border_fold_without_corners_fails(rng, monkeypatch):
+    images = tf.constant(rng.standard_normal((1, 4, 5, 2)).astype(np.float32))
+    upstream = tf.constant(rng.standard_normal((1, 6, 7, 2)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        loss = tf.reduce_sum(RA._edge_pad(images) * upstream)
+    ref = tape.gradient(loss, images).numpy()
+    fold = RA._fold_border
+
+    def without_corners(g):  # drops the four corner pixels' contribution
+        g = g.numpy().copy()
+        g[:, [0, 0, -1, -1], [0, -1, 0, -1]] = 0.0
+        return fold(tf.constant(g))
+
+    monkeypatch.setattr(RA, "_fold_border", without_corners)
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        loss = tf.reduce_sum(RA._pad_map(images) * upstream)
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(tape.gradient(loss, images).numpy(), ref, atol=1e-6)
+
+
 def test_finite_difference_gradient(rng):
     fmap = rng.standard_normal((1, 4, 5, 2)).astype(np.float64)
     boxes = np.array([[[0.3, -0.7, 3.2, 2.9], [-1.6, 1.1, 1.3, 4.6], [2.2, 2.4, 5.9, 4.4]]],
