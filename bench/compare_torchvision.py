@@ -28,14 +28,15 @@ counted) / median. Ours: the first ``detect`` call (trace + run) and the trace c
 
 Training step, batch 2 (astronaut + coffee, short side 512, six synthetic GT instances each):
 torchvision ``model.train()`` forward (with its transform; it pads the batch to 512x768) +
-backward + ``torch.optim.SGD`` step, against ours: ``model.compile(keras SGD,
-jit_compile=False)`` + ``model.train_on_batch(inputs)``, with TensorFlow's oneDNN kernels on as
-``train.py`` turns them on (``TF_ENABLE_ONEDNN_OPTS=1`` unless the environment sets it; inference
+backward + ``torch.optim.SGD`` step, against ours: ``model.compile(
+keras_maskrcnn.training.SGD (train.py's optimizer), jit_compile=False)`` +
+``model.train_on_batch(inputs)``, with TensorFlow's oneDNN kernels on as ``train.py`` turns them on (``TF_ENABLE_ONEDNN_OPTS=1`` unless the environment sets it; inference
 runs with TensorFlow's default, off on this AMD CPU), with the inputs our tf.data pipeline
 produces with its default ``data.group_by_aspect_ratio``: images float 0-255 resized and
 zero-padded to the batch's largest image rounded up to 32 (512x768, as torchvision),
-image_sizes, gt_* padded to ``input.max_instances`` = 100 rows; ``--train-padding
-pipeline,square`` adds ours without grouping (the 864x864 max_size square). Same images and GT
+image_sizes, gt_* padded to the batch's largest instance count (6); ``--train-padding
+pipeline,square`` adds ours without grouping (the 864x864 max_size square, gt_* padded to
+``input.max_instances`` = 100 rows). Same images and GT
 on both sides; tiny learning rate (the step's cost does not depend on it; a random model does
 not diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
 positives; ours: B x F', F' the most positives of an image in the batch).
@@ -48,6 +49,7 @@ Our workers import no torch. Inference workers are started per model and size.
 """
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -202,9 +204,9 @@ def torchvision_worker(args):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            return {"ms": (time.perf_counter() - begin) * 1e3, "loss": float(loss),
-                    "head_rois": head_rois.pop()}
+            return {"ms": (time.perf_counter() - begin) * 1e3, "loss": float(loss)}
         handlers["train_step"] = train_step
+        handlers["head_rois"] = lambda: {"head_rois": head_rois[-1]}  # of the last step
     info["setup_s"] = time.perf_counter() - start
     serve(handlers, info)
 
@@ -216,12 +218,15 @@ def our_worker(args):
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     import keras
+    from keras_maskrcnn import training
     from keras_maskrcnn.convert import from_torchvision
-    state = dict(np.load(Path(args.workdir) / f"{args.arch}.npz"))
     overrides = ["model.roi_heads.score_threshold=0.0", f"input.min_size_test={args.size}",
                  f"input.max_size={max_size_for(args.size)}", f"input.min_size_train=[{args.size}]"]
     start = time.perf_counter()
-    model = from_torchvision(state, args.arch, overrides=overrides)
+    # the state_dict is freed once converted, as torchvision's side frees its loaded copy
+    model = from_torchvision(dict(np.load(Path(args.workdir) / f"{args.arch}.npz")), args.arch,
+                             overrides=overrides)
+    gc.collect()
     info = {"version": f"tensorflow {tf.__version__}, keras {keras.__version__}",
             "convert_s": time.perf_counter() - start}
     handlers = {}
@@ -247,17 +252,20 @@ def our_worker(args):
     else:
         inputs = {k: tf.constant(v) for k, v in training_inputs(args, model).items()}
         info["padded"] = list(inputs["images"].shape[1:3])
-        # the heads run on the F' slots that hold the positives: B x F' RoIs (untimed pass)
-        head_rois = int(np.prod(model(inputs, training=True)["fg_roi_classes"].shape))
-        model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=0.9,
-                                                     weight_decay=1e-4), jit_compile=False)
+        model.compile(optimizer=training.SGD(LEARNING_RATE, momentum=0.9, weight_decay=1e-4),
+                      jit_compile=False)  # train.py's optimizer
 
         def train_step():
             begin = time.perf_counter()
             logs = model.train_on_batch(inputs, return_dict=True)
-            return {"ms": (time.perf_counter() - begin) * 1e3, "loss": float(logs["loss"]),
-                    "head_rois": head_rois}
-        handlers["train_step"] = train_step
+            return {"ms": (time.perf_counter() - begin) * 1e3, "loss": float(logs["loss"])}
+
+        def count_head_rois():
+            """B x F': the heads run on the F' slots that hold the positives (an eager training
+            forward, called after the memory is read)."""
+            return {"head_rois": int(np.prod(model(inputs, training=True)["fg_roi_classes"]
+                                             .shape))}
+        handlers.update(train_step=train_step, head_rois=count_head_rois)
     info["setup_s"] = time.perf_counter() - start
     serve(handlers, info)
 
@@ -265,8 +273,9 @@ def our_worker(args):
 def training_inputs(args, model):
     """The training batch as our pipeline pads it: ``--pad pipeline`` (the default config,
     ``data.group_by_aspect_ratio``) pads the batch to its largest image rounded up to
-    size_divisor, as torchvision does; ``--pad square`` (grouping off) to the max_size square
-    (``training_padded_sizes``' long side on both axes)."""
+    size_divisor, as torchvision does, and the GT rows to its largest instance count;
+    ``--pad square`` (grouping off) to the max_size square (``training_padded_sizes``' long
+    side on both axes) and ``max_instances`` rows."""
     import numpy as np
     from keras_maskrcnn.data.pipeline import training_padded_sizes
     batch = np.load(Path(args.workdir) / "train_batch.npz")
@@ -278,7 +287,9 @@ def training_inputs(args, model):
     else:
         hp = max(math.ceil(im.shape[0] / d) * d for im in images)
         wp = max(math.ceil(im.shape[1] / d) * d for im in images)
-    m, b = s.max_instances, len(images)
+    counts = [len(batch[f"{args.arch}/boxes_{i}"]) for i in range(len(images))]
+    # GT rows: the batch's largest count when grouped (padded per batch), else max_instances
+    m, b = (s.max_instances if args.pad == "square" else max(counts)), len(images)
     out = {"images": np.zeros((b, hp, wp, 3), np.float32),
            "image_sizes": np.array([im.shape[:2] for im in images], np.int32),
            "gt_boxes": -np.ones((b, m, 4), np.float32), "gt_classes": -np.ones((b, m), np.int32)}
@@ -411,6 +422,7 @@ def bench_training(args, arch, work):
           f"{args.train_size}, median (min-max) of {args.train_repeats} after one warm-up step; "
           f"ours with TF_ENABLE_ONEDNN_OPTS={onednn['TF_ENABLE_ONEDNN_OPTS']} as train.py")
     first, times = alternate(workers, "train_step", args.train_repeats)
+    memory = {name: w.call("memory") for name, w in workers.items()}
     theirs = statistics.median(times["torchvision"])
     head = "mask" if arch.startswith("mask") else "keypoint"
     for name, w in workers.items():
@@ -418,13 +430,14 @@ def bench_training(args, arch, work):
         ratio = statistics.median(times[name]) / theirs
         print(f"  {name:26s} input {shape:8s} {fmt(times[name])}  ratio {ratio:4.2f}  "
               f"first step {first[name]['ms'] / 1e3:5.1f} s  loss {first[name]['loss']:.3g}  "
-              f"{head} head RoIs {first[name]['head_rois']}")
-    report_memory(workers)
+              f"{head} head RoIs {w.call('head_rois')['head_rois']}")
+    report_memory(workers, memory)
 
 
-def report_memory(workers):
+def report_memory(workers, memory=None):
+    """Peak RSS of each worker (``memory``: read before, else now); closes the workers."""
     for name, w in workers.items():
-        mem = w.call("memory")
+        mem = (memory or {}).get(name) or w.call("memory")
         print(f"  memory {name}: peak RSS {mem['peak_mib']:6.0f} MiB (after imports and model "
               f"set-up {w.info['rss_mib']:5.0f} MiB; set-up {w.info['setup_s']:.1f} s)")
         w.close()

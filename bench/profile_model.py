@@ -10,7 +10,7 @@ bench/compare_torchvision.py); the cost of the ops does not depend on the weight
 Inference: ``model.detect`` on skimage's astronaut at short side ``--size``. Training: one
 ``train_on_batch`` on the astronaut and coffee photos with six box/mask/keypoint GT each, padded
 as the training pipeline pads them (one orientation, padded to the batch's largest image rounded
-up to size_divisor: 512x768 at 512). Two untimed warm-up
+up to size_divisor: 512x768 at 512; GT rows to the batch's largest count). Two untimed warm-up
 calls trace and compile, then ``--steps`` calls run under ``tf.profiler.experimental``.
 
 Open the trace with ``tensorboard --logdir <logdir>`` (Profile tab; needs the
@@ -56,7 +56,7 @@ def training_batch(model, cfg, arch, size):
     # both photos are landscape (or square): one batch, padded to its largest image
     hp, wp = (int(v) for v in padded_size(max(im.shape[0] for im in images),
                                           max(im.shape[1] for im in images), s.size_divisor))
-    b, m = len(images), s.max_instances
+    b, m = len(images), GT_PER_IMAGE  # GT rows padded to the batch's largest count
     out = {"images": np.zeros((b, hp, wp, 3), np.float32),
            "image_sizes": np.array([im.shape[:2] for im in images], np.int32),
            "gt_boxes": -np.ones((b, m, 4), np.float32), "gt_classes": -np.ones((b, m), np.int32)}
@@ -134,8 +134,9 @@ def main():
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.inter_op or args.threads)
-    import keras
     import skimage.data
+
+    from keras_maskrcnn import training
     model, cfg = build(args.arch, args.size)
     if args.task == "infer":
         photo = skimage.data.astronaut()
@@ -144,7 +145,7 @@ def main():
         inputs = {k: tf.constant(v) for k, v in training_batch(model, cfg, args.arch,
                                                                 args.size).items()}
         print("training input", {k: tuple(v.shape) for k, v in inputs.items()})
-        model.compile(optimizer=keras.optimizers.SGD(1e-5, momentum=0.9), jit_compile=False)
+        model.compile(optimizer=training.SGD(1e-5, momentum=0.9), jit_compile=False)
         step = lambda: model.train_on_batch(inputs)  # noqa: E731
     for _ in range(2):
         step()

@@ -215,7 +215,11 @@ def test_dataset_from_shapes_config(tmp_path):
     side = -(-cfg.input.max_size // cfg.input.size_divisor) * cfg.input.size_divisor
     assert cfg.data.group_by_aspect_ratio  # the default; min = max = 160: one square size
     assert batch["images"].shape == (2, side, side, 3)  # training pads to max_size, rounded up
-    assert batch["gt_keypoints"].shape == (2, cfg.input.max_instances, 4, 3)
+    # grouped batches pad the GT rows to the batch's largest instance count
+    counts = (batch["gt_classes"].numpy() > 0).sum(axis=1)
+    assert batch["gt_keypoints"].shape == (2, max(counts.max(), 1), 4, 3)
+    assert batch["gt_masks"].shape == (2, max(counts.max(), 1), side, side)
+    assert counts.max() < cfg.input.max_instances
     val, _ = pipeline.dataset_from_config(cfg.data, cfg.input, "val", 2, False, kp)
     sizes = np.concatenate([b["image_sizes"].numpy() for b in val])
     test_side = min(cfg.input.min_size_test, cfg.input.max_size)  # square 128 px images
@@ -272,11 +276,15 @@ def test_grouped_batches_one_orientation_and_its_size(source_files):
     ds = _grouped(source_files)
     spec = ds.element_spec
     assert spec["images"].shape.as_list() == [2, None, None, 3]
-    assert spec["gt_masks"].shape.as_list() == [2, 4, None, None]
-    assert spec["gt_boxes"].shape == (2, 4, 4) and spec["gt_keypoints"].shape == (2, 4, 2, 3)
+    assert spec["gt_masks"].shape.as_list() == [2, None, None, None]
+    assert spec["gt_boxes"].shape.as_list() == [2, None, 4]
+    assert spec["gt_keypoints"].shape.as_list() == [2, None, 2, 3]
     shapes, portrait_heights = set(), []
     for batch in ds.take(8):
         b = _check_batch(batch)
+        # GT rows padded to the batch's largest instance count (INPUT.max_instances caps it)
+        rows = max(int((b["gt_classes"] > 0).sum(axis=1).max()), 1)
+        assert b["gt_masks"].shape[1] == b["gt_boxes"].shape[1] == rows <= INPUT.max_instances
         portrait = b["image_sizes"][:, 0] > b["image_sizes"][:, 1]
         assert portrait.all() or not portrait.any()  # one orientation per batch
         bound = PORTRAIT if portrait[0] else LANDSCAPE
@@ -317,8 +325,13 @@ def test_grouping_matches_the_ungrouped_stream(source_files):
             h, w = e["image_sizes"]
             np.testing.assert_array_equal(b["image_sizes"][i], e["image_sizes"])
             np.testing.assert_array_equal(b["images"][i, :h, :w], e["images"][:h, :w])
-            np.testing.assert_array_equal(b["gt_masks"][i, :, :h, :w], e["gt_masks"][:, :h, :w])
-            for k in ("gt_boxes", "gt_classes", "gt_keypoints", "scales", "original_sizes"):
+            rows = b["gt_classes"].shape[1]  # the batch's GT rows; the flat stream has M
+            assert (e["gt_classes"][rows:] == -1).all() and not e["gt_masks"][rows:].any()
+            np.testing.assert_array_equal(b["gt_masks"][i, :, :h, :w],
+                                          e["gt_masks"][:rows, :h, :w])
+            for k in ("gt_boxes", "gt_classes", "gt_keypoints"):
+                np.testing.assert_array_equal(b[k][i], e[k][:rows])
+            for k in ("scales", "original_sizes"):
                 np.testing.assert_array_equal(b[k][i], e[k])
 
 

@@ -215,6 +215,15 @@ def test_pad_instances():
     assert masks.dtype == tf.uint8 and masks.numpy().sum() == 4 and masks.shape[0] == 3
 
 
+def test_limit_instances_truncates_and_keeps_one_row():
+    boxes = tf.constant([[1.0, 2, 3, 4], [5, 6, 7, 8], [9, 9, 9, 9]])
+    np.testing.assert_array_equal(T.limit_instances(boxes, 2).numpy(), boxes.numpy()[:2])
+    np.testing.assert_array_equal(T.limit_instances(boxes, 5).numpy(), boxes.numpy())
+    none = T.limit_instances(tf.zeros((0, 2, 2), tf.uint8), 5, 0)  # no instance: one pad row
+    assert none.shape == (1, 2, 2) and none.dtype == tf.uint8 and not none.numpy().any()
+    np.testing.assert_array_equal(T.limit_instances(tf.zeros((0,), tf.int32), 5).numpy(), [-1])
+
+
 def test_sample_min_size():
     seeds = [tf.constant([i, 0]) for i in range(60)]
     choice = {int(T.sample_min_size(s, (640, 672, 704), "choice")) for s in seeds}

@@ -2,7 +2,9 @@
 
 Shape shorthand:
     B  batch size
-    M  max_instances (GT rows per image, padded)
+    M  GT rows per image: ``max_instances`` with a fixed padded size (``fixed_size`` or
+       training without grouping); otherwise the batch's largest instance count (capped at
+       ``max_instances``, at least 1), padded per batch like Hp, Wp
     Kp keypoints per instance
     Hp, Wp  padded image size. Training with ``group_by_aspect_ratio`` (the config default,
             torchvision's reference recipe): every batch holds images of one orientation
@@ -152,21 +154,27 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
             pad_h, pad_w = fixed_size
         else:
             pad_h, pad_w = transforms.padded_size(size[0], size[1], input_config.size_divisor)
+        # A fixed size batches with .batch: max_instances rows. Otherwise padded_batch pads
+        # the rows to the batch's largest count (gt_masks of 100 rows were 78 MB per batch
+        # of two 512x768 images, mostly zeros, for ~7 COCO instances per image).
+        if fixed_size is not None:
+            rows = functools.partial(transforms.pad_instances, max_instances=max_instances)
+        else:
+            rows = functools.partial(transforms.limit_instances, max_instances=max_instances)
         out = {
             "images": transforms.pad_image(example["image"], pad_h, pad_w),
             "image_sizes": size,
-            "gt_boxes": transforms.pad_instances(example["boxes"], max_instances, -1),
-            "gt_classes": transforms.pad_instances(example["classes"], max_instances, -1),
+            "gt_boxes": rows(example["boxes"], pad_value=-1),
+            "gt_classes": rows(example["classes"], pad_value=-1),
             "image_ids": example["image_id"],
             "original_sizes": original_size,
             "scales": example["scale"],
         }
         if "masks" in example:
-            masks = transforms.pad_instances(example["masks"], max_instances, 0)
-            out["gt_masks"] = transforms.pad_masks(masks, pad_h, pad_w)
+            out["gt_masks"] = transforms.pad_masks(rows(example["masks"], pad_value=0),
+                                                   pad_h, pad_w)
         if "keypoints" in example:
-            out["gt_keypoints"] = transforms.pad_instances(example["keypoints"], max_instances,
-                                                           -1)
+            out["gt_keypoints"] = rows(example["keypoints"], pad_value=-1)
         if fixed_size is not None:  # one static shape for the whole training run
             out["images"] = tf.ensure_shape(out["images"], [pad_h, pad_w, 3])
             if "gt_masks" in out:

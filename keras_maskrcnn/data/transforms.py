@@ -145,6 +145,19 @@ def pad_instances(values, max_instances, pad_value=-1):
     return tf.ensure_shape(out, [max_instances] + values.shape[1:].as_list())
 
 
+def limit_instances(values, max_instances, pad_value=-1):
+    """(M, ...) -> (M', ...): the first min(M, max_instances) rows, at least one row.
+
+    For batches padded per batch (``padded_batch`` pads the instance axis to the batch's
+    largest count): an example without instances gets one ``pad_value`` row, so that a
+    batch always has an instance axis of length >= 1.
+    """
+    values = tf.convert_to_tensor(values)[:max_instances]
+    pad = tf.maximum(1 - tf.shape(values)[0], 0)
+    paddings = [[0, pad]] + [[0, 0]] * (values.shape.rank - 1)
+    return tf.pad(values, paddings, constant_values=tf.cast(pad_value, values.dtype))
+
+
 def sample_min_size(seed, min_sizes, sampling="choice"):
     """Random short side for training scale jitter (stateless: a function of ``seed``).
 
