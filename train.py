@@ -27,6 +27,10 @@ def parse_args(argv=None):
                         help="override a config value, e.g. --set train.batch_size=4")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="CPU training: system malloc with 1 MiB mmap threshold instead of "
+                             "oneDNN's pool (lower peak memory, ~20%% slower steps; see "
+                             "keras_maskrcnn/cpu_memory.py)")
     return parser.parse_args(argv)
 
 
@@ -40,6 +44,9 @@ def main(argv=None):
     # (mostly conv backprop). Must be set before TensorFlow is imported; an explicit
     # TF_ENABLE_ONEDNN_OPTS=0 in the environment still wins.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    if args.low_memory:
+        from keras_maskrcnn import cpu_memory
+        cpu_memory.use_lean_allocator()
     from keras_maskrcnn import run  # imports TensorFlow: after the config is known good
 
     return run.train_and_evaluate(cfg, run_evaluation=not args.no_eval,

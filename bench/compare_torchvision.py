@@ -2,7 +2,7 @@
 
     python bench/compare_torchvision.py [--threads 2] [--repeats 2] [--train-repeats 2]
         [--sizes 800,512] [--archs maskrcnn_resnet50_fpn,keypointrcnn_resnet50_fpn] [--quick]
-        [--no-train | --no-infer]
+        [--no-train | --no-infer] [--train-allocator default,lean]
 
 Run time on 2 cores: 17.5 min measured with --repeats 3, about 16 min with the defaults;
 --quick (one photo, 2 runs, 1 step): 3 min for --archs maskrcnn_resnet50_fpn --sizes 512, 7 min
@@ -36,7 +36,8 @@ produces with its default ``data.group_by_aspect_ratio``: images float 0-255 res
 zero-padded to the batch's largest image rounded up to 32 (512x768, as torchvision),
 image_sizes, gt_* padded to the batch's largest instance count (6); ``--train-padding
 pipeline,square`` adds ours without grouping (the 864x864 max_size square, gt_* padded to
-``input.max_instances`` = 100 rows). Same images and GT
+``input.max_instances`` = 100 rows). Ours runs with train.py's default allocator and with
+``train.py --low-memory`` (``keras_maskrcnn.cpu_memory``; ``--train-allocator`` picks). Same images and GT
 on both sides; tiny learning rate (the step's cost does not depend on it; a random model does
 not diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
 positives; ours: B x F', F' the most positives of an image in the batch).
@@ -213,6 +214,9 @@ def torchvision_worker(args):
 
 # ---------------------------------------------------------------------------------- our side
 def our_worker(args):
+    if args.allocator == "lean":  # as train.py --low-memory, before TensorFlow is imported
+        from keras_maskrcnn import cpu_memory
+        cpu_memory.use_lean_allocator()
     import numpy as np
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -413,9 +417,13 @@ def bench_training(args, arch, work):
     paddings = args.train_padding or TRAIN_PADDING
     # train.py turns TensorFlow's oneDNN kernels on (unless the environment says otherwise)
     onednn = {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1")}
-    workers = {f"ours ({pad} padding)": Worker(["--worker", "ours", "--pad", pad, *common],
-                                               work / f"ours_train_{arch}_{pad}.log", onednn)
-               for pad in paddings}
+    workers = {}
+    for pad in paddings:
+        for allocator in args.train_allocator:
+            name = f"ours ({pad} padding" + (", --low-memory)" if allocator == "lean" else ")")
+            workers[name] = Worker(["--worker", "ours", "--pad", pad, "--allocator", allocator,
+                                    *common], work / f"ours_train_{arch}_{pad}_{allocator}.log",
+                                   onednn)
     workers["torchvision"] = Worker(["--worker", "torchvision", *common],
                                     work / f"tv_train_{arch}.log")
     print(f"\n{arch}: one training step, batch 2 ({', '.join(TRAIN_PHOTOS)}), short side "
@@ -428,7 +436,7 @@ def bench_training(args, arch, work):
     for name, w in workers.items():
         shape = "x".join(map(str, w.info["padded"]))
         ratio = statistics.median(times[name]) / theirs
-        print(f"  {name:26s} input {shape:8s} {fmt(times[name])}  ratio {ratio:4.2f}  "
+        print(f"  {name:38s} input {shape:8s} {fmt(times[name])}  ratio {ratio:4.2f}  "
               f"first step {first[name]['ms'] / 1e3:5.1f} s  loss {first[name]['loss']:.3g}  "
               f"{head} head RoIs {w.call('head_rois')['head_rois']}")
     report_memory(workers, memory)
@@ -461,6 +469,9 @@ def parse_args(argv=None):
                         help="our training inputs, comma-separated: pipeline (default: "
                              "grouped by orientation, padded to the batch's largest image, as "
                              "torchvision), square (data.group_by_aspect_ratio=false)")
+    parser.add_argument("--train-allocator", default="default,lean",
+                        help="our training runs, comma-separated: default (oneDNN's pool), "
+                             "lean (train.py --low-memory: keras_maskrcnn.cpu_memory)")
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--no-infer", action="store_true", help="training steps only")
     parser.add_argument("--quick", action="store_true", help="one photo, 2 repeats, 1 step")
@@ -471,11 +482,13 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int)
     parser.add_argument("--task", choices=("infer", "train"))
     parser.add_argument("--pad", choices=("pipeline", "square"), default="pipeline")
+    parser.add_argument("--allocator", choices=("default", "lean"), default="default")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     args.archs = args.archs.split(",")
     args.images = args.images.split(",")
     args.train_padding = args.train_padding and args.train_padding.split(",")
+    args.train_allocator = args.train_allocator.split(",")
     if args.quick:
         args.images, args.repeats, args.train_repeats = args.images[:1], 2, 1
     return args
