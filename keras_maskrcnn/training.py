@@ -140,9 +140,10 @@ class _GlobalBatchClipping:
 class _UpdateAfterGradient:
     """Optimizer mixin: in a graph, each variable is updated as soon as its gradient exists.
 
-    TensorFlow's executor runs an op as soon as its inputs are ready. Keras (3.15, TF backend)
-    has three consequences of that for the peak memory of a training step, each measured on
-    a Mask R-CNN R50-FPN step at 512x768 (the BFC allocator's trace):
+    TensorFlow's executor runs an op as soon as its inputs are ready. With Keras' (3.15, TF
+    backend) graph of the update that has three consequences for the peak memory of a
+    training step (the first measured in the BFC allocator's trace of a Mask R-CNN R50-FPN
+    step at 512x768, the others read off the graph; tests/test_optimizer.py):
         * the parts of an update that read only the optimizer's slots (SGD's
           ``momentum * m``) are ready from the start: they ran during the forward pass and
           each held a copy of its variable's size until the gradient arrived (~150 MB);
@@ -151,8 +152,8 @@ class _UpdateAfterGradient:
           are alive together at the end of the step, and all updates' temporaries with them;
         * weight decay (``variable -= variable * wd * lr``) is applied before the updates and
           read only the variable: it ran early in the step, while the forward pass' read of
-          the variable was still held for the backward pass, so the assignment copied the
-          variable (copy-on-write): one more copy of every weight.
+          the variable was still held for the backward pass, and TensorFlow copies a
+          variable assigned while a read of it is alive: one more copy of every weight.
     Here the all-reduce is skipped with a single replica (a sum over one replica), and the
     weight decay and the update of a variable both wait for that variable's gradient, so
     each variable is updated during the backward pass and its gradient freed. The arithmetic
