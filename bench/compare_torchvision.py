@@ -30,16 +30,17 @@ Training step, batch 2 (astronaut + coffee, short side 512, six synthetic GT ins
 torchvision ``model.train()`` forward (with its transform; it pads the batch to 512x768) +
 backward + ``torch.optim.SGD`` step, against ours: ``model.compile(
 keras_maskrcnn.training.SGD (train.py's optimizer), jit_compile=False)`` +
-``model.train_on_batch(inputs)``, with TensorFlow's oneDNN kernels on as ``train.py`` turns them on (``TF_ENABLE_ONEDNN_OPTS=1`` unless the environment sets it; inference
-runs with TensorFlow's default, off on this AMD CPU), with the inputs our tf.data pipeline
+``model.train_on_batch(inputs)``, with TensorFlow's oneDNN kernels on as ``train.py`` turns
+them on (``TF_ENABLE_ONEDNN_OPTS=1`` unless the environment sets it; inference runs with
+TensorFlow's default, off on this AMD CPU), with the inputs our tf.data pipeline
 produces with its default ``data.group_by_aspect_ratio``: images float 0-255 resized and
 zero-padded to the batch's largest image rounded up to 32 (512x768, as torchvision),
 image_sizes, gt_* padded to the batch's largest instance count (6); ``--train-padding
 pipeline,square`` adds ours without grouping (the 864x864 max_size square, gt_* padded to
 ``input.max_instances`` = 100 rows). Ours runs with train.py's default allocator and with
-``train.py --low-memory`` (``keras_maskrcnn.cpu_memory``; ``--train-allocator`` picks). Same images and GT
-on both sides; tiny learning rate (the step's cost does not depend on it; a random model does
-not diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
+``train.py --low-memory`` (``keras_maskrcnn.cpu_memory``; ``--train-allocator`` picks). Same
+images and GT on both sides; tiny learning rate (the step's cost does not depend on it; a
+random model does not diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
 positives; ours: B x F', F' the most positives of an image in the batch).
 
 Each side runs in its own worker process (one per model, size and task), so that the peak
@@ -445,7 +446,7 @@ def bench_training(args, arch, work):
 def report_memory(workers, memory=None):
     """Peak RSS of each worker (``memory``: read before, else now); closes the workers."""
     for name, w in workers.items():
-        mem = (memory or {}).get(name) or w.call("memory")
+        mem = memory[name] if memory else w.call("memory")
         print(f"  memory {name}: peak RSS {mem['peak_mib']:6.0f} MiB (after imports and model "
               f"set-up {w.info['rss_mib']:5.0f} MiB; set-up {w.info['setup_s']:.1f} s)")
         w.close()

@@ -150,16 +150,15 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
             example = transforms.random_flip_example(example, flip_seed, flip_probability,
                                                      flip_indices)
         size = tf.shape(example["image"])[:2]  # resized (and flipped: same size)
+        # A fixed size batches with .batch: that size and max_instances rows. Otherwise
+        # padded_batch pads the image and the rows to the batch's largest (gt_masks of 100
+        # rows were 78 MB per batch of two 512x768 images, mostly zeros, for ~7 COCO
+        # instances per image).
         if fixed_size is not None:
             pad_h, pad_w = fixed_size
-        else:
-            pad_h, pad_w = transforms.padded_size(size[0], size[1], input_config.size_divisor)
-        # A fixed size batches with .batch: max_instances rows. Otherwise padded_batch pads
-        # the rows to the batch's largest count (gt_masks of 100 rows were 78 MB per batch
-        # of two 512x768 images, mostly zeros, for ~7 COCO instances per image).
-        if fixed_size is not None:
             rows = functools.partial(transforms.pad_instances, max_instances=max_instances)
         else:
+            pad_h, pad_w = transforms.padded_size(size[0], size[1], input_config.size_divisor)
             rows = functools.partial(transforms.limit_instances, max_instances=max_instances)
         out = {
             "images": transforms.pad_image(example["image"], pad_h, pad_w),

@@ -188,8 +188,9 @@ def _edge_pad_folding_gradient(images):
     TensorFlow's gradient of the two concats slices the incoming gradient and scatters each
     edge slice into a zero map of full size (StridedSliceGrad), then sums: six
     (N, H + 2, W + 2, C) temporaries per call, 49 MB each for a P2 map at 512x768, in the
-    backward pass of every RoIAlign. Here: one copy of the interior plus an in-place add of
-    the 2 (H + W) + 4 border pixels.
+    backward pass of every RoIAlign. Here: a copy of the interior and one scatter-add of the
+    2 (H + W) + 4 border pixels into it (TensorFlow's kernel allocated its output anew in the
+    traced step: two full-size temporaries).
     """
     def grad(upstream):
         return _fold_border(upstream)
