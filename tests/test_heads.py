@@ -406,3 +406,23 @@ def test_rejects_bad_input_rank():
         BoxHead(1, 8).build((None, 7, 7, 4))
     with pytest.raises(ValueError, match=r"\[B, R, P, P, C\]"):
         MaskHead(1, 8).build((None, 7, 7, 4))
+
+
+@pytest.mark.parametrize("make", [lambda chunk: MaskHead(2, 8, inference_chunk=chunk),
+                                  lambda chunk: KeypointHead(2, 8, inference_chunk=chunk)])
+def test_inference_chunks_equal_one_pass(make, rng):
+    """At inference the conv stack runs on chunks of RoIs in a while loop: same outputs as one
+    pass (training=True, or no chunking) for chunk sizes that do and do not divide B * R."""
+    x = _features(rng, 2, 5, 14, 4)  # B * R = 10 RoIs
+    whole = make(None)
+    reference = whole(x).numpy()
+    np.testing.assert_array_equal(whole(x, training=True).numpy(), reference)
+    for chunk in (1, 3, 10, 25):
+        layer = make(chunk)
+        layer.build(x.shape)
+        layer.set_weights(whole.get_weights())
+        fn = tf.function(lambda v, layer=layer: layer(v, training=False))
+        np.testing.assert_allclose(fn(x).numpy(), reference, rtol=1e-6, atol=1e-6)
+        graph = fn.get_concrete_function(x).graph.as_graph_def()
+        assert any(n.op in ("While", "StatelessWhile") for n in graph.node), chunk
+    assert make(3).get_config()["inference_chunk"] == 3
