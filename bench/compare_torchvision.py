@@ -418,13 +418,16 @@ def bench_training(args, arch, work):
     paddings = args.train_padding or TRAIN_PADDING
     # train.py turns TensorFlow's oneDNN kernels on (unless the environment says otherwise)
     onednn = {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1")}
+    # train.py --low-memory restarts itself with glibc's huge-page tunable: the same here
+    from keras_maskrcnn.cpu_memory import environment_with_huge_pages
+    lean_env = dict(onednn, GLIBC_TUNABLES=environment_with_huge_pages()["GLIBC_TUNABLES"])
     workers = {}
     for pad in paddings:
         for allocator in args.train_allocator:
             name = f"ours ({pad} padding" + (", --low-memory)" if allocator == "lean" else ")")
             workers[name] = Worker(["--worker", "ours", "--pad", pad, "--allocator", allocator,
                                     *common], work / f"ours_train_{arch}_{pad}_{allocator}.log",
-                                   onednn)
+                                   lean_env if allocator == "lean" else onednn)
     workers["torchvision"] = Worker(["--worker", "torchvision", *common],
                                     work / f"tv_train_{arch}.log")
     print(f"\n{arch}: one training step, batch 2 ({', '.join(TRAIN_PHOTOS)}), short side "
