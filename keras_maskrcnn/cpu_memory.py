@@ -76,6 +76,8 @@ def restart_with_huge_pages():
     env = environment_with_huge_pages()
     if env == dict(os.environ) or _libc() is None or not _transparent_huge_pages():
         return
+    print(f"restarting with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (transparent huge pages "
+          "for malloc's mmaps)", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, env)

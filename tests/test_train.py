@@ -1,4 +1,4 @@
-"""train.py: strict config, checkpoints, kill -9 and resume, NaN guard, schedule."""
+"""train.py: strict config, checkpoints, kill -9 and resume (--low-memory), NaN guard."""
 import os
 import signal
 import subprocess
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from keras_maskrcnn import training
+from keras_maskrcnn import cpu_memory, training
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -55,9 +55,13 @@ def test_kill_and_resume_continues_from_last_checkpoint(tmp_path):
     assert saved, "no checkpoint before the kill"
     killed_at = saved[-1][0]
     assert killed_at < 12
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=_env())
+    # resumed with --low-memory: the process restarts once with huge pages, then trains
+    result = subprocess.run(command + ["--low-memory"], capture_output=True, text=True,
+                            timeout=400, env=_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming from step {killed_at}" in result.stdout
+    restarts = result.stderr.count("restarting with GLIBC_TUNABLES=")
+    assert restarts == (cpu_memory._libc() is not None and cpu_memory._transparent_huge_pages())
     final = training.list_checkpoints(str(checkpoints))
     assert final[-1][0] == 12
     assert (tmp_path / "run" / "model.weights.h5").exists()
