@@ -38,7 +38,8 @@ zero-padded to the batch's largest image rounded up to 32 (512x768, as torchvisi
 image_sizes, gt_* padded to the batch's largest instance count (6); ``--train-padding
 pipeline,square`` adds ours without grouping (the 864x864 max_size square, gt_* padded to
 ``input.max_instances`` = 100 rows). Ours runs with train.py's default allocator and with
-``train.py --low-memory`` (``keras_maskrcnn.cpu_memory``; ``--train-allocator`` picks). Same
+``train.py --low-memory`` (``keras_maskrcnn.cpu_memory``, the worker started with glibc's
+huge-page tunable as train.py restarts itself; ``--train-allocator`` picks). Same
 images and GT on both sides; tiny learning rate (the step's cost does not depend on it; a
 random model does not diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
 positives; ours: B x F', F' the most positives of an image in the batch).
