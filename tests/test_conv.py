@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D
+from keras_maskrcnn.layers.conv import Conv2D, Dense
 from keras_maskrcnn.ops.conv import conv2d_same
 
 
@@ -73,9 +73,11 @@ def test_layer_equals_keras_conv2d_and_falls_back_when_strided():
     x = tf.constant(rng.normal(size=(2, 8, 10, 3)), tf.float32)
     for kwargs, fast in (({"padding": "same"}, True), ({"padding": "same", "strides": 2}, False),
                          ({"padding": "same", "dilation_rate": 2}, False),
-                         ({"padding": "valid"}, False)):
-        ours = Conv2D(4, 3, activation="relu", **kwargs)
-        keras_layer = keras.layers.Conv2D(4, 3, activation="relu", **kwargs)
+                         ({"padding": "valid"}, False),
+                         ({"padding": "valid", "kernel_size": 1}, True)):  # 1x1: valid = same
+        kwargs = {"kernel_size": 3, **kwargs}
+        ours = Conv2D(4, activation="relu", **kwargs)
+        keras_layer = keras.layers.Conv2D(4, activation="relu", **kwargs)
         ours.build(x.shape)
         keras_layer.build(x.shape)
         keras_layer.set_weights(ours.get_weights())
@@ -176,3 +178,56 @@ def test_gradient_copies_wait_for_the_upstream_gradient(monkeypatch):
     assert early_ops(gradient_graph()) == []
     monkeypatch.setattr(tf, "control_dependencies", lambda deps: contextlib.nullcontext())
     assert early_ops(gradient_graph())  # mutation: without the edge they can run early
+
+
+def _depends_on(op, target):
+    """True when ``op`` (transitively, data or control) depends on ``target``."""
+    seen, stack = set(), [op]
+    while stack:
+        current = stack.pop()
+        if current is target:
+            return True
+        if current in seen:
+            continue
+        seen.add(current)
+        stack.extend(i.op for i in current.inputs)
+        stack.extend(current.control_inputs)
+    return False
+
+
+def _kernel_gradient_waits_for_input_gradient(layer, x):
+    """In the traced gradient, the kernel gradient's op depends on the input gradient's."""
+    if not layer.built:
+        layer.build(x.shape)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) ** 2)
+        return tape.gradient(loss, [x, layer.kernel])
+
+    graph = step.get_concrete_function().graph
+    dx, dkernel = (t.op.inputs[0].op for t in graph.outputs[:2])  # under the Identity
+    return _depends_on(dkernel, dx)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: Dense(5, activation="relu"), (2, 3, 7)),
+    (lambda: Conv2D(4, 3, padding="same"), (2, 6, 7, 3)),
+    (lambda: Conv2D(4, 3, padding="same", winograd=True), (2, 6, 7, 3))])
+def test_kernel_gradient_after_input_gradient(make, shape, monkeypatch):
+    """dW waits for dx, so the optimizer's update of W (after dW) finds the forward read of W
+    released and updates in place; values equal Keras' own layers."""
+    x = tf.random.normal(shape)
+    ours = make()
+    reference = (keras.layers.Dense if isinstance(ours, Dense) else keras.layers.Conv2D)(
+        **{k: v for k, v in ours.get_config().items() if k != "winograd"})
+    ours.build(x.shape)
+    reference.build(x.shape)
+    reference.set_weights(ours.get_weights())
+    _assert_same_outputs_and_gradients(ours, reference, x)
+    assert _kernel_gradient_waits_for_input_gradient(ours, x)
+    assert not _kernel_gradient_waits_for_input_gradient(reference, x)  # Keras' order: free
+    monkeypatch.setattr(tf, "control_dependencies", lambda deps: contextlib.nullcontext())
+    assert not _kernel_gradient_waits_for_input_gradient(make(), x)  # mutation: edge removed

@@ -28,7 +28,7 @@ Conventions pinned here (checked against torchvision in tests/test_heads.py):
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D, Conv2DTranspose
+from keras_maskrcnn.layers.conv import Conv2D, Conv2DTranspose, Dense
 
 
 def _kaiming_normal_fan_out():
@@ -165,9 +165,8 @@ class BoxHead(keras.layers.Layer):
         self.num_fc = int(num_fc)
         self.fc_dim = int(fc_dim)
         init = keras.initializers.VarianceScaling(1.0, mode="fan_in", distribution="uniform")
-        self.fcs = [keras.layers.Dense(self.fc_dim, activation="relu", kernel_initializer=init,
-                                       bias_initializer="zeros", name=f"fc{6 + i}",
-                                       dtype=self.dtype_policy)
+        self.fcs = [Dense(self.fc_dim, activation="relu", kernel_initializer=init,
+                          bias_initializer="zeros", name=f"fc{6 + i}", dtype=self.dtype_policy)
                     for i in range(self.num_fc)]
         self.pooled_shape = None
 

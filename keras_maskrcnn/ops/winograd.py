@@ -66,8 +66,7 @@ def _conv2d_winograd(x, kernel):
 
     def grad(dy):
         with tf.control_dependencies([dy]):
-            return (conv_ops._input_gradient(dy, kernel),
-                    conv_ops._kernel_gradient(x, dy, kernel.shape))
+            return conv_ops.gradients_input_first(x, dy, kernel)
 
     return y, grad
 
