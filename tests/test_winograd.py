@@ -7,18 +7,7 @@ import tensorflow as tf
 from keras_maskrcnn.layers.conv import Conv2D
 from keras_maskrcnn.ops import winograd
 from keras_maskrcnn.ops.winograd import conv2d_winograd_3x3, transform_kernel
-
-
-def _grads(conv, x, kernel, upstream):
-    with tf.GradientTape() as tape:
-        tape.watch([x, kernel])
-        y = conv(x, kernel)
-        loss = tf.reduce_sum(y * upstream)
-    return (y, *tape.gradient(loss, [x, kernel]))
-
-
-def _reference(x, kernel):
-    return tf.nn.conv2d(x, kernel, 1, "SAME")
+from test_conv import _grads, _reference  # the same harness as the matmul-gradient conv
 
 
 @pytest.mark.parametrize("shape,filters", [((3, 14, 14, 8), 6), ((2, 7, 9, 5), 3),
