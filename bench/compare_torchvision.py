@@ -39,7 +39,8 @@ image_sizes, gt_* padded to the batch's largest instance count (6); ``--train-pa
 pipeline,square`` adds ours without grouping (the 864x864 max_size square, gt_* padded to
 ``input.max_instances`` = 100 rows). Ours runs with train.py's default allocator and with
 ``train.py --low-memory`` (``keras_maskrcnn.cpu_memory``, the worker started with glibc's
-huge-page tunable as train.py restarts itself; ``--train-allocator`` picks). Same
+huge-page tunable as train.py restarts itself, and trimming malloc's heaps after each step as
+train.py's callback does; ``--train-allocator`` picks). Same
 images and GT on both sides; tiny learning rate (the step's cost does not depend on it; a
 random model does not diverge). Also printed: the RoIs through the mask / keypoint head per step (torchvision: its
 positives; ours: B x F', F' the most positives of an image in the batch).
@@ -216,8 +217,8 @@ def torchvision_worker(args):
 
 # ---------------------------------------------------------------------------------- our side
 def our_worker(args):
+    from keras_maskrcnn import cpu_memory
     if args.allocator == "lean":  # as train.py --low-memory, before TensorFlow is imported
-        from keras_maskrcnn import cpu_memory
         cpu_memory.use_lean_allocator()
     import numpy as np
     import tensorflow as tf
@@ -264,6 +265,8 @@ def our_worker(args):
         def train_step():
             begin = time.perf_counter()
             logs = model.train_on_batch(inputs, return_dict=True)
+            if args.allocator == "lean":  # as train.py --low-memory's ReleaseFreeMemory
+                cpu_memory.release_free_memory()
             return {"ms": (time.perf_counter() - begin) * 1e3, "loss": float(logs["loss"])}
 
         def count_head_rois():

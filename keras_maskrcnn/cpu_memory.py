@@ -55,6 +55,27 @@ def use_lean_allocator():
     return bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD) == 1)
 
 
+def lean_allocator_in_use():
+    """True when this process' TensorFlow allocates from malloc (``use_lean_allocator``)."""
+    return os.environ.get("TF_ONEDNN_USE_SYSTEM_ALLOCATOR") == "1"
+
+
+def release_free_memory():
+    """``malloc_trim(0)``: glibc returns the free pages inside its heaps to the system.
+
+    Blocks under the mmap threshold live in malloc's heaps, and a freed one stays resident
+    until reused. In lean-mode Mask R-CNN training (512x768, batch 2) the heaps held 424 MiB
+    in use and ~130 MiB free after a step, and the peak grew step by step (2237, 2321, 2353
+    MiB over three steps); trimmed after every step it stayed at 2260-2278 MiB. The call takes
+    milliseconds. ``training.ReleaseFreeMemory`` calls it after each step.
+
+    Returns:
+        True when glibc released memory; False otherwise (or on another C library).
+    """
+    libc = _libc()
+    return bool(libc is not None and hasattr(libc, "malloc_trim") and libc.malloc_trim(0))
+
+
 def environment_with_huge_pages(environ=None):
     """A copy of ``environ`` (default ``os.environ``) with ``HUGE_PAGES_TUNABLE`` added to
     ``GLIBC_TUNABLES`` (colon-separated; a hugetlb setting already there is kept)."""

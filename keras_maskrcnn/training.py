@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_maskrcnn import cpu_memory
+
 CHECKPOINT_PATTERN = re.compile(r"ckpt-(\d+)\.weights\.h5$")
 
 
@@ -266,6 +268,14 @@ class CheckpointAndGuard(keras.callbacks.Callback):
         os.replace(partial, path)  # atomic: a kill never leaves a half-written checkpoint
         for _, old in list_checkpoints(self.directory)[:-self.keep]:
             os.remove(old)
+
+
+class ReleaseFreeMemory(keras.callbacks.Callback):
+    """After each training step, returns malloc's free heap pages to the system
+    (``cpu_memory.release_free_memory``); ``run`` adds it with ``train.py --low-memory``."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        cpu_memory.release_free_memory()
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -91,3 +91,38 @@ def test_restart_with_huge_pages_reexecutes_once_and_cuts_page_faults():
     plain = int(_run(FAULTS, env)[0])
     huge = int(_run(FAULTS, cpu_memory.environment_with_huge_pages(env))[0])
     assert plain >= 16384 and huge < plain // 4, (plain, huge)
+
+
+TRIM = r"""
+import ctypes
+from keras_maskrcnn import cpu_memory
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+blocks = [libc.malloc(64 << 10) for _ in range(2000)]  # 125 MiB of heap blocks (< threshold)
+for b in blocks:
+    libc.memset(b, 1, 64 << 10)
+keep = libc.malloc(64)  # above them all: the heap's top cannot shrink on free
+for b in blocks:
+    libc.free(b)
+before = rss_mib()
+released = cpu_memory.release_free_memory()
+print(released, round(before - rss_mib()))
+"""
+
+
+@pytest.mark.skipif(cpu_memory._libc() is None, reason="needs glibc (malloc_trim)")
+def test_release_free_memory_returns_freed_heap_pages():
+    released, dropped = _run(TRIM, dict(os.environ))
+    assert released == "True" and int(dropped) > 100, (released, dropped)  # of 125 MiB freed
+
+
+def test_lean_allocator_in_use_reads_the_tensorflow_setting(monkeypatch):
+    monkeypatch.setenv("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+    assert cpu_memory.lean_allocator_in_use()
+    monkeypatch.delenv("TF_ONEDNN_USE_SYSTEM_ALLOCATOR")
+    assert not cpu_memory.lean_allocator_in_use()
