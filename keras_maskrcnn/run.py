@@ -40,7 +40,8 @@ def build_training_model(cfg, strategy, category_ids):
     with strategy.scope():
         model = builders.build_model(cfg, category_ids=category_ids)
         model.compile(optimizer=training.build_optimizer(cfg.train), jit_compile=False)
-        model.optimizer.build(model.trainable_variables)
+        if not model.optimizer.built:  # compile builds it once every layer is built
+            model.optimizer.build(model.trainable_variables)
     return model
 
 

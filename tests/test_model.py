@@ -82,13 +82,23 @@ def test_frozen_stages_are_not_trainable():
     assert any("fpn" in n for n in names)
 
 
+def traced_functions(name):
+    """Names of the traced functions in TensorFlow's context that contain ``name``."""
+    from tensorflow.python.eager import context
+    return {f for f in context.context().list_function_names() if name in f}
+
+
 def test_fit_one_step_reduces_nothing_to_nan():
     m = build_model(tiny_config())
     m.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
+    # compile built the slots: the step creates no variable, so it is traced once
+    assert m.optimizer.built and len(m.optimizer.variables) > len(m.trainable_variables)
     batch = synthetic_batch(num_gt=(2, 1))
     dataset = tf.data.Dataset.from_tensors(batch).repeat(2)
     before = [v.numpy().copy() for v in m.trainable_variables]
+    traced_before = traced_functions("one_step_on_data")
     history = m.fit(dataset, epochs=1, verbose=0)
+    assert len(traced_functions("one_step_on_data") - traced_before) == 1
     assert set(history.history) >= {"mask_loss", "keypoint_loss", "rpn_objectness_loss"}
     assert all(np.isfinite(v[-1]) for v in history.history.values())
     changed = [not np.array_equal(a, v.numpy()) for a, v in zip(before, m.trainable_variables)]

@@ -202,6 +202,7 @@ class RoISampler(keras.layers.Layer):
             raise ValueError(f"box_weights must have 4 entries, got {box_weights}")
         self.seed = None if seed is None else int(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="roi_sampler_seed")
+        self.built = True  # its only state, the generator's, exists now
 
     def call(self, proposals, proposal_valid, gt_boxes, gt_classes, seed=None):
         seed = replica_seed(self.seed_generator.next() if seed is None else seed)

