@@ -10,8 +10,9 @@ freed heap memory). Resident memory then follows the live tensors. The price is 
 per fresh page, ~5 GB of them per Mask R-CNN R50-FPN training step at 512x768: with 4 KiB pages
 the step took ~20 % longer on a 2-core CPU. ``restart_with_huge_pages`` re-executes the
 process with glibc's ``glibc.malloc.hugetlb=1`` tunable (read only at process start), which
-advises transparent huge pages for those mmaps: one fault per 2 MiB, and the step ~8 % longer
-than with oneDNN's pool (README, performance). ``train.py --low-memory`` does both. Nothing
+advises transparent huge pages for those mmaps: one fault per 2 MiB. The step stays slower than
+with oneDNN's pool: 8-37 % across benchmark runs on a shared 2-core machine (README,
+performance). ``train.py --low-memory`` does both. Nothing
 here concerns GPU memory. Importing this module does not import TensorFlow.
 """
 import ctypes
