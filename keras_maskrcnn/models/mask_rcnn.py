@@ -314,7 +314,9 @@ class MaskRCNN(keras.Model):
         Keras otherwise creates them inside the first traced train step, and a tf.function
         whose first trace creates variables is traced a second time and keeps both graphs
         and their kernels. R50-FPN Mask R-CNN, batch 2 at 512x768, 2 CPU cores: first step
-        24 s instead of 35-41 s, and 133 MiB less resident memory after it.
+        24 s instead of 35-41 s, and 133 MiB less resident memory after it. The slots follow
+        ``trainable_variables`` at this call: freeze or unfreeze layers before ``compile``
+        (Keras asks for a new ``compile`` after such a change anyway).
         """
         super().compile(*args, **kwargs)
         if self.optimizer is not None and all(layer.built for layer in self._flatten_layers()):
