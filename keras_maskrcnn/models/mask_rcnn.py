@@ -330,7 +330,8 @@ class MaskRCNN(keras.Model):
         the replicas with ``strategy.reduce`` first, which fails under
         MultiWorkerMirroredStrategy for a dict of images and GT (keras-team/keras#20585).
         Its symbolic build is an inference pass, which ``build_with_dummy_batch`` already did
-        before the optimizer could be built on the weights (``run.build_training_model``).
+        before the optimizer could be built on the weights (``compile`` builds it then, or
+        ``run.build_training_model`` when a layer was left unbuilt).
         """
         if self.optimizer is not None and self.optimizer.built:
             return
