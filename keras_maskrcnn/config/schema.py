@@ -1,0 +1,450 @@
+"""The hyper-parameter tables of Mask R-CNN (He et al. 2017, section 3.1 "Implementation
+Details"), FPN (Lin et al. 2017, section 4) and Faster R-CNN (Ren et al. 2015, section 3.1), as
+frozen dataclasses: one section per table, one line per hyper-parameter.
+
+Each field reads ``name: type = param(default, rule, meaning, source)``: ``rule`` is checked on
+every value (``fields.py``), ``source`` says where the default comes from: ``paper`` (the papers
+above), ``torchvision`` (``maskrcnn_resnet50_fpn``, the parity target; tests/test_config.py
+compares), ``Detectron`` (Detectron / detectron2 settings) or ``ours``. Cross-field rules live in
+each section's ``validate()``.
+
+Conventions pinned here:
+- ``model.num_classes`` INCLUDES background (torchvision style): COCO contiguous = 81.
+- Learning rate: ``train.learning_rate = base_learning_rate * batch_size / reference_batch_size``
+  (linear scaling rule; the paper's 0.02 is for a global batch of 16). Step counts are not scaled.
+- Anchor aspect ratio = h / w; ``anchors.sizes`` has one size per pyramid level min..max_level.
+- Data paths are relative to the working directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal, Optional, Tuple
+
+from .fields import (DETECTRON, OURS, PAPER, TORCHVISION, Section, at_least, check, in_range,
+                     non_empty, non_negative, param, positive, require, section, unit)
+
+TV = TORCHVISION
+ARCHITECTURES = ("mask_rcnn",)  # model.architecture choices (meta-architectures builders knows)
+ACCEL_MODES = ("auto", "on", "off")  # model.accel choices
+
+_COCO_KEYPOINT_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle")
+_COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+# COCO person skeleton (the annotation file's 1-based "skeleton", made 0-based).
+_COCO_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+_SCALE_CLIP = math.log(1000.0 / 16)  # torchvision BoxCoder bbox_xform_clip
+
+
+def _check_matcher(obj):
+    """Shared by the RPN and RoI heads: the background threshold lies below the foreground's."""
+    require(obj.bg_iou_threshold <= obj.fg_iou_threshold, "bg_iou_threshold",
+            f"must be <= fg_iou_threshold ({obj.fg_iou_threshold}), got {obj.bg_iou_threshold}")
+
+
+# ----------------------------------------------------------------------------- model sections
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig(Section):
+    """ResNet (Mask R-CNN section 3, "Network Architecture")."""
+
+    name: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = param(
+        "resnet50", None, "ResNet depth (torchvision's v1.5: stride in the 3x3 conv)", PAPER)
+    width_multiplier: float = param(
+        1.0, in_range(0, 8, lo_open=True), "scales every channel count; < 1 for tiny test "
+        "models", OURS)
+    freeze_at: int = param(2, in_range(0, 5), "0 nothing frozen, 1 stem, 2 stem+res2, ..., 5 "
+                           "all (torchvision trainable_layers=3)", DETECTRON)
+    norm: Literal["frozen_bn"] = param("frozen_bn", None, "BatchNorm with frozen statistics "
+                                       "and affine parameters", DETECTRON)
+    bn_eps: float = param(1e-5, positive, "FrozenBatchNorm2d epsilon in its detection models", TV)
+    weights: Optional[str] = param(None, None, "backbone weights file (e.g. converted "
+                                   "ImageNet); null = random")
+
+
+@dataclasses.dataclass(frozen=True)
+class FPNConfig(Section):
+    """Feature Pyramid Network (FPN section 3 and 4.1)."""
+
+    channels: int = param(256, positive, "channels d of every pyramid level", PAPER)
+    min_level: int = param(2, in_range(2, 5), "finest output P{min_level}, from backbone "
+                           "C{min_level}", PAPER)
+    max_level: int = param(6, in_range(5, 6), "6 adds P6 = max_pool(P5, kernel 1, stride 2); "
+                           "5 = no extra level", PAPER)
+
+    @property
+    def levels(self) -> Tuple[str, ...]:
+        """Pyramid level names, finest first: ("P2", ..., "P6")."""
+        return tuple(f"P{i}" for i in range(self.min_level, self.max_level + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorConfig(Section):
+    """Anchors (FPN section 4.1: one scale per level, three aspect ratios)."""
+
+    sizes: Tuple[float, ...] = param((32.0, 64.0, 128.0, 256.0, 512.0), (non_empty, positive),
+                                     "sqrt(area) of the anchors, one per level", PAPER)
+    aspect_ratios: Tuple[float, ...] = param((0.5, 1.0, 2.0), (non_empty, positive),
+                                             "h / w, the same on every level", PAPER)
+
+
+@dataclasses.dataclass(frozen=True)
+class RPNConfig(Section):
+    """Region Proposal Network (Faster R-CNN section 3.1; FPN section 4.1)."""
+
+    num_convs: int = param(1, at_least(1), "shared 3x3 conv + ReLU layers before the 1x1 "
+                           "predictors", PAPER)
+    pre_nms_top_n_train: int = param(2000, positive, "proposals kept per level and image "
+                                     "before NMS, training", TV)
+    pre_nms_top_n_test: int = param(1000, positive, "the same, inference", TV)
+    post_nms_top_n_train: int = param(2000, positive, "proposals kept per image after NMS "
+                                      "over all levels, training", TV)
+    post_nms_top_n_test: int = param(1000, positive, "the same, inference", TV)
+    nms_threshold: float = param(0.7, unit, "IoU threshold of the proposal NMS", PAPER)
+    min_size: float = param(1e-3, non_negative, "proposals with a side smaller than this "
+                            "(pixels) are removed", TV)
+    score_threshold: float = param(0.0, unit, "on sigmoid(objectness)", TV)
+    fg_iou_threshold: float = param(0.7, unit, "anchors with IoU >= this are positive", PAPER)
+    bg_iou_threshold: float = param(0.3, unit, "anchors with IoU < this are negative", PAPER)
+    allow_low_quality_matches: bool = param(True, None, "each GT's best anchors are positive "
+                                            "too", PAPER)
+    batch_size_per_image: int = param(256, positive, "sampled anchors per image for the loss",
+                                      PAPER)
+    positive_fraction: float = param(0.5, unit, "at most this fraction of them positive", PAPER)
+    box_weights: Tuple[float, float, float, float] = param(
+        (1.0, 1.0, 1.0, 1.0), positive, "(wx, wy, ww, wh) of the box coder", TV)
+    scale_clip: float = param(_SCALE_CLIP, positive, "dw, dh clipped at this before exp when "
+                              "decoding: log(1000 / 16)", DETECTRON)
+    smooth_l1_beta: float = param(1.0 / 9, non_negative, "smooth L1 transition point of the "
+                                  "box loss", TV)
+
+    def validate(self):
+        _check_matcher(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoIAlignConfig(Section):
+    """RoIAlign (Mask R-CNN section 3) and the FPN level of a RoI (FPN section 4.2, eq. 1)."""
+
+    aligned: bool = param(True, None, "half-pixel shift (detectron2 too); torchvision's "
+                          "models use False", PAPER)
+    sampling_ratio: int = param(2, positive, "samples per bin side (torchvision's adaptive "
+                                "<= 0: unsupported)", TV)
+    canonical_size: float = param(224.0, positive, "level = floor(canonical_level + "
+                                  "log2(sqrt(area) / canonical_size))", PAPER)
+    canonical_level: int = param(4, None, "k0: the level of a canonical_size RoI", PAPER)
+    min_level: int = param(2, None, "RoIs are pooled from P{min_level}..P{max_level}", PAPER)
+    max_level: int = param(5, None, "see min_level", PAPER)
+
+    def validate(self):
+        require(self.min_level <= self.max_level, "max_level",
+                f"must be >= min_level ({self.min_level}), got {self.max_level}")
+        check(self, "canonical_level", in_range(self.min_level, self.max_level))
+
+
+@dataclasses.dataclass(frozen=True)
+class RoIHeadsConfig(Section):
+    """RoI sampling and detection post-processing (Mask R-CNN section 3.1)."""
+
+    fg_iou_threshold: float = param(0.5, unit, "RoIs with IoU >= this are positive", PAPER)
+    bg_iou_threshold: float = param(0.5, unit, "RoIs with IoU < this are negative", PAPER)
+    allow_low_quality_matches: bool = param(False, None, "each GT's best RoIs are positive "
+                                            "too", TV)
+    batch_size_per_image: int = param(512, positive, "sampled RoIs per image (64 for C4)",
+                                      PAPER)
+    positive_fraction: float = param(0.25, unit, "positives:negatives 1:3", PAPER)
+    add_gt_as_proposals: bool = param(True, None, "GT boxes join the proposals in training", TV)
+    box_weights: Tuple[float, float, float, float] = param(
+        (10.0, 10.0, 5.0, 5.0), positive, "(wx, wy, ww, wh) of the box coder", DETECTRON)
+    scale_clip: float = param(_SCALE_CLIP, positive, "dw, dh clip: log(1000 / 16)", DETECTRON)
+    smooth_l1_beta: float = param(1.0 / 9, non_negative, "smooth L1 transition point of the "
+                                  "box loss", TV)
+    score_threshold: float = param(0.05, unit, "inference: detections below are dropped", TV)
+    nms_threshold: float = param(0.5, unit, "inference: per-class NMS IoU threshold", TV)
+    min_size: float = param(1e-2, non_negative, "inference: detections with a side smaller "
+                            "than this are dropped", TV)
+    detections_per_image: int = param(100, positive, "inference: top detections kept", PAPER)
+
+    def validate(self):
+        _check_matcher(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxHeadConfig(Section):
+    """Box head: 2-fc MLP on 7x7 RoIAlign features (FPN section 4.2)."""
+
+    pool_size: int = param(7, positive, "RoIAlign output side", PAPER)
+    num_fc: int = param(2, positive, "hidden fully connected layers", PAPER)
+    fc_dim: int = param(1024, positive, "their width", PAPER)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskHeadConfig(Section):
+    """Mask head (Mask R-CNN section 3 and Figure 4, right: FPN head)."""
+
+    enabled: bool = param(True, None, "false: Faster R-CNN")
+    pool_size: int = param(14, positive, "RoIAlign output; predicted masks are 2 * pool_size "
+                           "(28)", PAPER)
+    num_convs: int = param(4, non_negative, "3x3 convs before the 2x2 stride-2 deconv", PAPER)
+    conv_dim: int = param(256, positive, "their channels", PAPER)
+    class_agnostic: bool = param(False, None, "true: one mask channel instead of num_classes",
+                                 PAPER)
+    threshold: float = param(0.5, unit, "binarisation of pasted masks", PAPER)
+
+    @property
+    def mask_size(self) -> int:
+        return 2 * self.pool_size
+
+
+@dataclasses.dataclass(frozen=True)
+class KeypointHeadConfig(Section):
+    """Keypoint head (Mask R-CNN section 5, "Implementation Details")."""
+
+    enabled: bool = param(False, None, "true: Keypoint R-CNN")
+    pool_size: int = param(14, positive, "RoIAlign output; heatmaps are 4 * pool_size (56)",
+                           PAPER)
+    num_keypoints: int = param(17, positive, "keypoints per instance (COCO person: 17)", PAPER)
+    num_convs: int = param(8, positive, "3x3 convs before the deconv", PAPER)
+    conv_dim: int = param(512, positive, "their channels", PAPER)
+    keypoint_names: Tuple[str, ...] = param(_COCO_KEYPOINT_NAMES, None, "one per keypoint "
+                                            "(COCO order)", TV)
+    flip_pairs: Tuple[Tuple[int, int], ...] = param(_COCO_FLIP_PAIRS, None, "swapped by a "
+                                                    "horizontal flip (left/right)", TV)
+    skeleton: Tuple[Tuple[int, int], ...] = param(_COCO_SKELETON, None, "0-based edges, for "
+                                                  "drawing only")
+
+    def validate(self):
+        k = self.num_keypoints
+        require(len(self.keypoint_names) == k, "keypoint_names",
+                f"has {len(self.keypoint_names)} names, num_keypoints is {k}")
+        require(len(set(self.keypoint_names)) == k, "keypoint_names", "names must be unique")
+        for name in ("flip_pairs", "skeleton"):
+            for i, (a, b) in enumerate(getattr(self, name)):
+                require(0 <= a < k and 0 <= b < k and a != b, f"{name}[{i}]",
+                        f"needs two different indices in [0, {k - 1}], got {(a, b)}")
+        flat = [i for pair in self.flip_pairs for i in pair]
+        require(len(set(flat)) == len(flat), "flip_pairs", "an index appears in two pairs")
+
+    @property
+    def heatmap_size(self) -> int:
+        return 4 * self.pool_size
+
+    @property
+    def flip_indices(self) -> Tuple[int, ...]:
+        """Permutation applied to the keypoint axis by a horizontal flip."""
+        perm = list(range(self.num_keypoints))
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return tuple(perm)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeightsConfig(Section):
+    """Multi-task loss L = L_cls + L_box + L_mask (Mask R-CNN section 3), one weight a term."""
+
+    rpn_objectness: float = param(1.0, non_negative, "RPN objectness BCE", PAPER)
+    rpn_box: float = param(1.0, non_negative, "RPN box smooth L1", PAPER)
+    box_classification: float = param(1.0, non_negative, "L_cls", PAPER)
+    box_regression: float = param(1.0, non_negative, "L_box", PAPER)
+    mask: float = param(1.0, non_negative, "L_mask", PAPER)
+    keypoint: float = param(1.0, non_negative, "keypoint softmax cross entropy", PAPER)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Section):
+    """The detector: meta-architecture, class count and one section per part."""
+
+    num_classes: int = param(81, at_least(2), "INCLUDING background (id 0); COCO: 80 "
+                             "contiguous ids + background = 81", OURS)
+    backbone: BackboneConfig = section(BackboneConfig)
+    fpn: FPNConfig = section(FPNConfig)
+    anchors: AnchorConfig = section(AnchorConfig)
+    rpn: RPNConfig = section(RPNConfig)
+    roi_align: RoIAlignConfig = section(RoIAlignConfig)
+    roi_heads: RoIHeadsConfig = section(RoIHeadsConfig)
+    box_head: BoxHeadConfig = section(BoxHeadConfig)
+    mask_head: MaskHeadConfig = section(MaskHeadConfig)
+    keypoint_head: KeypointHeadConfig = section(KeypointHeadConfig)
+    loss_weights: LossWeightsConfig = section(LossWeightsConfig)
+    dtype_policy: Literal["float32", "mixed_bfloat16", "mixed_float16"] = param(
+        "float32", None, "Keras dtype policy of the model's layers", OURS)
+    weights: Optional[str] = param(None, None, "whole-model weights to start from; null = none")
+    architecture: Literal[ARCHITECTURES] = param(
+        "mask_rcnn", None, "meta-architecture builders.build_model assembles", OURS)
+    accel: Literal[ACCEL_MODES] = param(
+        "auto", None, "CPU-acceleration kernels (keras_maskrcnn/accel): auto = on when "
+        "TensorFlow sees no GPU or TPU", OURS, from_bool=("off", "on"))
+
+    def validate(self):
+        num_levels = self.fpn.max_level - self.fpn.min_level + 1
+        require(len(self.anchors.sizes) == num_levels, "anchors.sizes",
+                f"needs one size per FPN level P{self.fpn.min_level}..P{self.fpn.max_level} "
+                f"({num_levels}), got {len(self.anchors.sizes)}")
+        for name in ("min_level", "max_level"):
+            level = getattr(self.roi_align, name)
+            require(self.fpn.min_level <= level <= self.fpn.max_level, f"roi_align.{name}",
+                    f"P{level} is not an FPN level ({', '.join(self.fpn.levels)})")
+
+
+# ----------------------------------------------------------------------------- other sections
+@dataclasses.dataclass(frozen=True)
+class InputConfig(Section):
+    """Image resizing and normalisation (torchvision GeneralizedRCNNTransform)."""
+
+    min_size_train: Tuple[int, ...] = param((800,), (non_empty, positive), "shorter-side sizes "
+                                            "for training scale jitter", TV)
+    min_size_train_sampling: Literal["choice", "range"] = param(
+        "choice", None, "choice: one of min_size_train; range: uniform in [lo, hi]", DETECTRON)
+    min_size_test: int = param(800, positive, "shorter side at inference", TV)
+    max_size: int = param(1333, positive, "longer side cap (the shorter side then ends up "
+                          "below min_size)", TV)
+    size_divisor: int = param(32, positive, "pad bottom/right to a multiple of this", TV)
+    pixel_mean: Tuple[float, float, float] = param((0.485, 0.456, 0.406), None, "RGB in [0, 1]",
+                                                   TV)
+    pixel_std: Tuple[float, float, float] = param((0.229, 0.224, 0.225), positive, "RGB", TV)
+    max_instances: int = param(100, positive, "GT per image, padded with -1 (static shapes)")
+
+    def validate(self):
+        if self.min_size_train_sampling == "range":
+            lo_hi = self.min_size_train
+            require(len(lo_hi) == 2 and lo_hi[0] <= lo_hi[1], "min_size_train",
+                    f"sampling 'range' needs [min, max] with min <= max, got {list(lo_hi)}")
+        largest = max(self.min_size_train + (self.min_size_test,))
+        require(self.max_size >= largest, "max_size",
+                f"must be >= the largest min size ({largest}), got {self.max_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplitConfig(Section):
+    """One dataset split: where its images and annotations are."""
+
+    format: Literal["coco", "tfrecord", "synthetic"] = param("coco")
+    annotations: Optional[str] = param(None, None, "coco: instances json")
+    images: Optional[str] = param(None, None, "coco: image directory")
+    tfrecords: Optional[str] = param(None, None, "tfrecord: file glob (tf-models-official "
+                                     "schema)")
+
+    def validate(self):
+        needs = {"coco": ("annotations", "images"), "tfrecord": ("tfrecords",), "synthetic": ()}
+        for name in needs[self.format]:
+            require(getattr(self, name) is not None, name,
+                    f"is required for format {self.format!r}")
+
+
+def _coco_split(split: str) -> DataSplitConfig:
+    return DataSplitConfig("coco", f"data/coco/annotations/instances_{split}2017.json",
+                           f"data/coco/{split}2017")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig(Section):
+    """The built-in shapes dataset, written in COCO format to ``output_dir``."""
+
+    num_train: int = param(2000, positive, "training images")
+    num_val: int = param(200, positive, "validation images")
+    seed: int = param(0, non_negative)
+    image_size: int = param(256, positive, "square image side")
+    min_objects: int = param(1, positive, "objects per image, at least")
+    max_objects: int = param(4, None, "objects per image, at most")
+    output_dir: str = param("data/shapes")
+
+    def validate(self):
+        require(self.min_objects <= self.max_objects, "max_objects",
+                f"must be >= min_objects ({self.min_objects}), got {self.max_objects}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Section):
+    """The input pipeline: splits, augmentation and tf.data settings."""
+
+    train: DataSplitConfig = section(lambda: _coco_split("train"))
+    val: DataSplitConfig = section(lambda: _coco_split("val"))
+    synthetic: SyntheticConfig = section(SyntheticConfig)
+    flip_probability: float = param(0.5, unit, "horizontal flip in training", DETECTRON)
+    filter_empty_images: bool = param(True, None, "training drops images without (non-crowd) "
+                                      "instances", DETECTRON)
+    shuffle_buffer: int = param(1000, non_negative, "0 = no shuffling")
+    num_parallel_calls: Optional[int] = param(None, positive, "null = tf.data.AUTOTUNE")
+    cache: bool = param(False)
+    group_by_aspect_ratio: bool = param(
+        True, None, "training batches hold images of one orientation (landscape h <= w, or "
+        "portrait), padded to the batch's largest image; false = one static square size "
+        "(max_size)", DETECTRON)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Section):
+    """Optimisation (Mask R-CNN section 3.1, "Training"; schedule: Detectron's 1x)."""
+
+    batch_size: int = param(16, positive, "global, over all replicas", PAPER)
+    optimizer: Literal["sgd", "adamw"] = param("sgd", None, "sgd: momentum SGD", PAPER)
+    base_learning_rate: float = param(0.02, positive, "for reference_batch_size; see "
+                                      "learning_rate", PAPER)
+    reference_batch_size: int = param(16, positive, "batch the base rate is for", PAPER)
+    momentum: float = param(0.9, in_range(0, 1, hi_open=True), "sgd momentum (adamw: beta_1)",
+                            PAPER)
+    weight_decay: float = param(1e-4, non_negative, "L2 on the trainable weights", PAPER)
+    total_steps: int = param(90000, positive, "the paper's is 160k", DETECTRON)
+    lr_decay_steps: Tuple[int, ...] = param((60000, 80000), None, "lr *= lr_decay_factor at "
+                                            "each step (the paper's: 120k)", DETECTRON)
+    lr_decay_factor: float = param(0.1, in_range(0, 1, lo_open=True), "lr multiplier at each decay step",
+                                   PAPER)
+    warmup_steps: int = param(1000, None, "linear from warmup_factor * lr to lr", DETECTRON)
+    warmup_factor: float = param(0.001, in_range(0, 1, lo_open=True), "warmup starts at this "
+                                 "fraction of lr", DETECTRON)
+    clip_gradient_norm: Optional[float] = param(None, positive, "global norm; null = no "
+                                                "clipping")
+    checkpoint_every: int = param(1000, positive, "steps")
+    keep_checkpoints: int = param(5, positive)
+    log_every: int = param(20, positive, "steps")
+    steps_per_epoch: int = param(1000, positive, "Keras fit \"epoch\" length (callbacks run per "
+                                 "epoch)")
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = param(
+        "auto", None, "tf.distribute strategy")
+    seed: int = param(0, non_negative)
+    output_dir: str = param("runs/maskrcnn")
+
+    def validate(self):
+        check(self, "warmup_steps", in_range(0, self.total_steps))
+        check(self, "lr_decay_steps", in_range(1, self.total_steps))
+        steps = self.lr_decay_steps
+        require(all(a < b for a, b in zip(steps, steps[1:])), "lr_decay_steps",
+                f"must be strictly increasing, got {list(steps)}")
+
+    @property
+    def learning_rate(self) -> float:
+        """Peak learning rate after linear scaling: base * batch_size / reference_batch_size."""
+        return self.base_learning_rate * self.batch_size / self.reference_batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Section):
+    """COCO evaluation during and after training, and the drawings it saves."""
+
+    every_n_steps: Optional[int] = param(None, positive, "null = only after training")
+    max_images: Optional[int] = param(None, positive, "null = the whole split")
+    visualization_score_threshold: float = param(0.5, unit, "detections drawn above this")
+    num_visualizations: int = param(8, non_negative, "images drawn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig(Section):
+    """SavedModel export."""
+
+    include_full_masks: bool = param(False, None, "also output masks pasted into the image "
+                                     "(large)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Section):
+    """The whole configuration: ``load_config`` builds one from YAML."""
+
+    model: ModelConfig = section(ModelConfig)
+    input: InputConfig = section(InputConfig)
+    data: DataConfig = section(DataConfig)
+    train: TrainConfig = section(TrainConfig)
+    eval: EvalConfig = section(EvalConfig)
+    export: ExportConfig = section(ExportConfig)
