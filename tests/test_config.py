@@ -7,6 +7,7 @@ import inspect
 import math
 import os
 import textwrap
+import typing
 
 import pytest
 
@@ -512,3 +513,80 @@ def test_config_module_is_import_light():
         assert modules <= {"__future__", "dataclasses", "difflib", "functools", "math", "os",
                            "re", "typing", "yaml"}, path
         assert relative <= own, path
+
+
+# ----------------------------------------------------------------------------- schema fields
+def test_model_architecture(tmp_path):
+    assert Config().model.architecture == "mask_rcnn"
+    assert config_lib.ARCHITECTURES == ("mask_rcnn",)
+    path = write(tmp_path, "arch.yaml", "model:\n  architecture: yolact\n")
+    assert error_of(load_config, path) == (
+        f"{path}: model.architecture: expected one of 'mask_rcnn', got str 'yolact'")
+    path = write(tmp_path, "ok.yaml", "model:\n  architecture: mask_rcnn\n")
+    assert load_config(path) == Config()
+    msg = error_of(load_config, path, ["model.architecture=retinanet"])
+    assert msg.startswith(f"{path} (override 'model.architecture=retinanet'): "
+                          "model.architecture: expected one of 'mask_rcnn'")
+
+
+def test_model_accel(tmp_path):
+    assert Config().model.accel == "auto" and config_lib.ACCEL_MODES == ("auto", "on", "off")
+    path = write(tmp_path, "c.yaml", "train: {batch_size: 4}\n")
+    for mode in ("auto", "on", "off", "'on'", "'off'"):  # bare on/off are YAML 1.1 booleans
+        assert load_config(path, [f"model.accel={mode}"]).model.accel == mode.strip("'")
+    path = write(tmp_path, "off.yaml", "model:\n  accel: off\n")
+    cfg = load_config(path)
+    assert cfg.model.accel == "off"
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg
+    msg = error_of(load_config, path, ["model.accel=fast"])
+    assert "model.accel: expected one of 'auto', 'on', 'off', got str 'fast'" in msg
+    assert path in msg
+    assert "expected one of" in error_of(config_from_dict, {"model": {"accel": 1}})
+    doc = {f.name: f.metadata["doc"] for f in dataclasses.fields(config_lib.ModelConfig)}
+    assert "auto = on when TensorFlow sees no GPU or TPU" in doc["accel"]
+
+
+def test_rules_are_attached_to_fields():
+    from keras_maskrcnn.config import fields
+    rpn = {f.name: f for f in dataclasses.fields(config_lib.RPNConfig)}
+    assert fields.unit in rpn["nms_threshold"].metadata["rules"]
+    msg = error_of(config_from_dict, {"model": {"fpn": {"channels": 0}}}, source="t.yaml")
+    assert msg == "t.yaml: model.fpn.channels: must be > 0, got 0"
+    with pytest.raises(ConfigError, match="^channels: must be > 0, got -1$"):
+        config_lib.FPNConfig(channels=-1)
+
+    @dataclasses.dataclass(frozen=True)
+    class Section(fields.Section):  # a new section needs no validate() for one-field rules
+        size: int = fields.param(3, fields.positive, "a size")
+        sizes: typing.Tuple[float, ...] = fields.param((1.0,), (fields.non_empty, fields.in_range(0, 2)))
+        limit: typing.Optional[int] = fields.param(None, fields.at_least(4))
+
+    assert Section().size == 3 and Section(limit=None).limit is None  # None skips the rules
+    for kwargs, expect in [({"size": 0}, "size: must be > 0, got 0"),
+                           ({"sizes": ()}, "sizes: must not be empty"),
+                           ({"sizes": (1.0, 2.5)}, "sizes: must be in [0, 2], got 2.5"),
+                           ({"limit": 3}, "limit: must be >= 4, got 3")]:
+        with pytest.raises(ConfigError) as info:
+            Section(**kwargs)
+        assert str(info.value) == expect
+
+
+MODEL_SECTIONS = (config_lib.ModelConfig, config_lib.BackboneConfig, config_lib.FPNConfig,
+                  config_lib.AnchorConfig, config_lib.RPNConfig, config_lib.RoIAlignConfig,
+                  config_lib.RoIHeadsConfig, config_lib.BoxHeadConfig,
+                  config_lib.MaskHeadConfig, config_lib.KeypointHeadConfig,
+                  config_lib.LossWeightsConfig)
+
+
+@pytest.mark.parametrize("cls", MODEL_SECTIONS, ids=lambda c: c.__name__)
+def test_model_fields_say_what_they_mean_and_where_they_come_from(cls):
+    from keras_maskrcnn.config import fields
+    assert cls.__doc__
+    for f in dataclasses.fields(cls):
+        if fields.is_section(fields.field_types(cls)[f.name]):
+            continue
+        assert f.metadata["doc"], f"{cls.__name__}.{f.name}"
+        if f.name not in ("enabled", "weights", "skeleton"):  # switches and paths, no default
+            assert f.metadata["source"] in (fields.PAPER, fields.TORCHVISION, fields.DETECTRON,
+                                            fields.OURS), f"{cls.__name__}.{f.name}"
