@@ -559,7 +559,8 @@ def test_rules_are_attached_to_fields():
     @dataclasses.dataclass(frozen=True)
     class Section(fields.Section):  # a new section needs no validate() for one-field rules
         size: int = fields.param(3, fields.positive, "a size")
-        sizes: typing.Tuple[float, ...] = fields.param((1.0,), (fields.non_empty, fields.in_range(0, 2)))
+        sizes: typing.Tuple[float, ...] = fields.param(
+            (1.0,), (fields.non_empty, fields.in_range(0, 2)))
         limit: typing.Optional[int] = fields.param(None, fields.at_least(4))
 
     assert Section().size == 3 and Section(limit=None).limit is None  # None skips the rules

@@ -25,7 +25,7 @@ from .fields import (DETECTRON, OURS, PAPER, TORCHVISION, Section, at_least, che
                      non_empty, non_negative, param, positive, require, section, unit)
 
 TV = TORCHVISION
-ARCHITECTURES = ("mask_rcnn",)  # model.architecture choices (meta-architectures builders knows)
+ARCHITECTURES = ("mask_rcnn",)  # model.architecture choices; YOLACT will add "yolact"
 ACCEL_MODES = ("auto", "on", "off")  # model.accel choices
 
 _COCO_KEYPOINT_NAMES = (
@@ -390,8 +390,8 @@ class TrainConfig(Section):
     total_steps: int = param(90000, positive, "the paper's is 160k", DETECTRON)
     lr_decay_steps: Tuple[int, ...] = param((60000, 80000), None, "lr *= lr_decay_factor at "
                                             "each step (the paper's: 120k)", DETECTRON)
-    lr_decay_factor: float = param(0.1, in_range(0, 1, lo_open=True), "lr multiplier at each decay step",
-                                   PAPER)
+    lr_decay_factor: float = param(0.1, in_range(0, 1, lo_open=True), "lr multiplier at each "
+                                   "decay step", PAPER)
     warmup_steps: int = param(1000, None, "linear from warmup_factor * lr to lr", DETECTRON)
     warmup_factor: float = param(0.001, in_range(0, 1, lo_open=True), "warmup starts at this "
                                  "fraction of lr", DETECTRON)
