@@ -465,6 +465,11 @@ class DataConfig(_Section):
     # training batches hold images of one orientation (landscape h <= w, or portrait), padded
     # to the batch's largest image; false = one static square size (max_size)
     group_by_aspect_ratio: bool = True
+    # false: a COCO annotation with a defect (box of size <= 0 or outside its image, polygon
+    # of < 3 points, empty segmentation, unknown image or category id, malformed field) is
+    # left out and listed in the loader's report; true: the first one is an error naming the
+    # file, the annotation id and the field (keras_maskrcnn.data.coco_json)
+    strict: bool = False
 
     def validate(self):
         _unit(self, "flip_probability")

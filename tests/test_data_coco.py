@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from keras_maskrcnn.data import coco as C
+from keras_maskrcnn.data import coco_json as J
 from keras_maskrcnn.data import synthetic
 
 
@@ -159,18 +160,8 @@ def _mutate(data, path, value):
         node[path[-1]] = value
 
 
-ERRORS = [
-    (("annotations", 0, "bbox"), None, r"annotations\[0\] \(id 1\): missing field 'bbox'"),
-    (("annotations", 1, "bbox"), [1, 2, 3], r"annotations\[1\] \(id 2\): 'bbox' must be 4"),
-    (("annotations", 1, "bbox"), [1, 2, 3, "x"], r"'bbox' must be 4 numbers"),
-    (("annotations", 1, "bbox"), [1, 2, -3, 4], r"'bbox' has a negative width"),
-    (("annotations", 0, "category_id"), 3, r"annotations\[0\].*unknown 'category_id' 3"),
-    (("annotations", 0, "image_id"), 99, r"'image_id' 99 is not in 'images'"),
-    (("annotations", 0, "iscrowd"), 2, r"'iscrowd' must be 0 or 1"),
-    (("annotations", 0, "segmentation"), [[1, 2, 3]], r"'segmentation'\[0\] has an odd"),
-    (("annotations", 1, "segmentation", "size"), [30, 20], r"RLE size \[30, 20\] differs"),
-    (("annotations", 2, "segmentation", "counts"), [1, 2], r"counts sum to 3"),
-    (("annotations", 1, "segmentation", "counts"), None, r"'segmentation': missing field 'counts'"),
+# File-level problems: errors in both modes.
+FILE_ERRORS = [
     (("images", 1, "file_name"), None, r"images\[1\] \(id 4\): missing field 'file_name'"),
     (("images", 0, "height"), 0, r"images\[0\] \(id 10\): 'height' must be positive"),
     (("images", 2, "id"), 10, r"images\[2\] \(id 10\): duplicate image id 10"),
@@ -179,34 +170,131 @@ ERRORS = [
     (("categories", 1, "id"), 5, r"duplicate category id 5"),
     (("categories",), [], r"no categories"),
     (("images",), None, r"top level: missing field 'images'"),
+    (("categories",), None, r"top level: missing field 'categories'"),
+    (("annotations",), {"id": 1}, r"top level: field 'annotations' must be list"),
 ]
 
 
-@pytest.mark.parametrize("path,value,message", ERRORS)
-def test_errors_name_file_and_field(tmp_path, path, value, message):
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("path,value,message", FILE_ERRORS)
+def test_file_errors_name_file_and_field(tmp_path, path, value, message, strict):
     data = _tiny(tmp_path, write_images=False)
     _mutate(data, path, value)
     ann = _write(tmp_path, data, "bad.json")
-    with pytest.raises(C.CocoFormatError, match=message) as err:
-        C.load_coco(ann, str(tmp_path))
+    with pytest.raises(J.CocoFormatError, match=message) as err:
+        C.load_coco(ann, str(tmp_path), strict=strict)
     assert str(err.value).startswith(ann + ": ")
+
+
+# Defects of one annotation: (path, value, strict message, reason, annotation id). Strict
+# mode raises the message; lenient mode leaves that annotation out and lists it.
+ANNOTATION_DEFECTS = [
+    (("annotations", 0, "bbox"), None, r"annotation 1: bbox: missing field 'bbox'",
+     J.BAD_BBOX, 1),
+    (("annotations", 1, "bbox"), [1, 2, 3], r"annotation 2: bbox: must be 4 numbers",
+     J.BAD_BBOX, 2),
+    (("annotations", 1, "bbox"), [1, 2, 3, "x"], r"bbox: must be 4 numbers", J.BAD_BBOX, 2),
+    (("annotations", 1, "bbox"), [1, 2, -3, 4], r"annotation 2: bbox: width -3 must be > 0",
+     J.NON_POSITIVE_BOX, 2),
+    (("annotations", 3, "bbox"), [10, 1, 10, 0], r"annotation 4: bbox: height 0 must be > 0",
+     J.NON_POSITIVE_BOX, 4),
+    (("annotations", 0, "bbox"), [30, 3, 6, 4], r"annotation 1: bbox: \[30, 3, 6, 4\] lies "
+     r"outside the 30x20 image 10", J.BOX_OUTSIDE_IMAGE, 1),
+    (("annotations", 3, "bbox"), [-11, 1, 10, 5], r"annotation 4: bbox: .* lies outside",
+     J.BOX_OUTSIDE_IMAGE, 4),
+    (("annotations", 0, "category_id"), 3, r"annotation 1: category_id: 3 is not in "
+     r"'categories' \[2, 5\]", J.UNKNOWN_CATEGORY, 1),
+    (("annotations", 0, "category_id"), None, r"annotation 1: category_id: missing field",
+     J.BAD_CATEGORY_ID, 1),
+    (("annotations", 0, "image_id"), 99, r"annotation 1: image_id: 99 is not in 'images'",
+     J.MISSING_IMAGE, 1),
+    (("annotations", 0, "image_id"), "10", r"image_id: field 'image_id' must be int",
+     J.BAD_IMAGE_ID, 1),
+    (("annotations", 0, "iscrowd"), 2, r"annotation 1: iscrowd: must be 0 or 1", J.BAD_CROWD, 1),
+    (("annotations", 0, "segmentation"), [[1, 2, 3]],
+     r"annotation 1: segmentation: polygon 0 has an odd", J.BAD_SEGMENTATION, 1),
+    (("annotations", 0, "segmentation"), [[2, 3, 8, 3, 8, 7], [2, 3, 8, 7]],
+     r"annotation 1: segmentation: polygon 1 has 2 points, needs >= 3", J.SHORT_POLYGON, 1),
+    (("annotations", 0, "segmentation"), [], r"annotation 1: segmentation: an empty list",
+     J.EMPTY_SEGMENTATION, 1),
+    (("annotations", 2, "segmentation"), synthetic._uncompressed_rle(np.zeros((20, 30), bool)),
+     r"annotation 3: segmentation: an RLE without foreground", J.EMPTY_SEGMENTATION, 3),
+    (("annotations", 1, "segmentation", "counts"), "hb0",  # 20x30 zeros, compressed
+     r"annotation 2: segmentation: an RLE without foreground", J.EMPTY_SEGMENTATION, 2),
+    (("annotations", 1, "segmentation", "size"), [30, 20], r"RLE size \[30, 20\] differs",
+     J.BAD_SEGMENTATION, 2),
+    (("annotations", 2, "segmentation", "counts"), [1, 2], r"annotation 3: segmentation: "
+     r"uncompressed RLE counts sum to 3", J.BAD_SEGMENTATION, 3),
+    (("annotations", 1, "segmentation", "counts"), None,
+     r"annotation 2: segmentation: missing field 'counts'", J.BAD_SEGMENTATION, 2),
+    (("annotations", 1, "id"), None, r"annotations\[1\] \(no id\): bbox: width -3",
+     J.NON_POSITIVE_BOX, "annotations[1]"),
+    (("annotations", 0), [1, 2], r"annotations\[0\] \(no id\): annotation: expected an "
+     r"object, got list", J.NOT_AN_OBJECT, "annotations[0]"),
+]
+
+
+def _without(data, annotation_id):
+    """``data`` without the annotation ``annotation_id`` (an id, or "annotations[i]")."""
+    anns = data["annotations"]
+    if isinstance(annotation_id, str):
+        index = int(annotation_id.split("[")[1].rstrip("]"))
+    else:
+        index = [a["id"] for a in anns].index(annotation_id)
+    return dict(data, annotations=anns[:index] + anns[index + 1:])
+
+
+@pytest.mark.parametrize("path,value,message,reason,annotation_id", ANNOTATION_DEFECTS)
+def test_annotation_defect_strict_raises_lenient_leaves_out(tmp_path, path, value, message,
+                                                            reason, annotation_id):
+    data = _tiny(tmp_path)
+    clean = copy.deepcopy(data)
+    _mutate(data, path, value)
+    if path == ("annotations", 1, "id"):  # the defect of the annotation without an id
+        data["annotations"][1]["bbox"] = [1, 2, -3, 4]
+    ann = _write(tmp_path, data, "bad.json")
+    with pytest.raises(J.CocoFormatError, match=message) as err:
+        C.load_coco(ann, str(tmp_path), strict=True)
+    assert str(err.value).startswith(ann + ": ")
+    ds = C.load_coco(ann, str(tmp_path))  # lenient (the default)
+    assert ds.report.dropped == {reason: [annotation_id]} and ds.report.total == 1
+    assert ds.report.num_annotations == 5
+    # Exactly the other annotations: as loading the file without the bad one.
+    ref = C.load_coco(_write(tmp_path, _without(clean, annotation_id), "ref.json"),
+                      str(tmp_path))
+    assert ref.report.total == 0
+    kept = 0
+    for i, (a, b) in enumerate(zip(ds.images, ref.images)):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.classes, b.classes)
+        assert a.segmentations == b.segmentations
+        kept += len(a.classes)
+        for key, value in ds.load_example(i).items():
+            np.testing.assert_array_equal(value, ref.load_example(i)[key])
+    assert ds.stats.num_crowd == ref.stats.num_crowd
+    assert kept + ds.stats.num_crowd + ds.stats.num_degenerate == 4  # 5 annotations, 1 left out
 
 
 def test_keypoint_length_error_and_unreadable_files(tmp_path):
     data = _tiny(tmp_path, write_images=False)
     data["annotations"][0]["keypoints"] = [1, 2, 2] * 3
     ann = _write(tmp_path, data, "kp.json")
-    with pytest.raises(C.CocoFormatError, match=r"kp.json: annotations\[0\] \(id 1\): "
-                                                r"'keypoints' must be 12 numbers"):
-        C.load_coco(ann, str(tmp_path), num_keypoints=4)
-    C.load_coco(ann, str(tmp_path))  # keypoints are not checked when not requested
-    with pytest.raises(C.CocoFormatError, match="missing.json: cannot read"):
-        C.load_coco(str(tmp_path / "missing.json"), str(tmp_path))
-    (tmp_path / "broken.json").write_text('{"images": [')
-    with pytest.raises(C.CocoFormatError, match="broken.json: invalid JSON"):
-        C.load_coco(str(tmp_path / "broken.json"), str(tmp_path))
-    with pytest.raises(C.CocoFormatError, match="top level: expected an object"):
-        C.load_coco(_write(tmp_path, [1, 2], "list.json"), str(tmp_path))
+    with pytest.raises(J.CocoFormatError, match=r"kp.json: annotation 1: keypoints: must be 12 "
+                                                r"numbers"):
+        C.load_coco(ann, str(tmp_path), num_keypoints=4, strict=True)
+    lenient = C.load_coco(ann, str(tmp_path), num_keypoints=4)
+    assert lenient.report.dropped == {J.BAD_KEYPOINTS: [1]}
+    assert [len(r.classes) for r in lenient.images] == [1, 0, 1]  # ids 4, 7, 10
+    loaded = C.load_coco(ann, str(tmp_path), strict=True)  # keypoints not checked when not asked
+    assert loaded.report.total == 0 and [len(r.classes) for r in loaded.images] == [1, 0, 2]
+    for strict in (False, True):  # file-level problems are errors in both modes
+        with pytest.raises(J.CocoFormatError, match="missing.json: cannot read"):
+            C.load_coco(str(tmp_path / "missing.json"), str(tmp_path), strict=strict)
+        (tmp_path / "broken.json").write_text('{"images": [')
+        with pytest.raises(J.CocoFormatError, match="broken.json: invalid JSON"):
+            C.load_coco(str(tmp_path / "broken.json"), str(tmp_path), strict=strict)
+        with pytest.raises(J.CocoFormatError, match="top level: expected an object"):
+            C.load_coco(_write(tmp_path, [1, 2], "list.json"), str(tmp_path), strict=strict)
 
 
 def test_unreadable_images_are_skipped_counted_and_named(tmp_path, caplog):
