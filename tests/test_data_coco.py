@@ -327,3 +327,108 @@ def test_corrupt_rle_string_skips_the_image(tmp_path, caplog):
         assert ds.load_example(2) is None
     assert ds.stats.num_skipped == 1 and "cannot decode a segmentation" in caplog.text
     assert ds.load_example(2, with_masks=False) is None  # known bad: skipped from now on
+
+
+# ----------------------------------------------------------------------------- 28 annotations
+_SQUARE = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 10, 10], "iscrowd": 0,
+           "area": 100, "segmentation": [[10, 10, 20, 10, 20, 20, 10, 20]],
+           "keypoints": [15, 10, 2, 20, 15, 2, 15, 20, 2, 10, 15, 2]}
+# One edit of _SQUARE per defect (None deletes the field); the first is the first in the file.
+_DEFECTS = {
+    J.NON_POSITIVE_BOX: {"bbox": [10, 10, -3, 5]}, J.NOT_AN_OBJECT: None,
+    J.BAD_IMAGE_ID: {"image_id": "1"}, J.MISSING_IMAGE: {"image_id": 999},
+    J.BAD_CATEGORY_ID: {"category_id": None}, J.UNKNOWN_CATEGORY: {"category_id": 2},
+    J.BAD_BBOX: {"bbox": [10, 10, 10]}, J.BOX_OUTSIDE_IMAGE: {"bbox": [70, 10, 5, 5]},
+    J.BAD_CROWD: {"iscrowd": 2}, J.BAD_SEGMENTATION: {"segmentation": [[10, 10, 20, 10, 20]]},
+    J.SHORT_POLYGON: {"segmentation": [[10, 10, 20, 20]]},
+    J.EMPTY_SEGMENTATION: {"segmentation": []}, J.BAD_KEYPOINTS: {"keypoints": [15, 10, 2]},
+}
+NUM_KEYPOINTS = len(synthetic.KEYPOINT_NAMES)
+
+
+def write_defective_file(root):
+    """A 28-annotation COCO file of 64 px synthetic shapes: 15 good annotations with one
+    annotation of each of the 13 defects (``coco_json.REASONS``) after each of the first 13.
+
+    Returns:
+        dict: bad (the json), clean (the same without the 13), images (directory),
+        ids ({reason: the id listed for its annotation}), good (the 15 annotations).
+    """
+    ann_file, image_dir = synthetic.write_synthetic_dataset(
+        str(root / "shapes"), 10, 0, seed=3, image_size=64)["train"]
+    with open(ann_file) as f:
+        data = json.load(f)
+    good = data["annotations"][:15]
+    assert len(good) == 15 and set(J.REASONS) == set(_DEFECTS)
+    annotations, ids = [], {}
+    for i, ann in enumerate(good):
+        annotations.append(ann)
+        if i < len(_DEFECTS):
+            reason, edit = list(_DEFECTS.items())[i]
+            if edit is None:  # not an object: listed by its place in the list
+                ids[reason] = f"annotations[{len(annotations)}]"
+                annotations.append([1, 2, 3])
+                continue
+            bad = dict(_SQUARE, id=1000 + i, **edit)
+            bad = {k: v for k, v in bad.items() if v is not None}
+            ids[reason] = bad["id"]
+            annotations.append(bad)
+    assert len(annotations) == 28
+    paths = {"bad": str(root / "instances.json"), "clean": str(root / "clean.json")}
+    for key, anns in (("bad", annotations), ("clean", good)):
+        with open(paths[key], "w") as f:
+            json.dump(dict(data, annotations=anns), f)
+    return dict(paths, images=image_dir, ids=ids, good=good)
+
+
+def test_lenient_loads_the_good_annotations_of_28_and_lists_the_13_bad(tmp_path):
+    files = write_defective_file(tmp_path)
+    ds = C.load_coco(files["bad"], files["images"], num_keypoints=NUM_KEYPOINTS)
+    ref = C.load_coco(files["clean"], files["images"], num_keypoints=NUM_KEYPOINTS)
+    report = ds.report
+    assert report.num_annotations == 28 and report.total == 13
+    assert report.dropped == {reason: [i] for reason, i in files["ids"].items()}
+    assert report.counts == {reason: 1 for reason in J.REASONS}
+    assert ref.report.num_annotations == 15 and ref.report.total == 0
+    # The examples hold exactly the good annotations (crowd regions aside, as always).
+    instances = 0
+    for i in range(len(ds)):
+        example, expected = ds.load_example(i), ref.load_example(i)
+        assert example.keys() == expected.keys()
+        for key in example:
+            np.testing.assert_array_equal(example[key], expected[key])
+        instances += len(example["classes"])
+    assert instances == sum(not a["iscrowd"] for a in files["good"]) > 0
+    summary = report.summary()
+    assert summary.startswith(f"{files['bad']}: 28 annotations, 13 left out")
+    for reason, i in files["ids"].items():
+        assert f"\n  {reason}: 1 (ids {i}; first: " in summary
+    assert "annotation 1000: bbox: width -3 must be > 0" in summary
+    assert ref.report.summary() == f"{files['clean']}: 15 annotations, none left out"
+
+
+def test_strict_raises_for_the_first_defect_naming_file_id_and_field(tmp_path):
+    files = write_defective_file(tmp_path)
+    with pytest.raises(J.CocoFormatError) as err:
+        C.load_coco(files["bad"], files["images"], NUM_KEYPOINTS, strict=True)
+    assert str(err.value) == (f"{files['bad']}: annotation 1000: bbox: width -3 must be > 0 "
+                              "(bbox [10, 10, -3, 5])")
+    strict = C.load_coco(files["clean"], files["images"], NUM_KEYPOINTS, strict=True)
+    lenient = C.load_coco(files["clean"], files["images"], NUM_KEYPOINTS)
+    for a, b in zip(strict.images, lenient.images):  # a clean file: the same either way
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)
+
+
+def test_report_summary_lists_the_first_ids(tmp_path):
+    data = _tiny(tmp_path, write_images=False)
+    data["annotations"] += [dict(data["annotations"][0], id=100 + i, bbox=[1, 1, 0, 2])
+                            for i in range(7)]
+    ds = C.load_coco(_write(tmp_path, data), str(tmp_path))
+    assert ds.report.dropped == {J.NON_POSITIVE_BOX: list(range(100, 107))}
+    assert ds.report.total == 7 and ds.report.num_annotations == 12
+    lines = ds.report.summary().splitlines()
+    assert len(lines) == 2 and "12 annotations, 7 left out" in lines[0]
+    assert lines[1].startswith(f"  {J.NON_POSITIVE_BOX}: 7 (ids 100, 101, 102, 103, 104, ...; "
+                               "first: annotation 100: bbox: width 0 must be > 0")
+    assert "ids 100, 101, 102" in ds.report.summary(max_ids=3)
