@@ -369,3 +369,6 @@ def test_cli_lenient_prints_the_summary_and_strict_exits_with_the_message(tmp_pa
     err = capsys.readouterr().err
     assert f"error: {files['bad']}: annotation 1000: bbox: width -3 must be > 0" in err
     assert not (tmp_path / "strict").exists()  # nothing written
+    source = tfrecord.load_tfrecords(str(tmp_path / "lenient" / "r-*"), files["bad"], KP)
+    assert source.report is None  # the records hold only the good annotations
+    assert sum(len(b["image_ids"]) for b in _eval_batches(source)) == 10

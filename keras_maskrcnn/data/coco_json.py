@@ -79,6 +79,7 @@ class AnnotationReport:
         return {reason: len(ids) for reason, ids in self.dropped.items()}
 
     def add(self, reason, annotation_id, message):
+        """Lists one annotation left out for ``reason``; ``message`` says what is wrong."""
         self.dropped.setdefault(reason, []).append(annotation_id)
         self.first_problem.setdefault(reason, message)
 

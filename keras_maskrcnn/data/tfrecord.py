@@ -363,6 +363,8 @@ class TFRecordSource:
         image_dir: None (the images are inside the records).
         categories: ``coco.CategoryMap``; keypoint_names, skeleton: from the json, else ().
         num_keypoints: Kp read (0: none). stats: ``coco.LoadStats`` (filled while reading).
+        report: None, as ``CocoDataset.report`` for a source without one: annotations with a
+            defect were left out, and listed, when the records were written.
     """
 
     def __init__(self, file_pattern, annotation_file=None, num_keypoints=0):
@@ -384,6 +386,7 @@ class TFRecordSource:
             logger.info("%s: categories from the labels of the records: %s", file_pattern,
                         dict(zip(self.categories.dataset_ids, self.categories.names)))
         self.stats = coco.LoadStats()
+        self.report = None
         self._skipped_ids, self._counted_ids = set(), set()
         self._failures_in_a_row = 0
 
