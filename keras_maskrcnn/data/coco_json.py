@@ -9,8 +9,9 @@ Conventions pinned here (tests/test_data_coco.py and tests/test_data_tfrecord.py
     * A defect of ONE annotation (``REASONS``: a box of width or height <= 0 or fully outside
       its image, a polygon of fewer than 3 points, an empty segmentation, an image_id absent
       from ``images``, an unknown category_id, a missing or malformed field) is, by default
-      (lenient, as torchvision's references and detectron2), left out: the annotation is
-      dropped whole, counted and listed in an ``AnnotationReport``. ``strict=True`` makes the
+      (lenient: torchvision's references drop degenerate boxes, detectron2 instances without a
+      valid polygon), left out: the annotation is dropped whole, counted and listed in an
+      ``AnnotationReport``. ``strict=True`` makes the
       first one an error ``"<file>: annotation <id>: <field>: <problem>"``
       (``"<file>: annotations[<i>] (no id): ..."`` when the annotation has no id).
     * Each annotation gets one reason: the first defect in ``REASONS`` order.
