@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from keras_maskrcnn.data import coco as C
+from keras_maskrcnn.data import coco_json as J
 from keras_maskrcnn.data import synthetic
 
 
@@ -159,18 +160,8 @@ def _mutate(data, path, value):
         node[path[-1]] = value
 
 
-ERRORS = [
-    (("annotations", 0, "bbox"), None, r"annotations\[0\] \(id 1\): missing field 'bbox'"),
-    (("annotations", 1, "bbox"), [1, 2, 3], r"annotations\[1\] \(id 2\): 'bbox' must be 4"),
-    (("annotations", 1, "bbox"), [1, 2, 3, "x"], r"'bbox' must be 4 numbers"),
-    (("annotations", 1, "bbox"), [1, 2, -3, 4], r"'bbox' has a negative width"),
-    (("annotations", 0, "category_id"), 3, r"annotations\[0\].*unknown 'category_id' 3"),
-    (("annotations", 0, "image_id"), 99, r"'image_id' 99 is not in 'images'"),
-    (("annotations", 0, "iscrowd"), 2, r"'iscrowd' must be 0 or 1"),
-    (("annotations", 0, "segmentation"), [[1, 2, 3]], r"'segmentation'\[0\] has an odd"),
-    (("annotations", 1, "segmentation", "size"), [30, 20], r"RLE size \[30, 20\] differs"),
-    (("annotations", 2, "segmentation", "counts"), [1, 2], r"counts sum to 3"),
-    (("annotations", 1, "segmentation", "counts"), None, r"'segmentation': missing field 'counts'"),
+# File-level problems: errors in both modes.
+FILE_ERRORS = [
     (("images", 1, "file_name"), None, r"images\[1\] \(id 4\): missing field 'file_name'"),
     (("images", 0, "height"), 0, r"images\[0\] \(id 10\): 'height' must be positive"),
     (("images", 2, "id"), 10, r"images\[2\] \(id 10\): duplicate image id 10"),
@@ -179,34 +170,131 @@ ERRORS = [
     (("categories", 1, "id"), 5, r"duplicate category id 5"),
     (("categories",), [], r"no categories"),
     (("images",), None, r"top level: missing field 'images'"),
+    (("categories",), None, r"top level: missing field 'categories'"),
+    (("annotations",), {"id": 1}, r"top level: field 'annotations' must be list"),
 ]
 
 
-@pytest.mark.parametrize("path,value,message", ERRORS)
-def test_errors_name_file_and_field(tmp_path, path, value, message):
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("path,value,message", FILE_ERRORS)
+def test_file_errors_name_file_and_field(tmp_path, path, value, message, strict):
     data = _tiny(tmp_path, write_images=False)
     _mutate(data, path, value)
     ann = _write(tmp_path, data, "bad.json")
-    with pytest.raises(C.CocoFormatError, match=message) as err:
-        C.load_coco(ann, str(tmp_path))
+    with pytest.raises(J.CocoFormatError, match=message) as err:
+        C.load_coco(ann, str(tmp_path), strict=strict)
     assert str(err.value).startswith(ann + ": ")
+
+
+# Defects of one annotation: (path, value, strict message, reason, annotation id). Strict
+# mode raises the message; lenient mode leaves that annotation out and lists it.
+ANNOTATION_DEFECTS = [
+    (("annotations", 0, "bbox"), None, r"annotation 1: bbox: missing field 'bbox'",
+     J.BAD_BBOX, 1),
+    (("annotations", 1, "bbox"), [1, 2, 3], r"annotation 2: bbox: must be 4 numbers",
+     J.BAD_BBOX, 2),
+    (("annotations", 1, "bbox"), [1, 2, 3, "x"], r"bbox: must be 4 numbers", J.BAD_BBOX, 2),
+    (("annotations", 1, "bbox"), [1, 2, -3, 4], r"annotation 2: bbox: width -3 must be > 0",
+     J.NON_POSITIVE_BOX, 2),
+    (("annotations", 3, "bbox"), [10, 1, 10, 0], r"annotation 4: bbox: height 0 must be > 0",
+     J.NON_POSITIVE_BOX, 4),
+    (("annotations", 0, "bbox"), [30, 3, 6, 4], r"annotation 1: bbox: \[30, 3, 6, 4\] lies "
+     r"outside the 30x20 image 10", J.BOX_OUTSIDE_IMAGE, 1),
+    (("annotations", 3, "bbox"), [-11, 1, 10, 5], r"annotation 4: bbox: .* lies outside",
+     J.BOX_OUTSIDE_IMAGE, 4),
+    (("annotations", 0, "category_id"), 3, r"annotation 1: category_id: 3 is not in "
+     r"'categories' \[2, 5\]", J.UNKNOWN_CATEGORY, 1),
+    (("annotations", 0, "category_id"), None, r"annotation 1: category_id: missing field",
+     J.BAD_CATEGORY_ID, 1),
+    (("annotations", 0, "image_id"), 99, r"annotation 1: image_id: 99 is not in 'images'",
+     J.MISSING_IMAGE, 1),
+    (("annotations", 0, "image_id"), "10", r"image_id: field 'image_id' must be int",
+     J.BAD_IMAGE_ID, 1),
+    (("annotations", 0, "iscrowd"), 2, r"annotation 1: iscrowd: must be 0 or 1", J.BAD_CROWD, 1),
+    (("annotations", 0, "segmentation"), [[1, 2, 3]],
+     r"annotation 1: segmentation: polygon 0 has an odd", J.BAD_SEGMENTATION, 1),
+    (("annotations", 0, "segmentation"), [[2, 3, 8, 3, 8, 7], [2, 3, 8, 7]],
+     r"annotation 1: segmentation: polygon 1 has 2 points, needs >= 3", J.SHORT_POLYGON, 1),
+    (("annotations", 0, "segmentation"), [], r"annotation 1: segmentation: an empty list",
+     J.EMPTY_SEGMENTATION, 1),
+    (("annotations", 2, "segmentation"), synthetic._uncompressed_rle(np.zeros((20, 30), bool)),
+     r"annotation 3: segmentation: an RLE without foreground", J.EMPTY_SEGMENTATION, 3),
+    (("annotations", 1, "segmentation", "counts"), "hb0",  # 20x30 zeros, compressed
+     r"annotation 2: segmentation: an RLE without foreground", J.EMPTY_SEGMENTATION, 2),
+    (("annotations", 1, "segmentation", "size"), [30, 20], r"RLE size \[30, 20\] differs",
+     J.BAD_SEGMENTATION, 2),
+    (("annotations", 2, "segmentation", "counts"), [1, 2], r"annotation 3: segmentation: "
+     r"uncompressed RLE counts sum to 3", J.BAD_SEGMENTATION, 3),
+    (("annotations", 1, "segmentation", "counts"), None,
+     r"annotation 2: segmentation: missing field 'counts'", J.BAD_SEGMENTATION, 2),
+    (("annotations", 1, "id"), None, r"annotations\[1\] \(no id\): bbox: width -3",
+     J.NON_POSITIVE_BOX, "annotations[1]"),
+    (("annotations", 0), [1, 2], r"annotations\[0\] \(no id\): annotation: expected an "
+     r"object, got list", J.NOT_AN_OBJECT, "annotations[0]"),
+]
+
+
+def _without(data, annotation_id):
+    """``data`` without the annotation ``annotation_id`` (an id, or "annotations[i]")."""
+    anns = data["annotations"]
+    if isinstance(annotation_id, str):
+        index = int(annotation_id.split("[")[1].rstrip("]"))
+    else:
+        index = [a["id"] for a in anns].index(annotation_id)
+    return dict(data, annotations=anns[:index] + anns[index + 1:])
+
+
+@pytest.mark.parametrize("path,value,message,reason,annotation_id", ANNOTATION_DEFECTS)
+def test_annotation_defect_strict_raises_lenient_leaves_out(tmp_path, path, value, message,
+                                                            reason, annotation_id):
+    data = _tiny(tmp_path)
+    clean = copy.deepcopy(data)
+    _mutate(data, path, value)
+    if path == ("annotations", 1, "id"):  # the defect of the annotation without an id
+        data["annotations"][1]["bbox"] = [1, 2, -3, 4]
+    ann = _write(tmp_path, data, "bad.json")
+    with pytest.raises(J.CocoFormatError, match=message) as err:
+        C.load_coco(ann, str(tmp_path), strict=True)
+    assert str(err.value).startswith(ann + ": ")
+    ds = C.load_coco(ann, str(tmp_path))  # lenient (the default)
+    assert ds.report.dropped == {reason: [annotation_id]} and ds.report.total == 1
+    assert ds.report.num_annotations == 5
+    # Exactly the other annotations: as loading the file without the bad one.
+    ref = C.load_coco(_write(tmp_path, _without(clean, annotation_id), "ref.json"),
+                      str(tmp_path))
+    assert ref.report.total == 0
+    kept = 0
+    for i, (a, b) in enumerate(zip(ds.images, ref.images)):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.classes, b.classes)
+        assert a.segmentations == b.segmentations
+        kept += len(a.classes)
+        for key, value in ds.load_example(i).items():
+            np.testing.assert_array_equal(value, ref.load_example(i)[key])
+    assert ds.stats.num_crowd == ref.stats.num_crowd
+    assert kept + ds.stats.num_crowd + ds.stats.num_degenerate == 4  # 5 annotations, 1 left out
 
 
 def test_keypoint_length_error_and_unreadable_files(tmp_path):
     data = _tiny(tmp_path, write_images=False)
     data["annotations"][0]["keypoints"] = [1, 2, 2] * 3
     ann = _write(tmp_path, data, "kp.json")
-    with pytest.raises(C.CocoFormatError, match=r"kp.json: annotations\[0\] \(id 1\): "
-                                                r"'keypoints' must be 12 numbers"):
-        C.load_coco(ann, str(tmp_path), num_keypoints=4)
-    C.load_coco(ann, str(tmp_path))  # keypoints are not checked when not requested
-    with pytest.raises(C.CocoFormatError, match="missing.json: cannot read"):
-        C.load_coco(str(tmp_path / "missing.json"), str(tmp_path))
-    (tmp_path / "broken.json").write_text('{"images": [')
-    with pytest.raises(C.CocoFormatError, match="broken.json: invalid JSON"):
-        C.load_coco(str(tmp_path / "broken.json"), str(tmp_path))
-    with pytest.raises(C.CocoFormatError, match="top level: expected an object"):
-        C.load_coco(_write(tmp_path, [1, 2], "list.json"), str(tmp_path))
+    with pytest.raises(J.CocoFormatError, match=r"kp.json: annotation 1: keypoints: must be 12 "
+                                                r"numbers"):
+        C.load_coco(ann, str(tmp_path), num_keypoints=4, strict=True)
+    lenient = C.load_coco(ann, str(tmp_path), num_keypoints=4)
+    assert lenient.report.dropped == {J.BAD_KEYPOINTS: [1]}
+    assert [len(r.classes) for r in lenient.images] == [1, 0, 1]  # ids 4, 7, 10
+    loaded = C.load_coco(ann, str(tmp_path), strict=True)  # keypoints not checked when not asked
+    assert loaded.report.total == 0 and [len(r.classes) for r in loaded.images] == [1, 0, 2]
+    for strict in (False, True):  # file-level problems are errors in both modes
+        with pytest.raises(J.CocoFormatError, match="missing.json: cannot read"):
+            C.load_coco(str(tmp_path / "missing.json"), str(tmp_path), strict=strict)
+        (tmp_path / "broken.json").write_text('{"images": [')
+        with pytest.raises(J.CocoFormatError, match="broken.json: invalid JSON"):
+            C.load_coco(str(tmp_path / "broken.json"), str(tmp_path), strict=strict)
+        with pytest.raises(J.CocoFormatError, match="top level: expected an object"):
+            C.load_coco(_write(tmp_path, [1, 2], "list.json"), str(tmp_path), strict=strict)
 
 
 def test_unreadable_images_are_skipped_counted_and_named(tmp_path, caplog):
@@ -239,3 +327,108 @@ def test_corrupt_rle_string_skips_the_image(tmp_path, caplog):
         assert ds.load_example(2) is None
     assert ds.stats.num_skipped == 1 and "cannot decode a segmentation" in caplog.text
     assert ds.load_example(2, with_masks=False) is None  # known bad: skipped from now on
+
+
+# ----------------------------------------------------------------------------- 28 annotations
+_SQUARE = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 10, 10], "iscrowd": 0,
+           "area": 100, "segmentation": [[10, 10, 20, 10, 20, 20, 10, 20]],
+           "keypoints": [15, 10, 2, 20, 15, 2, 15, 20, 2, 10, 15, 2]}
+# One edit of _SQUARE per defect (None deletes the field); the first is the first in the file.
+_DEFECTS = {
+    J.NON_POSITIVE_BOX: {"bbox": [10, 10, -3, 5]}, J.NOT_AN_OBJECT: None,
+    J.BAD_IMAGE_ID: {"image_id": "1"}, J.MISSING_IMAGE: {"image_id": 999},
+    J.BAD_CATEGORY_ID: {"category_id": None}, J.UNKNOWN_CATEGORY: {"category_id": 2},
+    J.BAD_BBOX: {"bbox": [10, 10, 10]}, J.BOX_OUTSIDE_IMAGE: {"bbox": [70, 10, 5, 5]},
+    J.BAD_CROWD: {"iscrowd": 2}, J.BAD_SEGMENTATION: {"segmentation": [[10, 10, 20, 10, 20]]},
+    J.SHORT_POLYGON: {"segmentation": [[10, 10, 20, 20]]},
+    J.EMPTY_SEGMENTATION: {"segmentation": []}, J.BAD_KEYPOINTS: {"keypoints": [15, 10, 2]},
+}
+NUM_KEYPOINTS = len(synthetic.KEYPOINT_NAMES)
+
+
+def write_defective_file(root):
+    """A 28-annotation COCO file of 64 px synthetic shapes: 15 good annotations with one
+    annotation of each of the 13 defects (``coco_json.REASONS``) after each of the first 13.
+
+    Returns:
+        dict: bad (the json), clean (the same without the 13), images (directory),
+        ids ({reason: the id listed for its annotation}), good (the 15 annotations).
+    """
+    ann_file, image_dir = synthetic.write_synthetic_dataset(
+        str(root / "shapes"), 10, 0, seed=3, image_size=64)["train"]
+    with open(ann_file) as f:
+        data = json.load(f)
+    good = data["annotations"][:15]
+    assert len(good) == 15 and set(J.REASONS) == set(_DEFECTS)
+    annotations, ids = [], {}
+    for i, ann in enumerate(good):
+        annotations.append(ann)
+        if i < len(_DEFECTS):
+            reason, edit = list(_DEFECTS.items())[i]
+            if edit is None:  # not an object: listed by its place in the list
+                ids[reason] = f"annotations[{len(annotations)}]"
+                annotations.append([1, 2, 3])
+                continue
+            bad = dict(_SQUARE, id=1000 + i, **edit)
+            bad = {k: v for k, v in bad.items() if v is not None}
+            ids[reason] = bad["id"]
+            annotations.append(bad)
+    assert len(annotations) == 28
+    paths = {"bad": str(root / "instances.json"), "clean": str(root / "clean.json")}
+    for key, anns in (("bad", annotations), ("clean", good)):
+        with open(paths[key], "w") as f:
+            json.dump(dict(data, annotations=anns), f)
+    return dict(paths, images=image_dir, ids=ids, good=good)
+
+
+def test_lenient_loads_the_good_annotations_of_28_and_lists_the_13_bad(tmp_path):
+    files = write_defective_file(tmp_path)
+    ds = C.load_coco(files["bad"], files["images"], num_keypoints=NUM_KEYPOINTS)
+    ref = C.load_coco(files["clean"], files["images"], num_keypoints=NUM_KEYPOINTS)
+    report = ds.report
+    assert report.num_annotations == 28 and report.total == 13
+    assert report.dropped == {reason: [i] for reason, i in files["ids"].items()}
+    assert report.counts == {reason: 1 for reason in J.REASONS}
+    assert ref.report.num_annotations == 15 and ref.report.total == 0
+    # The examples hold exactly the good annotations (crowd regions aside, as always).
+    instances = 0
+    for i in range(len(ds)):
+        example, expected = ds.load_example(i), ref.load_example(i)
+        assert example.keys() == expected.keys()
+        for key in example:
+            np.testing.assert_array_equal(example[key], expected[key])
+        instances += len(example["classes"])
+    assert instances == sum(not a["iscrowd"] for a in files["good"]) > 0
+    summary = report.summary()
+    assert summary.startswith(f"{files['bad']}: 28 annotations, 13 left out")
+    for reason, i in files["ids"].items():
+        assert f"\n  {reason}: 1 (ids {i}; first: " in summary
+    assert "annotation 1000: bbox: width -3 must be > 0" in summary
+    assert ref.report.summary() == f"{files['clean']}: 15 annotations, none left out"
+
+
+def test_strict_raises_for_the_first_defect_naming_file_id_and_field(tmp_path):
+    files = write_defective_file(tmp_path)
+    with pytest.raises(J.CocoFormatError) as err:
+        C.load_coco(files["bad"], files["images"], NUM_KEYPOINTS, strict=True)
+    assert str(err.value) == (f"{files['bad']}: annotation 1000: bbox: width -3 must be > 0 "
+                              "(bbox [10, 10, -3, 5])")
+    strict = C.load_coco(files["clean"], files["images"], NUM_KEYPOINTS, strict=True)
+    lenient = C.load_coco(files["clean"], files["images"], NUM_KEYPOINTS)
+    for a, b in zip(strict.images, lenient.images):  # a clean file: the same either way
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)
+
+
+def test_report_summary_lists_the_first_ids(tmp_path):
+    data = _tiny(tmp_path, write_images=False)
+    data["annotations"] += [dict(data["annotations"][0], id=100 + i, bbox=[1, 1, 0, 2])
+                            for i in range(7)]
+    ds = C.load_coco(_write(tmp_path, data), str(tmp_path))
+    assert ds.report.dropped == {J.NON_POSITIVE_BOX: list(range(100, 107))}
+    assert ds.report.total == 7 and ds.report.num_annotations == 12
+    lines = ds.report.summary().splitlines()
+    assert len(lines) == 2 and "12 annotations, 7 left out" in lines[0]
+    assert lines[1].startswith(f"  {J.NON_POSITIVE_BOX}: 7 (ids 100, 101, 102, 103, 104, ...; "
+                               "first: annotation 100: bbox: width 0 must be > 0")
+    assert "ids 100, 101, 102" in ds.report.summary(max_ids=3)

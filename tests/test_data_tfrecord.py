@@ -9,7 +9,8 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_maskrcnn.config import InputConfig, load_config
-from keras_maskrcnn.data import coco, pipeline, synthetic, tfrecord
+from keras_maskrcnn.data import coco, coco_json, pipeline, synthetic, tfrecord
+from test_data_coco import write_defective_file  # tests/ is on sys.path (pytest rootdir)
 
 KP = len(synthetic.KEYPOINT_NAMES)
 INPUT = InputConfig(min_size_train=(96, 128), min_size_test=128, max_size=160, max_instances=8)
@@ -326,3 +327,48 @@ def test_cli_and_config(data, tmp_path, capsys):
     ds, source = pipeline.dataset_from_config(cfg.data, cfg.input, "val", 4, False)
     assert isinstance(source, tfrecord.TFRecordSource) and source.categories.num_classes == 4
     assert [i for b in ds for i in b["image_ids"].numpy().tolist()] == [1, 2, 3, 4, 5, 6]
+
+
+# ----------------------------------------------------------------------------- bad annotations
+def _examples(paths):
+    return [[tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(p)]
+            for p in paths]
+
+
+def test_writer_leaves_out_bad_annotations_and_prints_the_summary_first(tmp_path, capsys):
+    files = write_defective_file(tmp_path)
+    bad = tfrecord.write_tfrecords(files["bad"], files["images"], str(tmp_path / "bad" / "r"),
+                                   2, KP, progress=False)
+    out = capsys.readouterr().out
+    assert out.startswith(f"{files['bad']}: 28 annotations, 13 left out")
+    assert bad["report"].dropped == {reason: [i] for reason, i in files["ids"].items()}
+    clean = tfrecord.write_tfrecords(files["clean"], files["images"],
+                                     str(tmp_path / "clean" / "r"), 2, KP, progress=False)
+    assert capsys.readouterr().out.startswith(f"{files['clean']}: 15 annotations, none left")
+    written = _examples(bad["files"])
+    assert written == _examples(clean["files"])  # exactly the good annotations
+    labels = [len(ex.features.feature["image/object/class/label"].int64_list.value)
+              for shard in written for ex in shard]
+    assert sum(labels) == bad["num_objects"] == len(files["good"]) == 15
+    assert sum(len(shard) for shard in written) == bad["num_images"] == 10
+
+
+def test_cli_lenient_prints_the_summary_and_strict_exits_with_the_message(tmp_path, capsys):
+    files = write_defective_file(tmp_path)
+    args = ["--annotations", files["bad"], "--images", files["images"], "--shards", "2",
+            "--keypoints", str(KP), "--no-progress"]
+    assert tfrecord.main(args + ["--output", str(tmp_path / "lenient" / "r")]) == 0
+    out = capsys.readouterr().out
+    summary = coco.load_coco(files["bad"], files["images"], KP).report.summary()
+    assert out.startswith(summary + "\n") and f"{coco_json.UNKNOWN_CATEGORY}: 1" in out
+    assert "wrote 10 images, 15 objects" in out
+    assert "13 annotations with a defect (listed above)" in out
+    with pytest.raises(SystemExit) as exit_:
+        tfrecord.main(args + ["--output", str(tmp_path / "strict" / "r"), "--strict"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {files['bad']}: annotation 1000: bbox: width -3 must be > 0" in err
+    assert not (tmp_path / "strict").exists()  # nothing written
+    source = tfrecord.load_tfrecords(str(tmp_path / "lenient" / "r-*"), files["bad"], KP)
+    assert source.report is None  # the records hold only the good annotations
+    assert sum(len(b["image_ids"]) for b in _eval_batches(source)) == 10

@@ -373,6 +373,12 @@ class DataConfig(Section):
         True, None, "training batches hold images of one orientation (landscape h <= w, or "
         "portrait), padded to the batch's largest image; false = one static square size "
         "(max_size)", DETECTRON)
+    strict: bool = param(
+        False, None, "false: a COCO annotation with a defect (box of size <= 0 or outside its "
+        "image, polygon of < 3 points, empty segmentation, unknown image or category id, "
+        "malformed field) is left out and listed in the loader's report; true: the first one "
+        "is an error naming the file, the annotation id and the field "
+        "(keras_maskrcnn.data.coco_json)", OURS)
 
 
 @dataclasses.dataclass(frozen=True)

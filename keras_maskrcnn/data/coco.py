@@ -15,18 +15,19 @@ Conventions pinned here (tests/test_data_coco.py checks them):
       training; COCOeval reads them from the JSON itself); counted in ``stats.num_crowd``.
     * Images without (remaining) annotations stay in the dataset as negatives.
     * Masks: polygons, compressed RLE (``counts`` a string) and uncompressed RLE (``counts`` a
-      list) are decoded with pycocotools; polygons with fewer than 3 points are ignored (a
-      4-number polygon would make pycocotools read the whole list as boxes). An annotation
-      without a segmentation gets its box as the mask (``stats.num_box_masks``).
+      list) are decoded with pycocotools. An annotation without a ``segmentation`` key gets
+      its box as the mask (``stats.num_box_masks``).
     * Keypoints: (M, Kp, 3) float32 [x, y, v] as written in the file (no +0.5 shift, as
       torchvision); annotations without ``keypoints`` get zeros (v = 0).
-    * Malformed input raises ``CocoFormatError`` naming the file, the element and the field.
+    * Reading and validation are ``coco_json``'s: file-level problems raise
+      ``coco_json.CocoFormatError``; an annotation with a defect (a box of size <= 0 or
+      outside the image, a polygon of < 3 points, an empty segmentation, an unknown image or
+      category, a malformed field) is left out and listed in ``CocoDataset.report`` (lenient,
+      the default), or raises naming the file, the annotation id and the field (``strict``).
 """
 import dataclasses
 import functools
-import json
 import logging
-import math
 import os
 import threading
 from typing import Dict, List, Optional, Tuple
@@ -35,11 +36,9 @@ import numpy as np
 import tensorflow as tf
 from pycocotools import mask as mask_utils
 
+from keras_maskrcnn.data import coco_json
+
 logger = logging.getLogger(__name__)
-
-
-class CocoFormatError(ValueError):
-    """A malformed COCO file; the message names the file, the element and the field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +94,6 @@ class LoadStats:
     num_crowd: int = 0
     num_degenerate: int = 0
     num_box_masks: int = 0
-    num_bad_polygons: int = 0
     num_truncated_images: int = 0  # images with more than max_instances GT (extra dropped)
     skipped_images: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False,
@@ -142,128 +140,7 @@ def decode_segmentation(segmentation, height, width):
     return mask_utils.decode(rle)
 
 
-# ----------------------------------------------------------------------------- validation
-class _Checker:
-    """Raises CocoFormatError("<file>: <where>: <problem>")."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def fail(self, where, problem):
-        raise CocoFormatError(f"{self.path}: {where}: {problem}")
-
-    def field(self, obj, key, where, kinds, optional=False):
-        if not isinstance(obj, dict):
-            self.fail(where, f"expected an object, got {type(obj).__name__}")
-        if key not in obj:
-            if optional:
-                return None
-            self.fail(where, f"missing field {key!r}")
-        value = obj[key]
-        ok = isinstance(value, kinds) and not isinstance(value, bool)
-        if not ok:
-            names = "/".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
-            self.fail(where, f"field {key!r} must be {names}, got {value!r:.60}")
-        return value
-
-
-def _is_number(v):
-    return type(v) in (int, float) and math.isfinite(v)  # type(): bool is not a number
-
-
-def _all_numbers(values):
-    """Fast check for long lists (polygons): every value an int or float (finite)."""
-    return all(type(v) in (int, float) for v in values) and math.isfinite(sum(values))
-
-
-def _check_segmentation(chk, segm, where, image):
-    if isinstance(segm, list):
-        for j, poly in enumerate(segm):
-            if not isinstance(poly, list) or not _all_numbers(poly):
-                chk.fail(where, f"'segmentation'[{j}] must be a list of numbers (a polygon)")
-            if len(poly) % 2:
-                chk.fail(where, f"'segmentation'[{j}] has an odd number of coordinates "
-                                f"({len(poly)})")
-        return
-    counts = chk.field(segm, "counts", where + " 'segmentation'", (str, list))
-    size = chk.field(segm, "size", where + " 'segmentation'", list)
-    if list(size) != [image["height"], image["width"]]:
-        chk.fail(where, f"'segmentation' RLE size {size} differs from the image's "
-                        f"[height, width] = {[image['height'], image['width']]}")
-    if isinstance(counts, list) and sum(counts) != image["height"] * image["width"]:
-        chk.fail(where, f"'segmentation' uncompressed RLE counts sum to {sum(counts)}, "
-                        f"expected height * width = {image['height'] * image['width']}")
-
-
-def _check_annotation(chk, ann, i, images, category_ids, num_keypoints):
-    where = f"annotations[{i}]"
-    if isinstance(ann, dict) and "id" in ann:
-        where += f" (id {ann['id']})"
-    image_id = chk.field(ann, "image_id", where, int)
-    if image_id not in images:
-        chk.fail(where, f"'image_id' {image_id} is not in 'images'")
-    category_id = chk.field(ann, "category_id", where, int)
-    if category_id not in category_ids:
-        chk.fail(where, f"unknown 'category_id' {category_id} (categories: "
-                        f"{sorted(category_ids)})")
-    bbox = chk.field(ann, "bbox", where, list)
-    if len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-        chk.fail(where, f"'bbox' must be 4 numbers [x, y, width, height], got {bbox!r:.80}")
-    if bbox[2] < 0 or bbox[3] < 0:
-        chk.fail(where, f"'bbox' has a negative width or height: {bbox}")
-    crowd = chk.field(ann, "iscrowd", where, int, optional=True)
-    if crowd not in (None, 0, 1):
-        chk.fail(where, f"'iscrowd' must be 0 or 1, got {crowd!r}")
-    segm = chk.field(ann, "segmentation", where, (list, dict), optional=True)
-    if segm is not None:
-        _check_segmentation(chk, segm, where, images[image_id])
-    keypoints = chk.field(ann, "keypoints", where, list, optional=True)
-    if num_keypoints and keypoints is not None and not crowd:
-        if len(keypoints) != 3 * num_keypoints or not _all_numbers(keypoints):
-            chk.fail(where, f"'keypoints' must be {3 * num_keypoints} numbers "
-                            f"({num_keypoints} keypoints x [x, y, v]), got {len(keypoints)} "
-                            "values")
-
-
-def _check_tables(chk, data):
-    """Validates 'images' and 'categories'; returns ({image id: image}, {category id: cat})."""
-    if not isinstance(data, dict):
-        chk.fail("top level", f"expected an object, got {type(data).__name__}")
-    images, categories = {}, {}
-    for i, image in enumerate(chk.field(data, "images", "top level", list)):
-        where = f"images[{i}]"
-        image_id = chk.field(image, "id", where, int)
-        where += f" (id {image_id})"
-        chk.field(image, "file_name", where, str)
-        for key in ("height", "width"):
-            if chk.field(image, key, where, int) <= 0:
-                chk.fail(where, f"{key!r} must be positive, got {image[key]}")
-        if image_id in images:
-            chk.fail(where, f"duplicate image id {image_id}")
-        images[image_id] = image
-    for i, cat in enumerate(chk.field(data, "categories", "top level", list)):
-        where = f"categories[{i}]"
-        cat_id = chk.field(cat, "id", where, int)
-        chk.field(cat, "name", where + f" (id {cat_id})", str)
-        if cat_id in categories:
-            chk.fail(where, f"duplicate category id {cat_id}")
-        categories[cat_id] = cat
-    if not categories:
-        chk.fail("categories", "no categories")
-    return images, categories
-
-
 # ----------------------------------------------------------------------------- loading
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as e:
-        raise CocoFormatError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise CocoFormatError(f"{path}: invalid JSON: {e}") from None
-
-
 def _image_gt(anns, image, categories, num_keypoints, stats):
     """Non-crowd, non-degenerate GT of one image as (boxes, classes, segmentations, kps)."""
     kept = [a for a in anns if not a.get("iscrowd", 0)]
@@ -277,8 +154,6 @@ def _image_gt(anns, image, categories, num_keypoints, stats):
     kept = [a for a, k in zip(kept, keep) if k]
     segms = [a.get("segmentation") or None for a in kept]
     stats.num_box_masks += sum(s is None for s in segms)
-    stats.num_bad_polygons += sum(isinstance(s, list) and any(len(p) < 6 for p in s)
-                                  for s in segms)
     classes = np.array([categories.to_contiguous(a["category_id"]) for a in kept], np.int32)
     kps = None
     if num_keypoints:
@@ -288,7 +163,8 @@ def _image_gt(anns, image, categories, num_keypoints, stats):
 
 
 class CocoDataset:
-    """A loaded, validated COCO annotation file.
+    """A loaded, validated COCO annotation file (annotations with a defect left out, listed in
+    ``report``; ``strict``: an error instead).
 
     Attributes:
         annotation_file, image_dir: where it came from.
@@ -298,27 +174,24 @@ class CocoDataset:
             else empty tuples.
         num_keypoints: Kp requested at load (0: no keypoints).
         stats: ``LoadStats`` (updated by the pipeline as it skips unreadable images).
+        report: ``coco_json.AnnotationReport``: the annotations left out for a defect (the
+            caller prints ``report.summary()`` once, where its run starts).
     """
 
-    def __init__(self, annotation_file, image_dir, num_keypoints=0):
+    def __init__(self, annotation_file, image_dir, num_keypoints=0, strict=False):
         self.annotation_file, self.image_dir = annotation_file, image_dir
         self.num_keypoints = num_keypoints
         self.stats = LoadStats()
         self._skipped_ids = set()
-        chk = _Checker(annotation_file)
-        data = _read_json(annotation_file)
-        image_table, category_table = _check_tables(chk, data)
+        parsed = coco_json.read_coco_json(annotation_file, num_keypoints, strict)
+        self.report = parsed.report
+        image_table, category_table = parsed.images, parsed.categories
         self.categories = CategoryMap.from_categories(category_table.values())
-        annotations = chk.field(data, "annotations", "top level", list, optional=True) or []
-        per_image: Dict[int, list] = {image_id: [] for image_id in image_table}
-        for i, ann in enumerate(annotations):
-            _check_annotation(chk, ann, i, image_table, category_table, num_keypoints)
-            per_image[ann["image_id"]].append(ann)
         self.images = []
         for image_id in sorted(image_table):
             image = image_table[image_id]
-            gt = _image_gt(per_image[image_id], image, self.categories, num_keypoints,
-                           self.stats)
+            gt = _image_gt(parsed.annotations[image_id], image, self.categories,
+                           num_keypoints, self.stats)
             path = os.path.join(image_dir, image["file_name"])
             self.images.append(ImageRecord(image_id, path, image["height"], image["width"], *gt))
         with_kp = [c for c in category_table.values() if c.get("keypoints")]
@@ -326,11 +199,11 @@ class CocoDataset:
         self.skeleton = tuple((a - 1, b - 1) for a, b in with_kp[0].get("skeleton", ())) \
             if with_kp else ()
         s = self.stats
-        if s.num_crowd or s.num_degenerate or s.num_box_masks or s.num_bad_polygons:
+        if s.num_crowd or s.num_degenerate or s.num_box_masks:
             logger.info("%s: %d images; left out %d crowd regions and %d boxes smaller than "
-                        "1 pixel; %d annotations without segmentation use their box; %d with "
-                        "polygons of < 3 points", annotation_file, len(self.images),
-                        s.num_crowd, s.num_degenerate, s.num_box_masks, s.num_bad_polygons)
+                        "1 pixel; %d annotations without segmentation use their box",
+                        annotation_file, len(self.images), s.num_crowd, s.num_degenerate,
+                        s.num_box_masks)
 
     def __len__(self):
         return len(self.images)
@@ -433,15 +306,19 @@ def example_schema(num_keypoints, with_masks):
     return names, dtypes, shapes, empty
 
 
-def load_coco(annotation_file, image_dir, num_keypoints=0) -> CocoDataset:
+def load_coco(annotation_file, image_dir, num_keypoints=0, strict=False) -> CocoDataset:
     """Loads and validates a COCO instances / person_keypoints JSON.
 
     Args:
         annotation_file: path of the JSON.
         image_dir: directory the images' ``file_name`` are relative to.
         num_keypoints: Kp; > 0 reads and checks the annotations' ``keypoints`` (3 * Kp numbers).
+        strict: False (default): annotations with a defect are left out and listed in the
+            dataset's ``report``; True: the first one raises ``coco_json.CocoFormatError``
+            ("<file>: annotation <id>: <field>: <problem>"), as ``data.strict: true``.
 
     Returns:
-        ``CocoDataset``. Raises ``CocoFormatError`` naming the file and field on bad input.
+        ``CocoDataset``. Raises ``coco_json.CocoFormatError`` naming the file and field on
+        file-level problems (malformed JSON, missing sections, bad image or category records).
     """
-    return CocoDataset(os.fspath(annotation_file), os.fspath(image_dir), num_keypoints)
+    return CocoDataset(os.fspath(annotation_file), os.fspath(image_dir), num_keypoints, strict)

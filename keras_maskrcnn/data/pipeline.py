@@ -70,9 +70,11 @@ def load_split(data_config, split, num_keypoints=0, create_synthetic=True):
         paths = synthetic.split_paths(data_config.synthetic.output_dir, split)
         if create_synthetic:
             synthetic.ensure_synthetic_dataset(data_config.synthetic)
-        return coco.load_coco(*paths, num_keypoints=num_keypoints)
+        return coco.load_coco(*paths, num_keypoints=num_keypoints,
+                              strict=data_config.strict)
     if split_config.format == "coco":
-        return coco.load_coco(split_config.annotations, split_config.images, num_keypoints)
+        return coco.load_coco(split_config.annotations, split_config.images, num_keypoints,
+                              strict=data_config.strict)
     if split_config.format == "tfrecord":
         return tfrecord.load_tfrecords(split_config.tfrecords, split_config.annotations,
                                        num_keypoints)

@@ -26,10 +26,13 @@ image::
 Conventions pinned here (tests/test_data_tfrecord.py checks them):
     * Writing (``write_tfrecords``, ``python -m keras_maskrcnn.data.tfrecord``): images in id
       order, image i to shard i % N (as Model Garden), files ``PREFIX-00000-of-0000N.tfrecord``.
-      Boxes are clipped to the image first; objects whose clipped box is under 1 pixel wide or
-      high are not written (the COCO loader drops them too; Model Garden drops boxes that leave
-      the image). Crowd regions ARE written (is_crowd 1). An annotation without segmentation
-      gets its box as the PNG mask, as ``CocoDataset.instance_masks``.
+      The json is read as ``coco.load_coco`` reads it (``coco_json``): annotations with a
+      defect are not written and are listed in a summary printed first (``--strict``: the
+      first one is an error naming the file, the annotation id and the field; nothing is
+      written). Boxes are clipped to the image; objects whose clipped box is under 1 pixel
+      wide or high are not written (the COCO loader drops them too). Crowd regions ARE
+      written (is_crowd 1). An annotation without segmentation gets its box as the PNG mask,
+      as ``CocoDataset.instance_masks``.
     * Reading (``load_tfrecords``, ``TFRecordSource.example_dataset``) yields the examples of
       the COCO path's Python stage: boxes x * W, y * H (float32 xyxy pixels), crowd regions and
       boxes under 1 pixel left out (``stats.num_crowd``, ``stats.num_degenerate``, counted on
@@ -57,7 +60,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.data import coco
+from keras_maskrcnn.data import coco, coco_json
 
 logger = logging.getLogger(__name__)
 
@@ -157,22 +160,11 @@ def _image_features(image, encoded):
         "image/key/sha256": _feature([hashlib.sha256(encoded).hexdigest().encode()], "bytes")}
 
 
-def _load_annotations(annotation_file, num_keypoints):
-    """Validated (images sorted by id, {image id: annotations}, data) of a COCO json."""
-    chk = coco._Checker(annotation_file)  # the COCO loader's validation, same messages
-    data = coco._read_json(annotation_file)
-    images, categories = coco._check_tables(chk, data)
-    per_image = {image_id: [] for image_id in images}
-    annotations = chk.field(data, "annotations", "top level", list, optional=True) or []
-    for i, ann in enumerate(annotations):
-        coco._check_annotation(chk, ann, i, images, categories, num_keypoints)
-        per_image[ann["image_id"]].append(ann)
-    return [images[i] for i in sorted(images)], per_image, data
-
-
 def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_keypoints=0,
-                    progress=True):
+                    progress=True, strict=False):
     """Converts a COCO json and its images to sharded TFRecords (schema in the module doc).
+
+    Prints the annotation report's summary (``coco_json.AnnotationReport.summary``) first.
 
     Args:
         annotation_file: COCO instances / person_keypoints json (validated as ``load_coco``).
@@ -181,18 +173,24 @@ def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_k
         num_shards: N.
         num_keypoints: Kp > 0 writes the keypoint features.
         progress: show a tqdm progress bar.
+        strict: False: annotations with a defect are not written (listed in the report);
+            True: the first one raises ``coco_json.CocoFormatError`` before anything is written.
 
     Returns:
         dict: files, num_images, num_objects, num_crowd, num_degenerate (not written),
-        num_box_masks, missing_images (file names not found: not written).
+        num_box_masks, missing_images (file names not found: not written), report (the
+        ``coco_json.AnnotationReport``).
     """
     from tqdm import tqdm
 
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    images, per_image, data = _load_annotations(os.fspath(annotation_file), num_keypoints)
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    with_kp = [c for c in data["categories"] if c.get("keypoints")]
+    parsed = coco_json.read_coco_json(os.fspath(annotation_file), num_keypoints, strict)
+    print(parsed.report.summary(), flush=True)
+    images = [parsed.images[i] for i in sorted(parsed.images)]
+    per_image, categories = parsed.annotations, list(parsed.categories.values())
+    names = {c["id"]: c["name"] for c in categories}
+    with_kp = [c for c in categories if c.get("keypoints")]
     keypoint_names = tuple(with_kp[0]["keypoints"]) if with_kp else ()
     stats = dict(num_images=0, num_objects=0, num_crowd=0, num_degenerate=0, num_box_masks=0)
     missing, paths = [], shard_paths(os.fspath(output_prefix), num_shards)
@@ -220,7 +218,7 @@ def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_k
     if missing and not stats["num_images"]:
         raise ValueError(f"none of the {len(missing)} images is in {image_dir} (first: "
                          f"{missing[0]})")
-    return dict(stats, files=paths, missing_images=missing)
+    return dict(stats, files=paths, missing_images=missing, report=parsed.report)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -321,14 +319,7 @@ def _decode_image(encoded, height, width):
 
 
 def _category_map_from_json(path):
-    data = coco._read_json(path)
-    chk = coco._Checker(path)
-    categories = chk.field(data, "categories", "top level", list)
-    for i, cat in enumerate(categories):
-        chk.field(cat, "id", f"categories[{i}]", int)
-        chk.field(cat, "name", f"categories[{i}]", str)
-    if not categories:
-        chk.fail("categories", "no categories")
+    categories = coco_json.read_categories(path)
     with_kp = [c for c in categories if c.get("keypoints")]
     names = tuple(with_kp[0]["keypoints"]) if with_kp else ()
     skeleton = tuple((a - 1, b - 1) for a, b in with_kp[0].get("skeleton", ())) \
@@ -372,6 +363,8 @@ class TFRecordSource:
         image_dir: None (the images are inside the records).
         categories: ``coco.CategoryMap``; keypoint_names, skeleton: from the json, else ().
         num_keypoints: Kp read (0: none). stats: ``coco.LoadStats`` (filled while reading).
+        report: None, as ``CocoDataset.report`` for a source without one: annotations with a
+            defect were left out, and listed, when the records were written.
     """
 
     def __init__(self, file_pattern, annotation_file=None, num_keypoints=0):
@@ -393,6 +386,7 @@ class TFRecordSource:
             logger.info("%s: categories from the labels of the records: %s", file_pattern,
                         dict(zip(self.categories.dataset_ids, self.categories.names)))
         self.stats = coco.LoadStats()
+        self.report = None
         self._skipped_ids, self._counted_ids = set(), set()
         self._failures_in_a_row = 0
 
@@ -589,17 +583,26 @@ def main(argv=None):
     parser.add_argument("--keypoints", type=int, default=0,
                         help="keypoints per object to write (0: none; 17 for COCO persons)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first annotation with a defect (a box of size <= 0 "
+                             "or outside its image, a polygon of < 3 points, an empty "
+                             "segmentation, an unknown image or category id, a malformed "
+                             "field) instead of leaving it out")
     args = parser.parse_args(argv)
     try:
         stats = write_tfrecords(args.annotations, args.images, args.output, args.shards,
-                                args.keypoints, progress=not args.no_progress)
-    except (coco.CocoFormatError, ValueError) as e:
+                                args.keypoints, progress=not args.no_progress,
+                                strict=args.strict)
+    except ValueError as e:  # coco_json.CocoFormatError among them
         parser.exit(2, f"error: {e}\n")
+    left_out = [f"{stats['num_degenerate']} boxes under 1 pixel"]
+    if stats["report"].total:
+        left_out.append(f"{stats['report'].total} annotations with a defect (listed above)")
+    if stats["missing_images"]:
+        left_out.append(f"{len(stats['missing_images'])} missing images")
     print(f"wrote {stats['num_images']} images, {stats['num_objects']} objects "
           f"({stats['num_crowd']} crowd) to {len(stats['files'])} files "
-          f"{stats['files'][0]} ...; left out {stats['num_degenerate']} boxes under 1 pixel"
-          + (f" and {len(stats['missing_images'])} missing images" if stats["missing_images"]
-             else ""))
+          f"{stats['files'][0]} ...; left out {', '.join(left_out)}")
     print(f"read with data.<split>: {{format: tfrecord, tfrecords: '{args.output}-*.tfrecord',"
           f" annotations: {json.dumps(os.fspath(args.annotations))}}}")
     return 0
