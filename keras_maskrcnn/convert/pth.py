@@ -16,7 +16,7 @@ Formats (facts from torch's ``serialization.py`` / ``_utils.py``, torch 2.x):
 - legacy (``_use_new_zipfile_serialization=False``): pickles of the magic number, the protocol
   version (1001) and system info, the object (persistent ids carry a 5th field, a storage view
   ``(view_key, offset, numel)`` or None), the list of storage keys, then for each key an int64
-  little-endian element count and the storage bytes (always little-endian). The pre-0.4 tar
+  little-endian element count and the storage bytes (always little-endian). The older tar
   format is refused.
 
 Conventions:
@@ -29,8 +29,8 @@ Conventions:
   with no other result (tensors sharing a storage are copied out of it); a tensor pickled once
   and referenced twice (tied weights) is one array, as in torch.
 - bfloat16 (numpy has no such dtype) comes back as float32, exactly (bits << 16).
-- Each storage is read from disk once; stored (uncompressed) zip records are read in place and
-  checked against their CRC.
+- Each storage is read from disk once, straight into the buffer of its array (torch writes the
+  records uncompressed), and checked against the record's CRC.
 
 Shapes: a tensor of ``size`` (d0, ..., dn) -> ndarray of shape (d0, ..., dn); 0-d stays 0-d.
 """
@@ -48,7 +48,8 @@ MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 _BF16 = "bfloat16"
 
-# torch dtype name -> numpy dtype ("<" = the little-endian layout of the file); None = refused.
+# torch dtype name -> numpy dtype ("<": the file's little-endian layout). Others (float8,
+# quantized) are refused by ``find_class``.
 _DTYPES = {
     "float64": "<f8", "double": "<f8", "float32": "<f4", "float": "<f4", "float16": "<f2",
     "half": "<f2", "bfloat16": _BF16, "int64": "<i8", "long": "<i8", "int32": "<i4",
@@ -186,7 +187,7 @@ def read_pth(path):
         if head[:4] == b"PK\x03\x04":
             return _read_zip(f, path)
         if len(head) > 262 and head[257:262] == b"ustar":
-            raise PthError(f"{path}: legacy torch tar format (torch < 0.4): re-save it with "
+            raise PthError(f"{path}: legacy torch tar format: re-save it with "
                            "torch >= 1.6 (torch.save(torch.load(path), new_path))")
         if head[:1] == b"\x80":
             return _read_legacy(f, path)
@@ -199,7 +200,8 @@ def load_pth(path):
     Training checkpoints are unwrapped: while the object is a mapping whose ``"model"`` (else
     ``"state_dict"``) entry is a mapping, that entry is taken. In the state_dict, entries whose
     value is a number, a string, a bool or None are dropped (they are not weights); any other
-    non-tensor value is an error naming its key. ``num_batches_tracked`` buffers stay.
+    non-tensor value is an error naming its key. ``num_batches_tracked`` buffers stay; bfloat16
+    tensors come back as float32 (exact). Raises ``PthError`` naming the file when it refuses.
     """
     state = read_pth(path)
     while isinstance(state, dict):
@@ -232,18 +234,25 @@ def _read_zip(f, path):
             else "a zip archive without data.pkl"
         raise PthError(f"{path}: {kind}, not a torch.save checkpoint")
     root = pickles[0][:-len("data.pkl")]
-    byteorder = "little"
+    byteorder = "little"  # torch's default for archives without the record
     if root + "byteorder" in names:
-        byteorder = archive.read(root + "byteorder").decode("ascii", "replace")
+        byteorder = _zip_read(archive, root + "byteorder", path).decode("ascii", "replace")
         if byteorder not in ("little", "big"):
             raise PthError(f"{path}: unknown byteorder record {byteorder!r}")
-    unpickler = _Unpickler(io.BytesIO(archive.read(pickles[0])), path)
+    unpickler = _Unpickler(io.BytesIO(_zip_read(archive, pickles[0], path)), path)
     obj = _unpickle(unpickler, path)
     buffers = {}
     for key, ref in unpickler.storages.items():
         nbytes = ref.numel * ref.dtype.numpy().itemsize
         buffers[key] = _zip_record(f, archive, f"{root}data/{key}", nbytes, path)
     return _resolve(obj, _Buffers(buffers, byteorder, path))
+
+
+def _zip_read(archive, name, path):
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise PthError(f"{path}: {name} is truncated or corrupt ({e})") from None
 
 
 def _zip_record(f, archive, name, nbytes, path):
@@ -255,7 +264,7 @@ def _zip_record(f, archive, name, nbytes, path):
     if info.file_size != nbytes:
         raise PthError(f"{path}: {name} holds {info.file_size} bytes, the pickle says {nbytes}")
     if info.compress_type != zipfile.ZIP_STORED:
-        return np.frombuffer(archive.read(name), np.uint8).copy()
+        return np.frombuffer(_zip_read(archive, name, path), np.uint8).copy()
     f.seek(info.header_offset)
     header = f.read(30)
     if len(header) != 30 or header[:4] != b"PK\x03\x04":
@@ -314,7 +323,9 @@ class _Buffers:
     def typed(self, ref, dtype):
         """The storage of ``ref`` as a 1-D array of ``dtype`` (a ``_Dtype``), file byte order."""
         layout = dtype.numpy(self.byteorder)
-        raw = self.raw[ref.key]
+        raw = self.raw.get(ref.key)
+        if raw is None:
+            raise PthError(f"{self.path}: storage {ref.key} is referenced but not stored")
         if raw.size % layout.itemsize:
             raise PthError(f"{self.path}: storage {ref.key} is not a whole number of "
                            f"{dtype.name}")
