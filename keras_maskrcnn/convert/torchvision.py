@@ -148,6 +148,9 @@ def read_fpn(reader, fpn, prefix):
     ``inner_blocks.i.weight`` without the ``.0``; both are accepted.
     """
     _require_built(fpn, "call it once or fpn.build({'C2': (None, None, None, c2), ...})")
+    if fpn.extra_convs:  # torchvision's LastLevelP6P7 puts a ReLU between P6 and P7
+        raise ValueError(f"{fpn.name}: torchvision's FPN has no 'conv' extra levels like "
+                         f"{[c.name for c in fpn.extra_convs]}")
     for group, convs in (("inner_blocks", fpn.lateral_convs), ("layer_blocks", fpn.output_convs)):
         for i, conv in enumerate(convs):
             key = f"{prefix}{group}.{i}."
