@@ -1,7 +1,8 @@
 """Dense prediction head shared over pyramid levels: the RPN head (Faster R-CNN, Ren et al.
 2015, section 3.1, shared over levels as in the FPN paper, section 4.1) and YOLACT's prediction
-head (Bolya et al. 2019, section 3.3, figure 4): a conv tower, then sibling convs emitting named
-outputs for every anchor (objectness, box deltas, class logits, mask coefficients, ...).
+head (Bolya et al. 2019, sections 3.2 and 4, figure 4): a conv tower, then sibling convs
+emitting named outputs for every anchor (objectness, box deltas, class logits, mask
+coefficients, ...).
 
 Shape shorthand:
     B  batch size

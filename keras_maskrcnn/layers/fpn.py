@@ -1,14 +1,15 @@
 """Feature Pyramid Network (Lin et al. 2017, "Feature Pyramid Networks for Object Detection",
 section 3: lateral connections and the top-down pathway), NHWC, configured as torchvision's
 FeaturePyramidNetwork + LastLevelMaxPool (Mask R-CNN, the defaults) or as YOLACT's FPN (Bolya
-et al. 2019, section 4: C3..C5, bilinear top-down, ReLU outputs, P6/P7 by stride-2 convs).
+et al. 2019, section 4, "Backbone Detector": C3..C5, bilinear top-down, ReLU outputs, P6/P7
+by stride-2 convs).
 
 Shape shorthand: B batch, H/W input image height/width, C channels; level Pl has stride
 s = 2**l and, on a ResNet, ceil(H / s) x ceil(W / s) cells (at 550x550: C3..C5 are 69, 35, 18
 and P3..P7 are 69, 35, 18, 9, 5).
 
-Conventions pinned here (tests/test_backbones.py checks them against torchvision's FPN and a
-torch reference of YOLACT's):
+Conventions pinned here (tests/test_backbones.py checks the defaults against torchvision's FPN,
+tests/test_fpn.py the YOLACT configuration against a torch reference of YOLACT's):
 - Lateral 1x1 convs (with bias) map the input levels C_lo..C_hi to ``channels``; top-down, the
   running coarser map is upsampled to the finer lateral's exact size and added; a 3x3 conv
   (bias, torch padding 1 = symmetric), then ReLU if ``output_relu``, gives P_lo..P_hi.
