@@ -13,8 +13,9 @@ import tensorflow as tf
 
 from keras_maskrcnn.convert.torchvision import load_rpn_head_weights
 from keras_maskrcnn.layers import rpn as rpn_module
+from keras_maskrcnn.layers.dense_head import feature_keys, level_sizes
 from keras_maskrcnn.layers.rpn import (ProposalGenerator, RPNHead, assign_anchor_targets,
-                                       feature_keys, generate_proposals, level_sizes, rpn_targets)
+                                       generate_proposals, rpn_targets)
 from keras_maskrcnn.ops import anchors as anchor_ops
 
 PADDED = (256, 320)

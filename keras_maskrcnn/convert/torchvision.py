@@ -148,6 +148,9 @@ def read_fpn(reader, fpn, prefix):
     ``inner_blocks.i.weight`` without the ``.0``; both are accepted.
     """
     _require_built(fpn, "call it once or fpn.build({'C2': (None, None, None, c2), ...})")
+    if fpn.extra_convs:  # torchvision's LastLevelP6P7 puts a ReLU between P6 and P7
+        raise ValueError(f"{fpn.name}: torchvision's FPN has no 'conv' extra levels like "
+                         f"{[c.name for c in fpn.extra_convs]}")
     for group, convs in (("inner_blocks", fpn.lateral_convs), ("layer_blocks", fpn.output_convs)):
         for i, conv in enumerate(convs):
             key = f"{prefix}{group}.{i}."
@@ -370,7 +373,8 @@ def read_rpn_head(reader, rpn_head, prefix):
 
     ``{prefix}conv.{i}.0.*`` (Conv2dNormActivation, torchvision >= 0.13) -> ``convs[i]``; the
     older single-conv layout ``{prefix}conv.weight`` is accepted when ``num_convs == 1``;
-    ``cls_logits.*`` -> ``objectness_conv``, ``bbox_pred.*`` -> ``delta_conv``.
+    ``cls_logits.*`` -> ``predictors["objectness"]``, ``bbox_pred.*`` ->
+    ``predictors["box_deltas"]``.
     """
     _require_built(rpn_head, "call it once or rpn_head.build({'P2': (None, None, None, C)})")
     old_layout = reader.has(prefix + "conv.weight")
@@ -379,8 +383,8 @@ def read_rpn_head(reader, rpn_head, prefix):
                          f"has num_convs={len(rpn_head.convs)}")
     for i, conv in enumerate(rpn_head.convs):
         read_conv(reader, conv, prefix + ("conv." if old_layout else f"conv.{i}.0."))
-    read_conv(reader, rpn_head.objectness_conv, prefix + "cls_logits.")
-    read_conv(reader, rpn_head.delta_conv, prefix + "bbox_pred.")
+    read_conv(reader, rpn_head.predictors["objectness"], prefix + "cls_logits.")
+    read_conv(reader, rpn_head.predictors["box_deltas"], prefix + "bbox_pred.")
 
 
 def load_rpn_head_weights(rpn_head, state_dict, prefix="rpn.head."):

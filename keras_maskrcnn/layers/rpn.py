@@ -13,11 +13,10 @@ Shape shorthand:
 
 Conventions pinned here (tests/test_rpn.py checks each against
 ``torchvision.models.detection.rpn``):
-    * Levels are taken in ``feature_keys`` order: the keys of the feature dict sorted
-      naturally ("P2" < "P3" < ... < "P10"), the order of ``anchors.multilevel_anchors`` for
-      P2..P6. Within a level the order is torchvision's: location row-major (y, then x), anchor
-      minor, i.e. index (i * W + j) * A + a; box delta channel a * 4 + c (torchvision's
-      ``view(B, A, 4, H, W)``).
+    * Anchor order (``RPNHead``, a ``layers.dense_head.DenseHead``): levels in
+      ``dense_head.feature_keys`` order ("P2" < ... < "P10"), then location row-major (y, then
+      x), anchor minor, i.e. index (i * W + j) * A + a; box delta channel a * 4 + c
+      (torchvision's ``view(B, A, 4, H, W)``).
     * Proposals (``generate_proposals``): top ``pre_nms_top_n`` logits per level and image
       (``min(pre_nms_top_n, N_l)``), decode (``decode_boxes`` with ``box_weights`` and
       ``scale_clip``), clip to each image's unpadded (height, width), drop boxes with a side
@@ -34,50 +33,16 @@ import numbers
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D
+from keras_maskrcnn.layers.dense_head import DenseHead
 from keras_maskrcnn.ops import boxes as box_ops
 from keras_maskrcnn.ops import matching
 from keras_maskrcnn.ops import nms as nms_ops
 
 
-def _natural_key(key):
-    """"P10" sorts after "P9": (prefix, number) when the key ends in digits."""
-    digits = len(key) - len(key.rstrip("0123456789"))
-    if digits:
-        return (key[:-digits], int(key[-digits:]))
-    return (key, -1)
-
-
-def feature_keys(features):
-    """The level keys of a feature dict in the order the RPN concatenates them (natural sort)."""
-    return sorted(features, key=_natural_key)
-
-
-def level_sizes(features, num_anchors):
-    """Anchors per level, N_l = H_l * W_l * A, in ``feature_keys`` order.
-
-    Args:
-        features: dict level -> (B, H_l, W_l, C) tensor (or a shape tuple).
-        num_anchors: Python int A.
-
-    Returns:
-        list of L counts: Python ints where H_l and W_l are static, else scalar int32 tensors.
-    """
-    counts = []
-    for key in feature_keys(features):
-        value = features[key]
-        shape = tuple(value) if isinstance(value, (tuple, list)) else tuple(value.shape)
-        if shape[1] is not None and shape[2] is not None:  # static H_l, W_l
-            counts.append(int(shape[1]) * int(shape[2]) * int(num_anchors))
-        else:
-            dynamic = tf.shape(value)  # (4,) int32
-            counts.append(dynamic[1] * dynamic[2] * int(num_anchors))
-    return counts
-
-
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
-class RPNHead(keras.layers.Layer):
-    """torchvision's ``RPNHead``, shared over levels: num_convs x (3x3 conv + ReLU), 1x1 heads.
+class RPNHead(DenseHead):
+    """torchvision's ``RPNHead``: the ``DenseHead`` with num_convs x (3x3 conv + ReLU) and 1x1
+    predictors of 1 objectness logit and 4 box deltas per anchor, shared over levels.
 
     Args:
         num_anchors: A, anchors per location (3 for one size and ratios 0.5, 1, 2).
@@ -89,65 +54,29 @@ class RPNHead(keras.layers.Layer):
         features: dict level -> (B, H_l, W_l, C); every level has the same C.
     Returns:
         objectness_logits: (B, N) float32; box_deltas: (B, N, 4) float32 (dx, dy, dw, dh),
-        levels concatenated in ``feature_keys`` order (see the module docstring).
+        levels concatenated in ``dense_head.feature_keys`` order (see ``layers.dense_head``).
 
-    Sub-layers: ``convs[i]`` (torchvision ``conv.{i}.0``), ``objectness_conv``
-    (``cls_logits``), ``delta_conv`` (``bbox_pred``). Initialisation as torchvision: normal
-    with std 0.01, zero biases.
+    Sub-layers: ``convs[i]`` (torchvision ``conv.{i}.0``), ``predictors["objectness"]``
+    (``cls_logits``), ``predictors["box_deltas"]`` (``bbox_pred``). Initialisation as
+    torchvision: normal with std 0.01, zero biases.
     """
 
     def __init__(self, num_anchors, num_convs=1, **kwargs):
-        super().__init__(**kwargs)
-        self.num_anchors = int(num_anchors)
-        self.num_convs = int(num_convs)
-        init = keras.initializers.RandomNormal(stddev=0.01)
-
-        def conv(filters, size, name, activation=None):
-            return Conv2D(filters, size, padding="same", activation=activation,
-                          kernel_initializer=init, bias_initializer="zeros",
-                          name=name, dtype=self.dtype_policy)
-
-        self.convs = [conv(None, 3, f"conv_{i}", "relu") for i in range(self.num_convs)]
-        self.objectness_conv = conv(self.num_anchors, 1, "objectness")
-        self.delta_conv = conv(4 * self.num_anchors, 1, "box_deltas")
-
-    def build(self, input_shape):
-        shapes = input_shape.values() if isinstance(input_shape, dict) else [input_shape]
-        channels = {tuple(s)[-1] for s in shapes}
-        if len(channels) != 1 or None in channels:
-            raise ValueError(f"{self.name}: all levels need the same known channel count, "
-                             f"got {input_shape}")
-        channels = channels.pop()
-        for conv in self.convs:
-            conv.filters = channels  # torchvision: the convs keep the input channel count
-            conv.build((None, None, None, channels))
-        self.objectness_conv.build((None, None, None, channels))
-        self.delta_conv.build((None, None, None, channels))
-        self.built = True
+        super().__init__(num_anchors, {"objectness": 1, "box_deltas": 4}, num_convs=num_convs,
+                         predictor_kernel_size=1, squeeze_outputs=("objectness",),
+                         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                         bias_initializer="zeros", **kwargs)
 
     def call(self, features):
-        logits, deltas = [], []
-        counts = level_sizes(features, self.num_anchors)  # static where H_l, W_l are
-        for key, count in zip(feature_keys(features), counts):
-            x = features[key]
-            for conv in self.convs:
-                x = conv(x)
-            level_logits = tf.cast(self.objectness_conv(x), tf.float32)  # (B, H, W, A)
-            level_deltas = tf.cast(self.delta_conv(x), tf.float32)  # (B, H, W, 4A)
-            batch = tf.shape(level_logits)[0]
-            logits.append(tf.reshape(level_logits, [batch, count]))  # (B, H*W*A), anchor minor
-            # channel a * 4 + c -> (B, H*W*A, 4): torchvision's view(B, A, 4, H, W) order
-            deltas.append(tf.reshape(level_deltas, [batch, count, 4]))
-        return tf.concat(logits, axis=1), tf.concat(deltas, axis=1)
+        outputs = super().call(features)
+        return outputs["objectness"], outputs["box_deltas"]
 
     def compute_output_shape(self, input_shape):
-        shapes = [tuple(input_shape[k]) for k in feature_keys(input_shape)]
-        known = all(s[1] is not None and s[2] is not None for s in shapes)
-        total = sum(s[1] * s[2] * self.num_anchors for s in shapes) if known else None
-        return (shapes[0][0], total), (shapes[0][0], total, 4)
+        shapes = super().compute_output_shape(input_shape)
+        return shapes["objectness"], shapes["box_deltas"]
 
     def get_config(self):
-        config = super().get_config()
+        config = keras.layers.Layer.get_config(self)  # the RPN fixes DenseHead's other arguments
         config.update({"num_anchors": self.num_anchors, "num_convs": self.num_convs})
         return config
 

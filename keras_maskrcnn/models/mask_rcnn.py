@@ -23,8 +23,9 @@ import tensorflow as tf
 
 from keras_maskrcnn import builders, losses
 from keras_maskrcnn import training as training_lib  # also registers the optimizers for .keras loading
+from keras_maskrcnn.layers.dense_head import level_sizes
 from keras_maskrcnn.layers.roi_sampler import replica_seed
-from keras_maskrcnn.layers.rpn import level_sizes, rpn_targets
+from keras_maskrcnn.layers.rpn import rpn_targets
 from keras_maskrcnn.ops.anchors import multilevel_anchors
 from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
 from keras_maskrcnn.ops.masks import project_masks_on_boxes
