@@ -247,3 +247,24 @@ def test_rejects_bad_arguments():
         fast_nms(boxes, scores, top_k=0)
     with pytest.raises(ValueError, match="scores"):
         fast_nms(boxes, scores[..., 0])
+
+
+@pytest.mark.parametrize("method", ["fast", "standard"])
+def test_one_crowded_class_and_every_block_width(method):
+    # One class with ~230 candidates (top_k keeps 200) next to classes with at most 8, 16, ..,
+    # 40: blocks of many widths are used.
+    boxes, scores = random_case(15, batch=1, num_anchors=400, num_classes=6)
+    scores[0, :, 0] = np.where(np.arange(400) % 7 < 3, scores[0, :, 0] / 9, 0.06 + scores[0, :, 0])
+    for c in range(1, 6):
+        scores[0, 8 * c:, c] = np.minimum(scores[0, 8 * c:, c], 0.01)  # 8c anchors at most
+    out = fast_nms(boxes, scores, top_k=200, max_detections=300, method=method)
+    check(out, boxes, scores, 300, top_k=200, method=method)
+
+
+def test_iou_matrix_is_pairwise_iou_bit_for_bit():
+    from keras_maskrcnn.ops import pairwise_iou
+    from keras_maskrcnn.ops.nms_fast import _iou_matrix
+
+    boxes, _ = random_case(16, num_anchors=64)
+    boxes[0, :5] = [[3, 3, 3, 9], [5, 5, 2, 2], [0, 0, 0, 0], [1, 1, 4, 4], [1, 1, 4, 4]]
+    np.testing.assert_array_equal(_iou_matrix(boxes), pairwise_iou(boxes, boxes))

@@ -39,7 +39,8 @@ Conventions pinned here (tests/test_fast_nms.py checks each one against a NumPy 
       classes -1, indices -1. ``classes`` is the 0-based index into the scores' last axis C
       (add 1 for background-first labels); ``indices`` points into N (to gather mask
       coefficients); in the per-class mode one anchor may appear under several classes.
-No XLA kernel is needed except for the "standard" method (combined NMS: compile without XLA).
+Inside, candidates are compacted (anchors above the threshold, groups by candidate count) into
+tensors of data-dependent size: compile with ``jit_compile=False``, as for ``ops.nms``.
 """
 import tensorflow as tf
 
@@ -67,71 +68,141 @@ def _pad_axis(values, axis, min_size, pad_value):
     return padded
 
 
-def _candidate_groups(scores, score_threshold, cross_class, threshold_on):
+def _compact_anchors(boxes, scores, score_threshold):
+    """Moves the anchors whose best score is ``> score_threshold`` to the front, in order.
+
+    Every candidate needs that (a class score above the threshold implies it), so the rest is
+    dropped before sorting; the anchors keep their relative order, so do ties.
+
+    Args:
+        boxes: (B, N, 4). scores: (B, N, C).
+
+    Returns:
+        boxes (B, M, 4), scores (B, M, C), anchor_ids (B, M) int32 into N, live (B, M) bool,
+        with M = max(1, the largest count over the batch).
+    """
+    live = tf.reduce_max(scores, axis=-1) > tf.cast(score_threshold, tf.float32)  # (B, N)
+    live = _pad_axis(live, 1, 1, False)  # (B, max(N, 1)): top_k needs one entry
+    count = tf.reduce_max(tf.reduce_sum(tf.cast(live, tf.int32), axis=1))
+    _, anchor_ids = tf.math.top_k(tf.cast(live, tf.float32), k=tf.maximum(count, 1))  # (B, M)
+    live = tf.gather(live, anchor_ids, batch_dims=1)  # (B, M): ties kept index order above
+    boxes = tf.gather(_pad_axis(boxes, 1, 1, 0.0), anchor_ids, batch_dims=1)  # (B, M, 4)
+    scores = tf.gather(_pad_axis(scores, 1, 1, 0.0), anchor_ids, batch_dims=1)  # (B, M, C)
+    return boxes, scores, anchor_ids, live
+
+
+def _candidate_groups(scores, live, score_threshold, cross_class, threshold_on):
     """Scores per group and anchor, and which (group, anchor) pairs are candidates.
 
     Args:
-        scores: (B, N, C) float32.
+        scores: (B, M, C) float32. live: (B, M) bool, the anchor's best score passes.
 
     Returns:
-        group_scores (B, G, N), valid (B, G, N) bool, anchor_classes (B, G, N) int32.
+        group_scores (B, G, M), valid (B, G, M) bool, classes (B, G, M) int32.
     """
-    threshold = tf.cast(score_threshold, tf.float32)
-    best = tf.reduce_max(scores, axis=-1)  # (B, N, C) -> (B, N)
     if cross_class:
         num_classes = tf.shape(scores)[-1]
-        is_best = tf.equal(scores, best[..., None])  # best (B, N) -> (B, N, 1)
+        best = tf.reduce_max(scores, axis=-1)  # (B, M, C) -> (B, M)
+        is_best = tf.equal(scores, best[..., None])  # best (B, M) -> (B, M, 1)
         classes = tf.reduce_min(tf.where(is_best, tf.range(num_classes), num_classes),
-                                axis=-1)  # (B, N): lowest class attaining the max
-        return best[:, None], (best > threshold)[:, None], classes[:, None]  # (B, 1, N) each
-    group_scores = tf.transpose(scores, [0, 2, 1])  # (B, N, C) -> (B, C, N)
+                                axis=-1)  # (B, M): lowest class attaining the max
+        return best[:, None], live[:, None], classes[:, None]  # (B, 1, M) each
+    group_scores = tf.transpose(scores, [0, 2, 1])  # (B, M, C) -> (B, C, M)
+    valid = live[:, None]  # (B, M) -> (B, 1, M)
     if threshold_on == "class":
-        valid = group_scores > threshold  # (B, C, N)
-    else:
-        valid = tf.broadcast_to((best > threshold)[:, None], tf.shape(group_scores))  # (B, C, N)
+        valid &= group_scores > tf.cast(score_threshold, tf.float32)  # (B, C, M)
+    valid = tf.broadcast_to(valid, tf.shape(group_scores))  # (B, C, M)
     classes = tf.broadcast_to(tf.range(tf.shape(scores)[-1])[None, :, None],
-                              tf.shape(group_scores))  # (C,) -> (B, C, N)
+                              tf.shape(group_scores))  # (C,) -> (B, C, M)
     return group_scores, valid, classes
 
 
-def _top_candidates(boxes, group_scores, valid, classes, top_k):
+def _top_candidates(boxes, anchor_ids, group_scores, valid, classes, top_k):
     """Each group's top K candidates by score (``tf.math.top_k`` order).
 
+    K = min(top_k, the largest candidate count of any group), at least 1: no row is longer
+    than it needs to be.
+
     Args:
-        boxes: (B, N, 4). group_scores, classes: (B, G, N). valid: (B, G, N) bool.
+        boxes: (B, M, 4). anchor_ids: (B, M) int32. group_scores, classes: (B, G, M).
+        valid: (B, G, M) bool.
 
     Returns:
-        dict boxes (B, G, K, 4), scores (B, G, K), valid (B, G, K) bool, indices (B, G, K)
-        int32 into N (-1 where not valid), classes (B, G, K) int32.
+        dict boxes (B, G, K, 4), scores (B, G, K), valid (B, G, K) bool (valid entries first),
+        indices (B, G, K) int32 into N and classes (B, G, K) int32, -1 where not valid.
     """
-    key = _pad_axis(_rank_key(group_scores, valid), 2, top_k, float("-inf"))  # (B, G, >=K)
-    _, order = tf.math.top_k(key, k=top_k, sorted=True)  # (B, G, K) into the padded N
-    valid = tf.gather(_pad_axis(valid, 2, top_k, False), order, batch_dims=2)  # (B, G, K)
-    order = tf.where(valid, order, 0)  # padding positions (>= N) -> 0; masked below
-    group_scores = _pad_axis(group_scores, 2, 1, 0.0)  # (B, G, max(N, 1)): in range for N = 0
-    scores = tf.gather(group_scores, order, batch_dims=2)  # (B, G, K)
-    classes = tf.gather(_pad_axis(classes, 2, 1, 0), order, batch_dims=2)  # (B, G, K)
-    safe_boxes = _pad_axis(boxes, 1, 1, 0.0)  # (B, max(N, 1), 4)
-    top_boxes = tf.gather(safe_boxes, order, batch_dims=1)  # (B, G, K) -> (B, G, K, 4)
+    count = tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=2))
+    k = tf.clip_by_value(count, 1, top_k)  # <= M, as M >= max(count, 1)
+    _, order = tf.math.top_k(_rank_key(group_scores, valid), k=k, sorted=True)  # (B, G, K)
+    valid = tf.gather(valid, order, batch_dims=2)  # (B, G, K)
+    top_boxes = tf.gather(boxes, order, batch_dims=1)  # (B, G, K) -> (B, G, K, 4)
     return {
         "boxes": tf.where(valid[..., None], top_boxes, 0.0),  # valid (B, G, K) -> (B, G, K, 1)
-        "scores": tf.where(valid, scores, 0.0),
+        "scores": tf.where(valid, tf.gather(group_scores, order, batch_dims=2), 0.0),
         "valid": valid,
-        "indices": tf.where(valid, order, -1),
-        "classes": tf.where(valid, classes, -1),
+        "indices": tf.where(valid, tf.gather(anchor_ids, order, batch_dims=1), -1),
+        "classes": tf.where(valid, tf.gather(classes, order, batch_dims=2), -1),
     }
 
 
-def _fast_keep(candidates, iou_threshold):
-    """Fast NMS on sorted candidates: (B, G, K) bool, True where a candidate survives."""
-    boxes, valid = candidates["boxes"], candidates["valid"]
-    iou = box_ops.pairwise_iou(boxes, boxes)  # (B, G, K, K); row i, column j
-    top_k = boxes.shape[2]
-    rank = tf.range(top_k)
-    above = rank[:, None] < rank[None, :]  # (K, K): triu(diagonal=1), row ranked above column
-    above = above & valid[..., :, None]  # (K, K) & (B, G, K, 1) -> (B, G, K, K)
-    iou_max = tf.reduce_max(tf.where(above, iou, 0.0), axis=-2)  # (B, G, K, K) -> (B, G, K)
+def _iou_matrix(boxes):
+    """(..., K, 4) -> (..., K, K) IoU; bit-equal to ``ops.boxes.pairwise_iou(boxes, boxes)``.
+
+    The same float32 operations on (..., K) coordinate vectors instead of (..., K, K, 2)
+    corner tensors, which is several times faster for K = 200.
+    """
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # (..., K) each
+    area = tf.maximum(x2 - x1, 0.0) * tf.maximum(y2 - y1, 0.0)  # (..., K)
+    col, row = (lambda v: v[..., :, None]), (lambda v: v[..., None, :])  # (..., K, 1), (.., 1, K)
+    w = tf.maximum(tf.minimum(col(x2), row(x2)) - tf.maximum(col(x1), row(x1)), 0.0)
+    h = tf.maximum(tf.minimum(col(y2), row(y2)) - tf.maximum(col(y1), row(y1)), 0.0)
+    inter = w * h  # (..., K, K)
+    return tf.math.divide_no_nan(inter, col(area) + row(area) - inter)
+
+
+def _keep_block(boxes, valid, iou_threshold):
+    """Fast NMS on rows of sorted candidates: boxes (R, W, 4), valid (R, W) -> (R, W) bool.
+
+    Invalid entries come last in each row and are all-zero boxes: they only sit above other
+    invalid entries, so the triangle needs no row mask.
+    """
+    rank = tf.range(tf.shape(valid)[1])
+    above = rank[:, None] < rank[None, :]  # (W, W): triu(diagonal=1), row ranked above column
+    iou_max = tf.reduce_max(tf.where(above, _iou_matrix(boxes), 0.0), axis=1)  # (R, W)
     return valid & (iou_max <= tf.cast(iou_threshold, tf.float32))
+
+
+def _bucket_widths(top_k):
+    """Block widths 8, 11, 16, 23, 32, ... (steps of sqrt(2)) below ``top_k``, then ``top_k``."""
+    widths = [8]
+    while round(widths[-1] * 2 ** 0.5) < top_k:
+        widths.append(round(widths[-1] * 2 ** 0.5))
+    return [w for w in widths if w < top_k] + [top_k]
+
+
+def _fast_keep(candidates, iou_threshold, top_k):
+    """Fast NMS on sorted candidates: (B, G, K) bool, True where a candidate survives.
+
+    Each group is computed on a block as wide as its candidate count rounded up to a power of
+    two (8 at least, ``top_k`` at most; valid entries come first), so that the many nearly
+    empty classes do not each cost a K x K matrix; groups without a candidate cost nothing.
+    """
+    shape = tf.shape(candidates["valid"])
+    rows, width = shape[0] * shape[1], shape[2]
+    valid = tf.reshape(candidates["valid"], [rows, width])  # (B, G, K) -> (B*G, K)
+    boxes = tf.reshape(candidates["boxes"], [rows, width, 4])  # (B, G, K, 4) -> (B*G, K, 4)
+    counts = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)  # (B*G,)
+    keep = tf.zeros([rows, width], tf.int32)
+    lower = 0
+    for upper in _bucket_widths(top_k):
+        live = tf.where((counts > lower) & (counts <= upper))  # (R, 1) rows of this bucket
+        cols = tf.minimum(width, upper)
+        block = _keep_block(tf.gather_nd(boxes, live)[:, :cols],  # (R, W, 4)
+                            tf.gather_nd(valid, live)[:, :cols], iou_threshold)  # (R, W)
+        block = tf.pad(tf.cast(block, tf.int32), [[0, 0], [0, width - cols]])  # (R, K)
+        keep += tf.scatter_nd(live, block, [rows, width])  # each row is in one bucket
+        lower = upper
+    return tf.reshape(keep > 0, shape)  # (B*G, K) -> (B, G, K)
 
 
 def _standard_order(candidates, iou_threshold, max_detections):
@@ -210,11 +281,13 @@ def fast_nms(boxes, scores, iou_threshold=0.5, score_threshold=0.05, top_k=200,
         rows in decreasing score order, real rows first.
     """
     boxes, scores = _check_args(boxes, scores, method, threshold_on, top_k, max_detections)
-    group_scores, valid, classes = _candidate_groups(scores, score_threshold, cross_class,
-                                                     threshold_on)  # (B, G, N) each
-    candidates = _top_candidates(boxes, group_scores, valid, classes, top_k)  # (B, G, K, ...)
+    boxes, scores, anchor_ids, live = _compact_anchors(boxes, scores, score_threshold)
+    group_scores, valid, classes = _candidate_groups(scores, live, score_threshold, cross_class,
+                                                     threshold_on)  # (B, G, M) each
+    candidates = _top_candidates(boxes, anchor_ids, group_scores, valid, classes,
+                                 top_k)  # (B, G, K, ...)
     if method == "fast":
-        keep = _fast_keep(candidates, iou_threshold)  # (B, G, K)
+        keep = _fast_keep(candidates, iou_threshold, top_k)  # (B, G, K)
         positions, num_detections = _fast_order(candidates, keep, max_detections)
     else:
         positions, num_detections = _standard_order(candidates, iou_threshold, max_detections)
