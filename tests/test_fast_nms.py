@@ -268,3 +268,16 @@ def test_iou_matrix_is_pairwise_iou_bit_for_bit():
     boxes, _ = random_case(16, num_anchors=64)
     boxes[0, :5] = [[3, 3, 3, 9], [5, 5, 2, 2], [0, 0, 0, 0], [1, 1, 4, 4], [1, 1, 4, 4]]
     np.testing.assert_array_equal(_iou_matrix(boxes), pairwise_iou(boxes, boxes))
+
+
+@pytest.mark.parametrize("max_det", [1, 3, 10])
+def test_few_detections_from_many_clustered_candidates(max_det):
+    # Only the best 2D candidates are computed first, then 4D, ...: image 0 (few clusters)
+    # needs several rounds to find D survivors, image 1 (spread boxes) finds them at once.
+    boxes, scores = random_case(17, num_anchors=200, num_classes=3, num_clusters=2)
+    spread, _ = random_case(18, num_anchors=200, num_classes=3, num_clusters=150)
+    boxes[1] = spread[1]
+    for threshold_on in ("class", "anchor"):
+        out = fast_nms(boxes, scores, top_k=150, max_detections=max_det,
+                       threshold_on=threshold_on)
+        check(out, boxes, scores, max_det, top_k=150, threshold_on=threshold_on)

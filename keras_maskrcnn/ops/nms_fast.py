@@ -180,17 +180,19 @@ def _bucket_widths(top_k):
     return [w for w in widths if w < top_k] + [top_k]
 
 
-def _fast_keep(candidates, iou_threshold, top_k):
+def _fast_keep(boxes, valid, iou_threshold, top_k):
     """Fast NMS on sorted candidates: (B, G, K) bool, True where a candidate survives.
+
+    Args: boxes (B, G, K, 4); valid (B, G, K) bool, a prefix of each group.
 
     Each group is computed on a block as wide as its candidate count rounded up to a power of
     two (8 at least, ``top_k`` at most; valid entries come first), so that the many nearly
     empty classes do not each cost a K x K matrix; groups without a candidate cost nothing.
     """
-    shape = tf.shape(candidates["valid"])
+    shape = tf.shape(valid)
     rows, width = shape[0] * shape[1], shape[2]
-    valid = tf.reshape(candidates["valid"], [rows, width])  # (B, G, K) -> (B*G, K)
-    boxes = tf.reshape(candidates["boxes"], [rows, width, 4])  # (B, G, K, 4) -> (B*G, K, 4)
+    valid = tf.reshape(valid, [rows, width])  # (B, G, K) -> (B*G, K)
+    boxes = tf.reshape(boxes, [rows, width, 4])  # (B, G, K, 4) -> (B*G, K, 4)
     counts = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)  # (B*G,)
     keep = tf.zeros([rows, width], tf.int32)
     lower = 0
@@ -203,6 +205,42 @@ def _fast_keep(candidates, iou_threshold, top_k):
         keep += tf.scatter_nd(live, block, [rows, width])  # each row is in one bucket
         lower = upper
     return tf.reshape(keep > 0, shape)  # (B*G, K) -> (B, G, K)
+
+
+def _top_of_image(key, limit):
+    """(B, G, K) bool: the ``limit`` largest keys of each image (``tf.math.top_k`` order)."""
+    shape = tf.shape(key)
+    batch, flat = shape[0], shape[1] * shape[2]
+    _, top = tf.math.top_k(tf.reshape(key, [batch, flat]), k=tf.minimum(limit, flat))  # (B, L)
+    images = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(top))  # (B, L)
+    marks = tf.scatter_nd(tf.stack([images, top], -1), tf.ones_like(top), [batch, flat])
+    return tf.reshape(marks > 0, shape)  # (B, G*K) -> (B, G, K)
+
+
+def _lazy_fast_keep(candidates, iou_threshold, top_k, max_detections):
+    """``_fast_keep`` on the candidates that can reach the output; (B, G, K) bool.
+
+    A candidate's fate depends only on the candidates ranked above it in its group, and
+    survivors come out in score order: once D survive among an image's L best candidates
+    (over all groups, a prefix of each group), the others cannot be output. So L starts at
+    2D and doubles until every image has D survivors or all its candidates are in.
+    """
+    valid = candidates["valid"]
+    key = _rank_key(candidates["scores"], valid)  # (B, G, K)
+    num_valid = tf.reduce_sum(tf.cast(valid, tf.int32), axis=[1, 2])  # (B,)
+
+    def keep_top(limit):
+        top = valid & _top_of_image(key, limit)  # (B, G, K), a prefix of each group
+        return _fast_keep(candidates["boxes"], top, iou_threshold, top_k)
+
+    def short(limit, keep):
+        survivors = tf.reduce_sum(tf.cast(keep, tf.int32), axis=[1, 2])  # (B,)
+        return tf.reduce_any((survivors < max_detections) & (num_valid > limit))
+
+    limit = tf.constant(2 * max_detections)
+    _, keep = tf.while_loop(short, lambda limit, _: (2 * limit, keep_top(2 * limit)),
+                            (limit, keep_top(limit)))
+    return keep
 
 
 def _standard_order(candidates, iou_threshold, max_detections):
@@ -287,7 +325,7 @@ def fast_nms(boxes, scores, iou_threshold=0.5, score_threshold=0.05, top_k=200,
     candidates = _top_candidates(boxes, anchor_ids, group_scores, valid, classes,
                                  top_k)  # (B, G, K, ...)
     if method == "fast":
-        keep = _fast_keep(candidates, iou_threshold, top_k)  # (B, G, K)
+        keep = _lazy_fast_keep(candidates, iou_threshold, top_k, max_detections)  # (B, G, K)
         positions, num_detections = _fast_order(candidates, keep, max_detections)
     else:
         positions, num_detections = _standard_order(candidates, iou_threshold, max_detections)
