@@ -7,14 +7,6 @@ suppressed still suppresses the boxes below it, so Fast NMS keeps a subset of wh
 keeps (A suppresses B and B suppresses C: greedy keeps C, Fast NMS drops it). Then the top
 ``max_detections`` over all classes by score.
 
-Shape shorthand:
-    B  batch size (may be unknown)
-    N  anchors per image (may be unknown or 0); one box per anchor, shared by all classes
-    C  foreground classes (background already removed), static
-    G  candidate groups: C per class, 1 cross-class
-    K  ``top_k``, the static number of candidates per group
-    D  ``max_detections``, the static number of output rows
-
 Conventions pinned here (tests/test_fast_nms.py checks each one against a NumPy loop):
     * IoU is ``ops.boxes.pairwise_iou`` (width = x2 - x1, no +1; YOLACT's ``jaccard`` is the
       same formula), computed in float32 and compared in float32 (``iou <= float32(t)``, as
@@ -28,23 +20,32 @@ Conventions pinned here (tests/test_fast_nms.py checks each one against a NumPy 
       score of a kept anchor is a candidate, however low.
     * Each group's candidates are taken by ``tf.math.top_k``: decreasing score, equal scores
       in increasing anchor index. The final top D is ``tf.math.top_k`` over the groups'
-      survivors flattened group-major: equal scores go to the lower class, then the lower rank.
+      survivors flattened group-major: equal scores go to the lower class (per-class mode),
+      then the lower rank.
     * Cross-class (``cross_class=True``, YOLACT's ``cc_fast_nms``): an anchor's score is its
       best class score and its class the lowest class index attaining it; one group of the
       top K anchors, compared regardless of class. YOLACT returns every survivor (up to K);
       here the first D survivors (pass ``max_detections=top_k`` for all of them).
     * ``method="standard"`` runs greedy NMS (``ops.nms.batched_nms``, "per_class" path: IoU
-      ``> t`` suppresses, exact coordinates) on the same candidates, for comparison.
+      ``> t`` suppresses, exact coordinates, a Python-float ``t`` compared in float64) on the
+      same candidates, for comparison.
     * Outputs are padded to D after the ``num_detections`` real rows: boxes 0, scores 0,
       classes -1, indices -1. ``classes`` is the 0-based index into the scores' last axis C
       (add 1 for background-first labels); ``indices`` points into N (to gather mask
       coefficients); in the per-class mode one anchor may appear under several classes.
 Inside, candidates are compacted (anchors above the threshold, groups by candidate count) into
 tensors of data-dependent size: compile with ``jit_compile=False``, as for ``ops.nms``.
+
+Shape shorthand:
+    B  batch size (may be unknown)
+    N  anchors per image (may be unknown or 0); one box per anchor, shared by all classes
+    C  foreground classes (background already removed), static
+    G  candidate groups: C per class, 1 cross-class
+    K  candidates per group: at most ``top_k`` (trimmed to the largest group inside)
+    D  ``max_detections``, the static number of output rows
 """
 import tensorflow as tf
 
-from keras_maskrcnn.ops import boxes as box_ops
 from keras_maskrcnn.ops import nms as nms_ops
 
 METHODS = ("fast", "standard")
@@ -163,8 +164,8 @@ def _iou_matrix(boxes):
 def _keep_block(boxes, valid, iou_threshold):
     """Fast NMS on rows of sorted candidates: boxes (R, W, 4), valid (R, W) -> (R, W) bool.
 
-    Invalid entries come last in each row and are all-zero boxes: they only sit above other
-    invalid entries, so the triangle needs no row mask.
+    Invalid entries come last in each row: they only sit above other invalid entries, whose
+    columns the final ``valid &`` drops, so the triangle needs no row mask.
     """
     rank = tf.range(tf.shape(valid)[1])
     above = rank[:, None] < rank[None, :]  # (W, W): triu(diagonal=1), row ranked above column
@@ -185,9 +186,9 @@ def _fast_keep(boxes, valid, iou_threshold, top_k):
 
     Args: boxes (B, G, K, 4); valid (B, G, K) bool, a prefix of each group.
 
-    Each group is computed on a block as wide as its candidate count rounded up to a power of
-    two (8 at least, ``top_k`` at most; valid entries come first), so that the many nearly
-    empty classes do not each cost a K x K matrix; groups without a candidate cost nothing.
+    Each group is computed on a block as wide as its candidate count rounded up to the next
+    ``_bucket_widths`` entry (valid entries come first), so that the many nearly empty
+    classes do not each cost a K x K matrix; groups without a candidate cost nothing.
     """
     shape = tf.shape(valid)
     rows, width = shape[0] * shape[1], shape[2]
