@@ -181,10 +181,11 @@ def test_no_candidates_and_different_counts():
     np.testing.assert_array_equal(empty["indices"], -1)
 
 
-def test_one_trace_serves_every_batch_and_anchor_count():
+@pytest.mark.parametrize("method", ["fast", "standard"])
+def test_one_trace_serves_every_batch_and_anchor_count(method):
     spec = [tf.TensorSpec([None, None, 4], tf.float32), tf.TensorSpec([None, None, 4],
                                                                        tf.float32)]
-    fn = tf.function(lambda b, s: fast_nms(b, s, top_k=40, max_detections=30),
+    fn = tf.function(lambda b, s: fast_nms(b, s, top_k=40, max_detections=30, method=method),
                      input_signature=spec)
     outputs = fn.get_concrete_function().structured_outputs
     assert outputs["boxes"].shape.as_list() == [None, 30, 4]
@@ -194,7 +195,7 @@ def test_one_trace_serves_every_batch_and_anchor_count():
             boxes, scores = random_case(seed, batch, num_anchors, num_classes=4)
         else:
             boxes, scores = np.zeros((batch, 0, 4), F32), np.zeros((batch, 0, 4), F32)
-        check(fn(boxes, scores), boxes, scores, 30, top_k=40)
+        check(fn(boxes, scores), boxes, scores, 30, top_k=40, method=method)
     assert fn.experimental_get_tracing_count() == 1
 
 
