@@ -282,3 +282,42 @@ def test_few_detections_from_many_clustered_candidates(max_det):
         out = fast_nms(boxes, scores, top_k=150, max_detections=max_det,
                        threshold_on=threshold_on)
         check(out, boxes, scores, max_det, top_k=150, threshold_on=threshold_on)
+
+
+def torch_yolact_detect(torch, boxes, scores, iou_thr=0.5, conf_thr=0.05, top_k=200,
+                        max_det=100):
+    """YOLACT's Detect with Fast NMS (use_fast_nms, second_threshold off), restated in torch
+    for one image: returns (scores, classes, anchor indices), best first."""
+    boxes, scores = torch.from_numpy(boxes), torch.from_numpy(scores).t()  # (C, N)
+    keep = scores.max(dim=0).values > conf_thr  # the anchor's best foreground score
+    anchors = torch.nonzero(keep)[:, 0]
+    if len(anchors) == 0:
+        return np.zeros(0, F32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    scores, idx = scores[:, keep].sort(dim=1, descending=True, stable=True)
+    scores, idx = scores[:, :top_k], idx[:, :top_k]  # (C, K)
+    b = boxes[anchors][idx]  # (C, K, 4)
+    tl = torch.max(b[:, :, None, :2], b[:, None, :, :2])
+    br = torch.min(b[:, :, None, 2:], b[:, None, :, 2:])
+    inter = (br - tl).clamp(min=0).prod(dim=3)
+    area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    iou = (inter / (area[:, :, None] + area[:, None, :] - inter)).triu(diagonal=1)
+    survive = iou.max(dim=1).values <= iou_thr  # (C, K)
+    classes = torch.arange(len(scores))[:, None].expand_as(survive)[survive]
+    kept_anchors, scores = anchors[idx][survive], scores[survive]
+    scores, order = scores.sort(dim=0, descending=True, stable=True)
+    order = order[:max_det]
+    return scores[:max_det].numpy(), classes[order].numpy(), kept_anchors[order].numpy()
+
+
+@pytest.mark.parametrize("seed", [19, 20])
+def test_anchor_gating_matches_yolact_detect(torch, seed):
+    boxes, scores = random_case(seed, num_anchors=250, num_classes=5)
+    out = fast_nms(boxes, scores, top_k=60, max_detections=90, threshold_on="anchor")
+    for b in range(2):
+        ref_scores, ref_classes, ref_anchors = torch_yolact_detect(torch, boxes[b], scores[b],
+                                                                   top_k=60, max_det=90)
+        n = int(out["num_detections"][b])
+        assert n == len(ref_scores)
+        np.testing.assert_array_equal(out["scores"][b, :n], ref_scores)
+        np.testing.assert_array_equal(out["classes"][b, :n], ref_classes)
+        np.testing.assert_array_equal(out["indices"][b, :n], ref_anchors)
