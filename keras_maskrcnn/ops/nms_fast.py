@@ -289,7 +289,7 @@ def _check_args(boxes, scores, method, threshold_on, top_k, max_detections):
     for name, value in (("top_k", top_k), ("max_detections", max_detections)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a Python int >= 1, got {value!r}")
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    boxes = tf.cast(boxes, tf.float32)  # bfloat16 head outputs included
     scores = tf.cast(scores, tf.float32)
     if scores.shape.rank != 3 or scores.shape[-1] is None:
         raise ValueError(f"scores must be (B, N, C) with a static C, got {scores.shape}")
