@@ -6,6 +6,7 @@ Each submodule pins its conventions in its docstring and is tested against torch
 from keras_maskrcnn.ops.anchors import cell_anchors, fpn_feature_sizes, grid_anchors, multilevel_anchors
 from keras_maskrcnn.ops.boxes import (area, clip_boxes, decode_boxes, encode_boxes, pairwise_iou,
                                       small_box_mask, xywh_to_xyxy, xyxy_to_xywh)
+from keras_maskrcnn.ops.nms_fast import fast_nms, standard_nms
 from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
 from keras_maskrcnn.ops.masks import paste_masks, project_masks_on_boxes
 from keras_maskrcnn.ops.matching import match_boxes, sample_balanced
@@ -19,4 +20,5 @@ __all__ = [
     "keypoints_to_heatmap", "match_boxes", "multilevel_anchors", "multilevel_roi_align",
     "pairwise_iou", "paste_masks", "project_masks_on_boxes", "roi_align", "roi_align_indexed",
     "sample_balanced", "small_box_mask", "xywh_to_xyxy", "xyxy_to_xywh",
+    "fast_nms", "standard_nms",
 ]
