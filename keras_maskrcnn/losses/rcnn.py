@@ -1,4 +1,5 @@
-"""Mask R-CNN training losses: RPN, Fast R-CNN box head, mask head, keypoint head.
+"""Mask R-CNN training losses (He et al. 2017, section 3 "Multi-task loss"; Faster R-CNN section
+3.1.2 for the RPN): RPN, Fast R-CNN box head, mask head, keypoint head.
 
 Shape shorthand:
     B  batch size
@@ -33,38 +34,7 @@ Conventions pinned here (tests/test_losses.py checks each against torchvision's
 """
 import tensorflow as tf
 
-
-def smooth_l1(x, beta=1.0 / 9):
-    """Elementwise smooth L1 (Huber divided by beta) of a difference ``x = input - target``.
-
-    Args:
-        x: (...) float tensor, the regression residual.
-        beta: Python float >= 0, the transition point; 0 gives |x|.
-
-    Returns:
-        (...) float tensor (x's dtype): ``0.5 * x**2 / beta`` where ``|x| < beta``, else
-        ``|x| - 0.5 * beta``; equal to ``torch.nn.functional.smooth_l1_loss(input, target,
-        beta=beta, reduction="none")``.
-    """
-    x = tf.convert_to_tensor(x)
-    n = tf.abs(x)
-    beta = float(beta)
-    if beta == 0.0:  # L1; avoids 0 / 0 in the quadratic branch
-        return n
-    return tf.where(n < beta, 0.5 * n * n / beta, n - 0.5 * beta)
-
-
-def _normaliser(count, local_count):
-    """float32 scalar normaliser: ``count`` if given (a global count), else the local one."""
-    if count is None:
-        count = local_count
-    return tf.cast(count, tf.float32)
-
-
-def _masked_sum(values, mask):
-    """Sum of ``values`` where ``mask`` (broadcastable) is True, as float32 scalar."""
-    mask = tf.broadcast_to(mask, tf.shape(values))
-    return tf.reduce_sum(tf.where(mask, values, tf.zeros_like(values)))
+from keras_maskrcnn.losses.common import masked_sum, normaliser, smooth_l1
 
 
 def rpn_losses(objectness_logits, box_deltas, labels, box_targets, beta=1.0 / 9,
@@ -94,11 +64,11 @@ def rpn_losses(objectness_logits, box_deltas, labels, box_targets, beta=1.0 / 9,
     labels = tf.convert_to_tensor(labels)
     sampled = labels >= 0  # (B, N)
     positive = labels > 0  # (B, N)
-    count = _normaliser(num_sampled, tf.reduce_sum(tf.cast(sampled, tf.float32)))
+    count = normaliser(num_sampled, tf.reduce_sum(tf.cast(sampled, tf.float32)))
     targets = tf.cast(positive, tf.float32)  # 1 for positives, 0 for negatives and ignored
     safe_logits = tf.where(sampled, logits, tf.zeros_like(logits))
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=safe_logits)
-    objectness_loss = tf.math.divide_no_nan(_masked_sum(bce, sampled), count)
+    objectness_loss = tf.math.divide_no_nan(masked_sum(bce, sampled), count)
     box_sum = _regression_sum(box_deltas, box_targets, positive, beta)
     return objectness_loss, tf.math.divide_no_nan(box_sum, count)
 
@@ -110,7 +80,7 @@ def _regression_sum(box_deltas, box_targets, positive, beta):
     mask = positive[..., None]  # (...) -> (..., 1), broadcast over the 4 coordinates
     deltas = tf.where(mask, deltas, tf.zeros_like(deltas))  # sanitise before subtracting
     targets = tf.where(mask, targets, tf.zeros_like(targets))
-    return _masked_sum(smooth_l1(deltas - targets, beta), mask)
+    return masked_sum(smooth_l1(deltas - targets, beta), mask)
 
 
 def fastrcnn_losses(class_logits, box_deltas, roi_classes, box_targets, beta=1.0 / 9,
@@ -141,12 +111,12 @@ def fastrcnn_losses(class_logits, box_deltas, roi_classes, box_targets, beta=1.0
     roi_classes = tf.cast(roi_classes, tf.int32)
     valid = roi_classes >= 0  # (B, R)
     positive = roi_classes > 0  # (B, R)
-    count = _normaliser(num_rois, tf.reduce_sum(tf.cast(valid, tf.float32)))
+    count = normaliser(num_rois, tf.reduce_sum(tf.cast(valid, tf.float32)))
     safe_classes = tf.maximum(roi_classes, 0)  # (B, R), padding -> 0 (masked out below)
     safe_logits = tf.where(valid[..., None], logits, tf.zeros_like(logits))
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_classes,
                                                         logits=safe_logits)  # (B, R)
-    classification_loss = tf.math.divide_no_nan(_masked_sum(ce, valid), count)
+    classification_loss = tf.math.divide_no_nan(masked_sum(ce, valid), count)
     deltas = tf.convert_to_tensor(box_deltas)
     if deltas.shape[2] == 1:  # class-agnostic regression
         deltas = deltas[:, :, 0]  # (B, R, 1, 4) -> (B, R, 4)
@@ -178,7 +148,7 @@ def mask_loss(mask_logits, mask_targets, roi_classes, num_positives=None):
     roi_classes = tf.cast(roi_classes, tf.int32)
     positive = roi_classes > 0  # (B, R)
     size = tf.cast(tf.shape(logits)[2] * tf.shape(logits)[3], tf.float32)  # S * S
-    count = _normaliser(num_positives, tf.reduce_sum(tf.cast(positive, tf.float32)))
+    count = normaliser(num_positives, tf.reduce_sum(tf.cast(positive, tf.float32)))
     if logits.shape[-1] == 1:  # class-agnostic
         logits = logits[..., 0]  # (B, R, S, S, 1) -> (B, R, S, S)
     else:
@@ -189,7 +159,7 @@ def mask_loss(mask_logits, mask_targets, roi_classes, num_positives=None):
     targets = tf.cast(mask_targets, tf.float32)
     targets = tf.where(mask, targets, tf.zeros_like(targets))
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
-    return tf.math.divide_no_nan(_masked_sum(bce, mask), count * size)
+    return tf.math.divide_no_nan(masked_sum(bce, mask), count * size)
 
 
 def keypoint_loss(keypoint_logits, keypoint_targets, keypoint_valid, num_valid=None):
@@ -219,8 +189,8 @@ def keypoint_loss(keypoint_logits, keypoint_targets, keypoint_valid, num_valid=N
     logits = tf.reshape(logits, flat_shape)  # (B, R, Kp, S, S) -> (B, R, Kp, S * S)
     targets = tf.cast(keypoint_targets, tf.int32)
     targets = tf.where(valid, tf.clip_by_value(targets, 0, num_cells - 1), 0)  # (B, R, Kp)
-    count = _normaliser(num_valid, tf.reduce_sum(tf.cast(valid, tf.float32)))
+    count = normaliser(num_valid, tf.reduce_sum(tf.cast(valid, tf.float32)))
     logits = tf.where(valid[..., None], logits, tf.zeros_like(logits))  # sanitise invalid
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets,
                                                         logits=logits)  # (B, R, Kp)
-    return tf.math.divide_no_nan(_masked_sum(ce, valid), count)
+    return tf.math.divide_no_nan(masked_sum(ce, valid), count)
