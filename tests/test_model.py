@@ -108,7 +108,7 @@ def test_fit_one_step_reduces_nothing_to_nan():
 def test_inference_outputs_and_static_shapes(model):
     batch = synthetic_batch(num_gt=(1, 1))
     out = model({"images": batch["images"], "image_sizes": batch["image_sizes"]})
-    d = model.model_settings.roi_heads.detections_per_image
+    d = model.detection_generator.detections_per_image
     assert out["boxes"].shape == (2, d, 4)
     assert out["masks"].shape == (2, d, 28, 28)
     assert out["keypoints"].shape == (2, d, 4, 3)
@@ -207,8 +207,8 @@ def test_heads_on_foreground_slots_only_match_all_fixed_slots(model, monkeypatch
     from keras_maskrcnn.models import mask_rcnn
 
     batch = synthetic_batch(num_gt=(3, 1))
-    roi = model.model_settings.roi_heads
-    num_fg = int(roi.batch_size_per_image * roi.positive_fraction)
+    sampler = model.roi_sampler
+    num_fg = int(sampler.batch_size_per_image * sampler.positive_fraction)
     seeds = [v for v in model.variables if "seed" in v.path]
     assert seeds
     start = [v.numpy().copy() for v in seeds]
