@@ -148,7 +148,7 @@ def evaluate(cfg, model):
 
 def draw_predictions(cfg, model, count=None):
     """PNGs (and TensorBoard images) of predictions on the first validation images."""
-    from keras_maskrcnn import visualize
+    from keras_maskrcnn import visualize  # PIL: only when pictures are drawn
 
     paths = _paths(cfg)
     os.makedirs(paths["predictions"], exist_ok=True)

@@ -1,5 +1,7 @@
 """MaskRCNN on a tiny config: training forward, losses, gradients, fit, save/load, detect."""
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -134,6 +136,30 @@ def test_keras_and_weights_round_trip(model, tmp_path):
     other = build_model(tiny_config())
     other.load_weights(weights)
     np.testing.assert_allclose(other(inputs)["boxes"].numpy(), expected["boxes"].numpy(),
+                               atol=1e-5)
+
+
+FRESH_LOAD = r"""
+import sys, numpy as np, keras
+from keras_maskrcnn import MaskRCNN  # registers the class and its from_config builder
+model = keras.saving.load_model(sys.argv[1])
+assert isinstance(model, MaskRCNN) and model.category_ids == [11, 22, 33], model.category_ids
+inputs = dict(np.load(sys.argv[2]))
+np.save(sys.argv[3], model(inputs)["boxes"].numpy())
+"""
+
+
+def test_keras_file_loads_in_a_fresh_process(tmp_path):
+    m = build_model(tiny_config(), category_ids=[11, 22, 33])
+    batch = synthetic_batch(num_gt=(1, 1))
+    inputs = {"images": batch["images"], "image_sizes": batch["image_sizes"]}
+    m.save(str(tmp_path / "model.keras"))
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run([sys.executable, "-c", FRESH_LOAD, str(tmp_path / "model.keras"),
+                    str(tmp_path / "inputs.npz"), str(tmp_path / "boxes.npy")],
+                   check=True, timeout=300, env=env, cwd=os.path.join(CONFIGS, ".."))
+    np.testing.assert_allclose(np.load(tmp_path / "boxes.npy"), m(inputs)["boxes"].numpy(),
                                atol=1e-5)
 
 
