@@ -212,6 +212,21 @@ def test_backbone_weights_from_a_torchvision_imagenet_checkpoint(torch, torchvis
     np.testing.assert_array_equal(m.backbone.stem_conv.kernel.numpy(), expected)
 
 
+@pytest.mark.parametrize("name", sorted(os.listdir(CONFIGS)))
+def test_every_config_file_builds_its_model(name):
+    """builders read every section the model needs; the model keeps only parts and values."""
+    cfg = config.load_config(os.path.join(CONFIGS, name))
+    m = build_model(cfg, build=False)
+    assert m.num_classes == cfg.model.num_classes
+    assert (m.mask_head is not None) == cfg.model.mask_head.enabled
+    assert (m.keypoint_head is not None) == cfg.model.keypoint_head.enabled
+    assert m.preprocessor.min_size == cfg.input.min_size_test
+    assert m.preprocessor.max_size == cfg.input.max_size
+    assert m.feature_levels == cfg.model.fpn.levels
+    assert m.config_dict["model"] == config.config_to_dict(cfg)["model"]
+    assert not any(hasattr(m, a) for a in ("model_settings", "input_settings"))
+
+
 def test_missing_initial_weights_file_is_named():
     with pytest.raises(FileNotFoundError, match="model.weights: no such file: /nope.h5"):
         build_model(tiny_config(**{"model.weights": "/nope.h5"}))
