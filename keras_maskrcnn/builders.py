@@ -109,10 +109,10 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None):
         parts = (backbone, fpn, rpn_head, proposal_generator, build_roi_sampler(m),
                  build_detection_generator(m), *build_box_head(m), *build_mask_head(m),
                  *build_keypoint_head(m))
+        # The one place for CPU acceleration: accel.accelerate(parts, ...) swaps kernels here.
     finally:
         keras.config.set_dtype_policy(previous_policy)
     r, a = m.rpn, m.roi_align
-    # Place for the accelerated kernels: accel.accelerate(parts, ...) goes here.
     return MaskRCNN(
         *parts, preprocessor=build_preprocessor(settings.input), feature_levels=m.fpn.levels,
         anchor_sizes=m.anchors.sizes, aspect_ratios=m.anchors.aspect_ratios,

@@ -1,4 +1,6 @@
-"""Mask R-CNN (with optional mask and keypoint heads) as one Keras 3 model.
+"""Mask R-CNN (He et al. 2017, section 3; keypoints: section 5) on Faster R-CNN with FPN.
+
+One Keras 3 model, with optional mask and keypoint heads (Faster / Mask / Keypoint R-CNN).
 
 Shape shorthand:
     B  batch size;  Hp, Wp  padded input size (multiple of 32)
@@ -32,6 +34,7 @@ from keras_maskrcnn.ops.anchors import multilevel_anchors
 from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
 from keras_maskrcnn.ops.masks import project_masks_on_boxes
 from keras_maskrcnn.ops.roi_ops import multilevel_roi_align
+
 
 def global_count(mask):
     """Number of True entries of ``mask`` summed over all replicas (float32, at least 1)."""
