@@ -4,14 +4,12 @@ Public API: ``build_model(config)``, ``MaskRCNN``, ``load_config``, and the subm
 ``ops`` (tensor functions), ``layers``, ``preprocessing``, ``convert``
 (``convert.torchvision_models.from_torchvision``).
 
-``import keras_maskrcnn`` imports no TensorFlow (the config is TensorFlow-free): ``train.py``
-validates the config and sets TensorFlow's environment (oneDNN, the lean allocator) before
-TensorFlow loads, so ``build_model`` and ``MaskRCNN`` are imported on first use.
+``import keras_maskrcnn`` imports nothing: ``train.py`` validates the config and sets
+TensorFlow's environment (oneDNN, the lean allocator, which must act on a process that has
+allocated little) before TensorFlow loads, so these names are imported on first use.
 ``keras_maskrcnn.MaskRCNN`` also imports the builders, which ``MaskRCNN.from_config`` needs:
 ``from keras_maskrcnn import MaskRCNN`` is enough to load a ``.keras`` file in a fresh process.
 """
-from keras_maskrcnn.config import load_config
-
 __version__ = "0.1.0.dev0"
 
 
@@ -19,6 +17,12 @@ def build_model(config, category_ids=None, build=True):
     """A ``MaskRCNN`` for a Config, a config dict or a YAML path (see ``builders.build_model``)."""
     from keras_maskrcnn.builders import build_model as _build  # TensorFlow: on first use
     return _build(config, category_ids=category_ids, build=build)
+
+
+def load_config(path, overrides=None):
+    """Strict YAML config loading (see ``keras_maskrcnn.config.load_config``)."""
+    from keras_maskrcnn.config import load_config as _load  # yaml: on first use
+    return _load(path, overrides=overrides)
 
 
 def __getattr__(name):
