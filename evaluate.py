@@ -66,7 +66,7 @@ def load_model(cfg, weights, category_ids):
     if weights.endswith(".keras"):
         import keras
 
-        import keras_maskrcnn.models.mask_rcnn  # noqa: F401  registers the custom classes
+        from keras_maskrcnn import MaskRCNN  # noqa: F401  registers the class and its builder
         model = keras.saving.load_model(weights)
         if model.category_ids is None and category_ids is not None:
             model.category_ids = list(category_ids)

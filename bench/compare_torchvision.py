@@ -133,8 +133,7 @@ def prepare(args):
     import torchvision
     sys.path.insert(0, str(ROOT / "tests"))
     import test_parity  # the randomisation of the parity tests (imports tensorflow: after torch)
-    from keras_maskrcnn.data.transforms import resize_image
-    from keras_maskrcnn.inference import resized_size
+    from keras_maskrcnn.preprocessing import resize_image, shorter_side_size
 
     torch.set_num_threads(args.threads)
     work, images = Path(args.workdir), photos()  # all three calibrate, whatever --images
@@ -149,8 +148,8 @@ def prepare(args):
     batch, rng = {}, np.random.default_rng(SEED)
     for i, name in enumerate(TRAIN_PHOTOS):
         image = images[name]
-        h, w = (int(s) for s in resized_size(*image.shape[:2], args.train_size,
-                                             max_size_for(args.train_size)))
+        h, w = (int(s) for s in shorter_side_size(*image.shape[:2], args.train_size,
+                                                  max_size_for(args.train_size))[:2])
         batch[f"image_{i}"] = resize_image(image, (h, w)).numpy()  # (h, w, 3) float 0..255
         for arch in args.archs:
             for key, value in make_gt(rng, h, w, arch).items():
@@ -226,7 +225,7 @@ def our_worker(args):
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     import keras
     from keras_maskrcnn import training
-    from keras_maskrcnn.convert import from_torchvision
+    from keras_maskrcnn.convert.torchvision_models import from_torchvision
     overrides = ["model.roi_heads.score_threshold=0.0", f"input.min_size_test={args.size}",
                  f"input.max_size={max_size_for(args.size)}", f"input.min_size_train=[{args.size}]"]
     start = time.perf_counter()
@@ -286,9 +285,10 @@ def training_inputs(args, model):
     ``--pad square`` (grouping off) to the max_size square (``training_padded_sizes``' long
     side on both axes) and ``max_instances`` rows."""
     import numpy as np
+    from keras_maskrcnn.convert.torchvision_models import converted_config
     from keras_maskrcnn.data.pipeline import training_padded_sizes
     batch = np.load(Path(args.workdir) / "train_batch.npz")
-    s = model.input_settings
+    s = converted_config(model).input
     images = [batch[f"image_{i}"] for i in range(len(TRAIN_PHOTOS))]
     d = s.size_divisor
     if args.pad == "square":

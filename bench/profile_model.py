@@ -44,14 +44,13 @@ def training_batch(model, cfg, arch, size):
     """Two photos resized to short side ``size``, padded as the pipeline pads them, 6 GT each."""
     import numpy as np
     import skimage.data
-    from keras_maskrcnn.data.transforms import padded_size, resize_image
-    from keras_maskrcnn.inference import resized_size
+    from keras_maskrcnn.preprocessing import padded_size, resize_image, shorter_side_size
     rng = np.random.default_rng(0)
-    s = model.input_settings
+    s = model.preprocessor
     images = []
     for name in ("astronaut", "coffee"):
         photo = getattr(skimage.data, name)()
-        h, w = (int(v) for v in resized_size(*photo.shape[:2], size, s.max_size))
+        h, w = (int(v) for v in shorter_side_size(*photo.shape[:2], size, s.max_size)[:2])
         images.append(resize_image(photo, (h, w)).numpy())
     # both photos are landscape (or square): one batch, padded to its largest image
     hp, wp = (int(v) for v in padded_size(max(im.shape[0] for im in images),

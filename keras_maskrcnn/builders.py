@@ -1,19 +1,28 @@
-"""Config -> layers and models: the one place that maps ``model`` config sections onto layers.
+"""Config -> parts and models: the one place that reads the ``model`` and ``input`` sections.
 
-Layers take primitive constructor arguments only, so a layer never sees a config object. The
-optimizer (``training.build_optimizer``) and the datasets
-(``data.pipeline.dataset_from_config``) are built from their sections the same way.
+Layers and models take built parts and primitive constructor arguments only, so they never
+see a config object. A model keeps the dict of the sections it was built from
+(``config_dict``) only to be saved; ``from_config`` comes back here through
+``models.base.register_builder``. The optimizer (``training.build_optimizer``) and the
+datasets (``data.pipeline.dataset_from_config``) are built from their sections the same way.
 """
+import dataclasses
 import os
 
+import keras
+
 from keras_maskrcnn import config as config_lib
+from keras_maskrcnn.convert import torchvision as tv
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.layers.fpn import FPN
 from keras_maskrcnn.layers.heads import (BoxHead, BoxPredictor, KeypointHead, KeypointPredictor,
                                          MaskHead, MaskPredictor)
 from keras_maskrcnn.layers.roi_sampler import RoISampler
 from keras_maskrcnn.layers.rpn import ProposalGenerator, RPNHead
+from keras_maskrcnn.models import base
 from keras_maskrcnn.models.backbones import ResNet
+from keras_maskrcnn.models.mask_rcnn import MaskRCNN
+from keras_maskrcnn.preprocessing import Preprocessor
 
 
 def build_backbone(model_cfg):
@@ -82,6 +91,47 @@ def build_keypoint_head(model_cfg):
             KeypointPredictor(num_keypoints=c.num_keypoints, name="keypoint_predictor"))
 
 
+def build_preprocessor(input_cfg):
+    """The ``Preprocessor`` of ``input`` (evaluation sizes: ``min_size_test``, ``max_size``)."""
+    return Preprocessor.shorter_side(
+        input_cfg.min_size_test, input_cfg.max_size, input_cfg.size_divisor,
+        pixel_mean=tuple(input_cfg.pixel_mean), pixel_std=tuple(input_cfg.pixel_std))
+
+
+def build_mask_rcnn(settings, category_ids=None, config_dict=None):
+    """An unbuilt ``MaskRCNN`` from a validated Config's ``model`` and ``input`` sections."""
+    m = settings.model
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(m.dtype_policy)  # the sub-layers take the config's policy
+    try:
+        backbone, fpn = build_backbone(m)
+        rpn_head, proposal_generator = build_rpn(m)
+        parts = (backbone, fpn, rpn_head, proposal_generator, build_roi_sampler(m),
+                 build_detection_generator(m), *build_box_head(m), *build_mask_head(m),
+                 *build_keypoint_head(m))
+        # The one place for CPU acceleration: accel.accelerate(parts, ...) swaps kernels here.
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    r, a = m.rpn, m.roi_align
+    return MaskRCNN(
+        *parts, preprocessor=build_preprocessor(settings.input), feature_levels=m.fpn.levels,
+        anchor_sizes=m.anchors.sizes, aspect_ratios=m.anchors.aspect_ratios,
+        roi_levels=(a.min_level, a.max_level), canonical_size=a.canonical_size,
+        canonical_level=a.canonical_level, sampling_ratio=a.sampling_ratio, aligned=a.aligned,
+        box_pool_size=m.box_head.pool_size, mask_pool_size=m.mask_head.pool_size,
+        keypoint_pool_size=m.keypoint_head.pool_size, mask_size=m.mask_head.mask_size,
+        heatmap_size=m.keypoint_head.heatmap_size, rpn_fg_iou_threshold=r.fg_iou_threshold,
+        rpn_bg_iou_threshold=r.bg_iou_threshold,
+        rpn_allow_low_quality_matches=r.allow_low_quality_matches,
+        rpn_batch_size_per_image=r.batch_size_per_image,
+        rpn_positive_fraction=r.positive_fraction, rpn_box_weights=r.box_weights,
+        rpn_seed=r.batch_size_per_image,  # the seed this model always had
+        rpn_smooth_l1_beta=r.smooth_l1_beta, box_smooth_l1_beta=m.roi_heads.smooth_l1_beta,
+        loss_weights=dataclasses.asdict(m.loss_weights),
+        mask_threshold=m.mask_head.threshold, category_ids=category_ids,
+        config_dict=config_dict)
+
+
 def build_model(cfg, category_ids=None, build=True):
     """A ``MaskRCNN`` for ``cfg`` (a Config, a dict or a YAML path).
 
@@ -92,17 +142,23 @@ def build_model(cfg, category_ids=None, build=True):
         build: call the model once on a small dummy batch so its weights exist (needed before
             ``load_weights`` and before ``fit`` under a distribution strategy).
     """
-    from keras_maskrcnn.models.mask_rcnn import MaskRCNN  # avoid an import cycle
-
     if isinstance(cfg, str):
         cfg = config_lib.load_config(cfg)
     elif isinstance(cfg, dict):
         cfg = config_lib.config_from_dict(cfg)
-    model = MaskRCNN(config=model_config_dict(cfg), category_ids=category_ids)
+    model = build_mask_rcnn(cfg, category_ids, config_dict=model_config_dict(cfg))
     if build:
         model.build_with_dummy_batch()
         load_initial_weights(model, cfg.model)
     return model
+
+
+def _rebuild(config_dict, category_ids):
+    """``MaskRCNN.from_config``: the model of a saved recipe, unbuilt (Keras builds it)."""
+    return build_model(config_dict, category_ids=category_ids, build=False)
+
+
+base.register_builder("MaskRCNN", _rebuild)
 
 
 def load_initial_weights(model, model_cfg):
@@ -121,9 +177,7 @@ def load_initial_weights(model, model_cfg):
         if not path.endswith((".pth", ".pt")):
             raise ValueError(f"model.backbone.weights: expected a torchvision ResNet .pth "
                              f"state_dict, got {path}")
-        from keras_maskrcnn.convert import torchvision as tv
-        from keras_maskrcnn.convert.torchvision_models import load_state_dict
-        tv.load_resnet_weights(model.backbone, load_state_dict(path), prefix="",
+        tv.load_resnet_weights(model.backbone, tv.load_state_dict(path), prefix="",
                                ignore_prefixes=("fc.",))
     if model_cfg.weights:
         model.load_weights(model_cfg.weights)

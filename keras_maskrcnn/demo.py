@@ -9,6 +9,11 @@ import argparse
 import os
 import time
 
+import numpy as np
+import tensorflow as tf
+
+from keras_maskrcnn import builders, config
+
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 DEMO_OVERRIDES = (
     "model.backbone.name=resnet18", "model.backbone.width_multiplier=0.25",
@@ -26,11 +31,6 @@ def main(argv=None):
     parser.add_argument("--weights", help=".weights.h5 file to load")
     parser.add_argument("--image", default=os.path.join(ASSETS, "astronaut.jpg"))
     args = parser.parse_args(argv)
-
-    import numpy as np
-    import tensorflow as tf
-
-    from keras_maskrcnn import builders, config
 
     if args.config:
         cfg = config.load_config(args.config)

@@ -235,9 +235,8 @@ def run_coco_eval(coco_gt, results, iou_types=IOU_TYPES, image_ids=None, kpt_oks
 # ----------------------------------------------------------------------------- model
 def default_iou_types(model):
     """The iou types a model's heads support: bbox, plus segm / keypoints when enabled."""
-    settings = model.model_settings
-    return (("bbox",) + (("segm",) if settings.mask_head.enabled else ())
-            + (("keypoints",) if settings.keypoint_head.enabled else ()))
+    return (("bbox",) + (("segm",) if model.mask_head is not None else ())
+            + (("keypoints",) if model.keypoint_head is not None else ()))
 
 
 def label_map_for(model, coco_gt):
@@ -250,7 +249,7 @@ def label_map_for(model, coco_gt):
     if model.category_ids is not None:
         return None
     cat_ids = sorted(coco_gt.getCatIds())
-    num_classes = model.model_settings.num_classes
+    num_classes = model.num_classes
     if num_classes - 1 == len(cat_ids):
         return cat_ids
     warnings.warn(f"the model has no category mapping and num_classes - 1 = {num_classes - 1} "

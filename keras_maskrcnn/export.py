@@ -25,13 +25,14 @@ Outputs of both (padding rows beyond ``num_detections`` are all zero):
         API's "detection_masks" convention: paste them into the box, e.g. with
         ``keras_maskrcnn.ops.masks.paste_masks``), when the model has a mask head;
     full_masks (B, D, Hm, Wm) uint8 {0, 1} masks pasted into the image (torchvision's 1-pixel
-        expansion, probability > ``mask_head.threshold``), only when exported with
+        expansion, probability > ``model.mask_threshold``), only when exported with
         ``include_full_masks``. For ``serving_default`` with images of different sizes the
         canvas is the largest (Hm, Wm) of the batch: image b occupies [:H0_b, :W0_b] and is
         zero beyond (crop with ``original_sizes``);
     keypoints (B, D, Kp, 3) float32 [x, y, score] in original pixels, with a keypoint head.
 
-Preprocessing and the mapping back follow ``keras_maskrcnn.inference`` (torchvision's resize
+Preprocessing and the mapping back are the model's ``preprocessor``
+(``keras_maskrcnn.preprocessing``, the same code as ``model.detect``: torchvision's resize
 rule, bilinear without antialias, zero padding to ``size_divisor``; boxes and keypoints scaled
 by original / resized per axis). The SavedModel needs only TensorFlow to load and runs in the
 session-based loader (``saved_model_cli run``, TF Serving).
@@ -43,37 +44,16 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.inference import resized_size
-from keras_maskrcnn.ops.masks import paste_masks
+from keras_maskrcnn import preprocessing
+from keras_maskrcnn.builders import build_model
+from keras_maskrcnn.config import load_config
 
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
 PARALLEL_IMAGES = 4  # serving_default: images in flight at once (bounds activation memory)
 
 
-def preprocess_batch(images, min_size, max_size, size_divisor):
-    """Same-size images -> model inputs, exactly as ``inference.preprocess`` per image.
-
-    Args:
-        images: (B, H0, W0, 3) uint8 (or any real dtype) RGB.
-        min_size, max_size: Python floats, torchvision's resize rule.
-        size_divisor: Python int, pad bottom/right to a multiple of it.
-
-    Returns:
-        images (B, Hp, Wp, 3) float32 in [0, 255], image_sizes (B, 2) int32 resized (H, W).
-    """
-    shape = tf.shape(images)
-    new_h, new_w = resized_size(shape[1], shape[2], min_size, max_size)
-    resized = tf.image.resize(tf.cast(images, tf.float32), tf.stack([new_h, new_w]),
-                              method="bilinear", antialias=False)  # (B, H, W, 3)
-    pad_h = (new_h + size_divisor - 1) // size_divisor * size_divisor - new_h
-    pad_w = (new_w + size_divisor - 1) // size_divisor * size_divisor - new_w
-    padded = tf.pad(resized, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])  # (B, Hp, Wp, 3)
-    image_sizes = tf.tile(tf.stack([new_h, new_w])[None], [shape[0], 1])  # (B, 2)
-    return padded, image_sizes
-
-
-def to_original_pixels(outputs, image_sizes, original_sizes, category_ids=None):
+def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None):
     """Batched model outputs -> serving outputs in original pixels, padding rows zeroed.
 
     Args:
@@ -86,12 +66,11 @@ def to_original_pixels(outputs, image_sizes, original_sizes, category_ids=None):
     Returns:
         dict boxes, scores, classes (dataset ids, int32), num_detections (int32), masks,
         keypoints (as present), original_sizes; boxes and keypoints scaled per axis by
-        H0 / H and W0 / W (``inference.postprocess``'s float32 arithmetic).
+        H0 / H and W0 / W (``preprocessing.to_original_pixels``, as ``detect``).
     """
     num = tf.cast(outputs["num_detections"], tf.int32)
     valid = tf.range(tf.shape(outputs["scores"])[1])[None] < num[:, None]  # (B, D)
-    ratio = tf.cast(original_sizes, tf.float32) / tf.cast(image_sizes, tf.float32)  # (B, 2)
-    rh, rw = ratio[:, 0, None, None], ratio[:, 1, None, None]  # each (B, 1, 1)
+    scaled = preprocessing.to_original_pixels(outputs, image_sizes, original_sizes)
 
     def keep(x):  # zero the padding rows of a (B, D, ...) tensor
         mask = tf.reshape(valid, tf.concat([tf.shape(valid), tf.ones_like(tf.shape(x)[2:])], 0))
@@ -102,7 +81,7 @@ def to_original_pixels(outputs, image_sizes, original_sizes, category_ids=None):
         lookup = tf.constant([0] + [int(c) for c in category_ids], tf.int32)  # (K,)
         classes = tf.gather(lookup, classes)  # contiguous -> dataset ids, 0 stays 0
     result = {
-        "boxes": keep(outputs["boxes"] * tf.concat([rw, rh, rw, rh], axis=-1)),  # (B, D, 4)
+        "boxes": keep(scaled["boxes"]),  # (B, D, 4)
         "scores": keep(outputs["scores"]),
         "classes": keep(classes),
         "num_detections": num,
@@ -111,34 +90,8 @@ def to_original_pixels(outputs, image_sizes, original_sizes, category_ids=None):
     if "masks" in outputs:
         result["masks"] = keep(tf.cast(outputs["masks"], tf.float32))
     if "keypoints" in outputs:
-        scale = tf.concat([rw, rh, tf.ones_like(rw)], axis=-1)[:, :, None]  # (B, 1, 1, 3)
-        result["keypoints"] = keep(outputs["keypoints"] * scale)
+        result["keypoints"] = keep(scaled["keypoints"])
     return result
-
-
-def full_image_masks(masks, boxes, num_detections, original_sizes, threshold):
-    """RoI mask probabilities -> binary masks pasted on a common (Hm, Wm) canvas.
-
-    Args:
-        masks: (B, D, S, S) float32 probabilities; boxes: (B, D, 4) xyxy original pixels.
-        num_detections: (B,) int32; original_sizes: (B, 2) int32 (H0, W0) per image.
-        threshold: Python float, a pixel is on when its pasted probability is > threshold.
-
-    Returns:
-        (B, D, Hm, Wm) uint8 in {0, 1}, Hm, Wm = max over the batch; image b's masks are
-        ``inference.postprocess``'s (paste_masks, 1-pixel expansion) on [:H0_b, :W0_b] and
-        zero elsewhere and on padding rows.
-    """
-    sizes = tf.concat([original_sizes, tf.zeros([1, 2], original_sizes.dtype)], 0)  # B may be 0
-    height, width = tf.unstack(tf.reduce_max(sizes, axis=0))  # scalars Hm, Wm
-    pasted = paste_masks(masks, boxes, height, width)  # (B, D, Hm, Wm)
-    rows = tf.range(height)[None, :] < original_sizes[:, 0, None]  # (B, Hm)
-    cols = tf.range(width)[None, :] < original_sizes[:, 1, None]  # (B, Wm)
-    inside = tf.logical_and(rows[:, :, None], cols[:, None, :])  # (B, Hm, Wm)
-    valid = tf.range(tf.shape(masks)[1])[None] < num_detections[:, None]  # (B, D)
-    on = tf.logical_and(pasted > threshold, inside[:, None])  # (B, D, Hm, Wm)
-    on = tf.logical_and(on, valid[:, :, None, None])
-    return tf.cast(on, tf.uint8)
 
 
 def _output_dtypes(model):
@@ -160,22 +113,20 @@ def serving_functions(model, include_full_masks=False):
         (B,) encoded images, ``serve_images(images)`` (B, H0, W0, 3) uint8; both return the
         output dict of the module docstring.
     """
-    s = model.input_settings
-    resize_args = (float(s.min_size_test), float(s.max_size), int(s.size_divisor))
-    threshold = float(model.model_settings.mask_head.threshold)
+    preprocessor, threshold = model.preprocessor, model.mask_threshold
     category_ids = model.category_ids
 
     def run_model(images):
-        inputs, image_sizes = preprocess_batch(images, *resize_args)
+        inputs, image_sizes = preprocessor(images)
         outputs = model({"images": inputs, "image_sizes": image_sizes}, training=False)
         return outputs, image_sizes
 
     def finish(outputs, image_sizes, original_sizes):
-        result = to_original_pixels(outputs, image_sizes, original_sizes, category_ids)
+        result = serving_outputs(outputs, image_sizes, original_sizes, category_ids)
         if include_full_masks:
-            result["full_masks"] = full_image_masks(
-                result["masks"], result["boxes"], result["num_detections"],
-                result["original_sizes"], threshold)
+            result["full_masks"] = tf.cast(preprocessing.full_image_masks(
+                result["masks"], result["boxes"], result["original_sizes"], threshold,
+                result["num_detections"]), tf.uint8)
         return result
 
     def serve_images(images):
@@ -219,7 +170,7 @@ def export_model(model, output_dir, include_full_masks=False):
     if include_full_masks and model.mask_head is None:
         raise ValueError("include_full_masks needs a model with a mask head")
     ids = model.category_ids
-    num_classes = model.model_settings.num_classes
+    num_classes = model.num_classes
     if ids is not None and len(ids) != num_classes - 1:
         raise ValueError(f"category_ids has {len(ids)} ids; the model has {num_classes - 1} "
                          "classes besides the background")
@@ -261,9 +212,6 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. model.roi_heads.score_threshold=0.3")
     args = parser.parse_args(argv)
-
-    from keras_maskrcnn.builders import build_model
-    from keras_maskrcnn.config import load_config
 
     cfg = load_config(args.config, args.set)
     model = build_model(cfg, category_ids=parse_category_ids(args.category_ids))

@@ -4,37 +4,16 @@ Shape shorthand: H0, W0 original image size; H, W resized; Hp, Wp padded; n dete
 Kp keypoints.
 
 ``detect`` runs one image at a time through a ``tf.function`` whose input signature has unknown
-height and width, so a new image size does not retrace. Preprocessing follows torchvision's
-``GeneralizedRCNNTransform``: scale = min(min_size / short side, max_size / long side), output
-size floor(side * scale), bilinear (half-pixel, no antialias), zero padding bottom/right to a
-multiple of ``size_divisor``. Results are mapped back to original pixels with the per-axis
-ratios original / resized (torchvision's ``resize_boxes`` / ``resize_keypoints``) and masks are
-pasted into the original image (``ops.masks.paste_masks``, torchvision's 1-pixel expansion).
+height and width, so a new image size does not retrace. Preprocessing and the mapping back are
+the model's ``preprocessor`` (``keras_maskrcnn.preprocessing``: torchvision's resize rule,
+bilinear without antialias, zero padding; boxes and keypoints scaled per axis by original /
+resized, masks pasted into the original image with torchvision's 1-pixel expansion), the same
+code as the SavedModel export.
 """
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.ops.masks import paste_masks
-
-
-def resized_size(height, width, min_size, max_size):
-    """torchvision's resize rule: (H, W) int32 scalars for an image of (height, width)."""
-    h = tf.cast(height, tf.float64)
-    w = tf.cast(width, tf.float64)
-    scale = tf.minimum(min_size / tf.minimum(h, w), max_size / tf.maximum(h, w))
-    return (tf.cast(tf.floor(h * scale), tf.int32), tf.cast(tf.floor(w * scale), tf.int32))
-
-
-def preprocess(image, min_size, max_size, size_divisor):
-    """(H0, W0, 3) uint8 -> images (1, Hp, Wp, 3) float32 in [0, 255], image_sizes (1, 2)."""
-    shape = tf.shape(image)
-    new_h, new_w = resized_size(shape[0], shape[1], min_size, max_size)
-    resized = tf.image.resize(tf.cast(image, tf.float32)[None], tf.stack([new_h, new_w]),
-                              method="bilinear", antialias=False)  # (1, H, W, 3)
-    pad_h = (new_h + size_divisor - 1) // size_divisor * size_divisor - new_h
-    pad_w = (new_w + size_divisor - 1) // size_divisor * size_divisor - new_w
-    padded = tf.pad(resized, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])  # (1, Hp, Wp, 3)
-    return padded, tf.stack([new_h, new_w])[None]
+from keras_maskrcnn import preprocessing
 
 
 def postprocess(outputs, image_sizes, original_size, mask_threshold):
@@ -44,18 +23,13 @@ def postprocess(outputs, image_sizes, original_size, mask_threshold):
     masks (n, H0, W0) bool and keypoints (n, Kp, 3) [x, y, score].
     """
     n = outputs["num_detections"][0]
-    ratio = tf.cast(original_size, tf.float32) / tf.cast(image_sizes[0], tf.float32)  # (h, w)
-    boxes = outputs["boxes"][0, :n] * tf.stack([ratio[1], ratio[0], ratio[1], ratio[0]])
-    result = {"boxes": boxes, "scores": outputs["scores"][0, :n],
-              "classes": outputs["classes"][0, :n]}
-    if "masks" in outputs:
-        pasted = paste_masks(outputs["masks"][:, :n], boxes[None], original_size[0],
-                             original_size[1])  # (1, n, H0, W0) probabilities
-        result["masks"] = pasted[0] > mask_threshold
-    if "keypoints" in outputs:
-        kp = outputs["keypoints"][0, :n]  # (n, Kp, 3) in resized pixels
-        result["keypoints"] = kp * tf.stack([ratio[1], ratio[0], 1.0])
-    return result
+    keys = [k for k in ("boxes", "scores", "classes", "masks", "keypoints") if k in outputs]
+    kept = {k: outputs[k][:, :n] for k in keys}  # (1, n, ...)
+    kept = preprocessing.to_original_pixels(kept, image_sizes, original_size[None])
+    if "masks" in kept:
+        kept["masks"] = preprocessing.full_image_masks(
+            kept["masks"], kept["boxes"], original_size[None], mask_threshold)  # (1, n, H0, W0)
+    return {k: v[0] for k, v in kept.items()}
 
 
 def detection_function(model):
@@ -63,13 +37,11 @@ def detection_function(model):
     fn = getattr(model, "_detect_fn", None)
     if fn is not None:
         return fn
-    settings = model.input_settings
-    threshold = model.model_settings.mask_head.threshold
+    preprocessor, threshold = model.preprocessor, model.mask_threshold
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def detect_one(image):
-        images, image_sizes = preprocess(image, float(settings.min_size_test),
-                                         float(settings.max_size), settings.size_divisor)
+        images, image_sizes = preprocessor(image[None])  # (1, Hp, Wp, 3), (1, 2)
         outputs = model({"images": images, "image_sizes": image_sizes}, training=False)
         return postprocess(outputs, image_sizes, tf.shape(image)[:2], threshold)
 

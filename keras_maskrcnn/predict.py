@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from keras_maskrcnn import config as config_lib
+
 
 def annotations_path(cfg):
     """The COCO json holding the class names of ``cfg``'s validation split, or None."""
@@ -119,8 +121,6 @@ def _parse_args(argv):
 def main(argv=None):
     parser, args = _parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-    from keras_maskrcnn import config as config_lib
-
     try:
         cfg = config_lib.load_config(args.config, args.set)
         category_ids, class_names = resolve_categories(cfg, args.annotations)
@@ -128,7 +128,7 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
         parser.error(str(e))
 
-    from keras_maskrcnn import builders, visualize
+    from keras_maskrcnn import builders, visualize  # TensorFlow and PIL, once the args are good
 
     model = builders.build_model(cfg, category_ids=category_ids)
     if args.weights:

@@ -8,7 +8,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn import builders, config as config_lib, cpu_memory, training
+from keras_maskrcnn import builders, config as config_lib, cpu_memory, evaluation, training
+from keras_maskrcnn import export as export_lib
 from keras_maskrcnn.data import pipeline
 
 log = logging.getLogger("keras_maskrcnn")
@@ -130,8 +131,6 @@ class PeriodicEvaluation(keras.callbacks.Callback):
 
 def evaluate(cfg, model):
     """COCOeval on the validation split; metrics are also written to TensorBoard."""
-    from keras_maskrcnn import evaluation
-
     paths = _paths(cfg)
     val = pipeline.load_split(cfg.data, "val", _num_keypoints(cfg))
     metrics = evaluation.evaluate_model(model, val.annotation_file, val.image_dir,
@@ -149,7 +148,7 @@ def evaluate(cfg, model):
 
 def draw_predictions(cfg, model, count=None):
     """PNGs (and TensorBoard images) of predictions on the first validation images."""
-    from keras_maskrcnn import visualize
+    from keras_maskrcnn import visualize  # PIL: only when pictures are drawn
 
     paths = _paths(cfg)
     os.makedirs(paths["predictions"], exist_ok=True)
@@ -190,7 +189,6 @@ def train_and_evaluate(cfg, run_evaluation=True, run_export=True):
                           for k, d in metrics.items()}, indent=1))
         draw_predictions(cfg, model)
     if run_export:
-        from keras_maskrcnn import export as export_lib
         export_lib.export_model(model, paths["saved_model"],
                                 include_full_masks=cfg.export.include_full_masks)
         print(f"exported {paths['saved_model']}")

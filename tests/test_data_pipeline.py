@@ -8,6 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_maskrcnn.config import InputConfig, load_config
+from keras_maskrcnn import preprocessing
 from keras_maskrcnn.data import coco, pipeline, transforms
 
 INPUT = InputConfig(min_size_train=(48, 64), min_size_test=64, max_size=96, max_instances=4)
@@ -119,7 +120,7 @@ def test_training_flip_and_class_mapping(source_files):
     np.testing.assert_array_equal(b["gt_classes"][0], [2, 1, -1, -1])  # 9 -> 2, 4 -> 1
     original = np.asarray(Image.open(source.images[0].path).convert("RGB"))
     h, w = b["image_sizes"][0]
-    expected = transforms.flip_image(transforms.resize_image(original, (h, w))).numpy()
+    expected = transforms.flip_image(preprocessing.resize_image(original, (h, w))).numpy()
     np.testing.assert_allclose(b["images"][0, :h, :w], expected, atol=1e-3)
     # Mutation: without the left/right swap keypoint 0 would sit on the right edge.
     bad = pipeline.build_dataset(source, INPUT, 4, True, flip_probability=1.0, flip_pairs=(),
@@ -146,7 +147,7 @@ def test_eval_batches_are_ordered_unflipped_and_padded_per_batch(source_files):
     np.testing.assert_array_equal(first["image_sizes"], [[64, 85], [96, 53]])  # 96 caps 115
     original = np.asarray(Image.open(source.images[0].path).convert("RGB"))
     np.testing.assert_allclose(first["images"][0, :64, :85],
-                               transforms.resize_image(original, (64, 85)).numpy(), atol=1e-3)
+                               preprocessing.resize_image(original, (64, 85)).numpy(), atol=1e-3)
     negative = batches[1]["gt_classes"][0]
     assert batches[1]["image_ids"][0] == 3 and (negative == -1).all()
     assert batches[1]["images"][0].any()  # the negative image itself is there
@@ -245,7 +246,7 @@ def test_training_padded_sizes_hand_computed_and_every_resize_fits():
     hw = rng.integers(1, 3000, size=(2, 2000))
     for cfg in (coco_cfg, small, ranged, INPUT):
         mins = rng.integers(min(cfg.min_size_train), max(cfg.min_size_train) + 1, 2000)
-        h, w, _ = transforms.resized_size(hw[0], hw[1], mins, cfg.max_size)
+        h, w, _ = preprocessing.shorter_side_size(hw[0], hw[1], mins, cfg.max_size)
         h, w = h.numpy(), w.numpy()
         (lh, lw), (ph, pw) = pipeline.training_padded_sizes(cfg)
         portrait = h > w

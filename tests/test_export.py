@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from keras_maskrcnn import build_model, load_config
 from keras_maskrcnn import export as export_lib
-from keras_maskrcnn.inference import preprocess
+from keras_maskrcnn import preprocessing
 from keras_maskrcnn.ops.masks import paste_masks
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
@@ -230,7 +230,7 @@ def test_mutations_would_fail(exported):
     served = _served(exported["served"], "png_", 0)
     n = int(served["num_detections"])
     h0, w0 = SIZES[0]
-    images_in, sizes = preprocess(tf.constant(images[0]), 128.0, 128.0, 32)
+    images_in, sizes = model.preprocessor(tf.constant(images[0])[None])
     h, w = sizes.numpy()[0]
     unscaled = dict(served, boxes=served["boxes"] / np.array([w0 / w, h0 / h] * 2, np.float32))
     swapped = dict(served, boxes=served["boxes"] * np.array([h0 / h * w / w0,
@@ -245,31 +245,26 @@ def test_mutations_would_fail(exported):
 
 
 def test_postprocessing_hand_computed():
-    """Ratios per axis, category lookup, zeroed padding, full masks on a padded canvas."""
+    """Ratios per axis, category lookup, zeroed padding (full masks: test_preprocessing)."""
     outputs = {"boxes": tf.constant([[[10., 20., 30., 40.], [1., 1., 2., 2.]]]),
                "scores": tf.constant([[0.9, 0.1]]), "classes": tf.constant([[2, 1]]),
                "num_detections": tf.constant([1]),
                "masks": tf.ones([1, 2, 4, 4]), "keypoints": tf.ones([1, 2, 1, 3]) * 10.0}
-    result = export_lib.to_original_pixels(outputs, tf.constant([[50, 100]]),
+    result = export_lib.serving_outputs(outputs, tf.constant([[50, 100]]),
                                            tf.constant([[100, 400]]), CATEGORY_IDS)
     np.testing.assert_allclose(result["boxes"][0], [[40, 40, 120, 80], [0, 0, 0, 0]])
     np.testing.assert_array_equal(result["classes"], [[22, 0]])
     np.testing.assert_allclose(result["scores"], [[0.9, 0.0]])
     np.testing.assert_allclose(result["keypoints"][0, :, 0], [[40, 20, 10], [0, 0, 0]])
     assert not result["masks"][0, 1].numpy().any()
-    full = export_lib.full_image_masks(
-        tf.ones([2, 1, 4, 4]), tf.constant([[[-9., -9., 50., 40.]], [[0., 0., 40., 10.]]]),
-        tf.constant([1, 0]), tf.constant([[20, 30], [10, 40]]), 0.5).numpy()
-    assert full.shape == (2, 1, 20, 40) and full.dtype == np.uint8
-    assert full[0, 0, :20, :30].all() and not full[0, 0, :, 30:].any()  # beyond W0 = 30
-    assert not full[1].any()  # image 1 has no detections
 
 
-def test_preprocess_batch_equals_inference_preprocess():
+def test_batched_preprocessing_equals_one_image():
+    """serving_images resizes a batch at once; detect one image: the same pixels."""
     image = _image(37, 61, seed=3)
-    batched, sizes = export_lib.preprocess_batch(tf.constant(np.stack([image, image])),
-                                                 128.0, 128.0, 32)
-    single, single_sizes = preprocess(tf.constant(image), 128.0, 128.0, 32)
+    preprocessor = preprocessing.Preprocessor.shorter_side(128, 128, 32)
+    batched, sizes = preprocessor(tf.constant(np.stack([image, image])))
+    single, single_sizes = preprocessor(tf.constant(image)[None])
     assert batched.shape == (2,) + tuple(single.shape[1:])
     np.testing.assert_array_equal(batched[1], single[0])
     np.testing.assert_array_equal(sizes, np.repeat(single_sizes.numpy(), 2, axis=0))

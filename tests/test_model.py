@@ -1,5 +1,7 @@
 """MaskRCNN on a tiny config: training forward, losses, gradients, fit, save/load, detect."""
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -108,7 +110,7 @@ def test_fit_one_step_reduces_nothing_to_nan():
 def test_inference_outputs_and_static_shapes(model):
     batch = synthetic_batch(num_gt=(1, 1))
     out = model({"images": batch["images"], "image_sizes": batch["image_sizes"]})
-    d = model.model_settings.roi_heads.detections_per_image
+    d = model.detection_generator.detections_per_image
     assert out["boxes"].shape == (2, d, 4)
     assert out["masks"].shape == (2, d, 28, 28)
     assert out["keypoints"].shape == (2, d, 4, 3)
@@ -134,6 +136,30 @@ def test_keras_and_weights_round_trip(model, tmp_path):
     other = build_model(tiny_config())
     other.load_weights(weights)
     np.testing.assert_allclose(other(inputs)["boxes"].numpy(), expected["boxes"].numpy(),
+                               atol=1e-5)
+
+
+FRESH_LOAD = r"""
+import sys, numpy as np, keras
+from keras_maskrcnn import MaskRCNN  # registers the class and its from_config builder
+model = keras.saving.load_model(sys.argv[1])
+assert isinstance(model, MaskRCNN) and model.category_ids == [11, 22, 33], model.category_ids
+inputs = dict(np.load(sys.argv[2]))
+np.save(sys.argv[3], model(inputs)["boxes"].numpy())
+"""
+
+
+def test_keras_file_loads_in_a_fresh_process(tmp_path):
+    m = build_model(tiny_config(), category_ids=[11, 22, 33])
+    batch = synthetic_batch(num_gt=(1, 1))
+    inputs = {"images": batch["images"], "image_sizes": batch["image_sizes"]}
+    m.save(str(tmp_path / "model.keras"))
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run([sys.executable, "-c", FRESH_LOAD, str(tmp_path / "model.keras"),
+                    str(tmp_path / "inputs.npz"), str(tmp_path / "boxes.npy")],
+                   check=True, timeout=300, env=env, cwd=os.path.join(CONFIGS, ".."))
+    np.testing.assert_allclose(np.load(tmp_path / "boxes.npy"), m(inputs)["boxes"].numpy(),
                                atol=1e-5)
 
 
@@ -186,6 +212,21 @@ def test_backbone_weights_from_a_torchvision_imagenet_checkpoint(torch, torchvis
     np.testing.assert_array_equal(m.backbone.stem_conv.kernel.numpy(), expected)
 
 
+@pytest.mark.parametrize("name", sorted(os.listdir(CONFIGS)))
+def test_every_config_file_builds_its_model(name):
+    """builders read every section the model needs; the model keeps only parts and values."""
+    cfg = config.load_config(os.path.join(CONFIGS, name))
+    m = build_model(cfg, build=False)
+    assert m.num_classes == cfg.model.num_classes
+    assert (m.mask_head is not None) == cfg.model.mask_head.enabled
+    assert (m.keypoint_head is not None) == cfg.model.keypoint_head.enabled
+    assert m.preprocessor.min_size == cfg.input.min_size_test
+    assert m.preprocessor.max_size == cfg.input.max_size
+    assert m.feature_levels == cfg.model.fpn.levels
+    assert m.config_dict["model"] == config.config_to_dict(cfg)["model"]
+    assert not any(hasattr(m, a) for a in ("model_settings", "input_settings"))
+
+
 def test_missing_initial_weights_file_is_named():
     with pytest.raises(FileNotFoundError, match="model.weights: no such file: /nope.h5"):
         build_model(tiny_config(**{"model.weights": "/nope.h5"}))
@@ -207,8 +248,8 @@ def test_heads_on_foreground_slots_only_match_all_fixed_slots(model, monkeypatch
     from keras_maskrcnn.models import mask_rcnn
 
     batch = synthetic_batch(num_gt=(3, 1))
-    roi = model.model_settings.roi_heads
-    num_fg = int(roi.batch_size_per_image * roi.positive_fraction)
+    sampler = model.roi_sampler
+    num_fg = int(sampler.batch_size_per_image * sampler.positive_fraction)
     seeds = [v for v in model.variables if "seed" in v.path]
     assert seeds
     start = [v.numpy().copy() for v in seeds]

@@ -31,7 +31,7 @@ Image sizes: to keep CPU time sane both sides use min_size 320 / max_size 512 (t
 Photos (skimage.data): coffee 400x600 (downscaled to 320x480), chelsea 300x451 (upscaled to
 320x481) and a portrait crop of astronaut, 480x280 (scale set by max_size: 512x298).
 
-Stages compared per photo: preprocessing (our ``inference.preprocess`` + normalisation vs
+Stages compared per photo: preprocessing (our ``model.preprocessor`` + normalisation vs
 torchvision's transform output), backbone + FPN (on torchvision's own tensor, first photo,
 and through our preprocessing), RPN proposals (our ``proposal_generator`` vs ``model.rpn``),
 final detections (``model.detect`` vs torchvision's eval forward, original pixels), masks
@@ -50,7 +50,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.inference import preprocess
 from keras_maskrcnn.layers.dense_head import level_sizes
 
 SEED = 0
@@ -212,16 +211,14 @@ def run_torchvision(torch, model, image):
 
 def our_features(model, image):
     """(H0, W0, 3) uint8 -> our preprocessed batch and FPN features, as ``detect`` does."""
-    s = model.input_settings
-    images, image_sizes = preprocess(tf.constant(image), float(s.min_size_test),
-                                     float(s.max_size), s.size_divisor)  # (1, Hp, Wp, 3)
+    images, image_sizes = model.preprocessor(tf.constant(image)[None])  # (1, Hp, Wp, 3)
     return images, image_sizes, model.extract_features(images, image_sizes)
 
 
 def run_ours(model, image, reference_images=None):
     """Our preprocessing, features, proposals and ``detect``; with ``reference_images`` (Hp, Wp,
     3), also our backbone + FPN on torchvision's own normalised, padded tensor."""
-    s = model.input_settings
+    s = model.preprocessor
     images, image_sizes, features = our_features(model, image)
     mean = np.asarray(s.pixel_mean, np.float32) * 255.0
     std = np.asarray(s.pixel_std, np.float32) * 255.0
@@ -435,7 +432,7 @@ def format_value(value):
 
 
 def run_parity(torch, torchvision, arch):
-    from keras_maskrcnn.convert import from_torchvision
+    from keras_maskrcnn.convert.torchvision_models import from_torchvision
     images = photos()
     reference_model = torchvision_model(torch, torchvision, arch, list(images.values()))
     state_dict = reference_model.state_dict()

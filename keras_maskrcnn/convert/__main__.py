@@ -9,22 +9,22 @@ torchvision's inference), which ``model.detect``, ``evaluate.py`` and export the
 import argparse
 import os
 
+from keras_maskrcnn import config as config_lib
+from keras_maskrcnn.convert.torchvision_models import (ARCHITECTURES, converted_config,
+                                                     from_torchvision)
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m keras_maskrcnn.convert",
                                      description="Convert detection weights to keras-maskrcnn.")
     sub = parser.add_subparsers(dest="source", required=True)
     tv = sub.add_parser("torchvision", help="a torchvision detection checkpoint (.pth)")
-    tv.add_argument("--arch", required=True, choices=[
-        "maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn"])
+    tv.add_argument("--arch", required=True, choices=ARCHITECTURES)
     tv.add_argument("--checkpoint", required=True, help=".pth state_dict")
     tv.add_argument("--output", required=True, help="output directory")
     tv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. model.roi_heads.score_threshold=0.3")
     args = parser.parse_args(argv)
-
-    from keras_maskrcnn import config as config_lib
-    from keras_maskrcnn.convert.torchvision_models import converted_config, from_torchvision
 
     model = from_torchvision(args.checkpoint, args.arch, overrides=args.set)
     os.makedirs(args.output, exist_ok=True)

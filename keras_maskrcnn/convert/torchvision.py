@@ -3,8 +3,9 @@
 Shape shorthand: Cout/Cin output/input channels, kh/kw kernel height/width.
 
 Conventions pinned here:
-- A state_dict is a mapping name -> torch tensor or numpy array. torch is never imported: a value
-  with ``detach``/``cpu`` attributes is converted with ``np.asarray(v.detach().cpu())``.
+- A state_dict is a mapping name -> torch tensor or numpy array. torch is imported only by
+  ``load_state_dict`` to read a ``.pth`` file: a value with ``detach``/``cpu`` attributes is
+  converted with ``np.asarray(v.detach().cpu())``.
 - Conv weights are transposed from torch (Cout, Cin, kh, kw) to Keras (kh, kw, Cin, Cout);
   biases and FrozenBatchNorm buffers ([C]) are copied as they are.
 - Strict loading: a missing key, a key left unused under a consumed prefix, or a shape mismatch
@@ -405,3 +406,19 @@ def load_rpn_head_weights(rpn_head, state_dict, prefix="rpn.head."):
     read_rpn_head(reader, rpn_head, prefix)
     reader.check_no_leftover(prefix)
     return reader.commit()
+
+
+def load_state_dict(checkpoint):
+    """A state_dict from a mapping or a ``.pth`` path (torch needed for paths)."""
+    if isinstance(checkpoint, dict):
+        return checkpoint
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading a .pth checkpoint needs torch (pip install torch)") from e
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # training checkpoints wrap the state_dict
+    if not isinstance(state, dict):
+        raise ValueError(f"{checkpoint}: expected a state_dict, got {type(state).__name__}")
+    return state

@@ -35,22 +35,6 @@ def torchvision_config(arch, num_classes=None):
     return config_lib.apply_overrides(config_lib.Config(), overrides, source=f"torchvision:{arch}")
 
 
-def load_state_dict(checkpoint):
-    """A state_dict from a mapping or a ``.pth`` path (torch needed for paths)."""
-    if isinstance(checkpoint, dict):
-        return checkpoint
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading a .pth checkpoint needs torch (pip install torch)") from e
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # training checkpoints wrap the state_dict
-    if not isinstance(state, dict):
-        raise ValueError(f"{checkpoint}: expected a state_dict, got {type(state).__name__}")
-    return state
-
-
 def _check_architecture(state_dict, arch):
     has_mask = any(k.startswith("roi_heads.mask_") for k in state_dict)
     has_kp = any(k.startswith("roi_heads.keypoint_") for k in state_dict)
@@ -95,9 +79,9 @@ def from_torchvision(checkpoint, arch, overrides=()):
         overrides: extra "a.b=c" config overrides (e.g. a lower score threshold).
 
     Returns:
-        The built model; its config (``model.config_dict``) reproduces torchvision's inference.
+        The built model; its recipe (``model.config_dict``) reproduces torchvision's inference.
     """
-    state_dict = load_state_dict(checkpoint)
+    state_dict = tv.load_state_dict(checkpoint)
     cfg = torchvision_config(arch, num_classes=None)
     _check_architecture(state_dict, arch)
     cfg = config_lib.apply_overrides(

@@ -46,6 +46,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from keras_maskrcnn import preprocessing
 from keras_maskrcnn.data import coco, synthetic, tfrecord, transforms
 
 
@@ -160,7 +161,8 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
             pad_h, pad_w = fixed_size
             rows = functools.partial(transforms.pad_instances, max_instances=max_instances)
         else:
-            pad_h, pad_w = transforms.padded_size(size[0], size[1], input_config.size_divisor)
+            pad_h, pad_w = preprocessing.padded_size(size[0], size[1],
+                                                      input_config.size_divisor)
             rows = functools.partial(transforms.limit_instances, max_instances=max_instances)
         out = {
             "images": transforms.pad_image(example["image"], pad_h, pad_w),

@@ -7,11 +7,9 @@ Shape shorthand:
 
 Conventions pinned here (tests/test_data_transforms.py checks them, against torchvision's
 ``GeneralizedRCNNTransform`` / ``torch.nn.functional.interpolate`` where it has one):
-    * Resize (torchvision's rule): scale = min(min_size / short side, max_size / long side),
-      computed in float64; output side = floor(side * scale). The image is resized bilinearly
-      (half-pixel centres, no antialiasing = ``interpolate(mode="bilinear",
-      align_corners=False)``). Boxes and keypoints are scaled per axis by the actual ratios
-      h / H and w / W (torchvision's ``resize_boxes`` / ``resize_keypoints``), so they stay
+    * Resize: ``keras_maskrcnn.preprocessing``'s shorter-side rule and bilinear image resize
+      (torchvision's; the same code as ``detect`` and the export). Boxes and keypoints are
+      scaled per axis by the actual ratios h / H and w / W (torchvision's ``resize_boxes`` / ``resize_keypoints``), so they stay
       aligned with the resized pixels.
     * Masks: ``"nearest"`` picks source pixel floor((i + 0.5) * H / h) (half-pixel centres,
       PyTorch's "nearest-exact": mask and box stay centred); ``"torchvision"`` picks
@@ -26,33 +24,9 @@ Conventions pinned here (tests/test_data_transforms.py checks them, against torc
 """
 import tensorflow as tf
 
+from keras_maskrcnn.preprocessing import resize_image, shorter_side_size
+
 MASK_METHODS = ("nearest", "torchvision", "bilinear")
-
-
-def resized_size(height, width, min_size, max_size):
-    """Output size of torchvision's resize rule.
-
-    Args:
-        height, width: () int input size.
-        min_size: () int target short side; max_size: () int cap on the long side.
-
-    Returns:
-        (new_height, new_width) () int32 and scale () float32 with
-        scale = min(min_size / min(H, W), max_size / max(H, W)), new = floor(side * scale)
-        (float64 arithmetic, as torchvision's Python floats).
-    """
-    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-    scale = tf.minimum(tf.cast(min_size, tf.float64) / tf.minimum(h, w),
-                       tf.cast(max_size, tf.float64) / tf.maximum(h, w))
-    new_h = tf.cast(tf.floor(h * scale), tf.int32)
-    new_w = tf.cast(tf.floor(w * scale), tf.int32)
-    return new_h, new_w, tf.cast(scale, tf.float32)
-
-
-def resize_image(image, size):
-    """(H, W, C) image -> (h, w, C) float32, bilinear with half-pixel centres, no antialias."""
-    image = tf.cast(image, tf.float32)
-    return tf.image.resize(image, size, method="bilinear", antialias=False)
 
 
 def resize_masks(masks, size, method="nearest"):
@@ -129,12 +103,6 @@ def pad_masks(masks, height, width):
     return tf.pad(masks, [[0, 0], [0, height - shape[1]], [0, width - shape[2]]])
 
 
-def padded_size(height, width, size_divisor):
-    """(height, width) rounded up to multiples of ``size_divisor`` (int32 tensors)."""
-    d = tf.constant(size_divisor, tf.int32)
-    return (height + d - 1) // d * d, (width + d - 1) // d * d
-
-
 def pad_instances(values, max_instances, pad_value=-1):
     """(M, ...) -> (max_instances, ...): first max_instances rows, then ``pad_value`` rows."""
     values = tf.convert_to_tensor(values)
@@ -186,7 +154,7 @@ def resize_example(example, min_size, max_size, mask_method="nearest"):
     """
     out = dict(example)
     old_size = tf.shape(example["image"])[:2]
-    new_h, new_w, scale = resized_size(old_size[0], old_size[1], min_size, max_size)
+    new_h, new_w, scale = shorter_side_size(old_size[0], old_size[1], min_size, max_size)
     new_size = tf.stack([new_h, new_w])
     out["image"] = resize_image(example["image"], new_size)
     out["boxes"] = resize_boxes(example["boxes"], old_size, new_size)

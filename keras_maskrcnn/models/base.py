@@ -1,0 +1,168 @@
+"""Keras plumbing shared by every detector (Mask R-CNN, YOLACT): losses, fit, saving, detect.
+
+A detector subclass shows only its method: ``call`` (training outputs carry predictions,
+targets and weights; inference outputs are padded detections) and ``compute_losses``
+(training outputs -> {loss name: unweighted scalar}). This base adds what Keras needs around
+that, none of it specific to one architecture:
+    * one loss tracker per loss name, and ``compute_loss`` = the weighted sum, each loss
+      scaled back to the global batch for its tracker under a tf.distribute strategy;
+    * ``compute_metrics`` / ``test_step`` (validation loss = the training forward pass);
+    * ``compile`` builds the optimizer's slots, ``_maybe_symbolic_build`` skips Keras'
+      pre-``fit`` build (two Keras bugs under MultiWorkerMirroredStrategy);
+    * ``build_with_dummy_batch`` / ``build_from_config`` create every weight;
+    * ``detect`` (``keras_maskrcnn.inference``) with the model's ``preprocessor``;
+    * ``get_config`` keeps the recipe the builders made the model from (``config_dict``,
+      the model and input config sections) and ``category_ids``; ``from_config`` rebuilds
+      through the function ``keras_maskrcnn.builders`` registers here (``register_builder``),
+      so this package never imports the builders.
+
+Shape shorthand: B batch; Hp, Wp padded input size.
+"""
+import keras
+import tensorflow as tf
+
+from keras_maskrcnn import inference
+from keras_maskrcnn.training import is_multi_worker
+
+_BUILDERS = {}  # class name -> build(config_dict, category_ids) -> unbuilt model
+
+
+def register_builder(class_name, build):
+    """Registers ``build(config_dict, category_ids)`` as the way to rebuild ``class_name``."""
+    _BUILDERS[class_name] = build
+
+
+class Detector(keras.Model):
+    """Base of the detectors: the Keras machinery around ``call`` and ``compute_losses``.
+
+    Args:
+        loss_names: the names ``compute_losses`` returns, in its order.
+        loss_weights: {loss name: float} (a name left out weighs 1.0).
+        preprocessor: ``keras_maskrcnn.preprocessing.Preprocessor``: the model normalises
+            with it; ``detect`` and the export resize, pad and map back with it.
+        mask_threshold: pasted mask probabilities above it are "on" (``detect``, export).
+        category_ids: dataset category id of each contiguous class 1..K-1; None = identity.
+        config_dict: the recipe ``keras_maskrcnn.builders`` made the model from (only kept
+            for ``get_config``; the model never reads it).
+    """
+
+    def __init__(self, loss_names, loss_weights, preprocessor, mask_threshold=0.5,
+                 category_ids=None, config_dict=None, **kwargs):
+        super().__init__(**kwargs)
+        self.preprocessor = preprocessor
+        self.mask_threshold = float(mask_threshold)
+        self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
+        self.config_dict = config_dict
+        self.loss_term_weights = {name: float(loss_weights.get(name, 1.0))
+                                  for name in loss_names}
+        self.loss_trackers = {name: keras.metrics.Mean(name=f"{name}_loss")
+                              for name in loss_names}
+        self.total_loss_tracker = keras.metrics.Mean(name="loss")
+
+    def compute_losses(self, outputs):
+        """Training outputs -> {loss name: scalar} (unweighted); the subclass's method."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------- training
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Weighted sum of the losses of a training forward pass (``y_pred``); tracks each.
+
+        Under a strategy this replica's share of the global-batch loss (see the subclass's
+        ``compute_losses``); the trackers show the global-batch value.
+        """
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        total = 0.0
+        for name, value in self.compute_losses(y_pred).items():
+            self.loss_trackers[name].update_state(value * replicas)
+            total = total + self.loss_term_weights[name] * value
+        self.total_loss_tracker.update_state(total * replicas)
+        return total
+
+    def test_step(self, data):
+        """Validation loss: the training forward pass (targets need it), without updates."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=True)
+        self.compute_loss(x=x, y_pred=y_pred, training=False)
+        return self.compute_metrics(x, None, y_pred)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """The loss trackers' values: {name: scalar}, or shape [1] under a multi-worker strategy.
+
+        Keras 3 ``fit`` reduces step results under MultiWorkerMirroredStrategy with
+        ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars (keras-team/keras
+        #20329); a [1] value is reduced to a scalar there, so the logs stay scalars.
+        """
+        results = {m.name: m.result() for m in self.metrics}
+        if is_multi_worker(tf.distribute.get_strategy()):
+            results = {k: tf.reshape(v, [1]) for k, v in results.items()}
+        return results
+
+    @property
+    def metrics(self):
+        return [self.total_loss_tracker, *self.loss_trackers.values()]
+
+    def compile(self, *args, **kwargs):
+        """Keras' ``compile``; then, when every layer is built, the optimizer's slots too.
+
+        Keras otherwise creates them inside the first traced train step, and a tf.function
+        whose first trace creates variables is traced a second time and keeps both graphs
+        and their kernels (slower first step, more resident memory). The slots follow
+        ``trainable_variables`` at this call: freeze or unfreeze layers before ``compile``
+        (Keras asks for a new ``compile`` after such a change anyway).
+        """
+        super().compile(*args, **kwargs)
+        if self.optimizer is not None and all(layer.built for layer in self._flatten_layers()):
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras' pre-``fit`` symbolic build once the optimizer is built.
+
+        Keras (3.15) otherwise takes a batch from the distributed dataset and averages it over
+        the replicas with ``strategy.reduce`` first, which fails under
+        MultiWorkerMirroredStrategy for a dict of images and GT (keras-team/keras#20585).
+        Its symbolic build is an inference pass, which ``build_with_dummy_batch`` already did
+        before the optimizer could be built on the weights (``compile`` builds it then, or
+        ``run.build_training_model`` when a layer was left unbuilt).
+        """
+        if self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    # ---------------------------------------------------------------------------- building
+    def build(self, input_shape=None):
+        """Sub-layers build on the first call (their input shapes depend on the parts)."""
+        self.built = True
+
+    def get_build_config(self):
+        return {"dummy_batch": True}
+
+    def build_from_config(self, config):
+        """Loading a ``.keras`` file: create every weight before they are read."""
+        self.build_with_dummy_batch()
+
+    def build_with_dummy_batch(self, size=64):
+        """Creates every weight: one inference pass on a zero (1, size, size, 3) batch."""
+        self({"images": tf.zeros((1, size, size, 3)),
+              "image_sizes": tf.constant([[size, size]], tf.int32)}, training=False)
+
+    # --------------------------------------------------------------------------- inference
+    def detect(self, images):
+        """Detections for a list of HxWx3 uint8 images; see ``keras_maskrcnn.inference``."""
+        return inference.detect(self, images)
+
+    # ----------------------------------------------------------------------------- saving
+    def get_config(self):
+        config = super().get_config()
+        config.update({"config": self.config_dict, "category_ids": self.category_ids})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuilds the model (unbuilt) from its recipe through the registered builder."""
+        build = _BUILDERS.get(cls.__name__)
+        if build is None:
+            raise ValueError(f"no builder registered for {cls.__name__}: import "
+                             "keras_maskrcnn.builders (or use keras_maskrcnn.build_model / "
+                             f"keras_maskrcnn.{cls.__name__}) before loading the model")
+        return build(config["config"], config.get("category_ids"))

@@ -1,0 +1,186 @@
+"""Input preprocessing and the mapping of outputs back to original pixels, for every detector.
+
+Mask R-CNN (He et al. 2017, section 3.1 "Implementation details") resizes images so that the
+shorter side is 800 pixels; torchvision's ``GeneralizedRCNNTransform`` (our parity target)
+adds a cap on the longer side and pads to a multiple of 32. YOLACT (Bolya et al. 2019,
+section 6) resizes to a fixed 550x550 square. One module serves the data pipeline's
+evaluation path, ``detect`` (``keras_maskrcnn.inference``) and the SavedModel export.
+
+Conventions pinned here (tests/test_preprocessing.py checks them):
+    * Resize policies. ``"shorter_side"`` (torchvision): scale = min(min_size / short side,
+      max_size / long side) in float64 (torchvision's Python floats), output side =
+      floor(side * scale). ``"fixed_square"``: output (min_size, min_size) whatever the input
+      aspect ratio (max_size equals min_size).
+    * Images are resized as float32 pixels, bilinear with half-pixel centres and no
+      antialiasing (``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``),
+      then zero-padded bottom/right to a multiple of ``size_divisor``.
+    * Normalisation (in the model's graph): (pixel - 255 mean) / (255 std) with mean / std in
+      [0, 1] RGB units, and the padding set back to zero after it.
+    * Back to original pixels: boxes and keypoints are scaled per axis by original / resized
+      (H0 / H, W0 / W), torchvision's ``resize_boxes`` / ``resize_keypoints``: for the square
+      policy this is the inverse of its per-axis scale. Masks are pasted into the original
+      image with ``ops.masks.paste_masks`` (torchvision's 1-pixel expansion), on > threshold.
+
+Shape shorthand: B images; H0, W0 original size; H, W resized; Hp, Wp padded;
+D detections per image; S RoI mask size; Kp keypoints; Hm, Wm largest (H0, W0) of a batch.
+"""
+import dataclasses
+from typing import Tuple
+
+import tensorflow as tf
+
+from keras_maskrcnn.ops.masks import paste_masks
+
+RESIZE_POLICIES = ("shorter_side", "fixed_square")
+
+
+def shorter_side_size(height, width, min_size, max_size):
+    """torchvision's resize rule.
+
+    Args:
+        height, width: () int input size (Python ints or tensors).
+        min_size: () target short side; max_size: () cap on the long side.
+
+    Returns:
+        (new_height, new_width) () int32 and scale () float32 with
+        scale = min(min_size / min(H, W), max_size / max(H, W)), new = floor(side * scale)
+        (float64 arithmetic, as torchvision's Python floats).
+    """
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    scale = tf.minimum(tf.cast(min_size, tf.float64) / tf.minimum(h, w),
+                       tf.cast(max_size, tf.float64) / tf.maximum(h, w))
+    new_h = tf.cast(tf.floor(h * scale), tf.int32)
+    new_w = tf.cast(tf.floor(w * scale), tf.int32)
+    return new_h, new_w, tf.cast(scale, tf.float32)
+
+
+def resize_image(image, size):
+    """(..., H, W, C) image(s) -> (..., h, w, C) float32, bilinear, half-pixel, no antialias."""
+    return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear",
+                           antialias=False)
+
+
+def padded_size(height, width, size_divisor):
+    """(height, width) rounded up to multiples of ``size_divisor`` (int32 tensors)."""
+    d = tf.constant(size_divisor, tf.int32)
+    return (height + d - 1) // d * d, (width + d - 1) // d * d
+
+
+def to_original_pixels(outputs, image_sizes, original_sizes):
+    """Boxes and keypoints of model outputs in original-image pixels (other keys unchanged).
+
+    Args:
+        outputs: dict with boxes (B, D, 4) xyxy and optionally keypoints (B, D, Kp, 3)
+            [x, y, score], in resized-input pixels.
+        image_sizes: (B, 2) int resized (H, W); original_sizes: (B, 2) int (H0, W0).
+
+    Returns:
+        A new dict: boxes and keypoints scaled per axis by H0 / H and W0 / W (float32).
+    """
+    ratio = tf.cast(original_sizes, tf.float32) / tf.cast(image_sizes, tf.float32)  # (B, 2)
+    rh, rw = ratio[:, 0, None, None], ratio[:, 1, None, None]  # each (B, 1, 1)
+    result = dict(outputs)
+    result["boxes"] = outputs["boxes"] * tf.concat([rw, rh, rw, rh], axis=-1)  # (B, D, 4)
+    if "keypoints" in outputs:
+        scale = tf.concat([rw, rh, tf.ones_like(rw)], axis=-1)[:, :, None]  # (B, 1, 1, 3)
+        result["keypoints"] = outputs["keypoints"] * scale
+    return result
+
+
+def full_image_masks(masks, boxes, original_sizes, threshold, num_detections=None):
+    """RoI mask probabilities -> bool masks pasted on a common (Hm, Wm) canvas.
+
+    Args:
+        masks: (B, D, S, S) float32 probabilities; boxes: (B, D, 4) xyxy original pixels.
+        original_sizes: (B, 2) int32 (H0, W0) per image.
+        threshold: a pixel is on when its pasted probability is > threshold.
+        num_detections: (B,) int32 or None (every row is a detection).
+
+    Returns:
+        (B, D, Hm, Wm) bool, Hm, Wm = max over the batch; image b's masks lie on
+        [:H0_b, :W0_b] and are False elsewhere and on rows past ``num_detections``.
+    """
+    sizes = tf.concat([original_sizes, tf.zeros([1, 2], original_sizes.dtype)], 0)  # B may be 0
+    height, width = tf.unstack(tf.reduce_max(sizes, axis=0))  # scalars Hm, Wm
+    pasted = paste_masks(masks, boxes, height, width)  # (B, D, Hm, Wm)
+    rows = tf.range(height)[None, :] < original_sizes[:, 0, None]  # (B, Hm)
+    cols = tf.range(width)[None, :] < original_sizes[:, 1, None]  # (B, Wm)
+    inside = tf.logical_and(rows[:, :, None], cols[:, None, :])  # (B, Hm, Wm)
+    on = tf.logical_and(pasted > threshold, inside[:, None])  # (B, D, Hm, Wm)
+    if num_detections is not None:
+        valid = tf.range(tf.shape(masks)[1])[None] < num_detections[:, None]  # (B, D)
+        on = tf.logical_and(on, valid[:, :, None, None])
+    return on
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessor:
+    """Resize policy, padding and normalisation of a detector's input (primitive fields).
+
+    Build one with ``Preprocessor.shorter_side(...)`` or ``Preprocessor.fixed_square(...)``.
+    ``preprocessor(images)`` makes the model inputs of same-size uint8 images;
+    ``normalize`` runs inside the model; ``to_original_pixels`` / ``full_image_masks`` (module
+    functions) map the outputs back.
+    """
+    policy: str = "shorter_side"
+    min_size: int = 800  # shorter_side: target short side; fixed_square: the square's side
+    max_size: int = 1333  # shorter_side: cap on the long side; fixed_square: = min_size
+    size_divisor: int = 32
+    pixel_mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB in [0, 1]
+    pixel_std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self):
+        if self.policy not in RESIZE_POLICIES:
+            raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got "
+                             f"{self.policy!r}")
+        if self.policy == "fixed_square" and self.min_size != self.max_size:
+            raise ValueError(f"fixed_square needs min_size == max_size (the side), got "
+                             f"{self.min_size} and {self.max_size}")
+
+    @classmethod
+    def shorter_side(cls, min_size, max_size, size_divisor=32, **normalisation):
+        """torchvision's policy: short side ``min_size``, long side at most ``max_size``."""
+        return cls("shorter_side", int(min_size), int(max_size), int(size_divisor),
+                   **normalisation)
+
+    @classmethod
+    def fixed_square(cls, size, size_divisor=1, **normalisation):
+        """YOLACT's policy: every image becomes size x size (aspect ratio not kept)."""
+        return cls("fixed_square", int(size), int(size), int(size_divisor), **normalisation)
+
+    def output_size(self, height, width):
+        """Resized (H, W) () int32 of an (height, width) image under the policy."""
+        if self.policy == "fixed_square":
+            side = tf.constant(self.min_size, tf.int32)
+            return side, side
+        new_h, new_w, _ = shorter_side_size(height, width, float(self.min_size),
+                                            float(self.max_size))
+        return new_h, new_w
+
+    def __call__(self, images):
+        """Same-size images -> model inputs.
+
+        Args:
+            images: (B, H0, W0, 3) uint8 (or any real dtype) RGB.
+
+        Returns:
+            images (B, Hp, Wp, 3) float32 in [0, 255] (zero padding), image_sizes (B, 2) int32
+            resized (H, W).
+        """
+        shape = tf.shape(images)
+        new_h, new_w = self.output_size(shape[1], shape[2])
+        resized = resize_image(images, tf.stack([new_h, new_w]))  # (B, H, W, 3)
+        pad_h, pad_w = padded_size(new_h, new_w, self.size_divisor)
+        padded = tf.pad(resized, [[0, 0], [0, pad_h - new_h], [0, pad_w - new_w], [0, 0]])
+        image_sizes = tf.tile(tf.stack([new_h, new_w])[None], [shape[0], 1])  # (B, 2)
+        return padded, image_sizes
+
+    def normalize(self, images, image_sizes):
+        """(B, Hp, Wp, 3) pixels in [0, 255] -> normalised float32, zero on the padding."""
+        mean = tf.constant(self.pixel_mean, tf.float32) * 255.0
+        std = tf.constant(self.pixel_std, tf.float32) * 255.0
+        x = (tf.cast(images, tf.float32) - mean) / std
+        shape = tf.shape(x)
+        rows = tf.range(shape[1])[None, :, None] < image_sizes[:, 0, None, None]  # (B, Hp, 1)
+        cols = tf.range(shape[2])[None, None, :] < image_sizes[:, 1, None, None]  # (B, 1, Wp)
+        return x * tf.cast(tf.logical_and(rows, cols), x.dtype)[..., None]
