@@ -1,6 +1,8 @@
-"""SSD-style training augmentation (YOLACT, Bolya et al. 2019, sec. 6 "Training details";
-the transforms of SSD, Liu et al. 2016, sec. 2.2 "Data augmentation"), as per-example
-pure-TF transforms for ``tf.data.Dataset.map``.
+"""SSD-style training augmentation, as YOLACT trains (Bolya et al. 2019; reference code
+``SSDAugmentation``): the transforms of SSD (Liu et al. 2016, sec. 2.2 "Data
+augmentation" and sec. 3.6 "zoom out"), as per-example pure-TF transforms for
+``tf.data.Dataset.map``. The reference's settings differ from the SSD paper's: min-IoU modes
+without 0.5, crop sides from 0.3 (not 0.1) of the image, canvas up to 4x (not 16x).
 
 Each transform takes an example dict in the pipeline's format (``coco.example_schema``):
 image (H, W, 3) uint8 or float RGB, boxes (M, 4) float32 xyxy pixels, classes (M,), and when
