@@ -6,7 +6,7 @@ optimizer (``training.build_optimizer``) and the datasets
 """
 import os
 
-from keras_maskrcnn import config as config_lib
+from keras_maskrcnn import accel, config as config_lib
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.layers.fpn import FPN
 from keras_maskrcnn.layers.heads import (BoxHead, BoxPredictor, KeypointHead, KeypointPredictor,
@@ -99,6 +99,8 @@ def build_model(cfg, category_ids=None, build=True):
     elif isinstance(cfg, dict):
         cfg = config_lib.config_from_dict(cfg)
     model = MaskRCNN(config=model_config_dict(cfg), category_ids=category_ids)
+    if accel.resolve(cfg.model.accel):  # CPU kernels in place of the plain Keras layers
+        accel.accelerate(model, roi_heads=(model.mask_head, model.keypoint_head))
     if build:
         model.build_with_dummy_batch()
         load_initial_weights(model, cfg.model)

@@ -376,6 +376,8 @@ class ModelConfig(_Section):
     loss_weights: LossWeightsConfig = dataclasses.field(default_factory=LossWeightsConfig)
     dtype_policy: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     weights: Optional[str] = None  # whole-model weights to start from; null = none
+    # CPU kernels (keras_maskrcnn/accel/); auto = on when no GPU/TPU. Quote "on"/"off" in YAML.
+    accel: Literal["auto", "on", "off"] = "auto"
 
     def validate(self):
         _check_range(self, ["num_classes"], lo=2, hi=math.inf)

@@ -18,7 +18,6 @@ Conventions pinned here (checked against torchvision in tests/test_backbones.py)
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D
 
 INPUT_LEVELS = ("C2", "C3", "C4", "C5")
 OUTPUT_LEVELS = ("P2", "P3", "P4", "P5", "P6")
@@ -65,8 +64,8 @@ def upsample_nearest_like(x, target, method="resize"):
 def _conv(channels, kernel_size, name):
     init = keras.initializers.VarianceScaling(1.0, mode="fan_in", distribution="uniform")
     # "same" with stride 1 and an odd kernel pads symmetrically, as torch padding=k//2.
-    return Conv2D(channels, kernel_size, padding="same", use_bias=True,
-                  kernel_initializer=init, bias_initializer="zeros", name=name)
+    return keras.layers.Conv2D(channels, kernel_size, padding="same", use_bias=True,
+                               kernel_initializer=init, bias_initializer="zeros", name=name)
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")

@@ -34,7 +34,6 @@ import numbers
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D
 from keras_maskrcnn.ops import boxes as box_ops
 from keras_maskrcnn.ops import matching
 from keras_maskrcnn.ops import nms as nms_ops
@@ -103,9 +102,9 @@ class RPNHead(keras.layers.Layer):
         init = keras.initializers.RandomNormal(stddev=0.01)
 
         def conv(filters, size, name, activation=None):
-            return Conv2D(filters, size, padding="same", activation=activation,
-                          kernel_initializer=init, bias_initializer="zeros",
-                          name=name, dtype=self.dtype_policy)
+            return keras.layers.Conv2D(filters, size, padding="same", activation=activation,
+                                       kernel_initializer=init, bias_initializer="zeros",
+                                       name=name, dtype=self.dtype_policy)
 
         self.convs = [conv(None, 3, f"conv_{i}", "relu") for i in range(self.num_convs)]
         self.objectness_conv = conv(self.num_anchors, 1, "objectness")
