@@ -110,3 +110,16 @@ def test_switch_gives_the_same_outputs(models):
     for key in ("boxes", "scores", "classes", "masks", "keypoints", "num_detections"):
         np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4,
                                    atol=1e-5, err_msg=key)
+
+
+def test_weight_files_are_the_same_with_and_without(models, tmp_path):
+    """Keras keys a listed layer's weights by its class name: the swap must not change it."""
+    plain, fast = models
+    assert type(fast.box_head.fcs[0]).__name__ == "Dense"  # reported as Keras' class
+    for source, target_setting in ((fast, '"off"'), (plain, '"on"')):
+        path = str(tmp_path / f"{target_setting.strip(chr(34))}.weights.h5")
+        source.save_weights(path)
+        target = build_model(tiny_config(**{"model.accel": target_setting}))
+        target.load_weights(path)
+        for a, b in zip(target.get_weights(), source.get_weights()):
+            np.testing.assert_array_equal(a, b)

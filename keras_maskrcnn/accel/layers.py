@@ -4,6 +4,8 @@ Not a step of the method: ``accel.accelerate`` swaps a model's eligible ``keras.
 / ``Conv2DTranspose`` / ``Dense`` instances to these subclasses (``__class__`` swap). Each only
 overrides the compute method, so weights, variable paths, names and the Keras config stay
 (``CpuConv2D`` adds its ``winograd`` flag); the forward output is Keras' to float32 rounding.
+Each reports its Keras class's ``__name__`` (end of module): weight files are the same with
+and without acceleration.
 
 - ``CpuConv2D``: the gradient of an eligible convolution (``conv2d_eligible``: stride 1, "same"
   padding or a 1x1 kernel, no dilation, one group, channels last, odd square kernel) comes from
@@ -105,3 +107,10 @@ ACCELERATED = {
     keras.layers.Conv2DTranspose: (CpuConv2DTranspose, conv2d_transpose_eligible),
     keras.layers.Dense: (CpuDense, dense_eligible),
 }
+
+# Keras' saving (``saving_lib``, 3.15) keys the weights of a layer held in a list (a head's
+# ``convs``, ``fcs``) by ``snake_case(type(layer).__name__)``: each accelerated class takes its
+# Keras class's ``__name__`` (``__qualname__`` and the registered name, "keras_maskrcnn>
+# CpuConv2D", stay), so ``.weights.h5`` / ``.keras`` files are the same with and without it.
+for _keras_class, (_accelerated, _) in ACCELERATED.items():
+    _accelerated.__name__ = _keras_class.__name__
