@@ -231,7 +231,7 @@ class MaskRCNN(keras.Model):
             outputs["mask_logits"] = self.mask_logits(features, fg_rois)
             # Positives match valid GT rows, all among the first M'; the other slots' targets
             # are ignored by the loss (their index is only kept in range). Sampling B x M'
-            # masks instead of B x max_instances saved 150 MB of peak at 512x768.
+            # masks instead of B x max_instances lowers the peak memory (bench/README.md).
             used_rows = tf.shape(rpn_gt_classes)[1]  # M'
             outputs["mask_targets"] = project_masks_on_boxes(
                 inputs["gt_masks"][:, :used_rows], fg_rois,
@@ -313,10 +313,9 @@ class MaskRCNN(keras.Model):
 
         Keras otherwise creates them inside the first traced train step, and a tf.function
         whose first trace creates variables is traced a second time and keeps both graphs
-        and their kernels. R50-FPN Mask R-CNN, batch 2 at 512x768, 2 CPU cores: first step
-        24 s instead of 35-41 s, and 133 MiB less resident memory after it. The slots follow
-        ``trainable_variables`` at this call: freeze or unfreeze layers before ``compile``
-        (Keras asks for a new ``compile`` after such a change anyway).
+        and their kernels: a slower first step and more resident memory (bench/README.md).
+        The slots follow ``trainable_variables`` at this call: freeze or unfreeze layers
+        before ``compile`` (Keras asks for a new ``compile`` after such a change anyway).
         """
         super().compile(*args, **kwargs)
         if self.optimizer is not None and all(layer.built for layer in self._flatten_layers()):
