@@ -29,7 +29,6 @@ import keras
 import tensorflow as tf
 
 
-
 def _kaiming_normal_fan_out():
     # torch kaiming_normal_(mode="fan_out", nonlinearity="relu"): std = sqrt(2 / fan_out). For a
     # Conv2DTranspose kernel (kh, kw, Cout, Cin) Keras' fan_out is Cin * kh * kw, as torch's.
