@@ -7,11 +7,13 @@ leaner on a CPU. Model files build plain ``keras.layers.Conv2D`` / ``Conv2DTrans
 - ``layers``: ``CpuConv2D`` (matmul-based conv gradient, ``conv``; Winograd forward pass,
   ``winograd``), ``CpuConv2DTranspose`` (block matmul, ``conv``), ``CpuDense`` (input gradient
   first, ``dense``), swapped in for the plain Keras layers where their configuration fits;
-- the per-RoI conv heads run ``INFERENCE_CHUNK`` RoIs at a time at inference;
-- ``memory``: the lean allocator, huge pages and malloc trim of ``train.py --low-memory``
-  (process-wide, chosen before TensorFlow is imported; imports no TensorFlow);
-- ``optimizer``: ``UpdateAfterGradient``, mixed into ``training.SGD`` / ``AdamW`` (each weight
-  updated as soon as its gradient exists; Keras' arithmetic), and ``callbacks``.
+- the per-RoI conv heads run ``INFERENCE_CHUNK`` RoIs at a time at inference.
+
+Not switched by ``model.accel`` (they are not per model):
+- ``memory`` and ``callbacks``: the lean allocator, huge pages and malloc trim of
+  ``train.py --low-memory`` (process-wide, chosen before TensorFlow is imported);
+- ``optimizer``: ``UpdateAfterGradient``, always mixed into ``training.SGD`` / ``AdamW`` (each
+  weight updated as soon as its gradient exists; Keras' arithmetic and order per variable).
 
 Outputs equal plain Keras' to float32 rounding (tests/test_accel.py). Why each kernel exists
 and what it measured: the module docstrings and bench/README.md. Importing this package does
