@@ -82,7 +82,7 @@ def build_keypoint_head(model_cfg):
             KeypointPredictor(num_keypoints=c.num_keypoints, name="keypoint_predictor"))
 
 
-def build_model(cfg, category_ids=None, build=True):
+def build_model(cfg, category_ids=None, build=True, **kwargs):
     """A ``MaskRCNN`` for ``cfg`` (a Config, a dict or a YAML path).
 
     Args:
@@ -91,6 +91,7 @@ def build_model(cfg, category_ids=None, build=True):
             None = identity (contiguous ids are the dataset ids).
         build: call the model once on a small dummy batch so its weights exist (needed before
             ``load_weights`` and before ``fit`` under a distribution strategy).
+        **kwargs: ``keras.Model`` arguments (name, trainable, dtype; ``MaskRCNN.from_config``).
     """
     from keras_maskrcnn.models.mask_rcnn import MaskRCNN  # avoid an import cycle
 
@@ -98,7 +99,7 @@ def build_model(cfg, category_ids=None, build=True):
         cfg = config_lib.load_config(cfg)
     elif isinstance(cfg, dict):
         cfg = config_lib.config_from_dict(cfg)
-    model = MaskRCNN(config=model_config_dict(cfg), category_ids=category_ids)
+    model = MaskRCNN(config=model_config_dict(cfg), category_ids=category_ids, **kwargs)
     if accel.resolve(cfg.model.accel):  # CPU kernels in place of the plain Keras layers
         accel.accelerate(model, roi_heads=(model.mask_head, model.keypoint_head))
     if build:

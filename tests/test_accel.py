@@ -123,3 +123,14 @@ def test_weight_files_are_the_same_with_and_without(models, tmp_path):
         target.load_weights(path)
         for a, b in zip(target.get_weights(), source.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_keras_file_loads_with_its_switch(models, tmp_path):
+    """``MaskRCNN.from_config`` goes through ``build_model``: the setting travels in the file."""
+    for model in models:
+        path = str(tmp_path / "model.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+        assert type(loaded.box_head.fcs[0]) is type(model.box_head.fcs[0])
+        assert loaded.mask_head.inference_chunk == model.mask_head.inference_chunk
+        assert loaded.name == model.name

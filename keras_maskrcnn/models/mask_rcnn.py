@@ -380,6 +380,14 @@ class MaskRCNN(keras.Model):
         from keras_maskrcnn.inference import detect
         return detect(self, images, **kwargs)
 
+    @classmethod
+    def from_config(cls, config):
+        """Loading a ``.keras`` file goes through ``builders.build_model``: the same parts as a
+        built model (``model.accel``'s CPU kernels included)."""
+        config = dict(config)
+        return builders.build_model(config.pop("config"), category_ids=config.pop(
+            "category_ids", None), build=False, **config)
+
     def get_config(self):
         config = super().get_config()
         config.update({"config": self.config_dict, "category_ids": self.category_ids})
