@@ -30,7 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--low-memory", action="store_true",
                         help="CPU training: system malloc with 1 MiB mmap threshold and "
                              "transparent huge pages instead of oneDNN's pool (lower peak "
-                             "memory, ~10%% slower steps; see keras_maskrcnn/cpu_memory.py)")
+                             "memory, slower steps; see keras_maskrcnn/accel/memory.py)")
     return parser.parse_args(argv)
 
 
@@ -45,10 +45,10 @@ def main(argv=None):
     # TF_ENABLE_ONEDNN_OPTS=0 in the environment still wins.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     if args.low_memory:
-        from keras_maskrcnn import cpu_memory
+        from keras_maskrcnn.accel import memory
         if argv is None:  # the command line: restart once with huge pages for malloc's mmaps
-            cpu_memory.restart_with_huge_pages()
-        cpu_memory.use_lean_allocator()
+            memory.restart_with_huge_pages()
+        memory.use_lean_allocator()
     from keras_maskrcnn import run  # imports TensorFlow: after the config is known good
 
     return run.train_and_evaluate(cfg, run_evaluation=not args.no_eval,

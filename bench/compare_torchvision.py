@@ -38,7 +38,7 @@ zero-padded to the batch's largest image rounded up to 32 (512x768, as torchvisi
 image_sizes, gt_* padded to the batch's largest instance count (6); ``--train-padding
 pipeline,square`` adds ours without grouping (the 864x864 max_size square, gt_* padded to
 ``input.max_instances`` = 100 rows). Ours runs with train.py's default allocator and with
-``train.py --low-memory`` (``keras_maskrcnn.cpu_memory``, the worker started with glibc's
+``train.py --low-memory`` (``keras_maskrcnn.accel.memory``, the worker started with glibc's
 huge-page tunable as train.py restarts itself, and trimming malloc's heaps after each step as
 train.py's callback does; ``--train-allocator`` picks). Same
 images and GT on both sides; tiny learning rate (the step's cost does not depend on it; a
@@ -216,9 +216,9 @@ def torchvision_worker(args):
 
 # ---------------------------------------------------------------------------------- our side
 def our_worker(args):
-    from keras_maskrcnn import cpu_memory
+    from keras_maskrcnn.accel import memory
     if args.allocator == "lean":  # as train.py --low-memory, before TensorFlow is imported
-        cpu_memory.use_lean_allocator()
+        memory.use_lean_allocator()
     import numpy as np
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -265,7 +265,7 @@ def our_worker(args):
             begin = time.perf_counter()
             logs = model.train_on_batch(inputs, return_dict=True)
             if args.allocator == "lean":  # as train.py --low-memory's ReleaseFreeMemory
-                cpu_memory.release_free_memory()
+                memory.release_free_memory()
             return {"ms": (time.perf_counter() - begin) * 1e3, "loss": float(logs["loss"])}
 
         def count_head_rois():
@@ -423,7 +423,7 @@ def bench_training(args, arch, work):
     # train.py turns TensorFlow's oneDNN kernels on (unless the environment says otherwise)
     onednn = {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1")}
     # train.py --low-memory restarts itself with glibc's huge-page tunable: the same here
-    from keras_maskrcnn.cpu_memory import environment_with_huge_pages
+    from keras_maskrcnn.accel.memory import environment_with_huge_pages
     lean_env = dict(onednn, GLIBC_TUNABLES=environment_with_huge_pages()["GLIBC_TUNABLES"])
     workers = {}
     for pad in paddings:
@@ -479,7 +479,7 @@ def parse_args(argv=None):
                              "torchvision), square (data.group_by_aspect_ratio=false)")
     parser.add_argument("--train-allocator", default="default,lean",
                         help="our training runs, comma-separated: default (oneDNN's pool), "
-                             "lean (train.py --low-memory: keras_maskrcnn.cpu_memory)")
+                             "lean (train.py --low-memory: keras_maskrcnn.accel.memory)")
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--no-infer", action="store_true", help="training steps only")
     parser.add_argument("--quick", action="store_true", help="one photo, 2 repeats, 1 step")

@@ -11,7 +11,7 @@ import os
 
 import keras
 
-from keras_maskrcnn import config as config_lib
+from keras_maskrcnn import accel, config as config_lib
 from keras_maskrcnn.convert import torchvision as tv
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.layers.fpn import FPN
@@ -98,7 +98,7 @@ def build_preprocessor(input_cfg):
         pixel_mean=tuple(input_cfg.pixel_mean), pixel_std=tuple(input_cfg.pixel_std))
 
 
-def build_mask_rcnn(settings, category_ids=None, config_dict=None):
+def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
     """An unbuilt ``MaskRCNN`` from a validated Config's ``model`` and ``input`` sections."""
     m = settings.model
     previous_policy = keras.config.dtype_policy()
@@ -109,11 +109,10 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None):
         parts = (backbone, fpn, rpn_head, proposal_generator, build_roi_sampler(m),
                  build_detection_generator(m), *build_box_head(m), *build_mask_head(m),
                  *build_keypoint_head(m))
-        # The one place for CPU acceleration: accel.accelerate(parts, ...) swaps kernels here.
     finally:
         keras.config.set_dtype_policy(previous_policy)
     r, a = m.rpn, m.roi_align
-    return MaskRCNN(
+    model = MaskRCNN(
         *parts, preprocessor=build_preprocessor(settings.input), feature_levels=m.fpn.levels,
         anchor_sizes=m.anchors.sizes, aspect_ratios=m.anchors.aspect_ratios,
         roi_levels=(a.min_level, a.max_level), canonical_size=a.canonical_size,
@@ -129,10 +128,13 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None):
         rpn_smooth_l1_beta=r.smooth_l1_beta, box_smooth_l1_beta=m.roi_heads.smooth_l1_beta,
         loss_weights=dataclasses.asdict(m.loss_weights),
         mask_threshold=m.mask_head.threshold, category_ids=category_ids,
-        config_dict=config_dict)
+        config_dict=config_dict, **kwargs)
+    if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
+        accel.accelerate(model, roi_heads=(model.mask_head, model.keypoint_head))
+    return model
 
 
-def build_model(cfg, category_ids=None, build=True):
+def build_model(cfg, category_ids=None, build=True, **kwargs):
     """A ``MaskRCNN`` for ``cfg`` (a Config, a dict or a YAML path).
 
     Args:
@@ -141,21 +143,23 @@ def build_model(cfg, category_ids=None, build=True):
             None = identity (contiguous ids are the dataset ids).
         build: call the model once on a small dummy batch so its weights exist (needed before
             ``load_weights`` and before ``fit`` under a distribution strategy).
+        **kwargs: ``keras.Model`` arguments (name, trainable, dtype; ``MaskRCNN.from_config``).
     """
     if isinstance(cfg, str):
         cfg = config_lib.load_config(cfg)
     elif isinstance(cfg, dict):
         cfg = config_lib.config_from_dict(cfg)
-    model = build_mask_rcnn(cfg, category_ids, config_dict=model_config_dict(cfg))
+    model = build_mask_rcnn(cfg, category_ids, config_dict=model_config_dict(cfg), **kwargs)
     if build:
         model.build_with_dummy_batch()
         load_initial_weights(model, cfg.model)
     return model
 
 
-def _rebuild(config_dict, category_ids):
-    """``MaskRCNN.from_config``: the model of a saved recipe, unbuilt (Keras builds it)."""
-    return build_model(config_dict, category_ids=category_ids, build=False)
+def _rebuild(config_dict, category_ids, **kwargs):
+    """``MaskRCNN.from_config``: the model of a saved recipe, unbuilt (Keras builds it);
+    ``kwargs`` are the saved ``keras.Model`` arguments (name, trainable, dtype)."""
+    return build_model(config_dict, category_ids=category_ids, build=False, **kwargs)
 
 
 base.register_builder("MaskRCNN", _rebuild)

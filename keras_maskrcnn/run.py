@@ -8,8 +8,9 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn import builders, config as config_lib, cpu_memory, evaluation, training
+from keras_maskrcnn import builders, config as config_lib, evaluation, training
 from keras_maskrcnn import export as export_lib
+from keras_maskrcnn.accel import callbacks as accel_callbacks, memory as accel_memory
 from keras_maskrcnn.data import pipeline
 
 log = logging.getLogger("keras_maskrcnn")
@@ -86,8 +87,8 @@ def _train(cfg, strategy, paths, writes, chief):
                  keras.callbacks.TensorBoard(writes["logs"], update_freq=cfg.train.log_every)]
     if cfg.eval.every_n_steps and chief and not training.is_multi_worker(strategy):
         callbacks.append(PeriodicEvaluation(cfg, cfg.eval.every_n_steps))
-    if cpu_memory.lean_allocator_in_use():  # train.py --low-memory
-        callbacks.append(training.ReleaseFreeMemory())
+    if accel_memory.lean_allocator_in_use():  # train.py --low-memory
+        callbacks.append(accel_callbacks.ReleaseFreeMemory())
     step = start
     for initial, epochs, steps in training.fit_schedule(start, cfg.train.total_steps,
                                                         cfg.train.steps_per_epoch):

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn import cpu_memory
+from keras_maskrcnn.accel.optimizer import UpdateAfterGradient
 
 CHECKPOINT_PATTERN = re.compile(r"ckpt-(\d+)\.weights\.h5$")
 
@@ -139,57 +139,14 @@ class _GlobalBatchClipping:
         return [None if g is None else g * tf.cast(scale, g.dtype) for g in grads]
 
 
-class _UpdateAfterGradient:
-    """Optimizer mixin: in a graph, each variable is updated as soon as its gradient exists.
-
-    TensorFlow's executor runs an op as soon as its inputs are ready. With Keras' (3.15, TF
-    backend) graph of the update that has three consequences for the peak memory of a
-    training step (the first measured in the BFC allocator's trace of a Mask R-CNN R50-FPN
-    step at 512x768, the others read off the graph; tests/test_optimizer.py):
-        * the parts of an update that read only the optimizer's slots (SGD's
-          ``momentum * m``) are ready from the start: they ran during the forward pass and
-          each held a copy of its variable's size until the gradient arrived (~150 MB);
-        * every gradient passes through one all-reduce, an identity over all of them even
-          with a single replica: no update starts before the last gradient, so all gradients
-          are alive together at the end of the step, and all updates' temporaries with them;
-        * weight decay (``variable -= variable * wd * lr``) is applied before the updates and
-          read only the variable: it ran early in the step, while the forward pass' read of
-          the variable was still held for the backward pass, and TensorFlow copies a
-          variable assigned while a read of it is alive: one more copy of every weight.
-    Here the all-reduce is skipped with a single replica (a sum over one replica), and the
-    weight decay and the update of a variable both wait for that variable's gradient, so
-    each variable is updated during the backward pass and its gradient freed. The arithmetic
-    and its order per variable (decay, then update) are Keras'.
-    """
-
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync == 1:
-            return list(grads_and_vars)
-        return super()._all_reduce_sum_gradients(grads_and_vars)
-
-    def _apply_weight_decay(self, variables):
-        """No-op: ``update_step`` applies the decay of each variable after its gradient."""
-
-    def update_step(self, gradient, variable, learning_rate):
-        ready = [] if tf.executing_eagerly() else tf.nest.flatten(gradient,
-                                                                   expand_composites=True)
-        with tf.control_dependencies(ready):
-            if self.weight_decay is not None and self._use_weight_decay(variable):
-                lr = tf.cast(learning_rate, variable.dtype)
-                wd = tf.cast(self.weight_decay, variable.dtype)
-                variable.assign_sub(variable * wd * lr)
-            return super().update_step(gradient, variable, learning_rate)
-
-
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
-class SGD(_UpdateAfterGradient, _GlobalBatchClipping, keras.optimizers.SGD):
+class SGD(UpdateAfterGradient, _GlobalBatchClipping, keras.optimizers.SGD):
     """``keras.optimizers.SGD``: global-batch gradient clipping under a strategy, each update
     after its gradient."""
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
-class AdamW(_UpdateAfterGradient, _GlobalBatchClipping, keras.optimizers.AdamW):
+class AdamW(UpdateAfterGradient, _GlobalBatchClipping, keras.optimizers.AdamW):
     """``keras.optimizers.AdamW``: global-batch gradient clipping under a strategy, each
     update after its gradient."""
 
@@ -268,14 +225,6 @@ class CheckpointAndGuard(keras.callbacks.Callback):
         os.replace(partial, path)  # atomic: a kill never leaves a half-written checkpoint
         for _, old in list_checkpoints(self.directory)[:-self.keep]:
             os.remove(old)
-
-
-class ReleaseFreeMemory(keras.callbacks.Callback):
-    """After each training step, returns malloc's free heap pages to the system
-    (``cpu_memory.release_free_memory``); ``run`` adds it with ``train.py --low-memory``."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        cpu_memory.release_free_memory()
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -426,3 +426,4 @@ def test_inference_chunks_equal_one_pass(make, rng):
         graph = fn.get_concrete_function(x).graph.as_graph_def()
         assert any(n.op in ("While", "StatelessWhile") for n in graph.node), chunk
     assert make(3).get_config()["inference_chunk"] == 3
+    assert make(None).inference_chunk is None and MaskHead(1, 8).inference_chunk is None

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from keras_maskrcnn import cpu_memory, training
+from keras_maskrcnn import training
+from keras_maskrcnn.accel import memory
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -61,7 +62,7 @@ def test_kill_and_resume_continues_from_last_checkpoint(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming from step {killed_at}" in result.stdout
     restarts = result.stderr.count("restarting with GLIBC_TUNABLES=")
-    assert restarts == (cpu_memory._libc() is not None and cpu_memory._transparent_huge_pages())
+    assert restarts == (memory._libc() is not None and memory._transparent_huge_pages())
     final = training.list_checkpoints(str(checkpoints))
     assert final[-1][0] == 12
     assert (tmp_path / "run" / "model.weights.h5").exists()

@@ -154,9 +154,8 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
                                                      flip_indices)
         size = tf.shape(example["image"])[:2]  # resized (and flipped: same size)
         # A fixed size batches with .batch: that size and max_instances rows. Otherwise
-        # padded_batch pads the image and the rows to the batch's largest (gt_masks of 100
-        # rows were 78 MB per batch of two 512x768 images, mostly zeros, for ~7 COCO
-        # instances per image).
+        # padded_batch pads the image and the rows to the batch's largest (max_instances
+        # rows of gt_masks were mostly zeros for the few instances of a COCO image).
         if fixed_size is not None:
             pad_h, pad_w = fixed_size
             rows = functools.partial(transforms.pad_instances, max_instances=max_instances)

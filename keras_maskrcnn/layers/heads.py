@@ -28,8 +28,6 @@ Conventions pinned here (checked against torchvision in tests/test_heads.py):
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D, Conv2DTranspose, Dense
-
 
 def _kaiming_normal_fan_out():
     # torch kaiming_normal_(mode="fan_out", nonlinearity="relu"): std = sqrt(2 / fan_out). For a
@@ -40,9 +38,9 @@ def _kaiming_normal_fan_out():
 
 def _conv3x3(channels, dilation, name, dtype):
     # "same" with stride 1 pads `dilation` on every side, as torch padding=dilation for 3x3.
-    return Conv2D(channels, 3, padding="same", dilation_rate=dilation, winograd=True,
-                  activation="relu", kernel_initializer=_kaiming_normal_fan_out(),
-                  bias_initializer="zeros", name=name, dtype=dtype)
+    return keras.layers.Conv2D(channels, 3, padding="same", dilation_rate=dilation,
+                               activation="relu", kernel_initializer=_kaiming_normal_fan_out(),
+                               bias_initializer="zeros", name=name, dtype=dtype)
 
 
 def _fold_rois(x):
@@ -71,7 +69,7 @@ class _ConvStack(keras.layers.Layer):
 
     _conv_name = "conv"
 
-    def __init__(self, num_convs, conv_dim, dilation=1, inference_chunk=25, **kwargs):
+    def __init__(self, num_convs, conv_dim, dilation=1, inference_chunk=None, **kwargs):
         super().__init__(**kwargs)
         self.num_convs = int(num_convs)
         self.conv_dim = int(conv_dim)
@@ -112,10 +110,7 @@ class _ConvStack(keras.layers.Layer):
 def _map_in_chunks(fn, x, chunk, dtype, channels):
     """fn(x) computed on x[0:chunk], x[chunk:2 * chunk], ... one after the other, concatenated.
 
-    At inference the heads see 100 detections per image: their 14x14x512 activations are 40 MB
-    each (and a Winograd conv's tiles 4x that); chunks of 25 RoIs keep a quarter of it alive.
-    Not slower: the matmuls still have 25 * 49 rows, and the Winograd transforms' slices fit
-    the cache better (Keypoint R-CNN at 512: 3.7 s per image chunked, 4.1 s not).
+    Fewer activations alive at a time, same values (``keras_maskrcnn.accel`` turns it on).
 
     Args:
         fn: [n, P, P, C] -> [n, P, P, channels], RoI by RoI independent.
@@ -165,8 +160,9 @@ class BoxHead(keras.layers.Layer):
         self.num_fc = int(num_fc)
         self.fc_dim = int(fc_dim)
         init = keras.initializers.VarianceScaling(1.0, mode="fan_in", distribution="uniform")
-        self.fcs = [Dense(self.fc_dim, activation="relu", kernel_initializer=init,
-                          bias_initializer="zeros", name=f"fc{6 + i}", dtype=self.dtype_policy)
+        self.fcs = [keras.layers.Dense(self.fc_dim, activation="relu", kernel_initializer=init,
+                                       bias_initializer="zeros", name=f"fc{6 + i}",
+                                       dtype=self.dtype_policy)
                     for i in range(self.num_fc)]
         self.pooled_shape = None
 
@@ -255,7 +251,8 @@ class MaskHead(_ConvStack):
         num_convs: number of convs (4; 0 makes the head the identity).
         conv_dim: their output channels D (256).
         dilation: conv dilation (1 in torchvision's Mask R-CNN).
-        inference_chunk: RoIs per pass at inference (``_map_in_chunks``); None = all at once.
+        inference_chunk: RoIs per pass at inference (``_map_in_chunks``); None (default) =
+            all at once.
         **kwargs: ``keras.layers.Layer`` arguments.
 
     Call:
@@ -269,7 +266,7 @@ class MaskHead(_ConvStack):
 
     _conv_name = "mask_fcn"
 
-    def __init__(self, num_convs=4, conv_dim=256, dilation=1, inference_chunk=25, **kwargs):
+    def __init__(self, num_convs=4, conv_dim=256, dilation=1, inference_chunk=None, **kwargs):
         super().__init__(num_convs, conv_dim, dilation, inference_chunk, **kwargs)
 
 
@@ -280,7 +277,8 @@ class KeypointHead(_ConvStack):
     Args:
         num_convs: number of convs (8).
         conv_dim: their output channels D (512).
-        inference_chunk: RoIs per pass at inference (``_map_in_chunks``); None = all at once.
+        inference_chunk: RoIs per pass at inference (``_map_in_chunks``); None (default) =
+            all at once.
         **kwargs: ``keras.layers.Layer`` arguments.
 
     Call:
@@ -293,7 +291,7 @@ class KeypointHead(_ConvStack):
 
     _conv_name = "conv_fcn"
 
-    def __init__(self, num_convs=8, conv_dim=512, inference_chunk=25, **kwargs):
+    def __init__(self, num_convs=8, conv_dim=512, inference_chunk=None, **kwargs):
         kwargs.pop("dilation", None)  # fixed at 1, as torchvision
         super().__init__(num_convs, conv_dim, 1, inference_chunk, **kwargs)
 
@@ -304,7 +302,7 @@ class KeypointHead(_ConvStack):
 
 
 def _conv_transpose(channels, kernel_size, activation, name, dtype):
-    return Conv2DTranspose(
+    return keras.layers.Conv2DTranspose(
         channels, kernel_size, strides=2, padding="valid", activation=activation,
         kernel_initializer=_kaiming_normal_fan_out(), bias_initializer="zeros", name=name,
         dtype=dtype)
@@ -333,7 +331,7 @@ class MaskPredictor(keras.layers.Layer):
         self.conv_dim = int(conv_dim)
         self.conv5_mask = _conv_transpose(self.conv_dim, 2, "relu", "conv5_mask",
                                           self.dtype_policy)
-        self.mask_fcn_logits = Conv2D(
+        self.mask_fcn_logits = keras.layers.Conv2D(
             self.num_classes, 1, kernel_initializer=_kaiming_normal_fan_out(),
             bias_initializer="zeros", name="mask_fcn_logits", dtype=self.dtype_policy)
 

@@ -21,7 +21,6 @@ Conventions pinned here (checked against torchvision in tests/test_backbones.py)
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D
 from keras_maskrcnn.layers.frozen_batch_norm import FrozenBatchNorm
 
 # depth -> (block type, number of blocks in res2..res5); torchvision's resnet18..resnet101.
@@ -46,8 +45,8 @@ def _conv(filters, kernel_size, strides, name):
     """Bias-free conv; torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu")."""
     # A stride-1 conv pads symmetrically with "same"; stride > 1 gets an explicit pad in call().
     padding = "same" if strides == 1 else "valid"
-    return Conv2D(filters, kernel_size, strides=strides, padding=padding,
-                  use_bias=False, kernel_initializer=_he_fan_out(), name=name)
+    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+                               use_bias=False, kernel_initializer=_he_fan_out(), name=name)
 
 
 def _pad_hw(x, pad, value=0.0):
@@ -110,7 +109,7 @@ class ResNetBlock(keras.layers.Layer):
         self.shortcut_conv = self.shortcut_bn = None
         if self.use_shortcut_conv:
             # 1x1 stride-s conv without padding: samples pixels 0, s, 2s, ... as torch does.
-            self.shortcut_conv = Conv2D(
+            self.shortcut_conv = keras.layers.Conv2D(
                 out_channels, 1, strides=self.strides, padding="valid", use_bias=False,
                 kernel_initializer=_he_fan_out(), name="shortcut_conv")
             self.shortcut_bn = FrozenBatchNorm(name="shortcut_bn")

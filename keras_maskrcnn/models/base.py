@@ -24,11 +24,12 @@ import tensorflow as tf
 from keras_maskrcnn import inference
 from keras_maskrcnn.training import is_multi_worker
 
-_BUILDERS = {}  # class name -> build(config_dict, category_ids) -> unbuilt model
+_BUILDERS = {}  # class name -> build(config_dict, category_ids, **keras_args) -> unbuilt model
 
 
 def register_builder(class_name, build):
-    """Registers ``build(config_dict, category_ids)`` as the way to rebuild ``class_name``."""
+    """Registers ``build(config_dict, category_ids, **keras_args)`` as the way to rebuild
+    ``class_name`` (``keras_args``: the saved ``keras.Model`` arguments, e.g. its name)."""
     _BUILDERS[class_name] = build
 
 
@@ -165,4 +166,5 @@ class Detector(keras.Model):
             raise ValueError(f"no builder registered for {cls.__name__}: import "
                              "keras_maskrcnn.builders (or use keras_maskrcnn.build_model / "
                              f"keras_maskrcnn.{cls.__name__}) before loading the model")
-        return build(config["config"], config.get("category_ids"))
+        config = dict(config)
+        return build(config.pop("config"), config.pop("category_ids", None), **config)

@@ -34,10 +34,8 @@ at 4000 clustered boxes). ``method`` picks the path:
       candidate count (both are computed), for bit-exact parity tests.
 No XLA kernel exists for these ops: compile models that use them with ``jit_compile=False``.
 
-Measured (2 CPU threads; 4000 clustered boxes, 80 classes, IoU 0.5, D = 100), median:
-"offset" 1.4 ms (B=1) / 1.7 ms (B=2), "per_class" 3.1 / 5.1 ms, "torchvision_cpu" 4.0 / 6.6 ms,
-torchvision.ops.batched_nms 15 / 27 ms. "per_class" builds a dense (B, N, K) score matrix:
-with N = 80000 flattened detections x 80 classes it takes ~35 ms versus ~8 ms for "offset".
+"offset" is the fastest path; "per_class" builds a dense (B, N, K) score matrix and falls
+behind with many flattened detections (timings: bench/README.md).
 
 Known deviations from torchvision (none arises with boxes clipped to the image):
     * With a coordinate below -1, torchvision's offsets let different classes overlap and

@@ -128,7 +128,7 @@ def _mean_of_crops(padded, crop_boxes, box_indices, out_hw):
 
     Instead of one (K, P * G, Q * G, C) crop and a G x G average pool, G * G crops of (K, P, Q,
     C) are summed one after the other: the same samples, a quarter of the largest temporary
-    for G = 2 (the box head's P2 crop was 175 MB of a 512x768 training step's peak). The
+    for G = 2 (the box head's P2 crop was a large part of a training step's peak). The
     gradient sums the G * G ``CropAndResizeGradImage`` maps the same way (it held the
     (K, P * G, Q * G, C) AvgPoolGrad before).
     """
@@ -187,7 +187,7 @@ def _edge_pad_folding_gradient(images):
 
     TensorFlow's gradient of the two concats slices the incoming gradient and scatters each
     edge slice into a zero map of full size (StridedSliceGrad), then sums: six
-    (N, H + 2, W + 2, C) temporaries per call, 49 MB each for a P2 map at 512x768, in the
+    (N, H + 2, W + 2, C) temporaries per call (bench/README.md), in the
     backward pass of every RoIAlign. Here: a copy of the interior and one scatter-add of the
     2 (H + W) + 4 border pixels into it (TensorFlow's kernel allocated its output anew in the
     traced step: two full-size temporaries).

@@ -1,19 +1,20 @@
 """Process-wide allocator settings for training on a CPU: less peak memory, some speed.
 
-TensorFlow's oneDNN kernels (on in ``train.py``) allocate tensors from a BFC pool that grows by
-doubling regions and never shrinks: the resident memory of a training process is the pool's
-high-water mark plus its slack, not the live tensors. ``use_lean_allocator`` hands tensor
-memory to glibc's malloc instead (``TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1``) and makes every block
-of 1 MiB or more its own mmap, returned to the system when freed (``mallopt
-(M_MMAP_THRESHOLD)``; glibc otherwise raises that threshold up to 32 MiB at run time and keeps
-freed heap memory). Resident memory then follows the live tensors. The price is a page fault
-per fresh page, ~5 GB of them per Mask R-CNN R50-FPN training step at 512x768: with 4 KiB pages
-the step took ~20 % longer on a 2-core CPU. ``restart_with_huge_pages`` re-executes the
+Not a step of the method (``keras_maskrcnn.accel``; ``train.py --low-memory``). Nothing here
+concerns GPU memory. Importing this module does not import TensorFlow.
+
+TensorFlow's oneDNN kernels allocate tensors from a BFC pool that grows by doubling regions and
+never shrinks: the resident memory of a training process is the pool's high-water mark plus
+its slack, not the live tensors. ``use_lean_allocator`` hands tensor memory to glibc's malloc
+instead (``TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1``) and makes every block of at least
+``LEAN_MMAP_THRESHOLD`` bytes its own mmap, returned to the system when freed (``mallopt
+(M_MMAP_THRESHOLD)``; glibc otherwise raises that threshold at run time and keeps freed heap
+memory). Resident memory then follows the live tensors. The price is a page fault per fresh
+page, and the step is slower with small pages. ``restart_with_huge_pages`` re-executes the
 process with glibc's ``glibc.malloc.hugetlb=1`` tunable (read only at process start), which
-advises transparent huge pages for those mmaps: one fault per 2 MiB. The step stays slower than
-with oneDNN's pool: 8-37 % across benchmark runs on a shared 2-core machine (README,
-performance). ``train.py --low-memory`` does both. Nothing
-here concerns GPU memory. Importing this module does not import TensorFlow.
+advises transparent huge pages for those mmaps: one fault per huge page. The step stays
+slower than with oneDNN's pool (bench/README.md, "Measurements behind the CPU kernels").
+``train.py --low-memory`` does both.
 """
 import ctypes
 import ctypes.util
@@ -65,10 +66,8 @@ def release_free_memory():
     """``malloc_trim(0)``: glibc returns the free pages inside its heaps to the system.
 
     Blocks under the mmap threshold live in malloc's heaps, and a freed one stays resident
-    until reused. In lean-mode Mask R-CNN training (512x768, batch 2) the heaps held 424 MiB
-    in use and ~130 MiB free after a step, and the peak grew step by step (2237, 2321, 2353
-    MiB over three steps); trimmed after every step it stayed at 2260-2278 MiB. The call takes
-    milliseconds. ``training.ReleaseFreeMemory`` calls it after each step.
+    until reused: without a trim the lean-mode training peak grew step by step (figures in
+    bench/README.md). ``accel.callbacks.ReleaseFreeMemory`` calls it after each step.
 
     Returns:
         True when glibc released memory; False otherwise (or on another C library).

@@ -1,4 +1,5 @@
-"""ops.conv.conv2d_same and layers.conv.Conv2D: outputs and gradients equal TensorFlow's."""
+"""accel.conv.conv2d_same and accel.layers (CpuConv2D, CpuConv2DTranspose, CpuDense): outputs and
+gradients equal TensorFlow's and Keras'."""
 import contextlib
 
 import keras
@@ -6,8 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D, Dense
-from keras_maskrcnn.ops.conv import conv2d_same
+from keras_maskrcnn.accel import layers as accel_layers
+from keras_maskrcnn.accel.conv import conv2d_same
+from keras_maskrcnn.accel.layers import (CpuConv2D, CpuConv2DTranspose, CpuDense,
+                                         conv2d_eligible, conv2d_transpose_eligible)
 
 
 def _grads(conv, x, kernel, upstream):
@@ -76,19 +79,19 @@ def test_layer_equals_keras_conv2d_and_falls_back_when_strided():
                          ({"padding": "valid"}, False),
                          ({"padding": "valid", "kernel_size": 1}, True)):  # 1x1: valid = same
         kwargs = {"kernel_size": 3, **kwargs}
-        ours = Conv2D(4, activation="relu", **kwargs)
+        ours = CpuConv2D(4, activation="relu", **kwargs)
         keras_layer = keras.layers.Conv2D(4, activation="relu", **kwargs)
         ours.build(x.shape)
         keras_layer.build(x.shape)
         keras_layer.set_weights(ours.get_weights())
-        assert ours.uses_fast_gradient == fast
+        assert conv2d_eligible(ours) == fast
         _assert_same_outputs_and_gradients(ours, keras_layer, x)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
-    assert type(restored) is Conv2D and restored.get_config() == ours.get_config()
+    assert type(restored) is CpuConv2D and restored.get_config() == ours.get_config()
 
 
 def test_mixed_bfloat16_policy():
-    layer = Conv2D(4, 3, padding="same", dtype="mixed_bfloat16")
+    layer = CpuConv2D(4, 3, padding="same", dtype="mixed_bfloat16")
     x = tf.random.normal((1, 6, 6, 3))
     with tf.GradientTape() as tape:
         y = layer(x)
@@ -98,44 +101,40 @@ def test_mixed_bfloat16_policy():
     assert all(g.dtype == tf.float32 and np.isfinite(g.numpy()).all() for g in grads)
 
 
-def test_accelerators_keep_keras_convolution(monkeypatch):
-    """With a GPU / TPU visible the layer calls Keras' own convolution (cuDNN / XLA gradients)."""
-    from keras_maskrcnn.layers import conv as conv_layers
-
+def test_only_eligible_convolutions_take_the_matmul_gradient(monkeypatch):
+    """An eligible CpuConv2D calls ``conv2d_same``; a strided one and Keras' Conv2D do not."""
     calls = []
-    monkeypatch.setattr(conv_layers, "conv2d_same", lambda *a: calls.append(1) or
+    monkeypatch.setattr(accel_layers, "conv2d_same", lambda *a: calls.append(1) or
                         tf.nn.conv2d(a[0], a[1], 1, "SAME"))
-    layer = Conv2D(2, 3, padding="same")
-    layer(tf.zeros((1, 4, 4, 1)))
+    CpuConv2D(2, 3, padding="same")(tf.zeros((1, 4, 4, 1)))
     assert calls == [1]
-    monkeypatch.setattr(conv_layers, "cpu_only", lambda: False)
-    layer(tf.zeros((1, 4, 4, 1)))
+    CpuConv2D(2, 3, strides=2, padding="same")(tf.zeros((1, 4, 4, 1)))
+    keras.layers.Conv2D(2, 3, padding="same")(tf.zeros((1, 4, 4, 1)))
     assert calls == [1]
 
 
 def test_conv_transpose_layer_equals_keras_and_falls_back():
-    from keras_maskrcnn.layers.conv import Conv2DTranspose
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(size=(3, 5, 4, 6)), tf.float32)
     for kwargs, fast in (({"kernel_size": 2, "strides": 2}, True),
                          ({"kernel_size": 3, "strides": 3}, True),
                          ({"kernel_size": 4, "strides": 2}, False)):
-        ours = Conv2DTranspose(7, activation="relu", padding="valid", **kwargs)
+        ours = CpuConv2DTranspose(7, activation="relu", padding="valid", **kwargs)
         reference = keras.layers.Conv2DTranspose(7, activation="relu", padding="valid", **kwargs)
         ours.build(x.shape)
         reference.build(x.shape)
         weights = [rng.normal(size=w.shape).astype(np.float32) for w in ours.get_weights()]
         ours.set_weights(weights)
         reference.set_weights(weights)
-        assert ours.uses_block_matmul == fast
+        assert conv2d_transpose_eligible(ours) == fast
         _assert_same_outputs_and_gradients(ours, reference, x)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
-    assert type(restored) is Conv2DTranspose
+    assert type(restored) is CpuConv2DTranspose
 
 
 def test_block_matmul_mutation_flipped_kernel_differs():
     """The kernel is not flipped: flipping it changes the output (the test above can fail)."""
-    from keras_maskrcnn.ops.conv import conv2d_transpose_unstrided_blocks
+    from keras_maskrcnn.accel.conv import conv2d_transpose_unstrided_blocks
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(1, 3, 3, 2)), tf.float32)
     k = tf.constant(rng.normal(size=(2, 2, 4, 2)), tf.float32)
@@ -149,7 +148,7 @@ def test_block_matmul_mutation_flipped_kernel_differs():
 def test_gradient_copies_wait_for_the_upstream_gradient(monkeypatch):
     """The padded input and the flipped kernel of the gradient are built once dy exists, not
     in the forward pass (where the executor would run them early and hold them)."""
-    from keras_maskrcnn.ops import conv as conv_ops
+    from keras_maskrcnn.accel import conv as conv_ops
 
     x = tf.random.normal([2, 6, 7, 3])
     kernel = tf.Variable(tf.random.normal([3, 3, 3, 4]))
@@ -213,15 +212,15 @@ def _kernel_gradient_waits_for_input_gradient(layer, x):
 
 
 @pytest.mark.parametrize("make, shape", [
-    (lambda: Dense(5, activation="relu"), (2, 3, 7)),
-    (lambda: Conv2D(4, 3, padding="same"), (2, 6, 7, 3)),
-    (lambda: Conv2D(4, 3, padding="same", winograd=True), (2, 6, 7, 3))])
+    (lambda: CpuDense(5, activation="relu"), (2, 3, 7)),
+    (lambda: CpuConv2D(4, 3, padding="same"), (2, 6, 7, 3)),
+    (lambda: CpuConv2D(4, 3, padding="same", winograd=True), (2, 6, 7, 3))])
 def test_kernel_gradient_after_input_gradient(make, shape, monkeypatch):
     """dW waits for dx, so the optimizer's update of W (after dW) finds the forward read of W
     released and updates in place; values equal Keras' own layers."""
     x = tf.random.normal(shape)
     ours = make()
-    reference = (keras.layers.Dense if isinstance(ours, Dense) else keras.layers.Conv2D)(
+    reference = (keras.layers.Dense if isinstance(ours, CpuDense) else keras.layers.Conv2D)(
         **{k: v for k, v in ours.get_config().items() if k != "winograd"})
     ours.build(x.shape)
     reference.build(x.shape)

@@ -1,14 +1,17 @@
 """Stride-1 "same" convolution whose gradient is computed with forward convs and matmuls.
 
+Not a step of the method: a CPU kernel (``keras_maskrcnn.accel``). The forward pass is
+``tf.nn.conv2d`` unchanged, so outputs are identical; gradients agree with TensorFlow's to
+float32 rounding (tests/test_accel_conv.py).
+
 Shape shorthand:
     B  batch size;  H, W  feature map height and width
     C  input channels;  O  output channels;  k  kernel size (odd)
 
 Why: TensorFlow's CPU gradient kernels of a convolution (Conv2DBackpropInput and
-Conv2DBackpropFilter, with oneDNN on especially) run at about half the speed of its forward
-conv and of a plain matmul on the 2-core CPU this was tuned on; they were ~60 % of a Mask
-R-CNN training step (bench/profile_model.py). For stride 1, "same" padding and no dilation the
-two gradients are ordinary products:
+Conv2DBackpropFilter) are slower than its forward conv and a plain matmul of the same size
+(bench/README.md, "Measurements behind the CPU kernels"). For stride 1, "same" padding and no
+dilation the two gradients are ordinary products:
     * input gradient: the forward conv of dy with the kernel flipped in space and with its
       input and output channels swapped (a "full" correlation, i.e. a transposed conv, which
       for stride 1 and symmetric padding k // 2 is again a "same" conv);
@@ -16,8 +19,6 @@ two gradients are ordinary products:
       x_shifted(i, j)^T @ dy over all B * H * W positions, x_shifted being the zero-padded input
       shifted by the tap (a row offset of the flattened padded input, see
       ``_kernel_gradient``).
-The forward pass is ``tf.nn.conv2d`` unchanged, so outputs are identical; gradients agree
-with TensorFlow's to float32 rounding (tests/test_conv.py).
 """
 import tensorflow as tf
 
@@ -47,7 +48,7 @@ def _conv2d_same(x, kernel):
     def grad(dy):
         # The gradient's own copies of x and of the kernel (padded x, flipped kernel) depend on
         # x alone: without this edge TensorFlow's executor builds them during the forward pass
-        # and holds them until the backward pass (+49 MB per 3x3 conv on a P2 map at 512x768).
+        # and holds them until the backward pass (peak memory).
         with tf.control_dependencies([dy]):
             return gradients_input_first(x, dy, kernel)
 
@@ -59,7 +60,7 @@ def gradients_input_first(x, dy, kernel):
 
     The optimizer updates the kernel once its gradient exists; computed first, that update
     ran while the input gradient still held the forward pass' read of the kernel, and
-    TensorFlow copied the variable to update it (copy on write; see ``ops.dense``).
+    TensorFlow copied the variable to update it (copy on write; see ``accel.dense``).
     """
     dx = _input_gradient(dy, kernel)
     with tf.control_dependencies([dx]):
@@ -112,8 +113,8 @@ def conv2d_transpose_unstrided_blocks(x, kernel):
     With stride = kernel size s the s x s output blocks of the input pixels do not overlap:
     output[s * i + a, s * j + b, o] = sum_c x[i, j, c] * kernel[a, b, o, c] (TensorFlow's
     ``conv2d_transpose`` convention, kernel not flipped). That is one (C, s * s * O) matmul per
-    pixel followed by ``depth_to_space`` (channel (a * s + b) * O + o -> offset (a, b)); TF's
-    CPU kernel for it (Conv2DBackpropInput) ran at ~60 GFLOP/s, the matmul at ~150.
+    pixel followed by ``depth_to_space`` (channel (a * s + b) * O + o -> offset (a, b)); the
+    matmul runs faster than TF's CPU kernel for it (Conv2DBackpropInput; bench/README.md).
 
     Args:
         x: (B, H, W, C) float NHWC.

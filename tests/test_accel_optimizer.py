@@ -1,4 +1,5 @@
-"""keras_maskrcnn.training's optimizers: same updates as Keras', scheduled after the backward."""
+"""accel.optimizer.UpdateAfterGradient in training.SGD / AdamW: same updates as Keras',
+scheduled after the backward; the registered names saved .keras files use are unchanged."""
 import keras
 import numpy as np
 import tensorflow as tf
@@ -77,3 +78,14 @@ def test_single_replica_updates_do_not_wait_for_every_gradient():
         fan_in = [op for op in graph.get_operations()
                   if {i.op for i in op.inputs} >= set(gradient_ops)]
         assert bool(fan_in) == grouped, (optimizer_class, [op.type for op in fan_in])
+
+
+def test_registered_names_are_unchanged():
+    """Saved .keras files name the optimizers ``keras_maskrcnn>SGD`` / ``keras_maskrcnn>AdamW``."""
+    for optimizer_class in (training.SGD, training.AdamW):
+        name = f"keras_maskrcnn>{optimizer_class.__name__}"
+        assert keras.saving.get_registered_name(optimizer_class) == name
+        assert keras.saving.get_registered_object(name) is optimizer_class
+        restored = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(optimizer_class(learning_rate=0.1)))
+        assert type(restored) is optimizer_class

@@ -1,11 +1,15 @@
 """3x3 stride-1 "same" convolution by Winograd's minimal filtering F(2x2, 3x3).
 
+Not a step of the method: a CPU kernel (``keras_maskrcnn.accel``) that ``accelerate`` turns on
+for the mask and keypoint heads' 3x3 convs on 14x14 RoI features (no gain on the backbone's
+large maps; bench/README.md).
+
 Shape shorthand:
     B  batch size (RoIs in a head);  H, W  feature map height and width
     C  input channels;  O  output channels;  T  number of 2x2 output tiles, B * H/2 * W/2
 
-Why: the keypoint head is eight 3x3 512-channel convolutions on 14x14 RoI features, about
-three quarters of a Keypoint R-CNN inference; the mask head is four 256-channel ones. A direct
+Why: the keypoint head is eight 3x3 512-channel convolutions on 14x14 RoI features, most of a
+Keypoint R-CNN inference; the mask head is four 256-channel ones. A direct
 3x3 conv costs 9 multiply-adds per output and input channel; F(2x2, 3x3) (Lavin & Gray, 2016)
 computes each 2x2 output tile from a 4x4 input tile with 16, 2.25x fewer:
 
@@ -22,13 +26,13 @@ matmuls, one per tile position (p, q), which is where the time goes. The input a
 transforms are additions of whole slices (no gather): the padded input is rearranged by
 ``space_to_depth`` so that the four rows (columns) of every tile are two neighbouring blocks'
 two sub-rows (sub-columns), contiguous channel slices. Outputs equal ``tf.nn.conv2d`` to
-float32 rounding (tests/test_winograd.py); the gradient is that of the convolution itself
-(``ops.conv.conv2d_same``'s matmul-based one), so training sees an exact conv gradient.
+float32 rounding (tests/test_accel_winograd.py); the gradient is that of the convolution
+itself (``accel.conv.conv2d_same``'s matmul-based one), so training sees an exact conv gradient.
 """
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.ops import conv as conv_ops
+from keras_maskrcnn.accel import conv as conv_ops
 
 # G: (4, 3), the kernel transform; the 16 transformed taps are G g G^T.
 _KERNEL_TRANSFORM = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5],
@@ -43,7 +47,7 @@ def conv2d_winograd_3x3(x, kernel):
         kernel: (3, 3, C, O) float.
 
     Returns:
-        (B, H, W, O) in x's dtype; its gradient is the convolution's (``ops.conv``).
+        (B, H, W, O) in x's dtype; its gradient is the convolution's (``accel.conv``).
     """
     x = tf.convert_to_tensor(x)
     kernel = tf.convert_to_tensor(kernel, x.dtype)

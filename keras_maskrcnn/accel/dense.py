@@ -1,13 +1,16 @@
 """A dense (fully connected) product whose kernel gradient waits for its input gradient.
 
+Not a step of the method: a memory-ordering kernel (``keras_maskrcnn.accel``). Values are the
+same as ``tf.matmul``'s.
+
 Shape shorthand: N  leading positions (any number of axes);  D  input units;  U  output units.
 
 Why: in a training step the optimizer updates a weight as soon as its gradient exists
-(``training._UpdateAfterGradient``). TensorFlow computes a product's two gradients, dx = dy W^T
-and dW = x^T dy, independently; when dW came first, the update of W ran while dx still held the
-forward pass' read of W, and TensorFlow copied the variable to update it (copy on write): the
-box head's fc6 (12544 x 1024, 49 MB) was copied at the peak of a Mask R-CNN step. Ordered
-dx first, the read is released before dW exists. Values are the same as ``tf.matmul``'s.
+(``accel.optimizer.UpdateAfterGradient``). TensorFlow computes a product's two gradients,
+dx = dy W^T and dW = x^T dy, independently; when dW came first, the update of W ran while dx
+still held the forward pass' read of W, and TensorFlow copied the variable to update it (copy
+on write): the box head's fc6 (12544 x 1024) was copied at the peak of a Mask R-CNN step.
+Ordered dx first, the read is released before dW exists.
 """
 import tensorflow as tf
 

@@ -1,13 +1,13 @@
-"""ops.winograd.conv2d_winograd_3x3 and Conv2D(winograd=True): equal to TensorFlow's conv."""
+"""accel.winograd.conv2d_winograd_3x3 and CpuConv2D(winograd=True): equal to TF's conv."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.layers.conv import Conv2D
-from keras_maskrcnn.ops import winograd
-from keras_maskrcnn.ops.winograd import conv2d_winograd_3x3, transform_kernel
-from test_conv import _grads, _reference  # the same harness as the matmul-gradient conv
+from keras_maskrcnn.accel import winograd
+from keras_maskrcnn.accel.layers import CpuConv2D
+from keras_maskrcnn.accel.winograd import conv2d_winograd_3x3, transform_kernel
+from test_accel_conv import _grads, _reference  # the same harness as the matmul-gradient conv
 
 
 @pytest.mark.parametrize("shape,filters", [((3, 14, 14, 8), 6), ((2, 7, 9, 5), 3),
@@ -67,9 +67,9 @@ def test_layer_winograd_equals_keras_conv2d_and_round_trips(monkeypatch):
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(3, 14, 14, 6)), tf.float32)
     calls = []
-    monkeypatch.setattr("keras_maskrcnn.layers.conv.conv2d_winograd_3x3",
+    monkeypatch.setattr("keras_maskrcnn.accel.layers.conv2d_winograd_3x3",
                         lambda x, k: (calls.append(1), winograd.conv2d_winograd_3x3(x, k))[1])
-    ours = Conv2D(5, 3, padding="same", activation="relu", winograd=True)
+    ours = CpuConv2D(5, 3, padding="same", activation="relu", winograd=True)
     reference = keras.layers.Conv2D(5, 3, padding="same", activation="relu")
     ours.build(x.shape)
     reference.build(x.shape)
@@ -87,7 +87,7 @@ def test_layer_winograd_equals_keras_conv2d_and_round_trips(monkeypatch):
     assert restored.winograd and restored.get_config() == ours.get_config()
     # not taken: 1x1 kernels, bfloat16 inputs, winograd=False
     calls.clear()
-    Conv2D(5, 1, padding="same", winograd=True)(x)
-    Conv2D(5, 3, padding="same", winograd=True, dtype="mixed_bfloat16")(x)
-    Conv2D(5, 3, padding="same")(x)
+    CpuConv2D(5, 1, padding="same", winograd=True)(x)
+    CpuConv2D(5, 3, padding="same", winograd=True, dtype="mixed_bfloat16")(x)
+    CpuConv2D(5, 3, padding="same")(x)
     assert not calls
