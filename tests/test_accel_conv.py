@@ -22,6 +22,8 @@ def _grads(conv, x, kernel, upstream):
 
 
 def _reference(x, kernel):
+    if x.shape[0] == 0:  # TF's oneDNN conv returns the input's shape for an empty batch
+        return tf.zeros(x.shape[:3] + kernel.shape[3:], x.dtype)
     return tf.nn.conv2d(x, kernel, 1, "SAME")
 
 

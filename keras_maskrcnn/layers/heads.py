@@ -58,6 +58,19 @@ def _unfold_rois(y, lead, like):
     return tf.ensure_shape(out, like.shape[:2].as_list() + y.shape[1:].as_list())
 
 
+def _apply_to_rois(fn, inputs):
+    """fn on the folded RoIs: [B, R, P, P, C] -> fn([B * R, P, P, C]) unfolded to [B, R, ...].
+
+    No RoIs at all (B * R = 0, e.g. a training batch without positives) get one zero RoI that
+    is dropped again after ``fn``: TensorFlow's oneDNN convolution (on by default on recent
+    Intel CPUs, TF 2.21) returns its input's shape instead of its output's for an empty batch.
+    """
+    x, lead = _fold_rois(inputs)  # [B * R, P, P, C]
+    count = tf.shape(x)[0]
+    x = tf.pad(x, [[0, tf.cast(count == 0, tf.int32)], [0, 0], [0, 0], [0, 0]])  # >= 1 RoI
+    return _unfold_rois(fn(x)[:count], lead, inputs)
+
+
 def _require_known(input_shape, axes, name):
     if len(input_shape) != 5 or any(input_shape[a] is None for a in axes):
         raise ValueError(f"{name}: expected [B, R, P, P, C] with known "
@@ -87,13 +100,10 @@ class _ConvStack(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        x, lead = _fold_rois(inputs)  # [B * R, P, P, C]
         if training or not self.inference_chunk or not self.convs:
-            y = self._stack(x)
-        else:
-            y = _map_in_chunks(self._stack, x, self.inference_chunk, self.compute_dtype,
-                               self.conv_dim)
-        return _unfold_rois(y, lead, inputs)  # [B, R, P, P, conv_dim]
+            return _apply_to_rois(self._stack, inputs)  # [B, R, P, P, conv_dim]
+        return _apply_to_rois(lambda x: _map_in_chunks(
+            self._stack, x, self.inference_chunk, self.compute_dtype, self.conv_dim), inputs)
 
     def _stack(self, x):
         for conv in self.convs:
@@ -342,10 +352,11 @@ class MaskPredictor(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        x, lead = _fold_rois(inputs)  # [B * R, P, P, C]
+        return _apply_to_rois(self._masks, inputs)  # [B, R, 2P, 2P, K]
+
+    def _masks(self, x):
         x = self.conv5_mask(x)  # [B * R, 2P, 2P, conv_dim]; kernel 2 = stride: no overlap
-        x = tf.cast(self.mask_fcn_logits(x), tf.float32)  # [B * R, 2P, 2P, K]
-        return _unfold_rois(x, lead, inputs)  # [B, R, 2P, 2P, K]
+        return tf.cast(self.mask_fcn_logits(x), tf.float32)  # [B * R, 2P, 2P, K]
 
     def get_config(self):
         config = super().get_config()
@@ -400,12 +411,13 @@ class KeypointPredictor(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        x, lead = _fold_rois(inputs)  # [B * R, P, P, C]
+        return _apply_to_rois(self._heatmaps, inputs)  # [B, R, 4P, 4P, Kp]
+
+    def _heatmaps(self, x):
         x = self.kps_score_lowres(x)  # [B * R, 2P + 2, 2P + 2, Kp] ("valid")
         p = self._padding
         x = x[:, p:-p, p:-p, :]  # [B * R, 2P, 2P, Kp], torch's padding=1
-        x = upsample_bilinear_2x(x)  # [B * R, 4P, 4P, Kp] float32
-        return _unfold_rois(x, lead, inputs)  # [B, R, 4P, 4P, Kp]
+        return upsample_bilinear_2x(x)  # [B * R, 4P, 4P, Kp] float32
 
     def get_config(self):
         config = super().get_config()
