@@ -13,6 +13,8 @@ from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_hea
 from keras_maskrcnn.ops.masks import paste_masks, project_masks_on_boxes
 from keras_maskrcnn.ops.matching import match_boxes, sample_balanced
 from keras_maskrcnn.ops.nms import batched_nms
+from keras_maskrcnn.ops.prototype_masks import (assemble_mask_logits, assemble_masks, crop_masks,
+                                                downsample_gt_masks, masks_to_image)
 from keras_maskrcnn.ops.roi_ops import (assign_fpn_levels, multilevel_roi_align, roi_align,
                                         roi_align_indexed)
 
@@ -23,4 +25,5 @@ __all__ = [
     "pairwise_iou", "paste_masks", "project_masks_on_boxes", "roi_align", "roi_align_indexed",
     "sample_balanced", "small_box_mask", "xywh_to_xyxy", "xyxy_to_xywh",
     "fast_nms", "standard_nms", "yolact_anchors", "match_anchors", "hard_negative_mask",
+    "assemble_mask_logits", "assemble_masks", "crop_masks", "downsample_gt_masks", "masks_to_image",
 ]
