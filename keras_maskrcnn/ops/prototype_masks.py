@@ -85,7 +85,9 @@ def crop_masks(masks, boxes, padding=1):
 
 def _resize_channels(masks, size):
     """Bilinear half-pixel resize, no antialias, of (..., D, h, w) -> float32 (..., D, H, W)."""
-    masks = tf.cast(masks, tf.float32)
+    masks = tf.convert_to_tensor(masks)
+    if masks.dtype == tf.bool:
+        masks = tf.cast(masks, tf.uint8)
     rank = masks.shape.rank
     if rank == 3:
         return _resize_channels(masks[None], size)[0]
@@ -93,10 +95,10 @@ def _resize_channels(masks, size):
         raise ValueError(f"masks must be (D, h, w) or (B, D, h, w), got rank {rank}")
     images = tf.transpose(masks, [0, 2, 3, 1])  # (B, D, h, w) -> (B, h, w, D): D as channels
     # one spare channel: the resize kernel rejects D = 0
-    spare = tf.zeros(tf.concat([tf.shape(images)[:3], [1]], 0))  # (B, h, w, 1)
+    spare = tf.zeros(tf.concat([tf.shape(images)[:3], [1]], 0), images.dtype)  # (B, h, w, 1)
     images = tf.concat([images, spare], axis=-1)  # (B, h, w, D + 1)
     images = tf.image.resize(images, size, method="bilinear", antialias=False)[..., :-1]
-    return tf.transpose(images, [0, 3, 1, 2])  # (B, H, W, D) -> (B, D, H, W)
+    return tf.transpose(tf.cast(images, tf.float32), [0, 3, 1, 2])  # -> (B, D, H, W)
 
 
 def downsample_gt_masks(masks, size):
@@ -109,8 +111,15 @@ def downsample_gt_masks(masks, size):
     Returns:
         float32 0/1 masks of shape (B, M, height, width) (or (M, height, width)); no gradient.
     """
-    resized = _resize_channels(tf.stop_gradient(tf.convert_to_tensor(masks)), size)
-    return tf.cast(resized > 0.5, tf.float32)
+    masks = tf.stop_gradient(tf.convert_to_tensor(masks))
+    if masks.shape.rank == 3:
+        return downsample_gt_masks(masks[None], size)[0]
+
+    def one_image(image_masks):  # (M, H, W) -> (M, h, w)
+        return tf.cast(_resize_channels(image_masks, size) > 0.5, tf.float32)
+
+    # one image at a time: only its float copy of the full-size masks is alive at once
+    return tf.map_fn(one_image, masks, fn_output_signature=tf.float32, parallel_iterations=2)
 
 
 def masks_to_image(masks, size):
