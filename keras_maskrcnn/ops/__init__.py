@@ -25,5 +25,6 @@ __all__ = [
     "pairwise_iou", "paste_masks", "project_masks_on_boxes", "roi_align", "roi_align_indexed",
     "sample_balanced", "small_box_mask", "xywh_to_xyxy", "xyxy_to_xywh",
     "fast_nms", "standard_nms", "yolact_anchors", "match_anchors", "hard_negative_mask",
-    "assemble_mask_logits", "assemble_masks", "crop_masks", "downsample_gt_masks", "masks_to_image",
+    "assemble_mask_logits", "assemble_masks", "crop_masks", "downsample_gt_masks",
+    "masks_to_image",
 ]

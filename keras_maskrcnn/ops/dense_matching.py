@@ -84,7 +84,8 @@ def _forced_anchors(iou, matchable):
 
     state = (tf.constant(0), tf.ones_like(cand_idx, tf.bool), ~matchable,
              tf.fill(tf.shape(matchable), -1))
-    _, _, _, forced = tf.while_loop(lambda step, *_: step < num_gt, body, state)
+    steps = tf.reduce_max(tf.reduce_sum(tf.cast(matchable, tf.int32), axis=1))  # padding: no step
+    _, _, _, forced = tf.while_loop(lambda step, *_: step < steps, body, state)
     return forced
 
 
