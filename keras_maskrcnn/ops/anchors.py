@@ -1,4 +1,6 @@
-"""Anchors: cell anchors, anchors on one feature grid, anchors for all FPN levels.
+"""Anchors: cell anchors, anchors on one feature grid, anchors for all FPN levels (Faster R-CNN
+section 3.1.1, FPN section 4.1); YOLACT's priors (YOLACT section 3.3) in ``yolact_anchors``,
+whose docstring pins its own conventions (aspect ratio w / h, centre offset 0.5).
 
 Shape shorthand:
     B  batch size
@@ -25,6 +27,8 @@ All functions accept Python ints or scalar int tensors for image and feature siz
 work inside ``tf.function`` with dynamic input sizes. With Python ints the output shapes are
 static.
 """
+import math
+
 import tensorflow as tf
 
 DEFAULT_SIZES = ((32,), (64,), (128,), (256,), (512,))
@@ -149,3 +153,64 @@ def fpn_feature_sizes(image_height, image_width, min_level=2, max_level=6):
         if level >= min_level:
             feature_sizes.append((height, width))
     return feature_sizes
+
+
+def yolact_anchors(image_size, feature_sizes, scales=(24, 48, 96, 192, 384),
+                   aspect_ratios=(1, 0.5, 2), square=True, reference_size=550):
+    """YOLACT's priors (Bolya et al. 2019, section 3.3 / ``Yolact.make_priors``) as xyxy pixels.
+
+    Conventions (the reference's ``make_priors`` with ``use_pixel_scales``, ``preapply_sqrt``
+    off; tests/test_anchors.py compares bit for bit with a NumPy transcription):
+        * Aspect ratio = width / height. An anchor of scale s and ratio r has relative width
+          w = s * sqrt(r) / reference_size and height s / sqrt(r) / reference_size; with
+          ``square`` (the released v1 weights) the height is set to the width, so every
+          anchor is a square of side s * sqrt(r) (in reference_size pixels).
+        * Centres at ((j + 0.5) / W_l, (i + 0.5) / H_l) of the image (no stride rounding).
+        * Relative coordinates times the image size: the scales are therefore scaled by
+          image_size / reference_size, per axis (the reference always feeds a square image;
+          its 700 px config instead truncates int(s * 700 / 550) and keeps the ratio 1).
+        * Order: level, then row-major (y, x), then scale, then ratio (ratio minor).
+        * Computed in float64 (the reference builds them from Python floats), cast to float32
+          at the end.
+
+    Args:
+        image_size: Python int (square) or (height, width) pair of ints / scalar tensors.
+        feature_sizes: sequence of (H_l, W_l) per level (69, 35, 18, 9, 5 at 550).
+        scales: one number per level, or one sequence of numbers per level.
+        aspect_ratios: flat sequence of ratios (w / h) used at every level.
+        square: Python bool, the released weights' square anchors.
+        reference_size: Python number, the input size the scales are given for.
+
+    Returns:
+        (N, 4) float32 xyxy anchors, N = sum_l H_l * W_l * S_l * R (19,248 at 550).
+    """
+    if isinstance(image_size, (tuple, list)):
+        height, width = image_size
+    else:
+        height = width = image_size
+    height = tf.cast(height, tf.float64)
+    width = tf.cast(width, tf.float64)
+    feature_sizes = tuple(feature_sizes)
+    if len(scales) != len(feature_sizes):
+        raise ValueError(f"{len(scales)} scales for {len(feature_sizes)} feature maps")
+    roots = [math.sqrt(r) for r in aspect_ratios]
+    levels = []
+    for (rows, cols), level_scales in zip(feature_sizes, scales):
+        if not isinstance(level_scales, (tuple, list)):
+            level_scales = (level_scales,)
+        sides_w = [s * r / reference_size for s in level_scales for r in roots]  # scale-major
+        sides_h = sides_w if square else [s / r / reference_size
+                                          for s in level_scales for r in roots]
+        half_w = tf.constant(sides_w, tf.float64) / 2.0  # (A,)
+        half_h = tf.constant(sides_h, tf.float64) / 2.0  # (A,)
+        rows_f = tf.cast(rows, tf.float64)
+        cols_f = tf.cast(cols, tf.float64)
+        cy = (tf.cast(tf.range(rows), tf.float64) + 0.5) / rows_f  # (H,)
+        cx = (tf.cast(tf.range(cols), tf.float64) + 0.5) / cols_f  # (W,)
+        cy, cx = tf.meshgrid(cy, cx, indexing="ij")  # (H, W) each
+        cy = tf.reshape(cy, [-1, 1])  # (H, W) -> (H*W, 1), row-major
+        cx = tf.reshape(cx, [-1, 1])  # (H, W) -> (H*W, 1)
+        boxes = tf.stack([(cx - half_w) * width, (cy - half_h) * height,
+                          (cx + half_w) * width, (cy + half_h) * height], axis=-1)  # (H*W, A, 4)
+        levels.append(tf.reshape(boxes, [-1, 4]))  # (H*W, A, 4) -> (H*W*A, 4), anchors minor
+    return tf.cast(tf.concat(levels, axis=0), tf.float32)
