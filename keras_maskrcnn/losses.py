@@ -54,6 +54,19 @@ def smooth_l1(x, beta=1.0 / 9):
     return tf.where(n < beta, 0.5 * n * n / beta, n - 0.5 * beta)
 
 
+def global_count(mask):
+    """Number of True entries of ``mask`` summed over all replicas (float32, at least 1).
+
+    The count summed over all replicas that the conventions above describe (the losses'
+    ``num_*`` argument).
+    """
+    count = tf.reduce_sum(tf.cast(mask, tf.float32))
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.maximum(count, 1.0)
+
+
 def _normaliser(count, local_count):
     """float32 scalar normaliser: ``count`` if given (a global count), else the local one."""
     if count is None:

@@ -51,7 +51,7 @@ import pytest
 import tensorflow as tf
 
 from keras_maskrcnn.inference import preprocess
-from keras_maskrcnn.layers.rpn import level_sizes
+from keras_maskrcnn.ops.anchors import level_sizes
 
 SEED = 0
 MIN_SIZE, MAX_SIZE = 320, 512
