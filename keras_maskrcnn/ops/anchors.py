@@ -18,7 +18,8 @@ Conventions pinned here (tests/test_anchors.py checks each one against torchvisi
       axis), exactly as torchvision: a P6 of 13 rows on an 800-row input has stride 61.
     * Levels are concatenated in ``feature_keys`` order: the keys of the feature dict sorted
       naturally ("P2" < "P3" < ... < "P10"); ``level_sizes`` gives N_l = H_l * W_l * A per
-      level in that order (the RPN head's outputs and ``multilevel_anchors`` for P2..P6 agree).
+      level in that order (the RPN head's outputs and ``multilevel_anchors`` for P2..P6 agree;
+      tests/test_rpn.py checks both helpers).
     * The anchors are the same for every image of a batch (they depend only on the padded
       input size), so no batch dim is produced.
 

@@ -45,7 +45,7 @@ def project_masks_on_boxes(gt_masks, boxes, matched_gt, mask_size, sampling_rati
     Returns:
         (B, R, S, S) float32 soft targets in [0, 1].
 
-    Convention: ``keras_maskrcnn.ops.roi_align`` semantics with spatial scale 1, i.e.
+    Convention: ``ops.roi_align.roi_align`` semantics with spatial scale 1, i.e.
     torchvision's ``roi_heads.project_masks_on_boxes`` except that torchvision samples
     adaptively (ceil(roi_side / S) points per bin and axis); a fixed G keeps shapes static, so
     soft targets differ slightly along mask edges (tests/test_masks.py bounds the difference).
