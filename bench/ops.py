@@ -19,7 +19,7 @@ import torchvision
 import tensorflow as tf  # noqa: E402
 
 from keras_maskrcnn.ops.nms import batched_nms  # noqa: E402
-from keras_maskrcnn.ops.roi_ops import multilevel_roi_align, roi_align  # noqa: E402
+from keras_maskrcnn.ops.roi_align import multilevel_roi_align, roi_align  # noqa: E402
 
 
 def _random_boxes(rng, n, height, width, min_size=8.0, max_size=400.0):

@@ -20,7 +20,6 @@ host plane: "op ms" is summed over threads, so it can exceed the wall time when 
 import argparse
 import collections
 import glob
-import math
 import os
 import sys
 import time

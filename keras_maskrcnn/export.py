@@ -39,7 +39,6 @@ session-based loader (``saved_model_cli run``, TF Serving).
 """
 import argparse
 import json
-import os
 
 import keras
 import tensorflow as tf

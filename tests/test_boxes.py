@@ -251,3 +251,15 @@ def test_ops_under_tf_function_dynamic_shapes(rng):
     assert iou.shape == (2, 8, 8) and keep.shape == (2, 8)
     assert enc.shape == (2, 8, 4) and areas.shape == (2, 8)
     assert pipeline(deltas[:, :0], anchors[:, :0], size)[0].shape == (2, 0, 0)  # same trace, empty
+
+
+def test_box_coder_constants_are_torchvisions(torch, torchvision):
+    """The named coder constants: torchvision's RPN and box-head weights and its dw/dh clip."""
+    from torchvision.models.detection._utils import BoxCoder
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    heads = RoIHeads(None, None, None, 0.5, 0.5, 512, 0.25, None, 0.05, 0.5, 100)
+    assert B.RPN_BOX_WEIGHTS == (1.0, 1.0, 1.0, 1.0)  # torchvision's rpn: BoxCoder((1, 1, 1, 1))
+    assert B.ROI_BOX_WEIGHTS == (10.0, 10.0, 5.0, 5.0) == tuple(heads.box_coder.weights)
+    assert B.DEFAULT_DELTA_CLIP == BoxCoder(B.RPN_BOX_WEIGHTS).bbox_xform_clip
+    assert B.DEFAULT_DELTA_CLIP == heads.box_coder.bbox_xform_clip

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from keras_maskrcnn.convert import torchvision as tvconvert
-from keras_maskrcnn.layers.dense_head import DenseHead, feature_keys, level_sizes
+from keras_maskrcnn.layers.dense_head import DenseHead
+from keras_maskrcnn.ops.anchors import feature_keys, level_sizes
 
 CHANNELS = 8
 A = 3

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.layers.detection_generator import DetectionGenerator, generate_detections
+from keras_maskrcnn.layers.detection_generator import DetectionGenerator
+from keras_maskrcnn.ops.postprocess import generate_detections
 
 F32 = np.float32
 SIZES = np.array([[300, 400], [200, 250], [320, 320]], np.int32)  # (height, width)

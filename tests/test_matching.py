@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras_maskrcnn.ops.matching import (
     BELOW_LOW_THRESHOLD,
     BETWEEN_THRESHOLDS,
+    gather_or_pad,
     match_boxes,
     sample_balanced,
 )
@@ -353,3 +354,22 @@ def test_sampler_under_tf_function_dynamic_shapes():
         _check_sample(labels, idx, lab, 8, 0.25)
         eager = sample_balanced(labels, 8, 0.25, (5, 6))
         np.testing.assert_array_equal(idx, eager[0])
+
+
+def test_gather_or_pad_reads_pad_value_at_minus_one_and_n():
+    """Rows at -1 (and N, the appended pad row) read ``pad_value``; N = 0 is safe."""
+    params = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)  # (B, N, 2)
+    indices = np.array([[2, -1, 0, 3], [-1, 1, 1, -1]], np.int32)  # (B, S)
+    got = gather_or_pad(params, indices, -5.0).numpy()
+    expected = np.full((2, 4, 2), -5.0, np.float32)
+    for b in range(2):
+        for s, i in enumerate(indices[b]):
+            if 0 <= i < 3:
+                expected[b, s] = params[b, i]
+    np.testing.assert_array_equal(got, expected)
+    empty = gather_or_pad(np.zeros((2, 0), np.int32), -np.ones((2, 3), np.int32), 7).numpy()
+    np.testing.assert_array_equal(empty, np.full((2, 3), 7))
+    fn = tf.function(lambda p, i: gather_or_pad(p, i, -5.0),
+                     input_signature=[tf.TensorSpec([None, None, 2], tf.float32),
+                                      tf.TensorSpec([None, None], tf.int32)])
+    np.testing.assert_array_equal(fn(params, indices).numpy(), expected)

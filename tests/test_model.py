@@ -293,14 +293,14 @@ def test_rpn_targets_on_used_gt_rows_match_all_padded_rows(model, monkeypatch):
     """Matching anchors against the M' used GT rows, and sampling the mask targets from the
     M' used GT masks, gives the losses of all M padded rows."""
     from keras_maskrcnn.models import mask_rcnn
+    from keras_maskrcnn.ops.targets import used_gt_rows
 
     batch = synthetic_batch(num_gt=(2, 3), max_gt=12)
     batch["gt_classes"][0, 1] = -1  # a padded row between valid ones (crowd-like gap)
-    boxes, classes = mask_rcnn.used_gt_rows(tf.constant(batch["gt_boxes"]),
-                                            tf.constant(batch["gt_classes"]))
+    boxes, classes = used_gt_rows(tf.constant(batch["gt_boxes"]),
+                                  tf.constant(batch["gt_classes"]))
     assert classes.shape[1] == 3 and (classes.numpy() > 0).sum() == 4
-    _, none = mask_rcnn.used_gt_rows(tf.constant(batch["gt_boxes"]),
-                                     -tf.ones_like(batch["gt_classes"]))
+    _, none = used_gt_rows(tf.constant(batch["gt_boxes"]), -tf.ones_like(batch["gt_classes"]))
     assert none.shape[1] == 1  # one padded row when no image has GT
     seeds = [v for v in model.variables if "seed" in v.path]
     start = [v.numpy().copy() for v in seeds]

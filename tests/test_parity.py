@@ -50,7 +50,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.layers.dense_head import level_sizes
+from keras_maskrcnn.ops.anchors import level_sizes
 
 SEED = 0
 MIN_SIZE, MAX_SIZE = 320, 512

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.ops import roi_ops as RA
+import keras_maskrcnn.ops.roi_align as RA  # the module (ops re-exports no roi_align function)
 
 
 def make_boxes(rng, shape, lo, hi, max_side):

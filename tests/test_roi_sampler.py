@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.layers.roi_sampler import RoISampler, label_candidates, sample_rois
+from keras_maskrcnn.layers.roi_sampler import RoISampler
+from keras_maskrcnn.ops.targets import label_candidates, sample_rois
 
 F32 = np.float32
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)

@@ -12,11 +12,12 @@ import pytest
 import tensorflow as tf
 
 from keras_maskrcnn.convert.torchvision import load_rpn_head_weights
-from keras_maskrcnn.layers import rpn as rpn_module
-from keras_maskrcnn.layers.dense_head import feature_keys, level_sizes
-from keras_maskrcnn.layers.rpn import (ProposalGenerator, RPNHead, assign_anchor_targets,
-                                       generate_proposals, rpn_targets)
+from keras_maskrcnn.layers.rpn import ProposalGenerator, RPNHead
 from keras_maskrcnn.ops import anchors as anchor_ops
+from keras_maskrcnn.ops import targets as targets_ops
+from keras_maskrcnn.ops.anchors import feature_keys, level_sizes
+from keras_maskrcnn.ops.proposals import generate_proposals
+from keras_maskrcnn.ops.targets import assign_anchor_targets, rpn_targets
 
 PADDED = (256, 320)
 IMAGE_SIZES = np.array([[256, 320], [230, 300]], np.int32)
@@ -400,7 +401,7 @@ def test_rpn_targets_tf_function_and_empty_gt():
 
 
 def test_scatter_sampled_labels():
-    labels = rpn_module.scatter_sampled_labels(
+    labels = targets_ops.scatter_sampled_labels(
         tf.constant([[2, 0, -1], [-1, -1, -1]]), tf.constant([[1, 0, -1], [-1, -1, -1]]), 4)
     np.testing.assert_array_equal(labels.numpy(), [[0, -1, 1, -1], [-1, -1, -1, -1]])
 

@@ -25,41 +25,7 @@ Conventions pinned here (tests/test_dense_head.py; tests/test_rpn.py against tor
 import keras
 import tensorflow as tf
 
-
-def _natural_key(key):
-    """"P10" sorts after "P9": (prefix, number) when the key ends in digits."""
-    digits = len(key) - len(key.rstrip("0123456789"))
-    if digits:
-        return (key[:-digits], int(key[-digits:]))
-    return (key, -1)
-
-
-def feature_keys(features):
-    """The level keys of a feature dict in the order dense heads concatenate them (natural
-    sort)."""
-    return sorted(features, key=_natural_key)
-
-
-def level_sizes(features, num_anchors):
-    """Anchors per level, N_l = H_l * W_l * A, in ``feature_keys`` order.
-
-    Args:
-        features: dict level -> (B, H_l, W_l, C) tensor (or a shape tuple).
-        num_anchors: Python int A.
-
-    Returns:
-        list of L counts: Python ints where H_l and W_l are static, else scalar int32 tensors.
-    """
-    counts = []
-    for key in feature_keys(features):
-        value = features[key]
-        shape = tuple(value) if isinstance(value, (tuple, list)) else tuple(value.shape)
-        if shape[1] is not None and shape[2] is not None:  # static H_l, W_l
-            counts.append(int(shape[1]) * int(shape[2]) * int(num_anchors))
-        else:
-            dynamic = tf.shape(value)  # (4,) int32
-            counts.append(dynamic[1] * dynamic[2] * int(num_anchors))
-    return counts
+from keras_maskrcnn.ops.anchors import feature_keys, level_sizes
 
 
 def _validated(num_anchors, output_channels, output_activations, squeeze_outputs):

@@ -41,3 +41,13 @@ def masked_sum(values, mask):
     """Sum of ``values`` where ``mask`` (broadcastable) is True, as float32 scalar."""
     mask = tf.broadcast_to(mask, tf.shape(values))
     return tf.reduce_sum(tf.where(mask, values, tf.zeros_like(values)))
+
+
+def global_count(mask):
+    """Number of True entries of ``mask`` summed over all replicas (float32, at least 1): the
+    count summed over all replicas that a loss's ``num_*`` argument takes."""
+    count = tf.reduce_sum(tf.cast(mask, tf.float32))
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.maximum(count, 1.0)

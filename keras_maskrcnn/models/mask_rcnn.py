@@ -27,67 +27,13 @@ import keras
 import tensorflow as tf
 
 from keras_maskrcnn import losses
-from keras_maskrcnn.layers.dense_head import level_sizes
-from keras_maskrcnn.layers.roi_sampler import replica_seed
-from keras_maskrcnn.layers.rpn import rpn_targets
+from keras_maskrcnn.losses import global_count
 from keras_maskrcnn.models.base import Detector
-from keras_maskrcnn.ops.anchors import multilevel_anchors
+from keras_maskrcnn.ops.anchors import level_sizes, multilevel_anchors
 from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
 from keras_maskrcnn.ops.masks import project_masks_on_boxes
-from keras_maskrcnn.ops.roi_ops import multilevel_roi_align
-
-
-def global_count(mask):
-    """Number of True entries of ``mask`` summed over all replicas (float32, at least 1)."""
-    count = tf.reduce_sum(tf.cast(mask, tf.float32))
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-    return tf.maximum(count, 1.0)
-
-
-def used_gt_rows(gt_boxes, gt_classes):
-    """The first M' GT rows, M' = max(1, 1 + the last valid row of any image of the batch).
-
-    The input pads GT to ``max_instances`` (100) rows; matching every anchor (~100k) against
-    all of them is the RPN targets' (B, M, N) IoU, most of it padding. Rows past M' are
-    padding in every image, so the targets are the same. At least one row is kept (a padded
-    one when no image has GT).
-
-    Returns:
-        gt_boxes (B, M', 4), gt_classes (B, M') int32.
-    """
-    rows = tf.range(1, tf.shape(gt_classes)[1] + 1)[None, :]  # (1, M): 1-based row numbers
-    count = tf.reduce_max(tf.where(gt_classes > 0, rows, 1))  # M'
-    return gt_boxes[:, :count], gt_classes[:, :count]  # (B, M', 4), (B, M')
-
-
-def foreground_slots(sample, fixed_slots):
-    """The sample's first F' slots, F' = the largest positive count of an image in the batch.
-
-    Positives come first in each image's sample (``RoISampler``), so these slots hold every
-    foreground RoI; the mask and keypoint heads run on them only (torchvision runs them on the
-    positives alone). F' is dynamic (0 <= F' <= F): a few RoIs per image instead of the F =
-    ``batch_size_per_image * positive_fraction`` (128) fixed slots, about 10x less head work
-    on COCO. Slots past an image's own positives are negatives or padding (class <= 0): the
-    losses ignore them.
-
-    Args:
-        sample: ``RoISampler`` output. fixed_slots: F, used instead of F' under a
-            tf.distribute strategy with several replicas.
-
-    Returns:
-        rois (B, F', 4), classes (B, F') int32 (> 0 on positives), matched_gt (B, F') int32.
-    """
-    classes = sample["roi_classes"]  # (B, S)
-    count = tf.reduce_max(tf.reduce_sum(tf.cast(classes > 0, tf.int32), axis=1))  # F'
-    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        # Several replicas keep all F fixed slots: with F' the two-replica step was not
-        # reproducible run to run (update differences up to ~2e-4 against < 1e-6 with F
-        # slots, tests/test_distribute.py); root cause not found yet.
-        count = fixed_slots
-    return (sample["rois"][:, :count], classes[:, :count],  # (B, F', 4), (B, F')
-            sample["matched_gt"][:, :count])  # (B, F')
+from keras_maskrcnn.ops.roi_align import multilevel_roi_align
+from keras_maskrcnn.ops.targets import foreground_slots, replica_seed, rpn_targets, used_gt_rows
 
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression", "mask",

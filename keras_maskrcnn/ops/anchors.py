@@ -2,12 +2,10 @@
 section 3.1.1, FPN section 4.1); YOLACT's priors (YOLACT section 3.3) in ``yolact_anchors``,
 whose docstring pins its own conventions (aspect ratio w / h, centre offset 0.5).
 
-Shape shorthand:
-    B  batch size
-    N  anchors per image (all levels concatenated)
-    A  anchors per location (len(sizes) * len(aspect_ratios) of a level)
-    H, W  feature map height and width of one level
-    R, M, K, S  (RoIs, GT, classes, mask size) are not used here
+Method: the anchors of Ren et al. 2015 (Faster R-CNN, §3.1.1: k boxes of several scales and
+aspect ratios centred at every feature location), one scale per pyramid level as in Lin et al.
+2017 (FPN, §4.1: areas 32^2..512^2 on P2..P6, ratios 1:2, 1:1, 2:1). ``feature_keys`` and
+``level_sizes`` fix the order in which the levels are concatenated into N.
 
 Conventions pinned here (tests/test_anchors.py checks each one against torchvision's
 ``AnchorGenerator``):
@@ -20,12 +18,23 @@ Conventions pinned here (tests/test_anchors.py checks each one against torchvisi
       anchors-per-location minor: index = (i * W + j) * A + a.
     * The stride of a level is ``image_size // feature_size`` (integer floor division, per
       axis), exactly as torchvision: a P6 of 13 rows on an 800-row input has stride 61.
+    * Levels are concatenated in ``feature_keys`` order: the keys of the feature dict sorted
+      naturally ("P2" < "P3" < ... < "P10"); ``level_sizes`` gives N_l = H_l * W_l * A per
+      level in that order (the RPN head's outputs and ``multilevel_anchors`` for P2..P6 agree;
+      tests/test_rpn.py checks both helpers).
     * The anchors are the same for every image of a batch (they depend only on the padded
       input size), so no batch dim is produced.
 
 All functions accept Python ints or scalar int tensors for image and feature sizes, so they
 work inside ``tf.function`` with dynamic input sizes. With Python ints the output shapes are
 static.
+
+Shape shorthand:
+    B  batch size
+    N  anchors per image (all levels concatenated)
+    A  anchors per location (len(sizes) * len(aspect_ratios) of a level)
+    H, W  feature map height and width of one level
+    R, M, K, S  (RoIs, GT, classes, mask size) are not used here
 """
 import math
 
@@ -116,10 +125,11 @@ def multilevel_anchors(
     sizes = _per_level(sizes, len(feature_sizes), "sizes")
     aspect_ratios = _per_level(aspect_ratios, len(feature_sizes), "aspect_ratios")
     anchors = []
-    for (height, width), level_sizes, level_ratios in zip(feature_sizes, sizes, aspect_ratios):
+    for (height, width), level_anchor_sizes, level_ratios in zip(feature_sizes, sizes,
+                                                                 aspect_ratios):
         stride_h = image_height // height
         stride_w = image_width // width
-        cell = cell_anchors(level_sizes, level_ratios)
+        cell = cell_anchors(level_anchor_sizes, level_ratios)
         anchors.append(grid_anchors(cell, height, width, stride_h, stride_w))
     return anchors
 
@@ -214,3 +224,38 @@ def yolact_anchors(image_size, feature_sizes, scales=(24, 48, 96, 192, 384),
                           (cx + half_w) * width, (cy + half_h) * height], axis=-1)  # (H*W, A, 4)
         levels.append(tf.reshape(boxes, [-1, 4]))  # (H*W, A, 4) -> (H*W*A, 4), anchors minor
     return tf.cast(tf.concat(levels, axis=0), tf.float32)
+
+
+def _natural_key(key):
+    """"P10" sorts after "P9": (prefix, number) when the key ends in digits."""
+    digits = len(key) - len(key.rstrip("0123456789"))
+    if digits:
+        return (key[:-digits], int(key[-digits:]))
+    return (key, -1)
+
+
+def feature_keys(features):
+    """The level keys of a feature dict in the order the RPN concatenates them (natural sort)."""
+    return sorted(features, key=_natural_key)
+
+
+def level_sizes(features, num_anchors):
+    """Anchors per level, N_l = H_l * W_l * A, in ``feature_keys`` order.
+
+    Args:
+        features: dict level -> (B, H_l, W_l, C) tensor (or a shape tuple).
+        num_anchors: Python int A.
+
+    Returns:
+        list of L counts: Python ints where H_l and W_l are static, else scalar int32 tensors.
+    """
+    counts = []
+    for key in feature_keys(features):
+        value = features[key]
+        shape = tuple(value) if isinstance(value, (tuple, list)) else tuple(value.shape)
+        if shape[1] is not None and shape[2] is not None:  # static H_l, W_l
+            counts.append(int(shape[1]) * int(shape[2]) * int(num_anchors))
+        else:
+            dynamic = tf.shape(value)  # (4,) int32
+            counts.append(dynamic[1] * dynamic[2] * int(num_anchors))
+    return counts

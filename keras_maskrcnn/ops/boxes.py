@@ -1,13 +1,9 @@
-"""Box geometry: area, IoU, clipping, format conversion, delta encoding.
+"""Box geometry and the box coder: area, IoU, clipping, format conversion, delta encoding.
 
-Shape shorthand:
-    B  batch size
-    N  anchors / proposals per image (first box set)
-    M  GT boxes per image (second box set)
-    R  RoIs per image
-    K  classes
-    S  mask size
-    ...  any number of leading (batch) dims; every function here accepts them
+Method: the bounding-box regression parameterisation of Girshick 2015 (Fast R-CNN, §2.3,
+after R-CNN's appendix C), used for anchors by Ren et al. 2015 (Faster R-CNN, §3.1.2) and for
+RoIs by He et al. 2017 (Mask R-CNN, §3); the box-coder weights and the dw/dh clamp are
+torchvision's (named constants below).
 
 Conventions pinned here (tests/test_boxes.py checks each one against torchvision):
     * Boxes are ``xyxy`` float32 absolute pixels. Width = x2 - x1, height = y2 - y1 (no +1).
@@ -17,6 +13,15 @@ Conventions pinned here (tests/test_boxes.py checks each one against torchvision
           dw = ww * log(gw / aw)        dh = wh * log(gh / ah)
       with (ax, ay) the anchor centre x1 + 0.5 * aw. Decoding clamps dw/dh (after dividing
       by the weights) from above at ``clip`` = log(1000 / 16) before ``exp``.
+
+Shape shorthand:
+    B  batch size
+    N  anchors / proposals per image (first box set)
+    M  GT boxes per image (second box set)
+    R  RoIs per image
+    K  classes
+    S  mask size
+    ...  any number of leading (batch) dims; every function here accepts them
 """
 import math
 
@@ -24,6 +29,10 @@ import tensorflow as tf
 
 #: torchvision's ``bbox_xform_clip``: largest dw/dh fed to exp() when decoding.
 DEFAULT_DELTA_CLIP = math.log(1000.0 / 16)
+#: (wx, wy, ww, wh) of the RPN's box coder: unit weights (torchvision's ``rpn.box_coder``).
+RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+#: (wx, wy, ww, wh) of the box head's coder (torchvision's ``roi_heads.box_coder``).
+ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
 
 def _split(boxes):
@@ -121,15 +130,15 @@ def _centres(boxes):
     return widths, heights, x1 + 0.5 * widths, y1 + 0.5 * heights
 
 
-def encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
+def encode_boxes(boxes, anchors, weights=RPN_BOX_WEIGHTS):
     """Deltas that move ``anchors`` onto ``boxes``.
 
     Args:
         boxes: (..., 4) target xyxy boxes (e.g. matched GT).
         anchors: (..., 4) reference xyxy boxes (anchors or proposals), broadcastable with
             ``boxes``; they must have positive width and height.
-        weights: (wx, wy, ww, wh) Python floats; (1, 1, 1, 1) for the RPN, (10, 10, 5, 5)
-            for the box head.
+        weights: (wx, wy, ww, wh) Python floats; ``RPN_BOX_WEIGHTS`` (1, 1, 1, 1) for the
+            RPN, ``ROI_BOX_WEIGHTS`` (10, 10, 5, 5) for the box head.
 
     Returns:
         (..., 4) deltas (dx, dy, dw, dh), equal to torchvision's
@@ -148,7 +157,7 @@ def encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     return tf.concat([dx, dy, dw, dh], axis=-1)
 
 
-def decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=DEFAULT_DELTA_CLIP):
+def decode_boxes(deltas, anchors, weights=RPN_BOX_WEIGHTS, clip=DEFAULT_DELTA_CLIP):
     """Apply deltas to anchors (the inverse of ``encode_boxes``).
 
     Args:

@@ -1,12 +1,7 @@
 """Keypoints <-> heatmaps: training targets for the keypoint head and inference decoding.
 
-Shape shorthand:
-    B  batch size
-    R  RoIs per image
-    M  GT instances per image
-    K  keypoints per instance (17 for COCO persons; here K never means classes)
-    S  heatmap size (56 in Keypoint R-CNN)
-    ...  any number of leading (batch) dims, e.g. (B,); every function here accepts them
+Method: He et al. 2017 (Mask R-CNN, §5 "Mask R-CNN for Human Pose Estimation": each keypoint
+is a one-hot m x m target, the loss a softmax over the m^2 positions; 56 x 56 output).
 
 Conventions pinned here (tests/test_keypoints.py checks each against torchvision's
 ``roi_heads.keypoints_to_heatmap`` / ``heatmaps_to_keypoints``):
@@ -18,6 +13,14 @@ Conventions pinned here (tests/test_keypoints.py checks each against torchvision
     * Decoding resizes each heatmap to ceil(RoI size) (at least 1 px) with PyTorch's bicubic
       kernel (A = -0.75, align_corners=False, taps clamped to the border), takes the argmax
       (first maximum in row-major order on ties) and maps it back with the +0.5 offset.
+
+Shape shorthand:
+    B  batch size
+    R  RoIs per image
+    M  GT instances per image
+    K  keypoints per instance (17 for COCO persons; here K never means classes)
+    S  heatmap size (56 in Keypoint R-CNN)
+    ...  any number of leading (batch) dims, e.g. (B,); every function here accepts them
 """
 import tensorflow as tf
 

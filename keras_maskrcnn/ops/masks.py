@@ -1,11 +1,8 @@
 """Instance masks: GT masks -> per-RoI mask targets, and RoI masks -> full-image masks.
 
-Shape shorthand:
-    B  batch size
-    R  RoIs (or detections) per image
-    M  GT instances per image (padded)
-    H, W  image height and width (the padded model input)
-    S  mask size (28 for the mask head's targets and outputs)
+Method: He et al. 2017 (Mask R-CNN, §3 "Mask Representation": an m x m mask per RoI, pooled
+with RoIAlign; §3.1 "Training": the target is the intersection of the RoI and its matched GT
+mask; §3.1 "Inference": the m x m mask is resized to the box and binarised at 0.5).
 
 Conventions pinned here (tests/test_masks.py checks each against torchvision's
 ``roi_heads.project_masks_on_boxes`` and ``paste_masks_in_image``):
@@ -18,10 +15,17 @@ Conventions pinned here (tests/test_masks.py checks each against torchvision's
       (towards zero), the padded mask is resized bilinearly (``align_corners=False``) to the
       integer box size (x2 - x1 + 1) x (y2 - y1 + 1) and written into pixels x1..x2, y1..y2
       (inclusive) that lie in the image; zero elsewhere.
+
+Shape shorthand:
+    B  batch size
+    R  RoIs (or detections) per image
+    M  GT instances per image (padded)
+    H, W  image height and width (the padded model input)
+    S  mask size (28 for the mask head's targets and outputs)
 """
 import tensorflow as tf
 
-from keras_maskrcnn.ops.roi_ops import roi_align_indexed
+from keras_maskrcnn.ops.roi_align import roi_align_indexed
 
 def project_masks_on_boxes(gt_masks, boxes, matched_gt, mask_size, sampling_ratio=2,
                            aligned=False):
@@ -41,7 +45,7 @@ def project_masks_on_boxes(gt_masks, boxes, matched_gt, mask_size, sampling_rati
     Returns:
         (B, R, S, S) float32 soft targets in [0, 1].
 
-    Convention: ``keras_maskrcnn.ops.roi_align`` semantics with spatial scale 1, i.e.
+    Convention: ``ops.roi_align.roi_align`` semantics with spatial scale 1, i.e.
     torchvision's ``roi_heads.project_masks_on_boxes`` except that torchvision samples
     adaptively (ceil(roi_side / S) points per bin and axis); a fixed G keeps shapes static, so
     soft targets differ slightly along mask edges (tests/test_masks.py bounds the difference).

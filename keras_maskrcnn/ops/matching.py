@@ -1,14 +1,21 @@
-"""IoU matcher (thresholds, low-quality matches) and balanced positive/negative sampler.
+"""IoU matcher (thresholds, low-quality matches), balanced positive/negative sampler.
+
+Method: labelling by IoU and mini-batch sampling of Ren et al. 2015 (Faster R-CNN, §3.1.2:
+positive at IoU > 0.7 or the best IoU of a GT box, negative below 0.3; §3.1.3: 256 anchors per
+image, up to 1:1) and of Girshick 2015 (Fast R-CNN, §2.3 "Mini-batch sampling": 25% foreground
+RoIs at IoU >= 0.5), as He et al. 2017 use them for the RoIs (Mask R-CNN, §3.1).
+
+``match_boxes`` and ``sample_balanced`` are batched, graph-mode friendly (no Python loops over
+images or boxes) and reproduce torchvision's ``models.detection._utils.Matcher`` and
+``BalancedPositiveNegativeSampler`` semantics; the docstrings pin each convention. Sampled
+indices are padded with -1; ``gather_or_pad`` reads rows at such indices (also the -1 padded
+indices of ``ops.nms.batched_nms``).
 
 Shape shorthand:
     B  batch size
     N  predictions per image (anchors or proposals)
     M  ground-truth boxes per image (padded; padding rows flagged by ``gt_valid``)
     R  number of sampled elements per image (``num_samples``)
-
-Both functions are batched, graph-mode friendly (no Python loops over images or boxes) and
-reproduce torchvision's ``models.detection._utils.Matcher`` and
-``BalancedPositiveNegativeSampler`` semantics; the docstrings pin each convention.
 """
 import tensorflow as tf
 
@@ -161,3 +168,24 @@ def sample_balanced(labels, num_samples, positive_fraction, seed):
     indices = tf.where(is_pos, pos_order, tf.where(is_neg, neg_pick, -1))  # (B, R)
     sampled_labels = tf.where(is_pos, 1, tf.where(is_neg, 0, -1))  # (B, R)
     return indices, tf.cast(sampled_labels, tf.int32)
+
+
+def gather_or_pad(params, indices, pad_value=0):
+    """``params[b, indices[b, i]]`` per image; index -1 (or N) reads ``pad_value``.
+
+    Safe for N = 0 (one pad row is appended before gathering).
+
+    Args:
+        params: (B, N, ...) tensor.
+        indices: (B, S) int32 in [-1, N] (e.g. ``sample_balanced`` or ``batched_nms`` output).
+        pad_value: scalar written where the index is -1.
+
+    Returns:
+        (B, S, ...) gathered values.
+    """
+    num = tf.shape(params)[1]
+    pad_row = tf.fill(tf.concat([tf.shape(params)[:1], [1], tf.shape(params)[2:]], 0),
+                      tf.cast(pad_value, params.dtype))  # (B, 1, ...)
+    padded = tf.concat([params, pad_row], axis=1)  # (B, N + 1, ...); row N = pad
+    safe = tf.where(indices >= 0, indices, num)  # (B, S); -1 -> the pad row
+    return tf.gather(padded, safe, batch_dims=1)  # (B, S, ...)

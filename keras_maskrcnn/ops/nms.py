@@ -1,10 +1,7 @@
 """Class-aware, batched non-maximum suppression with a static output size.
 
-Shape shorthand:
-    B  batch size
-    N  candidate boxes per image (proposals or detections)
-    K  distinct class ids in the batch
-    D  ``max_output``, the static number of kept indices returned per image
+Method: the greedy NMS of Ren et al. 2015 (Faster R-CNN, §3.3: IoU 0.7 over the proposals) and
+the per-class NMS of the final detections (He et al. 2017, Mask R-CNN, §3.1 "Inference").
 
 Conventions pinned here (tests/test_nms.py checks each one against ``torchvision.ops.nms`` /
 ``torchvision.ops.batched_nms`` and a numpy loop oracle):
@@ -42,6 +39,12 @@ Known deviations from torchvision (none arises with boxes clipped to the image):
       suppress each other; here the offset step widens so they never do.
     * Above 1000 boxes torchvision orders kept boxes with EQUAL scores by an unstable sort;
       here they stay in index order (the kept set and the score sequence are the same).
+
+Shape shorthand:
+    B  batch size
+    N  candidate boxes per image (proposals or detections)
+    K  distinct class ids in the batch
+    D  ``max_output``, the static number of kept indices returned per image
 """
 import tensorflow as tf
 

@@ -1,12 +1,9 @@
 """RoIAlign (single map and FPN multi-level) and FPN level assignment.
 
-Shape shorthand:
-    B  batch size
-    R  RoIs per image
-    K  flattened RoIs (B * R, or the RoIs of one pyramid level)
-    H, W  feature map height and width;  C  channels
-    P, Q  output height and width (``output_size``)
-    G  sampling_ratio (sample points per bin and axis)
+Method: RoIAlign of He et al. 2017 (Mask R-CNN, §3 "RoIAlign": bilinear interpolation at
+regularly sampled points of each bin, averaged, with no quantisation of the RoI or the bins);
+each RoI is pooled from one pyramid level, assigned as in Lin et al. 2017 (FPN, §4.2, eq. 1:
+k = floor(k0 + log2(sqrt(wh) / 224)), k0 = 4).
 
 Conventions pinned here (tests/test_roi_align.py checks each against torchvision):
     * Features are NHWC; boxes are ``xyxy`` float32 pixels of the (padded) input image and are
@@ -30,6 +27,14 @@ torchvision and samples beyond it give 0. The crop boxes are chosen so that crop
 sample points ``y1 * (H + 1) + k * (y2 - y1) * (H + 1) / (n - 1)`` (or the centre when
 n == 1) are torchvision's points. Gradients flow to the features (not to
 the boxes). Everything runs in float32; the result is cast back to the features' dtype.
+
+Shape shorthand:
+    B  batch size
+    R  RoIs per image
+    K  flattened RoIs (B * R, or the RoIs of one pyramid level)
+    H, W  feature map height and width;  C  channels
+    P, Q  output height and width (``output_size``)
+    G  sampling_ratio (sample points per bin and axis)
 """
 import tensorflow as tf
 
