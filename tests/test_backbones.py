@@ -311,7 +311,11 @@ def test_tf_function_dynamic_sizes():
         eager = fpn(resnet(x))  # eager first: variables are created outside the trace
         graph = fn(x)
         for k in eager:
-            np.testing.assert_allclose(graph[k].numpy(), eager[k].numpy(), rtol=1e-5, atol=1e-5)
+            # Graph mode fuses conv + bias + ReLU (Grappler; oneDNN on Intel CPUs), which sums
+            # in another order than eager's separate ops: float32 rounding of the map's scale.
+            scale = max(1.0, float(np.abs(eager[k].numpy()).max()))
+            np.testing.assert_allclose(graph[k].numpy(), eager[k].numpy(), rtol=1e-5,
+                                       atol=1e-5 * scale)
     assert fn.experimental_get_tracing_count() == 1
 
 
