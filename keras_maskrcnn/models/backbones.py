@@ -132,9 +132,9 @@ class ResNetBlock(keras.layers.Layer):
         out_channels = self.filters * _EXPANSION[block_type]
         if block_type == "bottleneck":
             width = bottleneck_width(self.filters, self.groups, self.width_per_group)
-            s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+            s1, s2 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
             self.conv1 = _conv(width, 1, s1, "conv1")
-            self.conv2 = _conv(width, 3, s3, "conv2", groups=self.groups)
+            self.conv2 = _conv(width, 3, s2, "conv2", groups=self.groups)
             self.conv3 = _conv(out_channels, 1, 1, "conv3")
             self.bn3 = FrozenBatchNorm(self.bn_eps, name="bn3")
         else:
