@@ -219,6 +219,11 @@ def test_bn_eps_reaches_every_frozen_bn_from_the_config():
                     name="r").get_config()
     clone = ResNet.from_config(config)
     assert clone.get_config() == config and {bn.epsilon for bn in _frozen_bns(clone)} == {0.0}
+    block = ResNetBlock(16, 2, "bottleneck", True, groups=4, width_per_group=8,
+                        stride_in_1x1=True, bn_eps=1e-3, name="blk")
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(block))
+    assert restored.get_config() == block.get_config() and restored.conv1.strides == (2, 2)
+    assert restored.conv2.groups == 4 and restored.bn2.epsilon == 1e-3
 
 
 def test_bn_eps_zero_matches_torchvision_coco_v1_eps(torch, torchvision):
