@@ -20,16 +20,17 @@ from keras_maskrcnn.layers.heads import (BoxHead, BoxPredictor, KeypointHead, Ke
 from keras_maskrcnn.layers.roi_sampler import RoISampler
 from keras_maskrcnn.layers.rpn import ProposalGenerator, RPNHead
 from keras_maskrcnn.models import base
-from keras_maskrcnn.models.backbones import ResNet
+from keras_maskrcnn.models.backbones import ResNet, arch_arguments
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
 from keras_maskrcnn.preprocessing import Preprocessor
 
 
 def build_backbone(model_cfg):
-    """(ResNet, FPN) from ``model.backbone`` and ``model.fpn``."""
+    """(ResNet or ResNeXt, FPN) from ``model.backbone`` and ``model.fpn``."""
     b = model_cfg.backbone
-    resnet = ResNet(depth=b.name, width_multiplier=b.width_multiplier, freeze_at=b.freeze_at,
-                    norm=b.norm, name="backbone")
+    resnet = ResNet(**arch_arguments(b.name), width_multiplier=b.width_multiplier,
+                    freeze_at=b.freeze_at, norm=b.norm, stride_in_1x1=b.stride_in_1x1,
+                    bn_eps=b.bn_eps, name="backbone")
     return resnet, FPN(channels=model_cfg.fpn.channels, name="fpn")
 
 
@@ -168,7 +169,7 @@ base.register_builder("MaskRCNN", _rebuild)
 def load_initial_weights(model, model_cfg):
     """``model.backbone.weights`` then ``model.weights``, when the config names them.
 
-    backbone.weights: a torchvision ImageNet ResNet state_dict (``.pth``, its ``fc.`` keys
+    backbone.weights: a torchvision ImageNet ResNet / ResNeXt state_dict (``.pth``, its ``fc.`` keys
     ignored; reading it needs torch). model.weights: a whole-model ``.weights.h5`` (e.g.
     converted COCO weights to fine-tune from).
     """
@@ -179,7 +180,7 @@ def load_initial_weights(model, model_cfg):
     path = model_cfg.backbone.weights
     if path:
         if not path.endswith((".pth", ".pt")):
-            raise ValueError(f"model.backbone.weights: expected a torchvision ResNet .pth "
+            raise ValueError(f"model.backbone.weights: expected a torchvision ResNet/ResNeXt .pth "
                              f"state_dict, got {path}")
         tv.load_resnet_weights(model.backbone, tv.load_state_dict(path), prefix="",
                                ignore_prefixes=("fc.",))

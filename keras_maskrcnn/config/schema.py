@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Literal, Optional, Tuple
 
 from .fields import (DETECTRON, OURS, PAPER, TORCHVISION, Section, at_least, check, in_range,
@@ -49,10 +50,14 @@ def _check_matcher(obj):
 # ----------------------------------------------------------------------------- model sections
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig(Section):
-    """ResNet (Mask R-CNN section 3, "Network Architecture")."""
+    """ResNet / ResNeXt (Mask R-CNN section 3, "Network Architecture")."""
 
-    name: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = param(
-        "resnet50", None, "ResNet depth (torchvision's v1.5: stride in the 3x3 conv)", PAPER)
+    name: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d",
+                  "resnext101_32x8d", "resnext101_64x4d"] = param(
+        "resnet50", None, "torchvision's model names: ResNet depth (v1.5: stride in the 3x3 "
+        "conv) or ResNeXt depth_{groups}x{width_per_group}d (3x3 convs in `groups` groups, "
+        "width int(planes * width_per_group / 64) * groups; detectron2's X101-FPN weights are "
+        "32x8d)", PAPER)
     width_multiplier: float = param(
         1.0, in_range(0, 8, lo_open=True), "scales every channel count; < 1 for tiny test "
         "models", OURS)
@@ -60,9 +65,26 @@ class BackboneConfig(Section):
                            "all (torchvision trainable_layers=3)", DETECTRON)
     norm: Literal["frozen_bn"] = param("frozen_bn", None, "BatchNorm with frozen statistics "
                                        "and affine parameters", DETECTRON)
-    bn_eps: float = param(1e-5, positive, "FrozenBatchNorm2d epsilon in its detection models", TV)
+    stride_in_1x1: bool = param(
+        False, None, "bottleneck stride on the first 1x1 conv (MSRA ResNet, detectron2's "
+        "RESNETS.STRIDE_IN_1X1: true for its R50/R101 weights, false for X101) instead of the "
+        "3x3 (torchvision v1.5); basic blocks ignore it", TV)
+    bn_eps: float = param(
+        1e-5, non_negative, "epsilon of every FrozenBatchNorm: torchvision's FrozenBatchNorm2d "
+        "default 1e-5, but its V1 COCO detection weights (maskrcnn/fasterrcnn/keypointrcnn_"
+        "resnet50_fpn COCO_V1) are run with 0 (overwrite_eps(model, 0.0) after loading); "
+        "detectron2 uses 1e-5", TV)
     weights: Optional[str] = param(None, None, "backbone weights file (e.g. converted "
                                    "ImageNet); null = random")
+
+    def validate(self):
+        # ResNeXt: the narrowest bottleneck (planes 64, scaled) keeps >= 1 channel per group.
+        match = re.fullmatch(r"resnext\d+_(\d+)x(\d+)d", self.name)
+        if match:
+            planes = max(1, int(round(64 * self.width_multiplier)))
+            require(planes * int(match.group(2)) >= 64, "width_multiplier",
+                    f"{self.width_multiplier} leaves res2 of {self.name} less than one channel "
+                    f"per group (int({planes} * {match.group(2)} / 64) = 0)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,10 @@ Conventions pinned here:
   ``load_state_dict`` to read a ``.pth`` file: a value with ``detach``/``cpu`` attributes is
   converted with ``np.asarray(v.detach().cpu())``.
 - Conv weights are transposed from torch (Cout, Cin, kh, kw) to Keras (kh, kw, Cin, Cout);
-  biases and FrozenBatchNorm buffers ([C]) are copied as they are.
+  biases and FrozenBatchNorm buffers ([C]) are copied as they are. A grouped conv (ResNeXt)
+  is the same transpose: torch (Cout, Cin / groups, kh, kw) -> Keras Conv2D(groups=groups)
+  (kh, kw, Cin / groups, Cout); both split channels into contiguous groups. torchvision's
+  ResNeXt state_dicts have ResNet's key layout, so ``read_resnet`` loads them.
 - Strict loading: a missing key, a key left unused under a consumed prefix, or a shape mismatch
   raises a ``ValueError``/``KeyError`` that names the key (and expected vs got shapes). Nothing is
   assigned unless every check passes. ``num_batches_tracked`` buffers are consumed silently

@@ -9,8 +9,10 @@ The layer is torchvision's ``FrozenBatchNorm2d`` (the norm of its detection back
     y      = x * scale + offset
 
 All four vectors are non-trainable variables; the output is the same in training and inference
-(there is no batch-statistics path and nothing is ever updated). ``eps`` is 1e-5 as in
-torchvision (``FrozenBatchNorm2d(num_features, eps=1e-5)``); detectron2 checkpoints use 1e-5 too.
+(there is no batch-statistics path and nothing is ever updated). ``eps`` defaults to 1e-5 as
+torchvision's ``FrozenBatchNorm2d(num_features, eps=1e-5)`` and detectron2's; torchvision runs
+its V1 COCO detection weights with eps 0 (``overwrite_eps(model, 0.0)``): the backbone's
+``bn_eps`` sets it.
 """
 import keras
 import tensorflow as tf

@@ -1,11 +1,18 @@
-"""ResNet v1.5 backbones (torchvision layout, NHWC) returning the C2..C5 feature maps.
+"""ResNet and ResNeXt backbones (Mask R-CNN section 3, "Network Architecture": ResNet-50/101
+and ResNeXt-101 bodies; ResNeXt: Xie et al. 2017, section 3.3 "aggregated transformations" as
+grouped convolutions) in torchvision's layout, NHWC, returning the C2..C5 feature maps.
 
-Shape shorthand: B batch, H/W input image height/width, C channels; ceil(H / s) is the height of
-the level with stride s (C2: s=4, C3: 8, C4: 16, C5: 32).
-
-Conventions pinned here (checked against torchvision in tests/test_backbones.py):
+Conventions pinned here (checked against torchvision in tests/test_backbones.py and
+tests/test_resnext.py):
 - ResNet v1.5: in a bottleneck the stride sits in the 3x3 conv (conv2), as in torchvision.
-  Convs have no bias; every conv is followed by a FrozenBatchNorm (eps 1e-5).
+  ``stride_in_1x1=True`` moves it onto the first 1x1 conv (conv1) instead: the original MSRA
+  ResNet, detectron2's ``RESNETS.STRIDE_IN_1X1`` (its R50/R101 ImageNet weights). Basic blocks
+  have no 1x1 conv and ignore it, as detectron2's ``BasicBlock`` does.
+- ResNeXt (torchvision's ``resnext50_32x4d``, ``resnext101_32x8d``, ``resnext101_64x4d``): a
+  bottleneck's inner width is ``int(planes * width_per_group / 64) * groups`` and its 3x3 conv
+  has ``groups`` groups (contiguous channel slices, as torch's); ResNet is groups 1, width 64.
+- Convs have no bias; every conv is followed by a FrozenBatchNorm whose eps is ``bn_eps`` (1e-5:
+  torchvision's default and detectron2's; torchvision's V1 COCO detection weights need 0).
 - Padding is torch's: symmetric. The 7x7 stem conv pads 3 on every side, stride-2 3x3 convs pad
   1 on every side, the 3x3/2 stem max-pool pads 1 with -inf. Keras "same" pads stride-2 convs
   asymmetrically (0 before, 1 after for even sizes), so those use an explicit ``tf.pad`` +
@@ -17,6 +24,9 @@ Conventions pinned here (checked against torchvision in tests/test_backbones.py)
 - Stage names follow detectron2 (res2..res5 = torchvision layer1..layer4); the block sub-layers
   keep torchvision's names (conv1/bn1/.../shortcut_conv = downsample.0, shortcut_bn =
   downsample.1) so that ``keras_maskrcnn.convert.torchvision`` can address them.
+
+Shape shorthand: B batch, H/W input image height/width, C channels; ceil(H / s) is the height of
+the level with stride s (C2: s=4, C3: 8, C4: 16, C5: 32).
 """
 import keras
 import tensorflow as tf
@@ -30,6 +40,13 @@ _ARCHS = {
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
 }
+# ResNeXt name -> (depth, groups, width_per_group); torchvision's resnext* constructors.
+_RESNEXT = {
+    "resnext50_32x4d": (50, 32, 4),
+    "resnext101_32x8d": (101, 32, 8),
+    "resnext101_64x4d": (101, 64, 4),
+}
+NAMES = tuple(f"resnet{depth}" for depth in _ARCHS) + tuple(_RESNEXT)
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 _NORMS = ("frozen_bn",)
 LEVELS = ("C2", "C3", "C4", "C5")
@@ -41,12 +58,13 @@ def _he_fan_out():
                                               distribution="untruncated_normal")
 
 
-def _conv(filters, kernel_size, strides, name):
+def _conv(filters, kernel_size, strides, name, groups=1):
     """Bias-free conv; torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu")."""
     # A stride-1 conv pads symmetrically with "same"; stride > 1 gets an explicit pad in call().
     padding = "same" if strides == 1 else "valid"
     return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
-                               use_bias=False, kernel_initializer=_he_fan_out(), name=name)
+                               groups=groups, use_bias=False, kernel_initializer=_he_fan_out(),
+                               name=name)
 
 
 def _pad_hw(x, pad, value=0.0):
@@ -73,6 +91,15 @@ def _build_pairs(pairs, in_channels):
     return in_channels
 
 
+def bottleneck_width(planes, groups=1, width_per_group=64):
+    """torchvision's Bottleneck inner width: int(planes * width_per_group / 64) * groups."""
+    width = int(planes * (width_per_group / 64.0)) * groups
+    if width < groups:
+        raise ValueError(f"bottleneck width {width} for planes {planes}: groups {groups} x "
+                         f"width_per_group {width_per_group} leaves < 1 channel per group")
+    return width
+
+
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class ResNetBlock(keras.layers.Layer):
     """One torchvision residual block: "basic" (two 3x3) or "bottleneck" (1x1, 3x3/s, 1x1).
@@ -80,39 +107,52 @@ class ResNetBlock(keras.layers.Layer):
     Args:
         filters: torchvision's ``planes``; the block outputs ``filters * expansion`` channels
             (expansion 1 for "basic", 4 for "bottleneck").
-        strides: 1 or 2, applied in the first 3x3 conv (v1.5) and in the shortcut conv.
+        strides: 1 or 2, applied in the first 3x3 conv (v1.5; the first 1x1 conv with
+            ``stride_in_1x1``) and in the shortcut conv.
         block_type: "basic" or "bottleneck".
         use_shortcut_conv: True where torchvision has a ``downsample`` (1x1/s conv + BN).
+        groups: groups of the bottleneck's 3x3 conv (ResNeXt cardinality; 1 = ResNet).
+        width_per_group: channels per group at planes 64 (torchvision's ``base_width``; 64 =
+            ResNet). Basic blocks need groups 1 and width 64, as torchvision's ``BasicBlock``.
+        stride_in_1x1: bottleneck only: the stride on conv1 (MSRA / detectron2) instead of conv2.
+        bn_eps: epsilon of every FrozenBatchNorm of the block.
 
     Call: [B, H, W, Cin] -> [B, ceil(H / strides), ceil(W / strides), filters * expansion].
     """
 
     def __init__(self, filters, strides=1, block_type="bottleneck", use_shortcut_conv=False,
-                 **kwargs):
+                 groups=1, width_per_group=64, stride_in_1x1=False, bn_eps=1e-5, **kwargs):
         super().__init__(**kwargs)
         if block_type not in _EXPANSION:
             raise ValueError(f"block_type must be one of {sorted(_EXPANSION)}, got {block_type!r}")
         self.filters, self.strides = int(filters), int(strides)
         self.block_type, self.use_shortcut_conv = block_type, bool(use_shortcut_conv)
+        self.groups, self.width_per_group = int(groups), int(width_per_group)
+        self.stride_in_1x1, self.bn_eps = bool(stride_in_1x1), float(bn_eps)
         out_channels = self.filters * _EXPANSION[block_type]
         if block_type == "bottleneck":
-            self.conv1 = _conv(self.filters, 1, 1, "conv1")
-            self.conv2 = _conv(self.filters, 3, self.strides, "conv2")
+            width = bottleneck_width(self.filters, self.groups, self.width_per_group)
+            s1, s2 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+            self.conv1 = _conv(width, 1, s1, "conv1")
+            self.conv2 = _conv(width, 3, s2, "conv2", groups=self.groups)
             self.conv3 = _conv(out_channels, 1, 1, "conv3")
-            self.bn3 = FrozenBatchNorm(name="bn3")
+            self.bn3 = FrozenBatchNorm(self.bn_eps, name="bn3")
         else:
+            if self.groups != 1 or self.width_per_group != 64:
+                raise ValueError("basic blocks support only groups=1 and width_per_group=64, "
+                                 f"got {self.groups} and {self.width_per_group}")
             self.conv1 = _conv(self.filters, 3, self.strides, "conv1")
             self.conv2 = _conv(out_channels, 3, 1, "conv2")
             self.conv3 = self.bn3 = None
-        self.bn1 = FrozenBatchNorm(name="bn1")
-        self.bn2 = FrozenBatchNorm(name="bn2")
+        self.bn1 = FrozenBatchNorm(self.bn_eps, name="bn1")
+        self.bn2 = FrozenBatchNorm(self.bn_eps, name="bn2")
         self.shortcut_conv = self.shortcut_bn = None
         if self.use_shortcut_conv:
             # 1x1 stride-s conv without padding: samples pixels 0, s, 2s, ... as torch does.
             self.shortcut_conv = keras.layers.Conv2D(
                 out_channels, 1, strides=self.strides, padding="valid", use_bias=False,
                 kernel_initializer=_he_fan_out(), name="shortcut_conv")
-            self.shortcut_bn = FrozenBatchNorm(name="shortcut_bn")
+            self.shortcut_bn = FrozenBatchNorm(self.bn_eps, name="shortcut_bn")
 
     def conv_bn_pairs(self):
         """[(conv1, bn1), (conv2, bn2)(, (conv3, bn3))] in call order (shortcut excluded)."""
@@ -150,7 +190,9 @@ class ResNetBlock(keras.layers.Layer):
         config = super().get_config()
         config.update({"filters": self.filters, "strides": self.strides,
                        "block_type": self.block_type,
-                       "use_shortcut_conv": self.use_shortcut_conv})
+                       "use_shortcut_conv": self.use_shortcut_conv, "groups": self.groups,
+                       "width_per_group": self.width_per_group,
+                       "stride_in_1x1": self.stride_in_1x1, "bn_eps": self.bn_eps})
         return config
 
 
@@ -167,17 +209,35 @@ def _parse_depth(depth):
     return depth
 
 
+def arch_arguments(name):
+    """torchvision's model name -> the ``ResNet`` arguments ``depth``, ``groups`` and
+    ``width_per_group``: "resnet50" -> (50, 1, 64), "resnext101_32x8d" -> (101, 32, 8)."""
+    if name in _RESNEXT:
+        depth, groups, width_per_group = _RESNEXT[name]
+    elif name in NAMES:
+        depth, groups, width_per_group = _parse_depth(name), 1, 64
+    else:
+        raise ValueError(f"backbone name must be one of {NAMES}, got {name!r}")
+    return {"depth": depth, "groups": groups, "width_per_group": width_per_group}
+
+
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class ResNet(keras.layers.Layer):
-    """torchvision ResNet v1.5 body (conv1 .. layer4) returning ``{"C2", "C3", "C4", "C5"}``.
+    """torchvision ResNet v1.5 / ResNeXt body (conv1 .. layer4) returning ``{"C2", .., "C5"}``.
 
     Args:
-        depth: 18, 34 (basic blocks), 50 or 101 (bottleneck blocks); "resnet50" also accepted.
+        depth: 18, 34 (basic blocks), 50 or 101 (bottleneck blocks); "resnet50" also accepted
+            (``arch_arguments`` maps any torchvision name, ResNeXt included, to the arguments).
         width_multiplier: scales every channel count (stem 64, planes 64/128/256/512);
             1.0 = torchvision, 0.25 gives tiny test models. Counts are rounded, minimum 1.
+            A bottleneck's inner width then follows from the scaled planes (``groups`` stays).
         freeze_at: detectron2 convention, 0..5 (see module docstring). 2 = torchvision's default
             ``trainable_layers=3``; torchvision's ``trainable_layers = 5 - freeze_at``.
         norm: "frozen_bn" (the only option for now).
+        groups, width_per_group: ResNeXt cardinality and width (torchvision's ``groups`` and
+            ``width_per_group``; 1 and 64 = ResNet). Bottleneck depths only.
+        stride_in_1x1: the bottleneck stride on the first 1x1 conv (MSRA / detectron2).
+        bn_eps: epsilon of every FrozenBatchNorm.
         **kwargs: ``keras.layers.Layer`` arguments.
 
     Call:
@@ -192,34 +252,47 @@ class ResNet(keras.layers.Layer):
     frozen); build a new backbone with another ``freeze_at`` to unfreeze them.
     """
 
-    def __init__(self, depth=50, width_multiplier=1.0, freeze_at=2, norm="frozen_bn", **kwargs):
+    def __init__(self, depth=50, width_multiplier=1.0, freeze_at=2, norm="frozen_bn", groups=1,
+                 width_per_group=64, stride_in_1x1=False, bn_eps=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.depth = _parse_depth(depth)
         self.width_multiplier = float(width_multiplier)
         self.freeze_at = int(freeze_at)
         self.norm = norm
+        self.groups, self.width_per_group = int(groups), int(width_per_group)
+        self.stride_in_1x1, self.bn_eps = bool(stride_in_1x1), float(bn_eps)
         if not self.width_multiplier > 0:
             raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
         if not 0 <= self.freeze_at <= 5 or self.freeze_at != freeze_at:
             raise ValueError(f"freeze_at must be an int in [0, 5], got {freeze_at!r}")
         if norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+        if not self.bn_eps >= 0:
+            raise ValueError(f"bn_eps must be >= 0, got {bn_eps}")
+        self.stem_conv = _conv(self._scaled(64), 7, 2, "stem_conv")
+        self.stem_bn = FrozenBatchNorm(self.bn_eps, name="stem_bn")
+        self.stages, self.out_channels = self._make_stages()
+        self._apply_freeze_at()
+
+    def _make_stages(self):
+        """res2..res5 as lists of ``ResNetBlock`` and the output channels of each level."""
         block_type, counts = _ARCHS[self.depth]
         expansion = _EXPANSION[block_type]
-        self.stem_conv = _conv(self._scaled(64), 7, 2, "stem_conv")
-        self.stem_bn = FrozenBatchNorm(name="stem_bn")
-        in_channels, self.stages, self.out_channels = self._scaled(64), [], {}
+        in_channels, stages, out_channels = self._scaled(64), [], {}
         for level, (planes, count) in enumerate(zip((64, 128, 256, 512), counts), start=2):
             planes, stride = self._scaled(planes), 1 if level == 2 else 2
             blocks = []
             for j in range(count):
                 s = stride if j == 0 else 1
                 shortcut = j == 0 and (s != 1 or in_channels != planes * expansion)
-                blocks.append(ResNetBlock(planes, s, block_type, shortcut, name=f"res{level}_{j}"))
+                blocks.append(ResNetBlock(
+                    planes, s, block_type, shortcut, groups=self.groups,
+                    width_per_group=self.width_per_group, stride_in_1x1=self.stride_in_1x1,
+                    bn_eps=self.bn_eps, name=f"res{level}_{j}"))
                 in_channels = planes * expansion
-            self.stages.append(blocks)
-            self.out_channels[f"C{level}"] = in_channels
-        self._apply_freeze_at()
+            stages.append(blocks)
+            out_channels[f"C{level}"] = in_channels
+        return stages, out_channels
 
     def _scaled(self, channels):
         return max(1, int(round(channels * self.width_multiplier)))
@@ -279,5 +352,7 @@ class ResNet(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"depth": self.depth, "width_multiplier": self.width_multiplier,
-                       "freeze_at": self.freeze_at, "norm": self.norm})
+                       "freeze_at": self.freeze_at, "norm": self.norm, "groups": self.groups,
+                       "width_per_group": self.width_per_group,
+                       "stride_in_1x1": self.stride_in_1x1, "bn_eps": self.bn_eps})
         return config
