@@ -1,0 +1,302 @@
+"""RoIAlign with adaptive sampling (Mask R-CNN paper section 3, "RoIAlign"; detectron2's
+ROIAlignV2), on one feature map and on an FPN pyramid with detectron2's level rule.
+
+Conventions pinned here (tests/test_roi_align_adaptive.py checks each against torchvision):
+    * Features are NHWC; boxes are ``xyxy`` float32 pixels of the (padded) input image, mapped
+      to feature coordinates by ``spatial_scale`` (1 / stride), computed in float32.
+    * ``roi_align_adaptive`` equals ``torchvision.ops.roi_align(..., sampling_ratio=0)`` (and
+      so detectron2's ``ROIAlignV2`` when ``aligned=True``): roi_start = x1 * scale - offset
+      (offset 0.5 if ``aligned``), roi_w = (x2 * scale - offset) - roi_start, clamped to >= 1
+      only when not aligned; bin = roi_w / Q; G_x = ceil(roi_w / Q) samples per bin along x
+      (likewise G_y along y, per RoI), at roi_start + q * bin + (i + 0.5) * bin / G_x, averaged
+      over the G_y * G_x samples of the bin. Empty or inverted RoIs (G <= 0) pool to 0.
+    * torchvision's border rule: a sample with y < -1 or y > H (same for x) is 0; otherwise y is
+      clamped to [0, H - 1] and interpolated bilinearly.
+    * Gradients flow to the features (the exact adjoint, as torchvision's backward kernel), not
+      to the boxes. Everything runs in float32; the result is cast back to the features' dtype.
+    * ``multilevel_roi_align_adaptive`` uses detectron2's ``assign_boxes_to_levels``:
+      floor(4 + log2(sqrt(area) / 224 + 1e-8)), area = (x2 - x1) * (y2 - y1), clamped to
+      [min_level, max_level]; level l is pooled with scale 1 / 2**l.
+
+Implementation: the mean of bilinear samples on a regular grid is separable. Bin (p, q) of an
+RoI equals sum_{h, w} Wy[p, h] F[h, w] Wx[q, w], where Wy[p, h] is the mean over the bin's
+G_y row samples of the bilinear (hat) weight of row h, and likewise Wx. A hat weight spans two
+rows and the samples of a bin are at least 0.5 apart when G >= 2, so each weight is a sum of
+at most four samples: Wy is built in closed form from a few candidate samples per row, for
+any G (exact for RoIs of any size; no sampling cap). Only the window of rows and columns an
+RoI touches is read: RoIs are bucketed by window size (a static ladder, then the whole map),
+each bucket gathers its (Lh, Lw) windows in chunks of bounded size and contracts them with two
+batched matmuls. The backward pass is the transposed contraction, scatter-added per chunk.
+
+Shape shorthand:
+    B  batch size            R  RoIs per image        K  flattened RoIs (B * R, or a subset)
+    H, W  feature map height and width;  C  channels
+    P, Q  output height and width (``output_size``)
+    Lh, Lw  window rows and columns of a bucket (the rows / columns an RoI's samples touch)
+"""
+import tensorflow as tf
+
+# Window sides (feature pixels) of the buckets below the whole map: a 1.5x ladder keeps the
+# gathered window within 2.25x of the area an RoI touches.
+_LADDER = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# Floats gathered per chunk of windows: bounds the temporaries of the forward and backward pass.
+_CHUNK_FLOATS = 1 << 23
+# Candidate samples per (bin, row): a hat weight covers 2 feature pixels and samples of a bin
+# are > 0.5 apart (G >= 2) or alone (G = 1), so 4 can reach a row; one more on each side
+# absorbs float rounding of the candidate search.
+_CANDIDATES = 6
+
+
+def _pair(output_size):
+    """``int`` or ``(P, Q)`` -> ``(P, Q)`` Python ints, validated."""
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    out_h, out_w = (int(s) for s in output_size)
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"output_size must be positive, got {output_size}")
+    return out_h, out_w
+
+
+def _axis_grid(start, end, num_bins, aligned):
+    """torchvision's per-RoI sampling along one axis.
+
+    Args:
+        start, end: (K,) box edges in feature pixels.  num_bins: P (or Q).
+        aligned: half-pixel offset; False also clamps the RoI side to >= 1.
+
+    Returns:
+        (roi_start, bin_size, grid): (K,) float32; grid = ceil(roi_size / P) samples per bin,
+        <= 0 for empty or inverted RoIs (no samples).
+    """
+    offset = 0.5 if aligned else 0.0
+    roi_start = start - offset
+    roi_size = (end - offset) - roi_start
+    if not aligned:
+        roi_size = tf.maximum(roi_size, 1.0)  # torchvision's legacy minimum of one pixel
+    bin_size = roi_size / num_bins
+    grid = tf.math.ceil(roi_size / num_bins)
+    return roi_start, bin_size, grid
+
+
+def _sample(origin, index, bin_size, grid):
+    """Sample ``index`` of the bin starting at ``origin``, in torchvision's operation order."""
+    return origin + (index + 0.5) * bin_size / grid
+
+
+def _axis_span(roi_start, bin_size, grid, num_bins, size):
+    """First row and number of rows an RoI's samples touch, (K,) int32 each (>= 1 row)."""
+    safe = tf.maximum(grid, 1.0)
+    top = size - 1.0
+    first = _sample(roi_start, 0.0, bin_size, safe)  # bin 0, sample 0
+    last = _sample(roi_start + (num_bins - 1) * bin_size, safe - 1.0, bin_size, safe)
+    low = tf.floor(tf.clip_by_value(first, 0.0, top))
+    high = tf.minimum(tf.floor(tf.clip_by_value(last, 0.0, top)) + 1.0, top)
+    rows = tf.where(grid > 0.0, high - low + 1.0, 1.0)
+    return tf.cast(low, tf.int32), tf.cast(rows, tf.int32)
+
+
+def _axis_weights(roi_start, bin_size, grid, size, win_start, win_len, num_bins):
+    """Wy: bin p's mean over its samples of the bilinear weight of row win_start + l.
+
+    Args:
+        roi_start, bin_size, grid: (K,) from ``_axis_grid``.  size: H (float32 scalar).
+        win_start: (K,) int32 first row of each window.  win_len: Lh (int or int32 scalar).
+        num_bins: P.
+
+    Returns:
+        (K, P, Lh) float32 weights (1 / G included; 0 where no sample reaches the row).
+    """
+    safe = tf.maximum(grid, 1.0)[:, None, None]  # (K, 1, 1)
+    count = grid[:, None, None]
+    bins = bin_size[:, None, None]
+    step = tf.where(count > 0.0, bins / safe, 1.0)  # sample spacing, to find the candidates
+    rows = tf.cast(win_start[:, None] + tf.range(win_len)[None, :], tf.float32)[:, None, :]
+    origin = roi_start[:, None] + tf.range(num_bins, dtype=tf.float32) * bin_size[:, None]
+    origin = origin[:, :, None]  # (K, P, 1) start of each bin
+    lowest = tf.where(rows > 0.0, rows - 1.0, -1.0)  # (K, 1, Lh) samples reaching row r are
+    # in [r - 1, r + 1] (row 0 also gets [-1, 0], row H - 1 gets [H - 1, H]: the clamps)
+    first = tf.math.ceil((lowest - origin) / step - 0.5) - 1.0  # (K, P, Lh) one below the
+    first = tf.maximum(first, -1.0)  # first sample >= lowest; samples start at index 0
+    total = tf.zeros_like(first)
+    for j in range(_CANDIDATES):
+        index = first + j
+        y = _sample(origin, index, bins, safe)  # (K, P, Lh) candidate sample coordinate
+        used = (index >= 0.0) & (index < count) & (y >= -1.0) & (y <= size)
+        hat = tf.maximum(1.0 - tf.abs(tf.clip_by_value(y, 0.0, size - 1.0) - rows), 0.0)
+        total += tf.where(used, hat, 0.0)
+    return total / safe
+
+
+def _window_cells(origin, win_h, win_w, height, width):
+    """(k, Lh, Lw) int32 index into the (B * H * W, C) pixel table of each window cell.
+
+    Args:
+        origin: (k, 3) int32 (batch index, first row, first column) of each window.
+    """
+    image, top, left = tf.unstack(origin, axis=1)  # 3 x (k,)
+    rows = (image * height + top)[:, None] + tf.range(win_h)[None, :]  # (k, Lh) global rows
+    cols = left[:, None] + tf.range(win_w)[None, :]  # (k, Lw)
+    return (rows * width)[:, :, None] + cols[:, None, :]
+
+
+def _bucket_plan(ids, axes, batch_idx, window, sizes, out_hw):
+    """Weights and window origins of the RoIs ``ids`` of one bucket.
+
+    Args:
+        ids: (k,) int32 positions of the bucket's RoIs.  axes: per axis (y, x) the tuple
+            (roi_start, bin_size, grid, first_row) of all K RoIs.  batch_idx: (K,) int32.
+        window: (Lh, Lw) int32 scalars.  sizes: (H, W) int32 scalars.  out_hw: (P, Q).
+
+    Returns:
+        dict: wy (k, P, Lh), wx (k, Q, Lw), origin (k, 3) int32, window (Lh, Lw).
+    """
+    plan = {"window": window}
+    starts = []
+    for name, params, win, size, bins in zip(("wy", "wx"), axes, window, sizes, out_hw):
+        roi_start, bin_size, grid, low = (tf.gather(t, ids) for t in params)
+        start = tf.clip_by_value(low, 0, size - win)  # (k,) window holds rows low..low+span-1
+        plan[name] = _axis_weights(roi_start, bin_size, grid, tf.cast(size, tf.float32),
+                                   start, win, bins)
+        starts.append(start)
+    plan["origin"] = tf.stack([tf.gather(batch_idx, ids)] + starts, axis=1)  # (k, 3)
+    return plan
+
+
+def _chunked(plan, channels, body, initial):
+    """Run ``body(lo, hi, value)`` over chunks [lo, hi) of the plan's RoIs, threading value."""
+    count = tf.shape(plan["wy"])[0]
+    win_h, win_w = plan["window"]
+    chunk = tf.maximum(_CHUNK_FLOATS // (win_h * win_w * channels), 1)
+    steps = tf.maximum((count + chunk - 1) // chunk, 1)  # one (empty) step when count == 0
+
+    def step(i, value):
+        lo = i * chunk
+        return i + 1, body(lo, tf.minimum(lo + chunk, count), value)
+
+    return tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), initial),
+                         parallel_iterations=1)[1]
+
+
+def _bucket_forward(table, plan, sizes):
+    """(k, P, Q, C) pooled features of one bucket from the (B * H * W, C) pixel table."""
+    wy, wx, origin = plan["wy"], plan["wx"], plan["origin"]
+
+    def body(lo, hi, pieces):
+        cells = _window_cells(origin[lo:hi], *plan["window"], *sizes)  # (k', Lh, Lw)
+        patch = tf.gather(table, cells)  # (k', Lh, Lw, C) the windows
+        rows = tf.einsum("kph,khwc->kpwc", wy[lo:hi], patch)  # (k', P, Lw, C)
+        return pieces.write(pieces.size(), tf.einsum("kqw,kpwc->kpqc", wx[lo:hi], rows))
+
+    pieces = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
+    return _chunked(plan, tf.shape(table)[1], body, pieces).concat()
+
+
+def _bucket_backward(grad_table, upstream, plan, sizes):
+    """grad_table (B * H * W, C) plus the adjoint of ``_bucket_forward`` at (k, P, Q, C)."""
+    wy, wx, origin = plan["wy"], plan["wx"], plan["origin"]
+
+    def body(lo, hi, total):
+        rows = tf.einsum("kqw,kpqc->kpwc", wx[lo:hi], upstream[lo:hi])  # (k', P, Lw, C)
+        patch = tf.einsum("kph,kpwc->khwc", wy[lo:hi], rows)  # (k', Lh, Lw, C)
+        cells = _window_cells(origin[lo:hi], *plan["window"], *sizes)
+        return tf.tensor_scatter_nd_add(total, cells[..., None], patch)
+
+    return _chunked(plan, tf.shape(grad_table)[1], body, grad_table)
+
+
+def _windows(height, width):
+    """Window sides (Lh, Lw) of each bucket: the ladder below the map size, then the map."""
+    static = [s for s in (height, width) if isinstance(s, int)]
+    ladder = [s for s in _LADDER if len(static) < 2 or s < max(static)]
+    return ladder, [(tf.minimum(s, height), tf.minimum(s, width)) for s in ladder] + [
+        (tf.convert_to_tensor(height), tf.convert_to_tensor(width))]
+
+
+def _static_or_dynamic(features):
+    """(H, W): Python ints where the static shape knows them, else int32 scalars."""
+    shape = tf.shape(features)
+    return tuple(features.shape[i] if features.shape[i] is not None else shape[i]
+                 for i in (1, 2))
+
+
+def _pool_plans(features, plans, ids, buckets, sizes):
+    """(K, P, Q, C) stitched from the buckets' forward passes, with the adjoint as gradient."""
+    @tf.custom_gradient
+    def pool(feats):
+        shape = tf.shape(feats)
+        table = tf.reshape(feats, [-1, shape[3]])  # (B * H * W, C) one row per pixel
+        pooled = tf.dynamic_stitch(ids, [_bucket_forward(table, p, sizes) for p in plans])
+
+        def grad(upstream):
+            parts = tf.dynamic_partition(upstream, buckets, len(plans))  # per bucket (k, P, Q, C)
+            total = tf.zeros_like(table)
+            for plan, part in zip(plans, parts):
+                total = _bucket_backward(total, part, plan, sizes)
+            return tf.reshape(total, shape)
+
+        return pooled, grad
+
+    return pool(features)
+
+
+def _pool_flat(features, boxes, batch_idx, spatial_scale, out_hw, aligned):
+    """Adaptive RoIAlign of flattened RoIs on one float32 map.
+
+    Args:
+        features: (B, H, W, C) float32.  boxes: (K, 4) xyxy input pixels.
+        batch_idx: (K,) int32 image of each RoI.  spatial_scale: Python float.
+        out_hw: (P, Q).  aligned: half-pixel offset.
+
+    Returns:
+        (K, P, Q, C) float32.
+    """
+    sizes = _static_or_dynamic(features)
+    scaled = tf.stop_gradient(boxes) * spatial_scale
+    x1, y1, x2, y2 = tf.unstack(scaled, axis=1)  # 4 x (K,)
+    axes, spans = [], []
+    for start, end, bins, size in ((y1, y2, out_hw[0], sizes[0]), (x1, x2, out_hw[1], sizes[1])):
+        roi_start, bin_size, grid = _axis_grid(start, end, bins, aligned)
+        low, span = _axis_span(roi_start, bin_size, grid, bins, tf.cast(size, tf.float32))
+        axes.append((roi_start, bin_size, grid, low))
+        spans.append(span)
+    ladder, windows = _windows(*sizes)
+    need = tf.maximum(spans[0], spans[1])  # (K,) side of the square window an RoI needs
+    buckets = tf.reduce_sum(tf.cast(need[:, None] > tf.constant(ladder, tf.int32, [len(ladder)]),
+                                    tf.int32), axis=1)  # (K,) first ladder step that fits
+    ids = tf.dynamic_partition(tf.range(tf.shape(boxes)[0]), buckets, len(windows))
+    plans = [_bucket_plan(part, axes, batch_idx, window, sizes, out_hw)
+             for part, window in zip(ids, windows)]
+    pooled = _pool_plans(features, plans, ids, buckets, sizes)
+    return tf.ensure_shape(pooled, [None, out_hw[0], out_hw[1], features.shape[-1]])
+
+
+def roi_align_adaptive(features, boxes, output_size, spatial_scale=1.0, aligned=True):
+    """RoIAlign with ceil(roi_size / output_size) samples per bin and axis, per RoI.
+
+    Args:
+        features: (B, H, W, C) float feature map (any float dtype; computed in float32).
+        boxes: (B, R, 4) xyxy boxes in input pixels; R may be 0 or unknown. No gradient flows
+            into them.
+        output_size: int or (P, Q).
+        spatial_scale: input pixels -> feature pixels (1 / stride).
+        aligned: True shifts boxes by -0.5 feature pixel (detectron2's ROIAlignV2); False is
+            torchvision's legacy mode (also clamps RoI sides to >= 1 feature pixel).
+
+    Returns:
+        (B, R, P, Q, C) pooled features in the features' dtype.
+
+    Convention: equals ``torchvision.ops.roi_align(nchw, [batch_idx, x1, y1, x2, y2],
+    output_size, spatial_scale, sampling_ratio=0, aligned)`` transposed to NHWC, for RoIs of
+    any size (see the module docstring).
+    """
+    out_hw = _pair(output_size)
+    features = tf.convert_to_tensor(features)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    shape = tf.shape(boxes)
+    flat = tf.reshape(boxes, [-1, 4])  # (B * R, 4), image-major
+    batch_idx = tf.repeat(tf.range(shape[0], dtype=tf.int32), shape[1])  # (B * R,)
+    pooled = _pool_flat(tf.cast(features, tf.float32), flat, batch_idx, float(spatial_scale),
+                        out_hw, aligned)  # (B * R, P, Q, C)
+    out = tf.reshape(pooled, tf.concat([shape[:2], tf.shape(pooled)[1:]], 0))
+    out.set_shape(boxes.shape[:2].concatenate([out_hw[0], out_hw[1], features.shape[-1]]))
+    return tf.cast(out, features.dtype)
