@@ -39,8 +39,9 @@ import tensorflow as tf
 # Window sides (feature pixels) of the buckets below the whole map: a 1.5x ladder keeps the
 # gathered window within 2.25x of the area an RoI touches.
 _LADDER = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-# Floats gathered per chunk of windows: bounds the temporaries of the forward and backward pass.
-_CHUNK_FLOATS = 1 << 23
+# Floats gathered per chunk of windows: small enough to stay in cache between the gather and
+# the matmul that reads it (also bounds the temporaries of the forward and backward pass).
+_CHUNK_FLOATS = 1 << 20
 # Candidate samples per (bin, row): a hat weight covers 2 feature pixels and samples of a bin
 # are > 0.5 apart (G >= 2) or alone (G = 1), so 4 can reach a row; one more on each side
 # absorbs float rounding of the candidate search.
@@ -184,8 +185,11 @@ def _bucket_forward(table, plan, sizes):
     def body(lo, hi, pieces):
         cells = _window_cells(origin[lo:hi], *plan["window"], *sizes)  # (k', Lh, Lw)
         patch = tf.gather(table, cells)  # (k', Lh, Lw, C) the windows
-        rows = tf.einsum("kph,khwc->kpwc", wy[lo:hi], patch)  # (k', P, Lw, C)
-        return pieces.write(pieces.size(), tf.einsum("kqw,kpwc->kpqc", wx[lo:hi], rows))
+        shape = tf.shape(patch)
+        rows = tf.linalg.matmul(wy[lo:hi], tf.reshape(patch, [shape[0], shape[1], -1]))
+        rows = tf.reshape(rows, [shape[0], -1, shape[2], shape[3]])  # (k', P, Lw, C)
+        pooled = tf.linalg.matmul(wx[lo:hi, None], rows)  # (k', P, Q, C), Wx per RoI
+        return pieces.write(pieces.size(), pooled)
 
     pieces = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
     return _chunked(plan, tf.shape(table)[1], body, pieces).concat()
@@ -196,9 +200,12 @@ def _bucket_backward(grad_table, upstream, plan, sizes):
     wy, wx, origin = plan["wy"], plan["wx"], plan["origin"]
 
     def body(lo, hi, total):
-        rows = tf.einsum("kqw,kpqc->kpwc", wx[lo:hi], upstream[lo:hi])  # (k', P, Lw, C)
-        patch = tf.einsum("kph,kpwc->khwc", wy[lo:hi], rows)  # (k', Lh, Lw, C)
-        cells = _window_cells(origin[lo:hi], *plan["window"], *sizes)
+        rows = tf.linalg.matmul(wx[lo:hi, None], upstream[lo:hi], transpose_a=True)
+        shape = tf.shape(rows)  # (k', P, Lw, C)
+        patch = tf.linalg.matmul(wy[lo:hi], tf.reshape(rows, [shape[0], shape[1], -1]),
+                                 transpose_a=True)  # (k', Lh, Lw * C)
+        cells = _window_cells(origin[lo:hi], *plan["window"], *sizes)  # (k', Lh, Lw)
+        patch = tf.reshape(patch, tf.concat([tf.shape(cells), shape[3:]], 0))
         return tf.tensor_scatter_nd_add(total, cells[..., None], patch)
 
     return _chunked(plan, tf.shape(grad_table)[1], body, grad_table)
