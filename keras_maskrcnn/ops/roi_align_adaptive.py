@@ -163,12 +163,16 @@ def _bucket_plan(ids, axes, batch_idx, window, sizes, out_hw):
     return plan
 
 
-def _chunked(plan, channels, body, initial):
-    """Run ``body(lo, hi, value)`` over chunks [lo, hi) of the plan's RoIs, threading value."""
+def _chunked(plan, channels, body, initial, chunk_floats, min_steps):
+    """Run ``body(lo, hi, value)`` over chunks [lo, hi) of the plan's RoIs, threading value.
+
+    A chunk gathers at most ``chunk_floats`` window floats (at least one RoI); at least
+    ``min_steps`` steps run (an empty chunk when there are no RoIs).
+    """
     count = tf.shape(plan["wy"])[0]
     win_h, win_w = plan["window"]
-    chunk = tf.maximum(_CHUNK_FLOATS // (win_h * win_w * channels), 1)
-    steps = tf.maximum((count + chunk - 1) // chunk, 1)  # one (empty) step when count == 0
+    chunk = tf.maximum(chunk_floats // (win_h * win_w * channels), 1)
+    steps = tf.maximum((count + chunk - 1) // chunk, min_steps)
 
     def step(i, value):
         lo = i * chunk
@@ -192,7 +196,7 @@ def _bucket_forward(table, plan, sizes):
         return pieces.write(pieces.size(), pooled)
 
     pieces = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
-    return _chunked(plan, tf.shape(table)[1], body, pieces).concat()
+    return _chunked(plan, tf.shape(table)[1], body, pieces, _CHUNK_FLOATS, 1).concat()
 
 
 def _bucket_backward(grad_table, upstream, plan, sizes):
@@ -208,7 +212,10 @@ def _bucket_backward(grad_table, upstream, plan, sizes):
         patch = tf.reshape(patch, tf.concat([tf.shape(cells), shape[3:]], 0))
         return tf.tensor_scatter_nd_add(total, cells[..., None], patch)
 
-    return _chunked(plan, tf.shape(grad_table)[1], body, grad_table)
+    # Each scatter-add copies the (B * H * W, C) table: chunks as large as the table, and
+    # none for an empty bucket.
+    chunk_floats = tf.maximum(_CHUNK_FLOATS, tf.size(grad_table))
+    return _chunked(plan, tf.shape(grad_table)[1], body, grad_table, chunk_floats, 0)
 
 
 def _windows(height, width):
