@@ -173,3 +173,86 @@ def test_static_shapes_and_dtype():
     assert out.shape == (2, 5, 3, 4, 6) and out.dtype == tf.bfloat16
     with pytest.raises(ValueError):
         RA.roi_align_adaptive(features, tf.zeros([2, 5, 4]), 0)
+
+
+def d2_levels(torch, boxes, min_level=2, max_level=5):
+    """detectron2's assign_boxes_to_levels restated in torch (absolute levels)."""
+    b = torch.from_numpy(boxes.reshape(-1, 4))
+    sizes = torch.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    levels = torch.floor(4 + torch.log2(sizes / 224 + 1e-8))
+    return torch.clamp(levels, min=min_level, max=max_level).to(torch.int64).numpy()
+
+
+def test_detectron2_levels(torch):
+    sides = np.array([1e-3, 10, 55.9, 56, 56.1, 111.9, 112, 112.1, 223.9, 224, 224.1, 447.9,
+                      448, 448.1, 895, 896, 897, 5000], np.float32)
+    boxes = np.stack([np.full_like(sides, 3.0), np.full_like(sides, 7.0), 3.0 + sides,
+                      7.0 + sides], -1)
+    boxes = np.concatenate([boxes, [[5, 5, 5, 9], [0, 0, 0, 0], [10, 10, 20, 30]]]).astype(
+        np.float32)
+    got = RA.assign_fpn_levels_detectron2(boxes).numpy()
+    want = d2_levels(torch, boxes)
+    np.testing.assert_array_equal(got, want)
+    inverted = RA.assign_fpn_levels_detectron2(np.array([[10, 10, 5, 30]], np.float32))
+    assert inverted.numpy().tolist() == [2]
+    assert RA.assign_fpn_levels_detectron2(boxes[:3], 3, 4).numpy().tolist() == [3, 3, 3]
+
+
+def fpn_case(rng, batch=2, rois=40, height=128, width=160, channels=4):
+    features = {f"P{l}": rng.normal(size=(batch, height >> l, width >> l, channels)
+                                    ).astype(np.float32) for l in range(2, 7)}
+    boxes = make_boxes(rng, (batch, rois), -30.0, 150.0, 700.0)
+    return features, boxes
+
+
+def fpn_oracle(torch, torchvision, features, boxes, output_size, upstream=None):
+    """Each RoI through torchvision.ops.roi_align(sampling_ratio=0, aligned=True) on its
+    detectron2 level; returns the pooled (B, R, P, Q, C) and, given upstream, the gradients."""
+    b, r = boxes.shape[:2]
+    levels = d2_levels(torch, boxes)
+    maps = {l: torch.from_numpy(features[f"P{l}"]).permute(0, 3, 1, 2).contiguous()
+            .requires_grad_(True) for l in range(2, 6)}
+    rois = torch.from_numpy(np.concatenate([np.repeat(np.arange(b), r)[:, None],
+                                            boxes.reshape(-1, 4)], 1).astype(np.float32))
+    out = torch.zeros((b * r, features["P2"].shape[-1]) + output_size)
+    for l, t in maps.items():
+        ids = torch.from_numpy(np.nonzero(levels == l)[0])
+        out[ids] = torchvision.ops.roi_align(t, rois[ids], output_size, 1 / 2**l, 0, True)
+    pooled = out.permute(0, 2, 3, 1).detach().numpy().reshape((b, r) + output_size + (-1,))
+    if upstream is None:
+        return pooled, None
+    up = torch.from_numpy(upstream.reshape((b * r,) + upstream.shape[2:])).permute(0, 3, 1, 2)
+    (out * up).sum().backward()
+    return pooled, {f"P{l}": t.grad.permute(0, 2, 3, 1).numpy() for l, t in maps.items()}
+
+
+def test_multilevel_matches_detectron2_rule_with_torchvision(torch, torchvision, rng):
+    features, boxes = fpn_case(rng)
+    upstream = rng.normal(size=boxes.shape[:2] + (7, 7, 4)).astype(np.float32)
+    want, want_grads = fpn_oracle(torch, torchvision, features, boxes, (7, 7), upstream)
+    maps = {name: tf.constant(value) for name, value in features.items()}
+    with tf.GradientTape() as tape:
+        tape.watch(maps)
+        got = RA.multilevel_roi_align_adaptive(maps, boxes, 7)
+        loss = tf.reduce_sum(got * upstream)
+    grads = tape.gradient(loss, maps)
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-4)
+    for name, grad in want_grads.items():
+        np.testing.assert_allclose(grads[name].numpy(), grad, rtol=0, atol=1e-4)
+    assert grads["P6"] is None
+
+
+def test_multilevel_tf_function_unknown_shapes(torch, torchvision, rng):
+    spec = {f"P{l}": tf.TensorSpec([None, None, None, 4], tf.float32) for l in range(2, 6)}
+    fn = tf.function(lambda f, b: RA.multilevel_roi_align_adaptive(f, b, (14, 14)),
+                     input_signature=[spec, tf.TensorSpec([None, None, 4], tf.float32)])
+    for rois in (7, 0):
+        features, boxes = fpn_case(rng, batch=1, rois=rois, height=96, width=64)
+        features = {name: value for name, value in features.items() if name != "P6"}
+        got = fn(features, boxes).numpy()
+        assert got.shape == (1, rois, 14, 14, 4)
+        if rois:
+            want, _ = fpn_oracle(torch, torchvision, features, boxes, (14, 14))
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="P5"):
+        RA.multilevel_roi_align_adaptive({"P2": tf.zeros([1, 4, 4, 1])}, tf.zeros([1, 1, 4]), 7)

@@ -306,11 +306,78 @@ def roi_align_adaptive(features, boxes, output_size, spatial_scale=1.0, aligned=
     out_hw = _pair(output_size)
     features = tf.convert_to_tensor(features)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
-    shape = tf.shape(boxes)
-    flat = tf.reshape(boxes, [-1, 4])  # (B * R, 4), image-major
-    batch_idx = tf.repeat(tf.range(shape[0], dtype=tf.int32), shape[1])  # (B * R,)
+    flat, batch_idx = _flatten_rois(boxes)
     pooled = _pool_flat(tf.cast(features, tf.float32), flat, batch_idx, float(spatial_scale),
                         out_hw, aligned)  # (B * R, P, Q, C)
-    out = tf.reshape(pooled, tf.concat([shape[:2], tf.shape(pooled)[1:]], 0))
-    out.set_shape(boxes.shape[:2].concatenate([out_hw[0], out_hw[1], features.shape[-1]]))
+    return _unflatten(pooled, boxes, features)
+
+
+def _flatten_rois(boxes):
+    """(B, R, 4) boxes -> (B * R, 4) boxes and (B * R,) int32 batch index of each."""
+    shape = tf.shape(boxes)
+    flat = tf.reshape(boxes, [-1, 4])  # (B * R, 4), image-major
+    return flat, tf.repeat(tf.range(shape[0], dtype=tf.int32), shape[1])
+
+
+def _unflatten(pooled, boxes, features):
+    """(B * R, P, Q, C) float32 -> (B, R, P, Q, C) in the features' dtype, static dims kept."""
+    out = tf.reshape(pooled, tf.concat([tf.shape(boxes)[:2], tf.shape(pooled)[1:]], 0))
+    out.set_shape(boxes.shape[:2].concatenate(pooled.shape[1:3] + features.shape[-1:]))
     return tf.cast(out, features.dtype)
+
+
+def assign_fpn_levels_detectron2(boxes, min_level=2, max_level=5, canonical_size=224,
+                                 canonical_level=4):
+    """FPN level of each RoI by detectron2's ``assign_boxes_to_levels``.
+
+    Args:
+        boxes: (..., 4) xyxy boxes in input pixels.
+        min_level, max_level: levels are clamped to [min_level, max_level].
+        canonical_size, canonical_level: a canonical_size x canonical_size box maps to
+            canonical_level (FPN paper eq. 1: 224 and 4).
+
+    Returns:
+        (...) int32 absolute levels: floor(canonical_level + log2(sqrt(area) / canonical_size
+        + 1e-8)) in float32, area = (x2 - x1) * (y2 - y1) (no +1). The 1e-8 sits inside the
+        log (torchvision's ``LevelMapper`` adds 1e-6 outside it). Zero-area boxes, and inverted
+        ones (negative area, NaN in detectron2), go to ``min_level``.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # 4 x (...)
+    size = tf.sqrt(tf.maximum((x2 - x1) * (y2 - y1), 0.0))
+    log2 = tf.math.log(size / float(canonical_size) + 1e-8) / tf.math.log(2.0)
+    levels = tf.floor(float(canonical_level) + log2)
+    return tf.cast(tf.clip_by_value(levels, float(min_level), float(max_level)), tf.int32)
+
+
+def multilevel_roi_align_adaptive(features, boxes, output_size, aligned=True, min_level=2,
+                                  max_level=5, canonical_size=224, canonical_level=4):
+    """FPN RoIAlign with adaptive sampling (detectron2's ROIPooler with ROIAlignV2).
+
+    Args:
+        features: dict {"P{l}": (B, H_l, W_l, C)} holding at least levels min_level..max_level
+            (other keys are ignored); level l has spatial scale 1 / 2**l.
+        boxes: (B, R, 4) xyxy boxes in input pixels; R may be 0 or unknown (tf.function).
+        output_size: int or (P, Q).  aligned: half-pixel offset (detectron2: True).
+        min_level, max_level, canonical_size, canonical_level: see
+            ``assign_fpn_levels_detectron2``.
+
+    Returns:
+        (B, R, P, Q, C) pooled features in the dtype of ``features["P{min_level}"]``: each RoI
+        pooled by ``roi_align_adaptive`` from its level only.
+    """
+    out_hw = _pair(output_size)
+    names = [f"P{level}" for level in range(min_level, max_level + 1)]
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise ValueError(f"features lacks levels {missing}; got keys {sorted(features)}")
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    flat, batch_idx = _flatten_rois(boxes)
+    levels = assign_fpn_levels_detectron2(flat, min_level, max_level, canonical_size,
+                                          canonical_level)  # (B * R,)
+    part_ids = tf.dynamic_partition(tf.range(tf.shape(flat)[0]), levels - min_level, len(names))
+    pooled = [_pool_flat(tf.cast(features[name], tf.float32), tf.gather(flat, ids),
+                         tf.gather(batch_idx, ids), 1.0 / 2**level, out_hw, aligned)
+              for level, name, ids in zip(range(min_level, max_level + 1), names, part_ids)]
+    merged = tf.dynamic_stitch(part_ids, pooled)  # (B * R, P, Q, C) back in RoI order
+    return _unflatten(merged, boxes, tf.convert_to_tensor(features[names[0]]))
