@@ -36,7 +36,7 @@ def special_boxes(height, width, scale):
         [-w / 2, -h / 2, w / 2, h / 2],  # partly outside, top-left
         [w / 2, h / 2, 1.5 * w, 1.5 * h],  # partly outside, bottom-right
         [-1.5 / scale, h / 3, 0.5 / scale, h / 2],  # straddles the left border by ~1 pixel
-        [0, -0.5 / scale, w, (h + 0.5) / scale],  # half a pixel beyond top and bottom
+        [0, -0.5 / scale, w, h + 0.5 / scale],  # half a pixel beyond top and bottom
     ], np.float32)
 
 

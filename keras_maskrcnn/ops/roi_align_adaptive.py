@@ -36,8 +36,8 @@ Shape shorthand:
 """
 import tensorflow as tf
 
-# Window sides (feature pixels) of the buckets below the whole map: a 1.5x ladder keeps the
-# gathered window within 2.25x of the area an RoI touches.
+# Window sides (feature pixels) below the whole map, per axis: a 1.5x ladder keeps the gathered
+# window within 2.25x of the area an RoI touches.
 _LADDER = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 # Floats gathered per chunk of windows: small enough to stay in cache between the gather and
 # the matmul that reads it (also bounds the temporaries of the forward and backward pass).
@@ -107,25 +107,23 @@ def _axis_weights(roi_start, bin_size, grid, size, win_start, win_len, num_bins)
     Returns:
         (K, P, Lh) float32 weights (1 / G included; 0 where no sample reaches the row).
     """
-    safe = tf.maximum(grid, 1.0)[:, None, None]  # (K, 1, 1)
-    count = grid[:, None, None]
-    bins = bin_size[:, None, None]
+    safe = tf.maximum(grid, 1.0)[:, None, None, None]  # (K, 1, 1, 1)
+    count = grid[:, None, None, None]
+    bins = bin_size[:, None, None, None]
     step = tf.where(count > 0.0, bins / safe, 1.0)  # sample spacing, to find the candidates
-    rows = tf.cast(win_start[:, None] + tf.range(win_len)[None, :], tf.float32)[:, None, :]
+    rows = tf.cast(win_start[:, None] + tf.range(win_len)[None, :], tf.float32)
+    rows = rows[:, None, :, None]  # (K, 1, Lh, 1)
     origin = roi_start[:, None] + tf.range(num_bins, dtype=tf.float32) * bin_size[:, None]
-    origin = origin[:, :, None]  # (K, P, 1) start of each bin
-    lowest = tf.where(rows > 0.0, rows - 1.0, -1.0)  # (K, 1, Lh) samples reaching row r are
-    # in [r - 1, r + 1] (row 0 also gets [-1, 0], row H - 1 gets [H - 1, H]: the clamps)
-    first = tf.math.ceil((lowest - origin) / step - 0.5) - 1.0  # (K, P, Lh) one below the
+    origin = origin[:, :, None, None]  # (K, P, 1, 1) start of each bin
+    lowest = tf.where(rows > 0.0, rows - 1.0, -1.0)  # (K, 1, Lh, 1) samples reaching row r
+    # are in [r - 1, r + 1] (row 0 also gets [-1, 0], row H - 1 gets [H - 1, H]: the clamps)
+    first = tf.math.ceil((lowest - origin) / step - 0.5) - 1.0  # (K, P, Lh, 1) one below the
     first = tf.maximum(first, -1.0)  # first sample >= lowest; samples start at index 0
-    total = tf.zeros_like(first)
-    for j in range(_CANDIDATES):
-        index = first + j
-        y = _sample(origin, index, bins, safe)  # (K, P, Lh) candidate sample coordinate
-        used = (index >= 0.0) & (index < count) & (y >= -1.0) & (y <= size)
-        hat = tf.maximum(1.0 - tf.abs(tf.clip_by_value(y, 0.0, size - 1.0) - rows), 0.0)
-        total += tf.where(used, hat, 0.0)
-    return total / safe
+    index = first + tf.range(_CANDIDATES, dtype=tf.float32)  # (K, P, Lh, J) candidates
+    y = _sample(origin, index, bins, safe)  # (K, P, Lh, J) candidate sample coordinates
+    used = (index >= 0.0) & (index < count) & (y >= -1.0) & (y <= size)
+    hat = tf.maximum(1.0 - tf.abs(tf.clip_by_value(y, 0.0, size - 1.0) - rows), 0.0)
+    return tf.reduce_sum(tf.where(used, hat, 0.0), axis=-1) / safe[..., 0]
 
 
 def _window_cells(origin, win_h, win_w, height, width):
@@ -140,113 +138,118 @@ def _window_cells(origin, win_h, win_w, height, width):
     return (rows * width)[:, :, None] + cols[:, None, :]
 
 
-def _bucket_plan(ids, axes, batch_idx, window, sizes, out_hw):
-    """Weights and window origins of the RoIs ``ids`` of one bucket.
-
-    Args:
-        ids: (k,) int32 positions of the bucket's RoIs.  axes: per axis (y, x) the tuple
-            (roi_start, bin_size, grid, first_row) of all K RoIs.  batch_idx: (K,) int32.
-        window: (Lh, Lw) int32 scalars.  sizes: (H, W) int32 scalars.  out_hw: (P, Q).
+def _roi_table(boxes, batch_idx, spatial_scale, out_hw, aligned, sizes):
+    """Per-RoI sampling parameters, sorted by window bucket.
 
     Returns:
-        dict: wy (k, P, Lh), wx (k, Q, Lw), origin (k, 3) int32, window (Lh, Lw).
+        dict of (K,) tensors in bucket order: "y" and "x" (roi_start, bin_size, grid, first
+        row / column), "image" (batch index), "bucket"; "order" (K,) the original position of
+        each; "windows" (n, 2) int32 (Lh, Lw) of the n buckets.
     """
-    plan = {"window": window}
-    starts = []
-    for name, params, win, size, bins in zip(("wy", "wx"), axes, window, sizes, out_hw):
-        roi_start, bin_size, grid, low = (tf.gather(t, ids) for t in params)
-        start = tf.clip_by_value(low, 0, size - win)  # (k,) window holds rows low..low+span-1
-        plan[name] = _axis_weights(roi_start, bin_size, grid, tf.cast(size, tf.float32),
-                                   start, win, bins)
+    scaled = tf.stop_gradient(boxes) * spatial_scale
+    x1, y1, x2, y2 = tf.unstack(scaled, axis=1)  # 4 x (K,)
+    ladder = [s for s in _LADDER if not all(isinstance(v, int) for v in sizes) or s < max(sizes)]
+    table, steps, sides = {}, [], []
+    for name, start, end, bins, size in (("y", y1, y2, out_hw[0], sizes[0]),
+                                         ("x", x1, x2, out_hw[1], sizes[1])):
+        roi_start, bin_size, grid = _axis_grid(start, end, bins, aligned)
+        low, span = _axis_span(roi_start, bin_size, grid, bins, tf.cast(size, tf.float32))
+        table[name] = (roi_start, bin_size, grid, low)
+        sides.append(tf.minimum(tf.constant(ladder + [0], tf.int32), size) + tf.one_hot(
+            len(ladder), len(ladder) + 1, on_value=size, off_value=0))  # ladder, then H
+        steps.append(tf.reduce_sum(tf.cast(span[:, None] > sides[-1][None, :-1], tf.int32), 1))
+    num = len(ladder) + 1  # window sides per axis
+    bucket = steps[0] * num + steps[1]  # (K,) (row step, column step) of the smallest window
+    order = tf.argsort(bucket, stable=True)  # (K,) RoIs grouped by bucket
+    table = {name: tuple(tf.gather(t, order) for t in params) for name, params in table.items()}
+    table.update(image=tf.gather(batch_idx, order), bucket=tf.gather(bucket, order), order=order,
+                 windows=tf.reshape(tf.stack(tf.meshgrid(sides[0], sides[1], indexing="ij"),
+                                             -1), [num * num, 2]))
+    return table
+
+
+def _chunk_table(table, channels, chunk_floats):
+    """(lo, hi, bucket) of each chunk, (M,) int32 each: RoIs [lo, hi) of the sorted table, one
+    bucket per chunk, at most ``chunk_floats`` window floats (at least one RoI) per chunk."""
+    windows = table["windows"]  # (n, 2)
+    num = tf.shape(windows)[0]
+    counts = tf.math.bincount(table["bucket"], minlength=num, maxlength=num, dtype=tf.int32)
+    starts = tf.cumsum(counts, exclusive=True)  # (n,) first sorted RoI of each bucket
+    per = tf.maximum(chunk_floats // (windows[:, 0] * windows[:, 1] * channels), 1)  # (n,)
+    chunks = (counts + per - 1) // per  # (n,) chunks per bucket, 0 when empty
+    owner = tf.repeat(tf.range(num), chunks)  # (M,) bucket of each chunk
+    rank = tf.range(tf.shape(owner)[0]) - tf.gather(tf.cumsum(chunks, exclusive=True), owner)
+    lo = tf.gather(starts, owner) + rank * tf.gather(per, owner)
+    hi = tf.minimum(lo + tf.gather(per, owner), tf.gather(starts + counts, owner))
+    return lo, hi, owner
+
+
+def _chunk_weights(table, lo, hi, window, sizes, out_hw):
+    """Wy (k, P, Lh), Wx (k, Q, Lw) and window cells (k, Lh, Lw) of sorted RoIs [lo, hi)."""
+    weights, starts = [], []
+    for name, win, size, bins in zip("yx", window, sizes, out_hw):
+        roi_start, bin_size, grid, low = (t[lo:hi] for t in table[name])
+        start = tf.clip_by_value(low, 0, size - win)  # (k,) window holds the RoI's rows
+        weights.append(_axis_weights(roi_start, bin_size, grid, tf.cast(size, tf.float32),
+                                     start, win, bins))
         starts.append(start)
-    plan["origin"] = tf.stack([tf.gather(batch_idx, ids)] + starts, axis=1)  # (k, 3)
-    return plan
+    origin = tf.stack([table["image"][lo:hi]] + starts, axis=1)  # (k, 3)
+    return weights[0], weights[1], _window_cells(origin, window[0], window[1], *sizes)
 
 
-def _chunked(plan, channels, body, initial, chunk_floats, min_steps):
-    """Run ``body(lo, hi, value)`` over chunks [lo, hi) of the plan's RoIs, threading value.
-
-    A chunk gathers at most ``chunk_floats`` window floats (at least one RoI); at least
-    ``min_steps`` steps run (an empty chunk when there are no RoIs).
-    """
-    count = tf.shape(plan["wy"])[0]
-    win_h, win_w = plan["window"]
-    chunk = tf.maximum(chunk_floats // (win_h * win_w * channels), 1)
-    steps = tf.maximum((count + chunk - 1) // chunk, min_steps)
+def _loop_chunks(chunks, body, initial):
+    """value = body(lo, hi, window, value) for each chunk, in order, one at a time."""
+    lo, hi, owner = chunks
 
     def step(i, value):
-        lo = i * chunk
-        return i + 1, body(lo, tf.minimum(lo + chunk, count), value)
+        return i + 1, body(lo[i], hi[i], owner[i], value)
 
-    return tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), initial),
+    return tf.while_loop(lambda i, _: i < tf.shape(lo)[0], step, (tf.constant(0), initial),
                          parallel_iterations=1)[1]
 
 
-def _bucket_forward(table, plan, sizes):
-    """(k, P, Q, C) pooled features of one bucket from the (B * H * W, C) pixel table."""
-    wy, wx, origin = plan["wy"], plan["wx"], plan["origin"]
+def _pool_sorted(features, table, sizes, out_hw):
+    """(K, P, Q, C) pooled RoIs in the table's order, with the adjoint as gradient."""
+    windows = table["windows"]
+    count = tf.shape(table["bucket"])[0]
 
-    def body(lo, hi, pieces):
-        cells = _window_cells(origin[lo:hi], *plan["window"], *sizes)  # (k', Lh, Lw)
-        patch = tf.gather(table, cells)  # (k', Lh, Lw, C) the windows
-        shape = tf.shape(patch)
-        rows = tf.linalg.matmul(wy[lo:hi], tf.reshape(patch, [shape[0], shape[1], -1]))
-        rows = tf.reshape(rows, [shape[0], -1, shape[2], shape[3]])  # (k', P, Lw, C)
-        pooled = tf.linalg.matmul(wx[lo:hi, None], rows)  # (k', P, Q, C), Wx per RoI
-        return pieces.write(pieces.size(), pooled)
-
-    pieces = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
-    return _chunked(plan, tf.shape(table)[1], body, pieces, _CHUNK_FLOATS, 1).concat()
-
-
-def _bucket_backward(grad_table, upstream, plan, sizes):
-    """grad_table (B * H * W, C) plus the adjoint of ``_bucket_forward`` at (k, P, Q, C)."""
-    wy, wx, origin = plan["wy"], plan["wx"], plan["origin"]
-
-    def body(lo, hi, total):
-        rows = tf.linalg.matmul(wx[lo:hi, None], upstream[lo:hi], transpose_a=True)
-        shape = tf.shape(rows)  # (k', P, Lw, C)
-        patch = tf.linalg.matmul(wy[lo:hi], tf.reshape(rows, [shape[0], shape[1], -1]),
-                                 transpose_a=True)  # (k', Lh, Lw * C)
-        cells = _window_cells(origin[lo:hi], *plan["window"], *sizes)  # (k', Lh, Lw)
-        patch = tf.reshape(patch, tf.concat([tf.shape(cells), shape[3:]], 0))
-        return tf.tensor_scatter_nd_add(total, cells[..., None], patch)
-
-    # Each scatter-add copies the (B * H * W, C) table: chunks as large as the table, and
-    # none for an empty bucket.
-    chunk_floats = tf.maximum(_CHUNK_FLOATS, tf.size(grad_table))
-    return _chunked(plan, tf.shape(grad_table)[1], body, grad_table, chunk_floats, 0)
-
-
-def _windows(height, width):
-    """Window sides (Lh, Lw) of each bucket: the ladder below the map size, then the map."""
-    static = [s for s in (height, width) if isinstance(s, int)]
-    ladder = [s for s in _LADDER if len(static) < 2 or s < max(static)]
-    return ladder, [(tf.minimum(s, height), tf.minimum(s, width)) for s in ladder] + [
-        (tf.convert_to_tensor(height), tf.convert_to_tensor(width))]
-
-
-def _static_or_dynamic(features):
-    """(H, W): Python ints where the static shape knows them, else int32 scalars."""
-    shape = tf.shape(features)
-    return tuple(features.shape[i] if features.shape[i] is not None else shape[i]
-                 for i in (1, 2))
-
-
-def _pool_plans(features, plans, ids, buckets, sizes):
-    """(K, P, Q, C) stitched from the buckets' forward passes, with the adjoint as gradient."""
     @tf.custom_gradient
     def pool(feats):
         shape = tf.shape(feats)
-        table = tf.reshape(feats, [-1, shape[3]])  # (B * H * W, C) one row per pixel
-        pooled = tf.dynamic_stitch(ids, [_bucket_forward(table, p, sizes) for p in plans])
+        pixels = tf.reshape(feats, [-1, shape[3]])  # (B * H * W, C) one row per pixel
+        lo, hi, owner = _chunk_table(table, shape[3], _CHUNK_FLOATS)
+        chunks = (tf.concat([lo, [count]], 0), tf.concat([hi, [count]], 0),
+                  tf.concat([owner, [0]], 0))  # an empty last chunk: never zero pieces
+
+        def forward(lo, hi, bucket, pieces):
+            wy, wx, cells = _chunk_weights(table, lo, hi, tf.unstack(windows[bucket]),
+                                           sizes, out_hw)
+            patch = tf.gather(pixels, cells)  # (k, Lh, Lw, C) the windows
+            k, win_h, win_w = tf.unstack(tf.shape(cells))
+            rows = tf.linalg.matmul(wy, tf.reshape(patch, [k, win_h, -1]))  # (k, P, Lw * C)
+            rows = tf.reshape(rows, [k, out_hw[0], win_w, shape[3]])  # (k, P, Lw, C)
+            pooled = tf.linalg.matmul(wx[:, None], rows)  # (k, P, Q, C), Wx per RoI
+            return pieces.write(pieces.size(), pooled)
+
+        pieces = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
+        pooled = _loop_chunks(chunks, forward, pieces).concat()
 
         def grad(upstream):
-            parts = tf.dynamic_partition(upstream, buckets, len(plans))  # per bucket (k, P, Q, C)
-            total = tf.zeros_like(table)
-            for plan, part in zip(plans, parts):
-                total = _bucket_backward(total, part, plan, sizes)
-            return tf.reshape(total, shape)
+            upstream = tf.convert_to_tensor(upstream)  # (K, P, Q, C); IndexedSlices from gather
+            # Each scatter-add copies the pixel table: chunks as large as the table.
+            big = _chunk_table(table, shape[3], tf.maximum(_CHUNK_FLOATS, tf.size(pixels)))
+
+            def backward(lo, hi, bucket, total):
+                wy, wx, cells = _chunk_weights(table, lo, hi, tf.unstack(windows[bucket]),
+                                               sizes, out_hw)
+                rows = tf.linalg.matmul(wx[:, None], upstream[lo:hi], transpose_a=True)
+                k, win_h, win_w = tf.unstack(tf.shape(cells))  # rows: (k, P, Lw, C)
+                patch = tf.linalg.matmul(wy, tf.reshape(rows, [k, out_hw[0], -1]),
+                                         transpose_a=True)  # (k, Lh, Lw * C)
+                patch = tf.reshape(patch, [k, win_h, win_w, shape[3]])
+                return tf.tensor_scatter_nd_add(total, cells[..., None], patch)
+
+            return tf.reshape(_loop_chunks(big, backward, tf.zeros_like(pixels)), shape)
 
         return pooled, grad
 
@@ -264,23 +267,12 @@ def _pool_flat(features, boxes, batch_idx, spatial_scale, out_hw, aligned):
     Returns:
         (K, P, Q, C) float32.
     """
-    sizes = _static_or_dynamic(features)
-    scaled = tf.stop_gradient(boxes) * spatial_scale
-    x1, y1, x2, y2 = tf.unstack(scaled, axis=1)  # 4 x (K,)
-    axes, spans = [], []
-    for start, end, bins, size in ((y1, y2, out_hw[0], sizes[0]), (x1, x2, out_hw[1], sizes[1])):
-        roi_start, bin_size, grid = _axis_grid(start, end, bins, aligned)
-        low, span = _axis_span(roi_start, bin_size, grid, bins, tf.cast(size, tf.float32))
-        axes.append((roi_start, bin_size, grid, low))
-        spans.append(span)
-    ladder, windows = _windows(*sizes)
-    need = tf.maximum(spans[0], spans[1])  # (K,) side of the square window an RoI needs
-    buckets = tf.reduce_sum(tf.cast(need[:, None] > tf.constant(ladder, tf.int32, [len(ladder)]),
-                                    tf.int32), axis=1)  # (K,) first ladder step that fits
-    ids = tf.dynamic_partition(tf.range(tf.shape(boxes)[0]), buckets, len(windows))
-    plans = [_bucket_plan(part, axes, batch_idx, window, sizes, out_hw)
-             for part, window in zip(ids, windows)]
-    pooled = _pool_plans(features, plans, ids, buckets, sizes)
+    shape = tf.shape(features)  # (H, W): Python ints where static, else int32 scalars
+    sizes = tuple(features.shape[i] if features.shape[i] is not None else shape[i]
+                  for i in (1, 2))
+    table = _roi_table(boxes, batch_idx, spatial_scale, out_hw, aligned, sizes)
+    pooled = _pool_sorted(features, table, sizes, out_hw)  # (K, P, Q, C) in bucket order
+    pooled = tf.gather(pooled, tf.math.invert_permutation(table["order"]))  # RoI order
     return tf.ensure_shape(pooled, [None, out_hw[0], out_hw[1], features.shape[-1]])
 
 
