@@ -208,9 +208,69 @@ def _loop_chunks(chunks, body, initial):
                          parallel_iterations=1)[1]
 
 
+def _forward_chunk(pixels, table, lo, hi, bucket, sizes, out_hw):
+    """(k, P, Q, C) pooled sorted RoIs [lo, hi) (one bucket) from the (B * H * W, C) pixels."""
+    wy, wx, cells = _chunk_weights(table, lo, hi, tf.unstack(table["windows"][bucket]),
+                                   sizes, out_hw)
+    patch = tf.gather(pixels, cells)  # (k, Lh, Lw, C) the windows
+    k, win_h, win_w = tf.unstack(tf.shape(cells))
+    rows = tf.linalg.matmul(wy, tf.reshape(patch, [k, win_h, -1]))  # (k, P, Lw * C)
+    rows = tf.reshape(rows, [k, out_hw[0], win_w, tf.shape(pixels)[1]])  # (k, P, Lw, C)
+    return tf.linalg.matmul(wx[:, None], rows)  # (k, P, Q, C), Wx per RoI
+
+
+def _backward_chunk(upstream, table, lo, hi, bucket, sizes, out_hw):
+    """Adjoint of ``_forward_chunk``: window cells (n,) and their gradients (n, C)."""
+    wy, wx, cells = _chunk_weights(table, lo, hi, tf.unstack(table["windows"][bucket]),
+                                   sizes, out_hw)
+    rows = tf.linalg.matmul(wx[:, None], upstream[lo:hi], transpose_a=True)  # (k, P, Lw, C)
+    k = tf.shape(cells)[0]
+    patch = tf.linalg.matmul(wy, tf.reshape(rows, [k, out_hw[0], -1]),
+                             transpose_a=True)  # (k, Lh, Lw * C)
+    return tf.reshape(cells, [-1]), tf.reshape(patch, [-1, tf.shape(upstream)[3]])
+
+
+def _group_edges(chunks, windows, channels, budget):
+    """(G + 1,) int32 chunk indices splitting the chunks into G consecutive groups of about
+    ``budget`` window floats each (G = 0 without chunks)."""
+    lo, hi, owner = chunks
+    sides = tf.cast(tf.gather(windows, owner), tf.int64)  # (M, 2)
+    volume = tf.cast(hi - lo, tf.int64) * sides[:, 0] * sides[:, 1] * tf.cast(channels, tf.int64)
+    group = tf.cumsum(volume, exclusive=True) // tf.cast(budget, tf.int64)  # (M,) ascending
+    change = tf.cast(tf.where(group[1:] != group[:-1])[:, 0], tf.int32) + 1
+    count = tf.shape(lo)[0]
+    edges = tf.concat([[0], change, [count]], 0)
+    return edges[:tf.where(count > 0, tf.shape(edges)[0], 1)]
+
+
+def _gradient(upstream, pixels, table, sizes, out_hw):
+    """(B * H * W, C) gradient of the pixels from the (K, P, Q, C) sorted upstream gradient.
+
+    Each scatter-add copies the pixel table, so the window gradients of consecutive chunks
+    are collected up to the table's size and scattered together.
+    """
+    channels = tf.shape(pixels)[1]
+    chunks = _chunk_table(table, channels, _CHUNK_FLOATS)
+    edges = _group_edges(chunks, table["windows"], channels,
+                         tf.maximum(_CHUNK_FLOATS, tf.size(pixels)))
+
+    def collect(lo, hi, bucket, arrays):
+        cells, rows = _backward_chunk(upstream, table, lo, hi, bucket, sizes, out_hw)
+        return arrays[0].write(arrays[0].size(), cells), arrays[1].write(arrays[1].size(), rows)
+
+    def group(g, total):
+        arrays = (tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False),
+                  tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False))
+        part = tuple(t[edges[g]:edges[g + 1]] for t in chunks)
+        cells, rows = _loop_chunks(part, collect, arrays)
+        return g + 1, tf.tensor_scatter_nd_add(total, cells.concat()[:, None], rows.concat())
+
+    return tf.while_loop(lambda g, _: g < tf.shape(edges)[0] - 1, group,
+                         (tf.constant(0), tf.zeros_like(pixels)), parallel_iterations=1)[1]
+
+
 def _pool_sorted(features, table, sizes, out_hw):
     """(K, P, Q, C) pooled RoIs in the table's order, with the adjoint as gradient."""
-    windows = table["windows"]
     count = tf.shape(table["bucket"])[0]
 
     @tf.custom_gradient
@@ -222,34 +282,15 @@ def _pool_sorted(features, table, sizes, out_hw):
                   tf.concat([owner, [0]], 0))  # an empty last chunk: never zero pieces
 
         def forward(lo, hi, bucket, pieces):
-            wy, wx, cells = _chunk_weights(table, lo, hi, tf.unstack(windows[bucket]),
-                                           sizes, out_hw)
-            patch = tf.gather(pixels, cells)  # (k, Lh, Lw, C) the windows
-            k, win_h, win_w = tf.unstack(tf.shape(cells))
-            rows = tf.linalg.matmul(wy, tf.reshape(patch, [k, win_h, -1]))  # (k, P, Lw * C)
-            rows = tf.reshape(rows, [k, out_hw[0], win_w, shape[3]])  # (k, P, Lw, C)
-            pooled = tf.linalg.matmul(wx[:, None], rows)  # (k, P, Q, C), Wx per RoI
-            return pieces.write(pieces.size(), pooled)
+            return pieces.write(pieces.size(), _forward_chunk(pixels, table, lo, hi, bucket,
+                                                              sizes, out_hw))
 
         pieces = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
-        pooled = _loop_chunks(chunks, forward, pieces).concat()
+        pooled = _loop_chunks(chunks, forward, pieces).concat()  # (K, P, Q, C)
 
         def grad(upstream):
-            upstream = tf.convert_to_tensor(upstream)  # (K, P, Q, C); IndexedSlices from gather
-            # Each scatter-add copies the pixel table: chunks as large as the table.
-            big = _chunk_table(table, shape[3], tf.maximum(_CHUNK_FLOATS, tf.size(pixels)))
-
-            def backward(lo, hi, bucket, total):
-                wy, wx, cells = _chunk_weights(table, lo, hi, tf.unstack(windows[bucket]),
-                                               sizes, out_hw)
-                rows = tf.linalg.matmul(wx[:, None], upstream[lo:hi], transpose_a=True)
-                k, win_h, win_w = tf.unstack(tf.shape(cells))  # rows: (k, P, Lw, C)
-                patch = tf.linalg.matmul(wy, tf.reshape(rows, [k, out_hw[0], -1]),
-                                         transpose_a=True)  # (k, Lh, Lw * C)
-                patch = tf.reshape(patch, [k, win_h, win_w, shape[3]])
-                return tf.tensor_scatter_nd_add(total, cells[..., None], patch)
-
-            return tf.reshape(_loop_chunks(big, backward, tf.zeros_like(pixels)), shape)
+            upstream = tf.convert_to_tensor(upstream)  # IndexedSlices from the final gather
+            return tf.reshape(_gradient(upstream, pixels, table, sizes, out_hw), shape)
 
         return pooled, grad
 
