@@ -103,6 +103,22 @@ def test_hand_case_whole_map_is_the_mean():
 
 
 @pytest.mark.parametrize("aligned", [True, False])
+def test_samples_exactly_on_the_validity_border(torch, torchvision, rng, aligned):
+    """1x1 bins whose single sample sits exactly at y (x) = -1 or H (W): still read (the
+    rule drops only y < -1 and y > H), and just beyond: dropped."""
+    features = rng.normal(size=(1, 6, 9, 2)).astype(np.float32)
+    shift = 0.5 if aligned else 0.0  # the sample of a 1-pixel box: x1 + 0.5 - offset
+    edges = [-1.0, 6.0, -1.0 - 2**-10, 6.0 + 2**-10]
+    boxes = [[2, c - 0.5 + shift, 5, c + 0.5 + shift] for c in edges]
+    boxes += [[c - 0.5 + shift, 1, c + 0.5 + shift, 4] for c in (-1.0, 9.0, 9.0 + 2**-10)]
+    boxes = np.array(boxes, np.float32)[None]
+    got = RA.roi_align_adaptive(features, boxes, 1, 1.0, aligned).numpy()
+    want = tv_roi_align(torch, torchvision, features, boxes, (1, 1), 1.0, aligned)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    assert np.all(got[0, [0, 1, 4, 5]] != 0) and np.all(got[0, [2, 3, 6]] == 0)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
 def test_gradient_matches_torch_autograd(torch, torchvision, rng, aligned):
     scale = 1 / 4
     features, boxes = random_case(rng, scale, height=9, width=12, rois=16)

@@ -24,15 +24,18 @@ G_y row samples of the bilinear (hat) weight of row h, and likewise Wx. A hat we
 rows and the samples of a bin are at least 0.5 apart when G >= 2, so each weight is a sum of
 at most four samples: Wy is built in closed form from a few candidate samples per row, for
 any G (exact for RoIs of any size; no sampling cap). Only the window of rows and columns an
-RoI touches is read: RoIs are bucketed by window size (a static ladder, then the whole map),
-each bucket gathers its (Lh, Lw) windows in chunks of bounded size and contracts them with two
-batched matmuls. The backward pass is the transposed contraction, scatter-added per chunk.
+RoI touches is read: each RoI gets the smallest (Lh, Lw) window from a ladder of sides (then
+the whole map) per axis, RoIs are sorted by window, and one while loop runs over chunks of
+RoIs sharing a window: gather the windows, contract them with two batched matmuls. The
+backward pass is the transposed contraction, its window gradients scatter-added in groups.
+Shapes inside are dynamic (graph mode; not for XLA); the output's are static.
 
 Shape shorthand:
     B  batch size            R  RoIs per image        K  flattened RoIs (B * R, or a subset)
     H, W  feature map height and width;  C  channels
     P, Q  output height and width (``output_size``)
-    Lh, Lw  window rows and columns of a bucket (the rows / columns an RoI's samples touch)
+    Lh, Lw  window rows and columns (covering the rows / columns an RoI's samples touch)
+    k  RoIs of one chunk (all with the same window)
 """
 import tensorflow as tf
 
@@ -198,7 +201,7 @@ def _chunk_weights(table, lo, hi, window, sizes, out_hw):
 
 
 def _loop_chunks(chunks, body, initial):
-    """value = body(lo, hi, window, value) for each chunk, in order, one at a time."""
+    """value = body(lo, hi, bucket, value) for each chunk, in order, one at a time."""
     lo, hi, owner = chunks
 
     def step(i, value):
