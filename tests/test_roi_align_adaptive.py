@@ -272,3 +272,14 @@ def test_multilevel_tf_function_unknown_shapes(torch, torchvision, rng):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="P5"):
         RA.multilevel_roi_align_adaptive({"P2": tf.zeros([1, 4, 4, 1])}, tf.zeros([1, 1, 4]), 7)
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 7), (5, 1), (2, 2)])
+def test_matches_torchvision_on_tiny_maps(torch, torchvision, rng, height, width):
+    features = rng.normal(size=(1, height, width, 2)).astype(np.float32)
+    boxes = np.concatenate([special_boxes(height, width, 1.0),
+                            make_boxes(rng, (14,), -3.0, 8.0, 9.0)])[None]
+    for aligned in (True, False):
+        got = RA.roi_align_adaptive(features, boxes, (3, 2), 1.0, aligned).numpy()
+        want = tv_roi_align(torch, torchvision, features, boxes, (3, 2), 1.0, aligned)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
