@@ -62,16 +62,8 @@ def _pair(output_size):
 
 
 def _axis_grid(start, end, num_bins, aligned):
-    """torchvision's per-RoI sampling along one axis.
-
-    Args:
-        start, end: (K,) box edges in feature pixels.  num_bins: P (or Q).
-        aligned: half-pixel offset; False also clamps the RoI side to >= 1.
-
-    Returns:
-        (roi_start, bin_size, grid): (K,) float32; grid = ceil(roi_size / P) samples per bin,
-        <= 0 for empty or inverted RoIs (no samples).
-    """
+    """torchvision's sampling along one axis: (K,) box edges in feature pixels -> (K,) float32
+    roi_start, bin_size and grid = ceil(roi_size / P) samples per bin (<= 0: no samples)."""
     offset = 0.5 if aligned else 0.0
     roi_start = start - offset
     roi_size = (end - offset) - roi_start
@@ -142,13 +134,9 @@ def _window_cells(origin, win_h, win_w, height, width):
 
 
 def _roi_table(boxes, batch_idx, spatial_scale, out_hw, aligned, sizes):
-    """Per-RoI sampling parameters, sorted by window bucket.
-
-    Returns:
-        dict of (K,) tensors in bucket order: "y" and "x" (roi_start, bin_size, grid, first
-        row / column), "image" (batch index), "bucket"; "order" (K,) the original position of
-        each; "windows" (n, 2) int32 (Lh, Lw) of the n buckets.
-    """
+    """Per-RoI sampling parameters sorted by window: dict of (K,) tensors "y" and "x" (tuples
+    roi_start, bin_size, grid, first row / column), "image", "bucket" (window index), "order"
+    (original position of each); and "windows" (n, 2) int32 (Lh, Lw) of the n windows."""
     scaled = tf.stop_gradient(boxes) * spatial_scale
     x1, y1, x2, y2 = tf.unstack(scaled, axis=1)  # 4 x (K,)
     ladder = [s for s in _LADDER if not all(isinstance(v, int) for v in sizes) or s < max(sizes)]
@@ -301,16 +289,8 @@ def _pool_sorted(features, table, sizes, out_hw):
 
 
 def _pool_flat(features, boxes, batch_idx, spatial_scale, out_hw, aligned):
-    """Adaptive RoIAlign of flattened RoIs on one float32 map.
-
-    Args:
-        features: (B, H, W, C) float32.  boxes: (K, 4) xyxy input pixels.
-        batch_idx: (K,) int32 image of each RoI.  spatial_scale: Python float.
-        out_hw: (P, Q).  aligned: half-pixel offset.
-
-    Returns:
-        (K, P, Q, C) float32.
-    """
+    """(K, P, Q, C) adaptive RoIAlign of (K, 4) boxes in input pixels, each on the image
+    ``batch_idx`` (K,) names of the (B, H, W, C) float32 map."""
     shape = tf.shape(features)  # (H, W): Python ints where static, else int32 scalars
     sizes = tuple(features.shape[i] if features.shape[i] is not None else shape[i]
                   for i in (1, 2))
