@@ -183,6 +183,25 @@ def test_tf_function_unknown_shapes_and_no_rois(torch, torchvision, rng):
     assert np.all(tape.gradient(loss, x).numpy() == 0)
 
 
+def test_gradient_in_tf_function_with_unknown_shapes(torch, torchvision, rng):
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                                  tf.TensorSpec([None, None, 4], tf.float64)])
+    def grad(features, boxes):
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            loss = tf.reduce_sum(tf.square(RA.roi_align_adaptive(features, boxes, 5, 1 / 4)))
+        return tape.gradient(loss, features)
+
+    features, boxes = random_case(rng, 1 / 4, height=11, width=14, rois=10)
+    got = grad(features, boxes.astype(np.float64)).numpy()
+    t = torch.from_numpy(features).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    rois = np.concatenate([np.repeat(np.arange(2), boxes.shape[1])[:, None],
+                           boxes.reshape(-1, 4)], axis=1).astype(np.float32)
+    torchvision.ops.roi_align(t, torch.from_numpy(rois), 5, 1 / 4, 0, True).square().sum(
+        ).backward()
+    np.testing.assert_allclose(got, t.grad.permute(0, 2, 3, 1).numpy(), rtol=0, atol=1e-4)
+
+
 def test_static_shapes_and_dtype():
     features = tf.random.normal([2, 10, 12, 6], dtype=tf.float32)
     out = RA.roi_align_adaptive(tf.cast(features, tf.bfloat16), tf.zeros([2, 5, 4]), (3, 4))

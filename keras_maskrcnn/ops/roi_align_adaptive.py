@@ -321,7 +321,7 @@ def roi_align_adaptive(features, boxes, output_size, spatial_scale=1.0, aligned=
     """
     out_hw = _pair(output_size)
     features = tf.convert_to_tensor(features)
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    boxes = tf.cast(tf.convert_to_tensor(boxes), tf.float32)
     flat, batch_idx = _flatten_rois(boxes)
     pooled = _pool_flat(tf.cast(features, tf.float32), flat, batch_idx, float(spatial_scale),
                         out_hw, aligned)  # (B * R, P, Q, C)
@@ -358,7 +358,7 @@ def assign_fpn_levels_detectron2(boxes, min_level=2, max_level=5, canonical_size
         log (torchvision's ``LevelMapper`` adds 1e-6 outside it). Zero-area boxes, and inverted
         ones (negative area, NaN in detectron2), go to ``min_level``.
     """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    boxes = tf.cast(tf.convert_to_tensor(boxes), tf.float32)
     x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # 4 x (...)
     size = tf.sqrt(tf.maximum((x2 - x1) * (y2 - y1), 0.0))
     log2 = tf.math.log(size / float(canonical_size) + 1e-8) / tf.math.log(2.0)
@@ -387,7 +387,7 @@ def multilevel_roi_align_adaptive(features, boxes, output_size, aligned=True, mi
     missing = [name for name in names if name not in features]
     if missing:
         raise ValueError(f"features lacks levels {missing}; got keys {sorted(features)}")
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    boxes = tf.cast(tf.convert_to_tensor(boxes), tf.float32)
     flat, batch_idx = _flatten_rois(boxes)
     levels = assign_fpn_levels_detectron2(flat, min_level, max_level, canonical_size,
                                           canonical_level)  # (B * R,)
