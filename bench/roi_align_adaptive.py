@@ -79,10 +79,14 @@ def main():
             torchvision.ops.roi_align(tg, rois, 7, 1 / 4, 0, True).sum().backward()
 
         with torch.no_grad():
-            print(f"{name:9s} torchvision forward  {_median_ms(lambda: torchvision.ops.roi_align(t, rois, 7, 1 / 4, 0, True), args.repeats)}")
-        print(f"{name:9s} ours forward         {_median_ms(lambda: forward(x, b).numpy(), args.repeats)}")
+            torch_forward = _median_ms(
+                lambda: torchvision.ops.roi_align(t, rois, 7, 1 / 4, 0, True), args.repeats)
+        print(f"{name:9s} torchvision forward  {torch_forward}")
+        ours = _median_ms(lambda: forward(x, b).numpy(), args.repeats)
+        print(f"{name:9s} ours forward         {ours}")
         print(f"{name:9s} torchvision fwd+bwd  {_median_ms(torch_backward, args.repeats)}")
-        print(f"{name:9s} ours fwd+bwd         {_median_ms(lambda: backward(x, b).numpy(), args.repeats)}")
+        ours = _median_ms(lambda: backward(x, b).numpy(), args.repeats)
+        print(f"{name:9s} ours fwd+bwd         {ours}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """keras_maskrcnn.ops.roi_align_adaptive against torchvision.ops.roi_align(sampling_ratio=0)
 (values and autograd gradients) and, for the FPN version, detectron2's level rule restated in
 torch."""
-import math
 
 import numpy as np
 import pytest
