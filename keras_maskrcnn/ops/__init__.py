@@ -9,6 +9,7 @@ and pinning its conventions against torchvision:
     ``proposals``    top-k per level, decode, clip, NMS (Faster R-CNN §3.1, §3.3; FPN §4.1)
     ``targets``      anchor and RoI labels, sampling, box targets (Mask R-CNN §3.1)
     ``roi_align``    RoIAlign and FPN level assignment (Mask R-CNN §3; FPN §4.2)
+    ``roi_align_adaptive``  RoIAlign with adaptive sampling (detectron2's ROIAlignV2)
     ``nms``          batched, class-aware NMS (Faster R-CNN §3.3)
     ``postprocess``  detections from the box head (Mask R-CNN §3.1 "Inference")
     ``masks``        mask targets and pasting (Mask R-CNN §3, §3.1)
@@ -16,8 +17,8 @@ and pinning its conventions against torchvision:
     ``dense_matching``, ``nms_fast``, ``prototype_masks``  YOLACT (Bolya et al. 2019): anchor
                      matching and hard negatives, Fast NMS (§3.3), mask assembly and crop (§3.2)
 
-The function ``roi_align`` is not re-exported here: the name is its module's
-(``from keras_maskrcnn.ops.roi_align import roi_align``).
+The functions ``roi_align`` and ``roi_align_adaptive`` are not re-exported here: each name is
+its module's (``from keras_maskrcnn.ops.roi_align import roi_align``).
 """
 from keras_maskrcnn.ops.anchors import (cell_anchors, feature_keys, fpn_feature_sizes,
                                         grid_anchors, level_sizes, multilevel_anchors,
