@@ -19,8 +19,9 @@ that every stage runs away from its initial values and activations stay O(1):
       class (>= 10 distinct labels per photo, asserted), raw box deltas std 1.5.
 With ``weights_backbone=None`` torchvision builds its ResNet with ``nn.BatchNorm2d`` instead
 of ``FrozenBatchNorm2d``; in eval mode both compute the same affine map of the same four
-buffers (eps 1e-5), and the state_dict also carries ``num_batches_tracked`` (skipped by the
-converter).
+buffers, and the state_dict also carries ``num_batches_tracked`` (skipped by the converter).
+Their eps is set to 0, as torchvision does for its COCO_V1 checkpoints (``overwrite_eps``) and
+as the converted config does (``model.backbone.bn_eps: 0``).
 
 Image sizes: to keep CPU time sane both sides use min_size 320 / max_size 512 (torchvision's
 ``min_size`` / ``max_size``, our ``input.min_size_test`` / ``input.max_size``) instead of
@@ -160,7 +161,11 @@ def torchvision_model(torch, torchvision, arch, calibration_images):
     if not arch.startswith("keypoint"):
         kwargs["num_classes"] = 91
     model = getattr(torchvision.models.detection, arch)(**kwargs).eval()
-    return randomise_(torch, model, [to_chw(torch, image) for image in calibration_images])
+    model = randomise_(torch, model, [to_chw(torch, image) for image in calibration_images])
+    for module in model.modules():  # as torchvision's COCO_V1 models (overwrite_eps(model, 0))
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eps = 0.0
+    return model
 
 
 # --------------------------------------------------------------------------------- running

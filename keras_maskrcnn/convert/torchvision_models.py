@@ -25,6 +25,9 @@ def torchvision_config(arch, num_classes=None):
     overrides = [
         f"model.num_classes={num_classes or (2 if keypoints else 91)}",
         "model.backbone.name=resnet50", "model.backbone.freeze_at=2",
+        # torchvision runs its COCO_V1 checkpoints with FrozenBatchNorm2d eps 0 (it calls
+        # overwrite_eps(model, 0.0) after loading them); 1e-5 is for models it trains anew.
+        "model.backbone.bn_eps=0",
         "model.roi_align.aligned=false", "model.roi_align.sampling_ratio=2",
         f"model.mask_head.enabled={'true' if arch.startswith('maskrcnn') else 'false'}",
         f"model.keypoint_head.enabled={'true' if keypoints else 'false'}",
