@@ -170,7 +170,7 @@ def load_initial_weights(model, model_cfg):
     """``model.backbone.weights`` then ``model.weights``, when the config names them.
 
     backbone.weights: a torchvision ImageNet ResNet / ResNeXt state_dict (``.pth``, its ``fc.`` keys
-    ignored; reading it needs torch). model.weights: a whole-model ``.weights.h5`` (e.g.
+    ignored; read without torch). model.weights: a whole-model ``.weights.h5`` (e.g.
     converted COCO weights to fine-tune from).
     """
     for key, path in (("model.backbone.weights", model_cfg.backbone.weights),

@@ -571,6 +571,40 @@ def test_cli_conversion_round_trip(maskrcnn, tmp_path, torch):
         np.testing.assert_allclose(result[key], reference[key], rtol=0, atol=1e-6, err_msg=key)
 
 
+_NO_TORCH_CLI = """
+import sys
+sys.modules["torch"] = None  # from here on, importing torch fails
+from keras_maskrcnn.convert.__main__ import main
+main(sys.argv[1:])
+assert sys.modules["torch"] is None
+"""
+
+
+def test_cli_converts_without_torch(maskrcnn, tmp_path, torch):
+    """The CLI in a process where importing torch fails writes the weights of the torch path."""
+    import subprocess
+    import sys
+    checkpoint = tmp_path / "maskrcnn_random.pth"
+    torch.save(maskrcnn["state_dict"], checkpoint)
+    argv = ["torchvision", "--arch", "maskrcnn_resnet50_fpn", "--checkpoint", str(checkpoint),
+            "--output", str(tmp_path / "converted")]
+    for override in OVERRIDES:
+        argv += ["--set", override]
+    run = subprocess.run([sys.executable, "-c", _NO_TORCH_CLI, *argv], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    model = maskrcnn["model"]
+    weights = {w.path.split("/", 1)[1]: w.numpy() for w in model.weights}
+    model.load_weights(str(tmp_path / "converted" / "model.weights.h5"))
+    try:
+        for w in model.weights:
+            path = w.path.split("/", 1)[1]
+            np.testing.assert_array_equal(w.numpy(), weights[path], err_msg=path)
+    finally:
+        for w in model.weights:
+            w.assign(weights[w.path.split("/", 1)[1]])
+
+
 def test_cli_errors_name_the_problem(maskrcnn, tmp_path, torch):
     state = maskrcnn["state_dict"]
 

@@ -29,6 +29,8 @@ The RPN and RoI-head mappings are meant to be added here as further ``load_*`` f
 """
 import numpy as np
 
+from keras_maskrcnn.convert.pth import load_pth
+
 
 def to_numpy(value):
     """A torch tensor (any device, requires_grad or not) or array-like -> np.ndarray."""
@@ -412,16 +414,8 @@ def load_rpn_head_weights(rpn_head, state_dict, prefix="rpn.head."):
 
 
 def load_state_dict(checkpoint):
-    """A state_dict from a mapping or a ``.pth`` path (torch needed for paths)."""
+    """A state_dict from a mapping or a ``.pth`` / ``.pt`` path, read without torch
+    (``convert.pth.load_pth``: training-checkpoint wrappers ``{"model": ...}`` unwrapped)."""
     if isinstance(checkpoint, dict):
         return checkpoint
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading a .pth checkpoint needs torch (pip install torch)") from e
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # training checkpoints wrap the state_dict
-    if not isinstance(state, dict):
-        raise ValueError(f"{checkpoint}: expected a state_dict, got {type(state).__name__}")
-    return state
+    return load_pth(checkpoint)
