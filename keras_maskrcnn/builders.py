@@ -13,15 +13,18 @@ import keras
 
 from keras_maskrcnn import accel, config as config_lib
 from keras_maskrcnn.convert import torchvision as tv
+from keras_maskrcnn.layers.dense_head import DenseHead
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.layers.fpn import FPN
 from keras_maskrcnn.layers.heads import (BoxHead, BoxPredictor, KeypointHead, KeypointPredictor,
                                          MaskHead, MaskPredictor)
+from keras_maskrcnn.layers.protonet import Protonet
 from keras_maskrcnn.layers.roi_sampler import RoISampler
 from keras_maskrcnn.layers.rpn import ProposalGenerator, RPNHead
 from keras_maskrcnn.models import base
 from keras_maskrcnn.models.backbones import ResNet
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
+from keras_maskrcnn.models.yolact import YOLACT
 from keras_maskrcnn.preprocessing import Preprocessor
 
 
@@ -92,10 +95,14 @@ def build_keypoint_head(model_cfg):
 
 
 def build_preprocessor(input_cfg):
-    """The ``Preprocessor`` of ``input`` (evaluation sizes: ``min_size_test``, ``max_size``)."""
-    return Preprocessor.shorter_side(
-        input_cfg.min_size_test, input_cfg.max_size, input_cfg.size_divisor,
-        pixel_mean=tuple(input_cfg.pixel_mean), pixel_std=tuple(input_cfg.pixel_std))
+    """The ``Preprocessor`` of ``input``: ``input.resize`` "shorter_side" (evaluation sizes
+    ``min_size_test``, ``max_size``) or "fixed_square" (``size``)."""
+    normalisation = {"pixel_mean": tuple(input_cfg.pixel_mean),
+                     "pixel_std": tuple(input_cfg.pixel_std)}
+    if input_cfg.resize == "fixed_square":
+        return Preprocessor.fixed_square(input_cfg.size, input_cfg.size_divisor, **normalisation)
+    return Preprocessor.shorter_side(input_cfg.min_size_test, input_cfg.max_size,
+                                     input_cfg.size_divisor, **normalisation)
 
 
 def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
@@ -134,8 +141,56 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
     return model
 
 
+def build_yolact_parts(model_cfg):
+    """(ResNet, FPN, Protonet, DenseHead, semantic Conv2D) of YOLACT (YOLACT_CONTRACT names)."""
+    b, y, k = model_cfg.backbone, model_cfg.yolact, model_cfg.num_classes
+    resnet = ResNet(depth=b.name, width_multiplier=b.width_multiplier, freeze_at=b.freeze_at,
+                    norm=b.norm, name="backbone")
+    channels = model_cfg.fpn.channels
+    fpn = FPN(channels=channels, input_levels=("C3", "C4", "C5"), max_level=7,
+              extra_levels="conv", top_down="bilinear", output_relu=True, name="fpn")
+    protonet = Protonet(num_prototypes=y.num_prototypes, channels=channels, name="protonet")
+    head = DenseHead(num_anchors=len(y.aspect_ratios),
+                     output_channels={"box_deltas": 4, "class_logits": k,
+                                      "mask_coefficients": y.num_prototypes},
+                     num_convs=1, conv_channels=channels, predictor_kernel_size=3,
+                     output_activations={"mask_coefficients": "tanh"},
+                     name="prediction_head")
+    semantic = keras.layers.Conv2D(k - 1, 1, name="semantic_seg")
+    return resnet, fpn, protonet, head, semantic
+
+
+def build_yolact(settings, category_ids=None, config_dict=None, **kwargs):
+    """An unbuilt ``YOLACT`` from a validated Config's ``model`` and ``input`` sections."""
+    m, y = settings.model, settings.model.yolact
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(m.dtype_policy)  # the sub-layers take the config's policy
+    try:
+        parts = build_yolact_parts(m)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    model = YOLACT(
+        *parts, preprocessor=build_preprocessor(settings.input), anchor_scales=y.anchor_scales,
+        aspect_ratios=y.aspect_ratios, square_anchors=y.square_anchors,
+        pos_threshold=y.pos_threshold, neg_threshold=y.neg_threshold,
+        crowd_threshold=y.crowd_threshold, negpos_ratio=y.negpos_ratio, max_masks=y.max_masks,
+        score_threshold=y.score_threshold, nms_threshold=y.nms_threshold, top_k=y.top_k,
+        detections_per_image=y.detections_per_image, fast_nms=y.fast_nms,
+        loss_weights={"class": y.class_loss_weight, "box": y.box_loss_weight,
+                      "mask": y.mask_loss_weight, "semantic": y.semantic_loss_weight},
+        mask_threshold=y.mask_threshold, category_ids=category_ids, config_dict=config_dict,
+        **kwargs)
+    if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers (no RoI heads)
+        accel.accelerate(model)
+    return model
+
+
+ARCHITECTURE_BUILDERS = {"mask_rcnn": build_mask_rcnn, "yolact": build_yolact}
+
+
 def build_model(cfg, category_ids=None, build=True, **kwargs):
-    """A ``MaskRCNN`` for ``cfg`` (a Config, a dict or a YAML path).
+    """The ``model.architecture`` model (``MaskRCNN`` or ``YOLACT``) for ``cfg`` (a Config, a
+    dict or a YAML path).
 
     Args:
         cfg: ``keras_maskrcnn.config.Config``, a dict in its layout, or a YAML path.
@@ -149,7 +204,8 @@ def build_model(cfg, category_ids=None, build=True, **kwargs):
         cfg = config_lib.load_config(cfg)
     elif isinstance(cfg, dict):
         cfg = config_lib.config_from_dict(cfg)
-    model = build_mask_rcnn(cfg, category_ids, config_dict=model_config_dict(cfg), **kwargs)
+    build_fn = ARCHITECTURE_BUILDERS[cfg.model.architecture]
+    model = build_fn(cfg, category_ids, config_dict=model_config_dict(cfg), **kwargs)
     if build:
         model.build_with_dummy_batch()
         load_initial_weights(model, cfg.model)
@@ -157,12 +213,13 @@ def build_model(cfg, category_ids=None, build=True, **kwargs):
 
 
 def _rebuild(config_dict, category_ids, **kwargs):
-    """``MaskRCNN.from_config``: the model of a saved recipe, unbuilt (Keras builds it);
+    """``MaskRCNN.from_config`` / ``YOLACT.from_config``: the model of a saved recipe, unbuilt (Keras builds it);
     ``kwargs`` are the saved ``keras.Model`` arguments (name, trainable, dtype)."""
     return build_model(config_dict, category_ids=category_ids, build=False, **kwargs)
 
 
 base.register_builder("MaskRCNN", _rebuild)
+base.register_builder("YOLACT", _rebuild)
 
 
 def load_initial_weights(model, model_cfg):

@@ -518,15 +518,34 @@ def test_config_module_is_import_light():
 # ----------------------------------------------------------------------------- schema fields
 def test_model_architecture(tmp_path):
     assert Config().model.architecture == "mask_rcnn"
-    assert config_lib.ARCHITECTURES == ("mask_rcnn",)
+    assert config_lib.ARCHITECTURES == ("mask_rcnn", "yolact")
     path = write(tmp_path, "arch.yaml", "model:\n  architecture: yolact\n")
-    assert error_of(load_config, path) == (
-        f"{path}: model.architecture: expected one of 'mask_rcnn', got str 'yolact'")
+    assert load_config(path).model.architecture == "yolact"
     path = write(tmp_path, "ok.yaml", "model:\n  architecture: mask_rcnn\n")
     assert load_config(path) == Config()
     msg = error_of(load_config, path, ["model.architecture=retinanet"])
     assert msg.startswith(f"{path} (override 'model.architecture=retinanet'): "
-                          "model.architecture: expected one of 'mask_rcnn'")
+                          "model.architecture: expected one of 'mask_rcnn', 'yolact'")
+
+
+def test_yolact_section_defaults_are_the_reference(tmp_path):
+    y = Config().model.yolact
+    assert (y.num_prototypes, y.anchor_scales, y.aspect_ratios, y.square_anchors) == (
+        32, (24, 48, 96, 192, 384), (1, 0.5, 2), True)
+    assert (y.pos_threshold, y.neg_threshold, y.crowd_threshold, y.negpos_ratio,
+            y.max_masks) == (0.5, 0.4, 0.7, 3, 100)
+    assert (y.box_loss_weight, y.class_loss_weight, y.mask_loss_weight,
+            y.semantic_loss_weight) == (1.5, 1.0, 6.125, 1.0)
+    assert (y.score_threshold, y.nms_threshold, y.top_k, y.detections_per_image,
+            y.fast_nms) == (0.05, 0.5, 200, 100, True)
+    i = Config().input
+    assert (i.resize, i.size) == ("shorter_side", 550)
+    assert Config().data.augment == "none"
+    path = write(tmp_path, "y.yaml", "model:\n  yolact:\n    neg_threshold: 0.6\n")
+    assert error_of(load_config, path).endswith("must be <= pos_threshold (0.5), got 0.6")
+    path = write(tmp_path, "r.yaml", "input:\n  resize: letterbox\n")
+    assert "input.resize: expected one of 'shorter_side', 'fixed_square'" in error_of(
+        load_config, path)
 
 
 def test_model_accel(tmp_path):
@@ -577,7 +596,7 @@ MODEL_SECTIONS = (config_lib.ModelConfig, config_lib.BackboneConfig, config_lib.
                   config_lib.AnchorConfig, config_lib.RPNConfig, config_lib.RoIAlignConfig,
                   config_lib.RoIHeadsConfig, config_lib.BoxHeadConfig,
                   config_lib.MaskHeadConfig, config_lib.KeypointHeadConfig,
-                  config_lib.LossWeightsConfig)
+                  config_lib.LossWeightsConfig, config_lib.YolactConfig)
 
 
 @pytest.mark.parametrize("cls", MODEL_SECTIONS, ids=lambda c: c.__name__)
@@ -590,4 +609,5 @@ def test_model_fields_say_what_they_mean_and_where_they_come_from(cls):
         assert f.metadata["doc"], f"{cls.__name__}.{f.name}"
         if f.name not in ("enabled", "weights", "skeleton"):  # switches and paths, no default
             assert f.metadata["source"] in (fields.PAPER, fields.TORCHVISION, fields.DETECTRON,
-                                            fields.OURS), f"{cls.__name__}.{f.name}"
+                                            fields.OURS, fields.YOLACT), \
+                f"{cls.__name__}.{f.name}"

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from keras_maskrcnn import build_model, config
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
+from keras_maskrcnn.models.yolact import YOLACT
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 SIZE = 128
@@ -218,6 +219,15 @@ def test_every_config_file_builds_its_model(name):
     cfg = config.load_config(os.path.join(CONFIGS, name))
     m = build_model(cfg, build=False)
     assert m.num_classes == cfg.model.num_classes
+    assert m.config_dict["model"] == config.config_to_dict(cfg)["model"]
+    if cfg.model.architecture == "yolact":
+        assert isinstance(m, YOLACT) and m.mask_type == "image"
+        assert m.preprocessor.policy == "fixed_square"
+        assert m.preprocessor.min_size == m.preprocessor.max_size == cfg.input.size
+        assert m.protonet.num_prototypes == cfg.model.yolact.num_prototypes
+        assert m.anchor_scales == cfg.model.yolact.anchor_scales
+        return
+    assert isinstance(m, MaskRCNN) and m.mask_type == "box"
     assert (m.mask_head is not None) == cfg.model.mask_head.enabled
     assert (m.keypoint_head is not None) == cfg.model.keypoint_head.enabled
     assert m.preprocessor.min_size == cfg.input.min_size_test

@@ -12,14 +12,14 @@ from .loading import apply_overrides, config_from_dict, config_to_dict, load_con
 from .schema import (ACCEL_MODES, ARCHITECTURES, AnchorConfig, BackboneConfig, BoxHeadConfig,
                      Config, DataConfig, DataSplitConfig, EvalConfig, ExportConfig, FPNConfig,
                      InputConfig, KeypointHeadConfig, LossWeightsConfig, MaskHeadConfig,
-                     ModelConfig, RoIAlignConfig, RoIHeadsConfig, RPNConfig, SyntheticConfig,
-                     TrainConfig)
+                     ModelConfig, RESIZE_POLICIES, RoIAlignConfig, RoIHeadsConfig, RPNConfig,
+                     SyntheticConfig, TrainConfig, YolactConfig)
 
 __all__ = [
     "ConfigError", "Config", "ModelConfig", "BackboneConfig", "FPNConfig", "AnchorConfig",
     "RPNConfig", "RoIAlignConfig", "RoIHeadsConfig", "BoxHeadConfig", "MaskHeadConfig",
     "KeypointHeadConfig", "LossWeightsConfig", "InputConfig", "DataSplitConfig",
     "SyntheticConfig", "DataConfig", "TrainConfig", "EvalConfig", "ExportConfig",
-    "ARCHITECTURES", "ACCEL_MODES",
+    "YolactConfig", "ARCHITECTURES", "ACCEL_MODES", "RESIZE_POLICIES",
     "load_config", "config_from_dict", "config_to_dict", "save_config", "apply_overrides",
 ]

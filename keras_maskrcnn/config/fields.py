@@ -28,6 +28,7 @@ TORCHVISION = "torchvision"
 PAPER = "paper"
 DETECTRON = "Detectron"
 OURS = "ours"
+YOLACT = "YOLACT"  # Bolya et al. 2019 or its reference code (dbolya/yolact)
 
 
 class ConfigError(ValueError):

@@ -14,6 +14,10 @@ Conventions pinned here:
   (linear scaling rule; the paper's 0.02 is for a global batch of 16). Step counts are not scaled.
 - Anchor aspect ratio = h / w; ``anchors.sizes`` has one size per pyramid level min..max_level.
 - Data paths are relative to the working directory.
+- ``model.architecture: yolact`` (Bolya et al. 2019, "YOLACT") reads ``model.yolact``,
+  ``model.backbone`` and ``model.fpn.channels``; its FPN (C3..C5 -> P3..P7), prototype net and
+  prediction head are fixed by the architecture, and the Mask R-CNN sections are ignored.
+  Source ``YOLACT``: the paper or its reference code (``yolact_base_config``).
 """
 from __future__ import annotations
 
@@ -21,11 +25,12 @@ import dataclasses
 import math
 from typing import Literal, Optional, Tuple
 
-from .fields import (DETECTRON, OURS, PAPER, TORCHVISION, Section, at_least, check, in_range,
-                     non_empty, non_negative, param, positive, require, section, unit)
+from .fields import (DETECTRON, OURS, PAPER, TORCHVISION, YOLACT, Section, at_least, check,
+                     in_range, non_empty, non_negative, param, positive, require, section, unit)
 
 TV = TORCHVISION
-ARCHITECTURES = ("mask_rcnn",)  # model.architecture choices; YOLACT will add "yolact"
+ARCHITECTURES = ("mask_rcnn", "yolact")  # model.architecture choices
+RESIZE_POLICIES = ("shorter_side", "fixed_square")  # input.resize choices (preprocessing.py)
 ACCEL_MODES = ("auto", "on", "off")  # model.accel choices
 
 _COCO_KEYPOINT_NAMES = (
@@ -254,6 +259,50 @@ class LossWeightsConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class YolactConfig(Section):
+    """YOLACT (Bolya et al. 2019, sections 3 and 4): prototypes, anchors, matching, losses and
+    Fast NMS; read only with ``model.architecture: yolact``."""
+
+    num_prototypes: int = param(32, positive, "k prototype masks (and coefficients per "
+                                "anchor)", YOLACT)
+    anchor_scales: Tuple[float, ...] = param(
+        (24.0, 48.0, 96.0, 192.0, 384.0), (non_empty, positive), "anchor side per level "
+        "P3..P7, in pixels of a 550 input (scaled by the input size / 550)", YOLACT)
+    aspect_ratios: Tuple[float, ...] = param((1.0, 0.5, 2.0), (non_empty, positive),
+                                             "w / h, the same on every level", YOLACT)
+    square_anchors: bool = param(True, None, "ratio r gives a square of side s * sqrt(r) (the "
+                                 "released v1 weights); false: w = s sqrt(r), h = s / sqrt(r)",
+                                 YOLACT)
+    pos_threshold: float = param(0.5, unit, "anchors with IoU >= this are positive", YOLACT)
+    neg_threshold: float = param(0.4, unit, "anchors with IoU < this are background", YOLACT)
+    crowd_threshold: float = param(0.7, unit, "non-positive anchors covered more than this "
+                                   "(intersection / anchor area) by a crowd box are ignored",
+                                   YOLACT)
+    negpos_ratio: int = param(3, positive, "hard negatives per positive (class loss)", YOLACT)
+    max_masks: int = param(100, positive, "masks trained per image, at most", YOLACT)
+    box_loss_weight: float = param(1.5, non_negative, "smooth L1 box loss", YOLACT)
+    class_loss_weight: float = param(1.0, non_negative, "class confidence loss", YOLACT)
+    mask_loss_weight: float = param(6.125, non_negative, "prototype mask BCE", YOLACT)
+    semantic_loss_weight: float = param(1.0, non_negative, "semantic segmentation BCE on P3",
+                                        YOLACT)
+    score_threshold: float = param(0.05, unit, "inference: anchors whose best foreground score "
+                                   "is not above this are dropped", YOLACT)
+    nms_threshold: float = param(0.5, unit, "inference: NMS IoU threshold", YOLACT)
+    top_k: int = param(200, positive, "inference: candidates per class entering NMS", YOLACT)
+    detections_per_image: int = param(100, positive, "inference: top detections kept", YOLACT)
+    fast_nms: bool = param(True, None, "Fast NMS (paper section 3.3); false: standard greedy "
+                           "NMS on the same candidates", YOLACT)
+    mask_threshold: float = param(0.5, unit, "binarisation of masks resized to the image",
+                                  YOLACT)
+
+    def validate(self):
+        require(self.neg_threshold <= self.pos_threshold, "neg_threshold",
+                f"must be <= pos_threshold ({self.pos_threshold}), got {self.neg_threshold}")
+        require(len(self.anchor_scales) == 5, "anchor_scales",
+                f"needs one scale per level P3..P7 (5), got {len(self.anchor_scales)}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig(Section):
     """The detector: meta-architecture, class count and one section per part."""
 
@@ -269,6 +318,7 @@ class ModelConfig(Section):
     mask_head: MaskHeadConfig = section(MaskHeadConfig)
     keypoint_head: KeypointHeadConfig = section(KeypointHeadConfig)
     loss_weights: LossWeightsConfig = section(LossWeightsConfig)
+    yolact: YolactConfig = section(YolactConfig)
     dtype_policy: Literal["float32", "mixed_bfloat16", "mixed_float16"] = param(
         "float32", None, "Keras dtype policy of the model's layers", OURS)
     weights: Optional[str] = param(None, None, "whole-model weights to start from; null = none")
@@ -292,7 +342,15 @@ class ModelConfig(Section):
 # ----------------------------------------------------------------------------- other sections
 @dataclasses.dataclass(frozen=True)
 class InputConfig(Section):
-    """Image resizing and normalisation (torchvision GeneralizedRCNNTransform)."""
+    """Image resizing and normalisation (torchvision GeneralizedRCNNTransform; YOLACT: a
+    fixed square and its BGR mean (103.94, 116.78, 123.68) / std (57.38, 57.12, 58.40), here
+    in RGB order / 255: pixel_mean (123.68, 116.78, 103.94) / 255, pixel_std (58.40, 57.12,
+    57.38) / 255, see configs/yolact_*)."""
+
+    resize: Literal[RESIZE_POLICIES] = param(
+        "shorter_side", None, "shorter_side: min_size_* / max_size (torchvision); "
+        "fixed_square: size x size, aspect ratio not kept (YOLACT)", OURS)
+    size: int = param(550, positive, "fixed_square: the square's side", YOLACT)
 
     min_size_train: Tuple[int, ...] = param((800,), (non_empty, positive), "shorter-side sizes "
                                             "for training scale jitter", TV)
@@ -363,7 +421,12 @@ class DataConfig(Section):
     train: DataSplitConfig = section(lambda: _coco_split("train"))
     val: DataSplitConfig = section(lambda: _coco_split("val"))
     synthetic: SyntheticConfig = section(SyntheticConfig)
-    flip_probability: float = param(0.5, unit, "horizontal flip in training", DETECTRON)
+    flip_probability: float = param(0.5, unit, "horizontal flip in training (off when the "
+                                    "ssd augmentation mirrors)", DETECTRON)
+    augment: Literal["none", "ssd"] = param(
+        "none", None, "training augmentation before the resize: ssd = photometric, expand, "
+        "IoU-constrained crop, mirror, small-box drop (YOLACT's SSDAugmentation, "
+        "data/augment.py)", OURS)
     filter_empty_images: bool = param(True, None, "training drops images without (non-crowd) "
                                       "instances", DETECTRON)
     shuffle_buffer: int = param(1000, non_negative, "0 = no shuffling")

@@ -129,6 +129,8 @@ class MaskRCNN(Detector):
         of the detected class, keypoints (B, D, Kp, 3) [x, y, score] in input pixels.
     """
 
+    mask_type = "box"  # masks are Sm x Sm inside each box (YOLACT's: "image")
+
     def __init__(self, backbone, fpn, rpn_head, proposal_generator, roi_sampler,
                  detection_generator, box_head, box_predictor, mask_head=None,
                  mask_predictor=None, keypoint_head=None, keypoint_predictor=None, *,

@@ -1,0 +1,191 @@
+"""YOLACT (Bolya et al. 2019, "YOLACT: Real-time Instance Segmentation", sections 3 and 4): a
+one-stage detector predicting k prototype masks per image and k mask coefficients per anchor.
+
+Method (the reference ``Yolact`` / ``Detect`` / ``MultiBoxLoss`` of ``yolact_base_config``):
+    1. normalise the image, zero the padding; ResNet -> C3..C5 -> FPN -> P3..P7 (bilinear
+       top-down, ReLU outputs, P6 / P7 by stride-2 convs)
+    2. protonet on P3 -> prototypes (B, Hp, Wp, k); one prediction head over P3..P7 -> box
+       deltas (B, N, 4), class logits (B, N, K), tanh mask coefficients (B, N, k)
+    3. anchors ``ops.yolact_anchors`` (one scale per level, scaled by input size / 550)
+    4. training: ``ops.match_anchors`` on the used GT rows (IoU >= 0.5 positive, < 0.4
+       background, forced best anchors, crowds neutral) inside ``call``; a 1x1 semantic head
+       on P3. ``compute_losses``: ``losses.yolact_*`` with counts summed over replicas.
+    5. inference: decode with weights (10, 10, 5, 5) and no clamp on exp, softmax, Fast NMS
+       per class on the foreground scores (``ops.fast_nms``, ``threshold_on="anchor"``: an
+       anchor enters when its best foreground score > 0.05; or standard NMS), top D; masks =
+       sigmoid(prototypes @ coefficients) cropped at prototype resolution by the box in
+       prototype pixels (box / input size x prototype size, 1-pixel padding).
+
+Conventions pinned here: class 0 is background, detections carry contiguous classes 1..K-1
+(0 = padding row); ``mask_type = "image"``: masks are whole-image probabilities at prototype
+resolution, which ``inference.detect`` and the export resize to the original image (Mask
+R-CNN's are 28x28 inside each box, ``mask_type = "box"``). Attribute names follow
+YOLACT_CONTRACT (the weight converter reads them).
+
+Shape shorthand:
+    B  batch size;  H, W  (padded) input size;  N  anchors (19,248 at 550)
+    K  classes incl. background;  k  prototypes;  Hp, Wp  prototype size (138 at 550)
+    M' GT rows in use (``used_gt_rows``);  D  detections per image;  Hs, Ws  P3 size
+"""
+import keras
+import tensorflow as tf
+
+from keras_maskrcnn import losses
+from keras_maskrcnn.layers.dense_head import feature_keys
+from keras_maskrcnn.layers.roi_sampler import replica_seed
+from keras_maskrcnn.models.base import Detector
+from keras_maskrcnn.models.mask_rcnn import global_count, used_gt_rows
+from keras_maskrcnn.ops.anchors import yolact_anchors
+from keras_maskrcnn.ops.boxes import decode_boxes
+from keras_maskrcnn.ops.dense_matching import SSD_WEIGHTS, match_anchors
+from keras_maskrcnn.ops.nms_fast import fast_nms
+from keras_maskrcnn.ops.prototype_masks import assemble_masks, crop_masks
+
+LOSS_NAMES = ("class", "box", "mask", "semantic")
+REFERENCE_SIZE = 550  # the input size the anchor scales are given for
+
+
+@keras.saving.register_keras_serializable(package="keras_maskrcnn")
+class YOLACT(Detector):
+    """YOLACT with built parts and primitive settings (``builders.build_yolact`` makes one).
+
+    Args:
+        backbone: ResNet layer, images -> {"C2".."C5"}. fpn: FPN layer C3..C5 -> P3..P7.
+        protonet: ``layers.protonet.Protonet``: P3 -> prototypes (B, Hp, Wp, k).
+        prediction_head: ``layers.dense_head.DenseHead`` with outputs box_deltas (4),
+            class_logits (K), mask_coefficients (k, tanh).
+        semantic_head: 1x1 ``Conv2D(K - 1)`` on P3 (training only).
+        preprocessor: ``preprocessing.Preprocessor`` (normalisation here; resize in detect).
+        anchor_scales: one anchor side per level (pixels of a 550 input); aspect_ratios: w / h;
+            square_anchors: see ``ops.yolact_anchors``.
+        pos_threshold, neg_threshold, crowd_threshold: ``ops.match_anchors``'.
+        negpos_ratio, max_masks: hard negatives per positive; masks trained per image.
+        score_threshold, nms_threshold, top_k, detections_per_image, fast_nms: inference.
+        loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
+        mask_seed: seed of the random subset of masks trained when an image has more than
+            ``max_masks`` positives.
+
+    Inputs (dict): images (B, H, W, 3) float RGB in [0, 255], image_sizes (B, 2) int32; in
+        training also gt_boxes (B, M, 4), gt_classes (B, M) int32 (contiguous, -1 padding),
+        gt_masks (B, M, H, W) uint8, optionally gt_is_crowd (B, M).
+    Outputs (inference): boxes (B, D, 4) xyxy input pixels, scores (B, D), classes (B, D)
+        int32 (0 = padding), num_detections (B,), masks (B, D, Hp, Wp) float probabilities.
+    """
+
+    mask_type = "image"
+
+    def __init__(self, backbone, fpn, protonet, prediction_head, semantic_head, *, preprocessor,
+                 anchor_scales, aspect_ratios, square_anchors, pos_threshold, neg_threshold,
+                 crowd_threshold, negpos_ratio, max_masks, score_threshold, nms_threshold,
+                 top_k, detections_per_image, fast_nms, loss_weights, mask_threshold=0.5,
+                 category_ids=None, config_dict=None, mask_seed=0, **kwargs):
+        super().__init__(LOSS_NAMES, loss_weights, preprocessor, mask_threshold=mask_threshold,
+                         category_ids=category_ids, config_dict=config_dict, **kwargs)
+        self.backbone, self.fpn, self.protonet = backbone, fpn, protonet
+        self.prediction_head, self.semantic_head = prediction_head, semantic_head
+        self.anchor_scales = tuple(float(s) for s in anchor_scales)
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
+        self.square_anchors = bool(square_anchors)
+        self.match_settings = {"pos_threshold": float(pos_threshold),
+                               "neg_threshold": float(neg_threshold),
+                               "crowd_iou_threshold": float(crowd_threshold)}
+        self.negpos_ratio, self.max_masks = int(negpos_ratio), int(max_masks)
+        self.nms_settings = {
+            "iou_threshold": float(nms_threshold), "score_threshold": float(score_threshold),
+            "top_k": int(top_k), "max_detections": int(detections_per_image),
+            "threshold_on": "anchor", "method": "fast" if fast_nms else "standard"}
+        self.mask_seed = keras.random.SeedGenerator(mask_seed, name="mask_seed")
+
+    @property
+    def num_classes(self):
+        """K, background included."""
+        return self.prediction_head.output_channels["class_logits"]
+
+    @property
+    def num_anchors(self):
+        return len(self.aspect_ratios)
+
+    # ----------------------------------------------------------------------------- forward
+    def call(self, inputs, training=False):
+        images, image_sizes = inputs["images"], tf.cast(inputs["image_sizes"], tf.int32)
+        features = self.fpn(self.backbone(self.preprocessor.normalize(images, image_sizes)))
+        prototypes = self.protonet(features["P3"])  # (B, Hp, Wp, k) float32
+        predictions = self.prediction_head(features)  # (B, N, ...) float32 each
+        anchors = self.anchors(images, features)  # (N, 4)
+        if training:
+            return self.training_outputs(inputs, features, anchors, prototypes, predictions)
+        return self.inference_outputs(images, anchors, prototypes, predictions)
+
+    def anchors(self, images, features):
+        """(N, 4) xyxy anchors in input pixels, levels in the head's order."""
+        shape = tf.shape(images)
+        sizes = [(tf.shape(features[k])[1], tf.shape(features[k])[2])
+                 for k in feature_keys(features)]
+        return yolact_anchors((shape[1], shape[2]), sizes, scales=self.anchor_scales,
+                              aspect_ratios=self.aspect_ratios, square=self.square_anchors,
+                              reference_size=REFERENCE_SIZE)
+
+    # ---------------------------------------------------------------------------- training
+    def training_outputs(self, inputs, features, anchors, prototypes, predictions):
+        gt_boxes, gt_classes = used_gt_rows(tf.cast(inputs["gt_boxes"], tf.float32),
+                                            tf.cast(inputs["gt_classes"], tf.int32))
+        used = tf.shape(gt_classes)[1]  # M'
+        crowd = inputs.get("gt_is_crowd")
+        crowd = None if crowd is None else tf.cast(crowd, tf.bool)[:, :used]
+        labels, matched_gt, box_targets = match_anchors(anchors, gt_boxes, gt_classes, crowd,
+                                                        **self.match_settings)
+        segmentation = tf.cast(self.semantic_head(features["P3"]), tf.float32)  # (B, Hs, Ws, K-1)
+        return {
+            "class_logits": predictions["class_logits"], "box_deltas": predictions["box_deltas"],
+            "mask_coefficients": predictions["mask_coefficients"], "prototypes": prototypes,
+            "segmentation_logits": segmentation, "labels": labels, "matched_gt": matched_gt,
+            "box_targets": box_targets, "gt_boxes": gt_boxes, "gt_classes": gt_classes,
+            "gt_masks": inputs["gt_masks"][:, :used],  # (B, M', H, W)
+            "mask_seed": replica_seed(self.mask_seed.next()),  # replicas draw independently
+        }
+
+    def compute_losses(self, outputs):
+        """Training outputs -> {loss name: scalar} (unweighted; ``loss_weights`` weigh them).
+
+        Class, box and mask losses are divided by the positives of the global batch, the
+        semantic loss by its images (``global_count``), so the replicas' losses add up to the
+        loss of the global batch on one device.
+        """
+        labels = outputs["labels"]
+        positives = global_count(labels > 0)
+        images = global_count(tf.ones(tf.shape(labels)[:1], tf.bool))
+        return {
+            "class": losses.yolact_class_loss(outputs["class_logits"], labels,
+                                              self.negpos_ratio, num_positives=positives),
+            "box": losses.yolact_box_loss(outputs["box_deltas"], outputs["box_targets"],
+                                          labels, num_positives=positives, weight=1.0),
+            "mask": losses.yolact_mask_loss(
+                outputs["prototypes"], outputs["mask_coefficients"], labels,
+                outputs["matched_gt"], outputs["gt_boxes"], outputs["gt_masks"],
+                num_positives=positives, max_masks=self.max_masks, seed=outputs["mask_seed"],
+                weight=1.0),
+            "semantic": losses.yolact_semantic_loss(
+                outputs["segmentation_logits"], outputs["gt_masks"], outputs["gt_classes"],
+                num_images=images),
+        }
+
+    # --------------------------------------------------------------------------- inference
+    def inference_outputs(self, images, anchors, prototypes, predictions):
+        boxes = decode_boxes(predictions["box_deltas"], anchors[None], SSD_WEIGHTS,
+                             clip=float("inf"))  # (B, N, 4) input pixels, no clamp on exp
+        scores = tf.nn.softmax(predictions["class_logits"], axis=-1)[..., 1:]  # (B, N, K-1)
+        dets = fast_nms(boxes, scores, **self.nms_settings)
+        valid = dets["indices"] >= 0  # (B, D)
+        coefficients = tf.gather(predictions["mask_coefficients"],
+                                 tf.maximum(dets["indices"], 0), batch_dims=1)  # (B, D, k)
+        masks = assemble_masks(prototypes, coefficients)  # (B, D, Hp, Wp)
+        image = tf.cast(tf.shape(images)[1:3], tf.float32)  # (H, W)
+        proto = tf.cast(tf.shape(prototypes)[1:3], tf.float32)  # (Hp, Wp)
+        xyxy = lambda hw: tf.stack([hw[1], hw[0], hw[1], hw[0]])  # (H, W) -> (4,)
+        masks = crop_masks(masks, dets["boxes"] / xyxy(image) * xyxy(proto))  # prototype pixels
+        masks = tf.where(valid[:, :, None, None], masks, 0.0)
+        return {
+            "boxes": dets["boxes"], "scores": dets["scores"],
+            "classes": tf.where(valid, dets["classes"] + 1, 0),  # contiguous 1..K-1
+            "num_detections": dets["num_detections"], "masks": masks,
+        }

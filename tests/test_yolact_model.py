@@ -1,0 +1,188 @@
+"""YOLACT on a tiny config: training forward, losses, gradients, fit, save/load, detect, export."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_maskrcnn import build_model, config
+from keras_maskrcnn.layers.protonet import Protonet
+from keras_maskrcnn.models.yolact import YOLACT
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+SIZE = 128
+NUM_PROTOTYPES = 8
+
+
+def tiny_config(**extra):
+    """yolact_shapes.yaml shrunk: quarter-width ResNet-18, 16 FPN channels, 128 px square."""
+    overrides = {"model.backbone.width_multiplier": 0.25, "model.fpn.channels": 16,
+                 "model.yolact.num_prototypes": NUM_PROTOTYPES, "model.accel": "off",
+                 "input.size": SIZE, "model.yolact.detections_per_image": 10, **extra}
+    return config.load_config(os.path.join(CONFIGS, "yolact_shapes.yaml"),
+                              overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+def synthetic_batch(num_gt=(2, 0), size=SIZE, max_gt=3, seed=0):
+    """Noise images with filled rectangles as GT (an image may have no GT at all)."""
+    rng = np.random.default_rng(seed)
+    b = len(num_gt)
+    images = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
+    boxes = -np.ones((b, max_gt, 4), np.float32)
+    classes = -np.ones((b, max_gt), np.int32)
+    masks = np.zeros((b, max_gt, size, size), np.uint8)
+    for i, n in enumerate(num_gt):
+        for j in range(n):
+            x1, y1 = rng.uniform(0, size / 2, 2)
+            w, h = rng.uniform(16, size / 2, 2)
+            boxes[i, j] = [x1, y1, x1 + w, y1 + h]
+            classes[i, j] = 1 + j % 3
+            masks[i, j, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 1
+            images[i, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 40.0 * (j + 1)
+    return {"images": images, "image_sizes": np.full((b, 2), size, np.int32),
+            "gt_boxes": boxes, "gt_classes": classes, "gt_masks": masks}
+
+
+def inference_inputs(batch):
+    return {"images": batch["images"], "image_sizes": batch["image_sizes"]}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(tiny_config())
+
+
+def test_parts_follow_the_contract(model):
+    assert isinstance(model, YOLACT) and model.mask_type == "image"
+    assert isinstance(model.protonet, Protonet)
+    assert [c.name for c in model.protonet.convs] == [f"conv_{i}" for i in range(5)]
+    assert [c.kernel_size for c in model.protonet.convs] == [(3, 3)] * 4 + [(1, 1)]
+    assert model.protonet.convs[4].filters == NUM_PROTOTYPES
+    head = model.prediction_head
+    assert head.num_anchors == 3 and len(head.convs) == 1
+    assert head.output_channels == {"box_deltas": 4, "class_logits": 4,
+                                    "mask_coefficients": NUM_PROTOTYPES}
+    assert model.semantic_head.filters == 3 and model.semantic_head.kernel_size == (1, 1)
+    assert len(model.fpn.lateral_convs) == 3 and len(model.fpn.extra_convs) == 2
+    assert model.fpn.output_levels == ("P3", "P4", "P5", "P6", "P7")
+
+
+def test_training_forward_finite_losses_and_empty_image(model):
+    batch = synthetic_batch(num_gt=(2, 0))
+    outputs = model(batch, training=True)
+    losses = model.compute_losses(outputs)
+    assert set(losses) == {"class", "box", "mask", "semantic"}
+    for name, value in losses.items():
+        assert np.isfinite(value.numpy()), name
+    labels = outputs["labels"].numpy()
+    assert (labels[0] > 0).sum() >= 2  # every GT is forced onto an anchor
+    assert (labels[1] <= 0).all()  # the image without GT: background only
+    assert outputs["prototypes"].shape == (2, SIZE // 4, SIZE // 4, NUM_PROTOTYPES)
+    assert outputs["segmentation_logits"].shape == (2, SIZE // 8, SIZE // 8, 3)
+
+
+def test_batch_without_any_gt_has_zero_positive_losses(model):
+    outputs = model(synthetic_batch(num_gt=(0, 0)), training=True)
+    losses = {k: float(v) for k, v in model.compute_losses(outputs).items()}
+    assert losses["box"] == 0.0 and losses["mask"] == 0.0
+    assert all(np.isfinite(v) for v in losses.values())
+
+
+def batch_with_boxes(boxes_per_image, size=SIZE, seed=0):
+    """Noise images with the given GT boxes filled (one class per box, cycling 1..3)."""
+    batch = synthetic_batch(num_gt=(0,) * len(boxes_per_image), size=size, seed=seed)
+    for i, boxes in enumerate(boxes_per_image):
+        for j, (x1, y1, x2, y2) in enumerate(boxes):
+            batch["gt_boxes"][i, j] = [x1, y1, x2, y2]
+            batch["gt_classes"][i, j] = 1 + j % 3
+            batch["gt_masks"][i, j, y1:y2, x1:x2] = 1
+            batch["images"][i, y1:y2, x1:x2] = 60.0 * (j + 1)
+    return batch
+
+
+# GT sizes for every level: ~50 px (P5), ~100 px (P6), the whole image (P7), small (P3, P4)
+EVERY_LEVEL = [[(0, 0, 128, 128), (14, 14, 114, 114), (30, 40, 80, 90)],
+               [(5, 5, 25, 21), (60, 70, 95, 100), (20, 70, 70, 120)]]
+
+
+def test_every_trainable_weight_gets_a_gradient(model):
+    batch = batch_with_boxes(EVERY_LEVEL)
+    with tf.GradientTape() as tape:
+        outputs = model(batch, training=True)
+        total = tf.add_n(list(model.compute_losses(outputs).values()))
+    grads = tape.gradient(total, model.trainable_variables)
+    missing = [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
+    assert not missing, missing
+    zero = [v.path for v, g in zip(model.trainable_variables, grads)
+            if float(tf.reduce_max(tf.abs(g))) == 0.0]
+    assert not zero, zero
+    assert any("semantic_seg" in v.path for v in model.trainable_variables)
+
+
+def test_fit_one_step():
+    m = build_model(tiny_config())
+    m.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
+    dataset = tf.data.Dataset.from_tensors(batch_with_boxes(EVERY_LEVEL)).repeat(2)
+    before = [v.numpy().copy() for v in m.trainable_variables]
+    history = m.fit(dataset, epochs=1, verbose=0)
+    assert set(history.history) >= {"loss", "class_loss", "box_loss", "mask_loss",
+                                    "semantic_loss"}
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+    changed = [not np.array_equal(a, v.numpy()) for a, v in zip(before, m.trainable_variables)]
+    assert all(changed)
+
+
+def test_inference_outputs_shapes_and_dtypes(model):
+    out = model(inference_inputs(synthetic_batch(num_gt=(1, 1))))
+    d, p = 10, SIZE // 4
+    expected = {"boxes": ((2, d, 4), tf.float32), "scores": ((2, d), tf.float32),
+                "classes": ((2, d), tf.int32), "num_detections": ((2,), tf.int32),
+                "masks": ((2, d, p, p), tf.float32)}
+    assert {k: (tuple(v.shape), v.dtype) for k, v in out.items()} == expected
+    n = out["num_detections"].numpy()
+    classes, masks = out["classes"].numpy(), out["masks"].numpy()
+    for i in range(2):
+        assert ((classes[i, :n[i]] >= 1) & (classes[i, :n[i]] <= 3)).all()
+        assert (classes[i, n[i]:] == 0).all() and (masks[i, n[i]:] == 0).all()
+    assert ((masks >= 0) & (masks <= 1)).all()
+
+
+def test_inference_masks_are_cropped_by_the_box_in_prototype_pixels(model):
+    out = model(inference_inputs(synthetic_batch(num_gt=(1, 1))))
+    boxes, masks = out["boxes"].numpy(), out["masks"].numpy()
+    scale = (SIZE // 4) / SIZE
+    for i, n in enumerate(out["num_detections"].numpy()):
+        for j in range(n):
+            x1, y1, x2, y2 = boxes[i, j] * scale
+            cols, rows = np.arange(SIZE // 4), np.arange(SIZE // 4)
+            in_x = (cols >= max(min(x1, x2) - 1, 0)) & (cols < min(max(x1, x2) + 1, SIZE // 4))
+            in_y = (rows >= max(min(y1, y2) - 1, 0)) & (rows < min(max(y1, y2) + 1, SIZE // 4))
+            outside = ~(in_y[:, None] & in_x[None, :])
+            assert (masks[i, j][outside] == 0).all()
+
+
+def test_standard_nms_switch(model):
+    m = build_model(tiny_config(**{"model.yolact.fast_nms": False}))
+    assert m.nms_settings["method"] == "standard"
+    assert model.nms_settings["method"] == "fast"
+    assert model.nms_settings["threshold_on"] == "anchor"
+
+
+def test_keras_and_weights_round_trip(model, tmp_path):
+    inputs = inference_inputs(synthetic_batch(num_gt=(1, 1)))
+    expected = model(inputs)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, YOLACT)
+    got = loaded(inputs)
+    for key in ("boxes", "scores", "classes", "masks"):
+        np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
+    weights = str(tmp_path / "model.weights.h5")
+    model.save_weights(weights)
+    other = build_model(tiny_config())
+    other.load_weights(weights)
+    got = other(inputs)
+    for key in ("boxes", "scores", "classes", "masks"):
+        np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
