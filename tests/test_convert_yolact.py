@@ -203,3 +203,191 @@ def test_loads_with_the_keys_the_reference_drops(reference):
         kernel, tv.torch_conv_kernel_to_keras(state["fpn.lat_layers.2.weight"]))
     np.testing.assert_array_equal(parts.prediction_head.predictors["class_logits"].bias.numpy(),
                                   state["prediction_layers.0.conf_layer.bias"])
+
+
+# ------------------------------------------------------------------ the converted model
+OVERRIDES = (f"input.size={SIZE}",)
+OUTPUT_RTOL = 1e-4
+DETECTION_IOU, DETECTION_FRACTION, SCORE_TOL, MASK_IOU = 0.98, 0.95, 1e-3, 0.95
+MIN_DETECTIONS = 50
+
+
+@pytest.fixture(scope="module")
+def converted(reference):
+    return convert_yolact.from_yolact(reference["state_dict"], overrides=OVERRIDES)
+
+
+def relative_error(ours, theirs):
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    return float(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-12))
+
+
+def test_converted_model_matches_the_key_table(reference, converted):
+    from keras_maskrcnn.models.yolact import YOLACT
+
+    assert isinstance(converted, YOLACT)
+    reader = check_key_table(converted, reference["state_dict"])
+    for key, variable in reader.targets.items():
+        value = reference["state_dict"][key]
+        value = tv.torch_conv_kernel_to_keras(value) if value.ndim == 4 else value
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=key)
+    cfg = converted.config_dict
+    assert cfg["model"]["backbone"]["name"] == "resnet50"
+    assert (cfg["model"]["num_classes"], cfg["model"]["yolact"]["num_prototypes"]) == (5, 32)
+    assert cfg["model"]["category_ids"] is None  # not COCO's 81 classes: contiguous labels
+
+
+def test_raw_outputs_match_the_reference(reference, converted):
+    """Input normalisation, anchors, box deltas, class scores, coefficients and prototypes."""
+    import tensorflow as tf
+
+    outputs = reference["outputs"]
+    images, image_sizes = converted.preprocessor(tf.constant(reference["image"][None]))
+    normalised = converted.preprocessor.normalize(images, image_sizes).numpy()
+    assert normalised.shape == (1, SIZE, SIZE, 3)
+    assert np.abs(normalised - reference["input"].transpose(0, 2, 3, 1)).max() <= 1e-4
+    features = converted.fpn(converted.backbone(normalised))
+    assert [features[f"P{i}"].shape[1] for i in range(3, 8)] == [19, 10, 5, 3, 2]
+    predictions = converted.prediction_head(features)
+    errors = {
+        "prototypes": relative_error(converted.protonet(features["P3"]), outputs["proto"]),
+        "box_deltas": relative_error(predictions["box_deltas"], outputs["loc"]),
+        "class_scores": relative_error(tf.nn.softmax(predictions["class_logits"]),
+                                       outputs["conf"]),
+        "class_logits": relative_error(predictions["class_logits"], outputs["conf_logits"]),
+        "coefficients": relative_error(predictions["mask_coefficients"], outputs["coef"]),
+    }
+    print(errors)
+    assert max(errors.values()) <= OUTPUT_RTOL, errors
+    cx, cy, w, h = outputs["priors"].T.astype(np.float64) * SIZE  # relative -> input pixels
+    priors = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    np.testing.assert_allclose(converted.anchors(images, features).numpy(), priors, rtol=0,
+                               atol=1e-4)
+
+
+def pairwise_iou(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    union = (np.prod(a[:, 2:] - a[:, :2], -1)[:, None] + np.prod(b[:, 2:] - b[:, :2], -1)[None]
+             - inter)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def match_detections(reference, ours):
+    """Greedy, in reference score order: our unused same-label detection of best IoU.
+    Returns (reference index, our index or -1, IoU, |score diff|) per reference detection."""
+    iou = pairwise_iou(reference["boxes"], ours["boxes"])
+    iou = np.where(reference["labels"][:, None] == ours["labels"][None, :], iou, -1.0)
+    used, pairs = np.zeros(len(ours["boxes"]), bool), []
+    for i in np.argsort(-reference["scores"], kind="stable"):
+        candidates = np.where(used, -1.0, iou[i])
+        j = int(np.argmax(candidates)) if len(candidates) else -1
+        if j < 0 or candidates[j] < 0:
+            pairs.append((i, -1, 0.0, np.inf))
+            continue
+        diff = abs(float(reference["scores"][i]) - float(ours["scores"][j]))
+        if candidates[j] >= DETECTION_IOU and diff <= SCORE_TOL:
+            used[j] = True
+        pairs.append((i, j, float(candidates[j]), diff))
+    return pairs
+
+
+def mask_iou(a, b):
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def test_detect_matches_the_reference(reference, converted):
+    """``detect`` (original pixels) against the reference's Detect + postprocess: boxes
+    clamped to the image and truncated to integers as the reference's ``boxes.long()``."""
+    theirs = reference["detections"]
+    ours = converted.detect([reference["image"]])[0]
+    assert len(theirs["scores"]) >= MIN_DETECTIONS
+    assert len(np.unique(theirs["labels"])) == NUM_CLASSES - 1
+    pairs = match_detections(theirs, ours)
+    matched = [(i, j) for i, j, iou, diff in pairs if iou >= DETECTION_IOU and diff <= SCORE_TOL]
+    fraction = len(matched) / len(pairs)
+    ious = [mask_iou(theirs["masks"][i], ours["masks"][j]) for i, j in matched]
+    i, j = (np.array(t) for t in zip(*matched))
+    # Truncation is discontinuous at integers: a float coordinate within float noise of one
+    # may truncate differently on the two sides.
+    at_integer = np.abs(theirs["boxes_float"][i] - np.round(theirs["boxes_float"][i])) < 1e-3
+    same_int = (ours["boxes"][j] == theirs["boxes"][i]) | at_integer
+    print({"detections": (len(theirs["scores"]), len(ours["scores"])), "matched": fraction,
+           "worst_mask_iou": min(ious), "int_boxes_equal": float(same_int.mean())})
+    assert len(ours["scores"]) == len(theirs["scores"])
+    assert fraction >= DETECTION_FRACTION
+    assert min(ious) >= MASK_IOU
+    assert same_int.all()
+
+
+def test_arch_override_names_the_missing_key(reference):
+    with pytest.raises(KeyError, match=re.escape(
+            "missing key in state_dict: 'backbone.layers.2.6.conv1.weight'")):
+        convert_yolact.from_yolact(reference["state_dict"], arch="yolact_base",
+                                   overrides=("input.size=64",))
+
+
+def test_coco_checkpoints_label_with_coco_category_ids():
+    """81 classes: the reference's COCO_LABEL_MAP order, i.e. the 80 COCO ids ascending."""
+    ids = convert_yolact.COCO_CATEGORY_IDS
+    assert len(ids) == len(set(ids)) == 80 and list(ids) == sorted(ids)
+    assert set(range(1, 91)) - set(ids) == {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
+    cfg = convert_yolact.yolact_config({"depth": "resnet101", "num_classes": 81,
+                                        "num_prototypes": 32, "num_anchors": 3})
+    assert cfg.model.category_ids == ids
+    assert (cfg.input.resize, cfg.input.size, cfg.input.size_divisor) == ("fixed_square", 550, 1)
+    np.testing.assert_allclose(np.array(cfg.input.pixel_mean) * 255, (123.68, 116.78, 103.94))
+    np.testing.assert_allclose(np.array(cfg.input.pixel_std) * 255, (58.40, 57.12, 57.38))
+    y = cfg.model.yolact
+    assert (y.score_threshold, y.nms_threshold, y.top_k, y.detections_per_image, y.fast_nms,
+            y.square_anchors, y.mask_threshold) == (0.05, 0.5, 200, 100, True, True, 0.5)
+    assert y.anchor_scales == (24, 48, 96, 192, 384) and y.aspect_ratios == (1, 0.5, 2)
+
+
+_CHILD = r"""
+import sys
+sys.modules["torch"] = None  # from here on, importing torch fails
+from keras_maskrcnn.convert.__main__ import main
+main(sys.argv[1:])
+assert sys.modules["torch"] is None
+"""
+
+
+def test_cli_converts_without_torch(reference, converted, tmp_path):
+    """``python -m keras_maskrcnn.convert yolact`` on a ``torch.save``d state_dict, in a child
+    process where importing torch fails; its files rebuild the converted model exactly."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from keras_maskrcnn import build_model, load_config
+    checkpoint = tmp_path / "yolact_random.pth"
+    torch.save(reference["model"].state_dict(), checkpoint)
+    output = tmp_path / "converted"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(keras_maskrcnn.__file__)),
+         os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", _CHILD, "yolact", "--checkpoint",
+                          str(checkpoint), "--output", str(output), "--set", OVERRIDES[0]],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "assigning weights" in run.stderr and "wrote" in run.stdout
+    loaded = build_model(load_config(str(output / "config.yaml")))
+    loaded.load_weights(str(output / "model.weights.h5"))
+    assert loaded.config_dict == converted.config_dict
+    assert len(loaded.weights) == len(converted.weights)
+    for got, expected in zip(loaded.weights, converted.weights):
+        np.testing.assert_array_equal(got.numpy(), expected.numpy(), err_msg=expected.path)
+    bad = tmp_path / "bad.pth"
+    state = reference["model"].state_dict()
+    torch.save({k: v for k, v in state.items() if k != "proto_net.4.bias"}, bad)
+    run = subprocess.run([sys.executable, "-c", _CHILD, "yolact", "--checkpoint", str(bad),
+                          "--output", str(tmp_path / "bad")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode != 0
+    assert "missing key in state_dict: 'proto_net.4.bias'" in run.stderr
+    assert not (tmp_path / "bad" / "model.weights.h5").exists()

@@ -32,7 +32,7 @@ reference in tests/yolact_torch_reference.py):
   K classes incl. background = conf_layer rows / A; k prototypes = mask_layer rows / A.
   ``arch`` ("yolact_base" = ResNet-101, "yolact_resnet50") overrides the depth.
 - The written config reproduces the reference's COCO evaluation: 550 x 550 fixed square
-  (bilinear, aspect ratio not kept), BGR mean (103.94, 116.78, 123.68) / std (57.38, 57.12,
+  (bilinear, aspect ratio not kept, no padding), BGR mean (103.94, 116.78, 123.68) / std (57.38, 57.12,
   58.40) as RGB / 255, square anchors 24..384 px with ratios (1, 1/2, 2), score 0.05 on the
   best foreground score, Fast NMS per class (top 200, IoU 0.5), 100 detections, masks > 0.5.
   With K = 81 the contiguous classes 1..80 are the reference's ``COCO_LABEL_MAP`` order, so
@@ -128,6 +128,7 @@ def yolact_config(settings, overrides=()):
     items = [
         "model.architecture=yolact", f"model.num_classes={settings['num_classes']}",
         f"model.backbone.name={settings['depth']}", "model.backbone.bn_eps=1e-5",
+        "model.backbone.freeze_at=0",  # fine-tuning as the reference: every conv trains
         "model.fpn.channels=256", f"model.yolact.num_prototypes={settings['num_prototypes']}",
         f"model.yolact.anchor_scales={list(ANCHOR_SCALES)}",
         f"model.yolact.aspect_ratios={list(ASPECT_RATIOS)}", "model.yolact.square_anchors=true",
@@ -135,7 +136,7 @@ def yolact_config(settings, overrides=()):
         "model.yolact.top_k=200", "model.yolact.detections_per_image=100",
         "model.yolact.fast_nms=true", "model.yolact.mask_threshold=0.5",
         f"model.category_ids={list(COCO_CATEGORY_IDS) if coco else 'null'}",
-        "input.resize=fixed_square", f"input.size={IMAGE_SIZE}",
+        "input.resize=fixed_square", f"input.size={IMAGE_SIZE}", "input.size_divisor=1",
         f"input.pixel_mean={mean}", f"input.pixel_std={std}",
     ]
     return config_lib.apply_overrides(config_lib.Config(), [*items, *overrides],

@@ -105,6 +105,13 @@ class YOLACT(Detector):
     def num_anchors(self):
         return len(self.aspect_ratios)
 
+    def build_with_dummy_batch(self, size=64):
+        """Creates every weight, the training-only semantic head's too (converted reference
+        checkpoints carry it; a weights file must load into any built model)."""
+        super().build_with_dummy_batch(size)
+        if not self.semantic_head.built:
+            self.semantic_head.build((None, None, None, self.fpn.channels))
+
     # ----------------------------------------------------------------------------- forward
     def call(self, inputs, training=False):
         images, image_sizes = inputs["images"], tf.cast(inputs["image_sizes"], tf.int32)
