@@ -46,14 +46,33 @@ def fake_state_dict(depth="resnet101", num_classes=81, num_prototypes=32, num_an
 @pytest.mark.parametrize("depth", ["resnet50", "resnet101"])
 def test_settings_are_inferred_from_the_checkpoint(depth):
     settings = convert_yolact.infer_settings(fake_state_dict(depth))
-    assert settings == {"depth": depth, "num_anchors": 3, "num_classes": 81,
-                        "num_prototypes": 32}
+    assert settings == {"depth": depth, "image_size": 550, "anchor_sides": (24, 48, 96, 192, 384),
+                        "num_anchors": 3, "num_classes": 81, "num_prototypes": 32}
     small = convert_yolact.infer_settings(fake_state_dict(depth, num_classes=21,
                                                           num_prototypes=16))
     assert (small["num_classes"], small["num_prototypes"]) == (21, 16)
     other = "yolact_base" if depth == "resnet50" else "yolact_resnet50"
     assert convert_yolact.infer_settings(fake_state_dict(depth), other)["depth"] == \
-        convert_yolact.ARCHITECTURES[other]
+        convert_yolact.ARCHITECTURES[other][0]
+
+
+def test_architecture_from_the_file_name_and_its_config():
+    """The reference's eval.py takes the config from the weights' name (SavePath); the
+    im400 / im700 models use truncated anchor sides int(s / 550 * size) at their size."""
+    name = convert_yolact.arch_from_filename
+    assert name("weights/yolact_im700_54_800000.pth") == "yolact_im700"
+    assert name("yolact_resnet50_54_800000.pth") == "yolact_resnet50"
+    assert name("yolact_base_2_interrupt.pth") == "yolact_base"
+    assert name("yolact_darknet53_54_800000.pth") is None  # not convertible: depth decides
+    assert name("my_model.pth") is None
+    for arch, size in (("yolact_im400", 400), ("yolact_im700", 700)):
+        settings = convert_yolact.infer_settings(fake_state_dict("resnet101"), arch)
+        assert settings["anchor_sides"] == tuple(int(s / 550 * size)
+                                                 for s in (24, 48, 96, 192, 384))
+        cfg = convert_yolact.yolact_config(settings)
+        assert cfg.input.size == size
+        sides = np.array(cfg.model.yolact.anchor_scales) * size / 550  # the model's rule
+        np.testing.assert_allclose(sides, settings["anchor_sides"], rtol=1e-12)
 
 
 def test_settings_errors_name_the_problem():
@@ -70,8 +89,8 @@ def test_settings_errors_name_the_problem():
     key = "prediction_layers.0.mask_layer.weight"
     with pytest.raises(KeyError, match=re.escape(f"missing key in state_dict: '{key}'")):
         convert_yolact.infer_settings({k: v for k, v in fake_state_dict().items() if k != key})
-    with pytest.raises(ValueError, match="unknown YOLACT architecture 'yolact_im700'"):
-        convert_yolact.infer_settings(fake_state_dict(), "yolact_im700")
+    with pytest.raises(ValueError, match="unknown YOLACT architecture 'yolact_plus_base'"):
+        convert_yolact.infer_settings(fake_state_dict(), "yolact_plus_base")
 
 
 def test_reference_dropped_keys():
@@ -335,8 +354,7 @@ def test_coco_checkpoints_label_with_coco_category_ids():
     ids = convert_yolact.COCO_CATEGORY_IDS
     assert len(ids) == len(set(ids)) == 80 and list(ids) == sorted(ids)
     assert set(range(1, 91)) - set(ids) == {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
-    cfg = convert_yolact.yolact_config({"depth": "resnet101", "num_classes": 81,
-                                        "num_prototypes": 32, "num_anchors": 3})
+    cfg = convert_yolact.yolact_config(convert_yolact.infer_settings(fake_state_dict()))
     assert cfg.model.category_ids == ids
     assert (cfg.input.resize, cfg.input.size, cfg.input.size_divisor) == ("fixed_square", 550, 1)
     np.testing.assert_allclose(np.array(cfg.input.pixel_mean) * 255, (123.68, 116.78, 103.94))

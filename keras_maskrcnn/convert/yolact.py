@@ -30,7 +30,12 @@ reference in tests/yolact_torch_reference.py):
 - Inferred from the checkpoint: ResNet depth from the blocks of ``backbone.layers.2`` (6: 50,
   23: 101); A anchors per location = bbox_layer rows / 4 (3: one scale, ratios 1, 1/2, 2);
   K classes incl. background = conf_layer rows / A; k prototypes = mask_layer rows / A.
-  ``arch`` ("yolact_base" = ResNet-101, "yolact_resnet50") overrides the depth.
+  The architecture (``ARCHITECTURES``: depth, input size, anchor sides) is ``arch`` when
+  given, else the file name's model name as the reference's ``eval.py`` takes it
+  (``{name}_{epoch}_{iteration}.pth``, e.g. ``yolact_im700_54_800000.pth``) when it is a known
+  one, else the depth above at 550 px. yolact_im400 / yolact_im700 are ResNet-101 at 400 / 700
+  with the reference's truncated anchor sides int(s / 550 * size) px, written as
+  ``model.yolact.anchor_scales`` in 550-pixel units (side x 550 / size).
 - The written config reproduces the reference's COCO evaluation: 550 x 550 fixed square
   (bilinear, aspect ratio not kept, no padding), BGR mean (103.94, 116.78, 123.68) / std (57.38, 57.12,
   58.40) as RGB / 255, square anchors 24..384 px with ratios (1, 1/2, 2), score 0.05 on the
@@ -41,18 +46,26 @@ reference in tests/yolact_torch_reference.py):
 
 Shape shorthand: A anchors per location, K classes incl. background, k prototypes.
 """
+import os
 import re
 
 from keras_maskrcnn import builders, config as config_lib
 from keras_maskrcnn.convert import torchvision as tv
 from keras_maskrcnn.convert.pth import load_pth
 
-ARCHITECTURES = {"yolact_base": "resnet101", "yolact_resnet50": "resnet50"}
+REFERENCE_SIZE = 550
+ANCHOR_SIDES = (24, 48, 96, 192, 384)  # pixels of a 550 input, P3..P7
+# name -> (depth, input side, anchor sides in input pixels): the reference's data/config.py
+ARCHITECTURES = {
+    "yolact_base": ("resnet101", 550, ANCHOR_SIDES),
+    "yolact_resnet50": ("resnet50", 550, ANCHOR_SIDES),
+    "yolact_im400": ("resnet101", 400, (17, 34, 69, 139, 279)),
+    "yolact_im700": ("resnet101", 700, (30, 61, 122, 244, 488)),
+}
 DEPTH_BY_RES4_BLOCKS = {6: "resnet50", 23: "resnet101"}  # blocks of backbone.layers.2
-IMAGE_SIZE = 550
+_SAVE_PATH = re.compile(r"^(?P<name>.+)_(\d+)_(\d+|interrupt)$")  # the reference's SavePath
 PIXEL_MEAN_BGR = (103.94, 116.78, 123.68)
 PIXEL_STD_BGR = (57.38, 57.12, 58.40)
-ANCHOR_SCALES = (24.0, 48.0, 96.0, 192.0, 384.0)
 ASPECT_RATIOS = (1.0, 0.5, 2.0)
 COCO_CATEGORY_IDS = (
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27,
@@ -93,24 +106,35 @@ def infer_depth(state_dict):
     return depth
 
 
+def arch_from_filename(path):
+    """The known architecture a checkpoint's file name names (reference ``SavePath``), or None."""
+    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    match = _SAVE_PATH.match(stem)
+    name = match.group("name") if match else None
+    return name if name in ARCHITECTURES else None
+
+
 def infer_settings(state_dict, arch=None):
-    """{"depth", "num_anchors", "num_classes", "num_prototypes"} of a reference checkpoint.
+    """{"depth", "image_size", "anchor_sides", "num_anchors", "num_classes",
+    "num_prototypes"} of a reference checkpoint.
 
     Args:
         state_dict: name -> array (shapes only are read).
-        arch: None (depth from the checkpoint) or a key of ``ARCHITECTURES``.
+        arch: None (ResNet depth from the checkpoint, 550 px) or a key of ``ARCHITECTURES``.
     """
     if arch is not None and arch not in ARCHITECTURES:
         raise ValueError(f"unknown YOLACT architecture {arch!r}; expected one of "
                          f"{', '.join(ARCHITECTURES)}")
-    depth = ARCHITECTURES[arch] if arch else infer_depth(state_dict)
+    depth, size, sides = (ARCHITECTURES[arch] if arch else
+                          (infer_depth(state_dict), REFERENCE_SIZE, ANCHOR_SIDES))
     box_rows = _rows(state_dict, HEAD + "bbox_layer.weight")  # A * 4
     num_anchors = box_rows // 4
     if box_rows % 4 or num_anchors != len(ASPECT_RATIOS):
         raise ValueError(f"{HEAD}bbox_layer.weight has {box_rows} rows = {box_rows / 4:g} "
                          f"anchors per location; YOLACT v1 has {len(ASPECT_RATIOS)} (one scale, "
                          f"ratios 1, 1/2, 2; YOLACT++'s 9 are not supported)")
-    settings = {"depth": depth, "num_anchors": num_anchors}
+    settings = {"depth": depth, "image_size": size, "anchor_sides": sides,
+                "num_anchors": num_anchors}
     for key, name in (("conf_layer", "num_classes"), ("mask_layer", "num_prototypes")):
         rows = _rows(state_dict, f"{HEAD}{key}.weight")  # A * K, A * k
         if rows % num_anchors:
@@ -125,18 +149,19 @@ def yolact_config(settings, overrides=()):
     mean = [round(m / 255.0, 10) for m in reversed(PIXEL_MEAN_BGR)]  # RGB in [0, 1]
     std = [round(s / 255.0, 10) for s in reversed(PIXEL_STD_BGR)]
     coco = settings["num_classes"] == len(COCO_CATEGORY_IDS) + 1
+    scales = [s * REFERENCE_SIZE / settings["image_size"] for s in settings["anchor_sides"]]
     items = [
         "model.architecture=yolact", f"model.num_classes={settings['num_classes']}",
         f"model.backbone.name={settings['depth']}", "model.backbone.bn_eps=1e-5",
         "model.backbone.freeze_at=0",  # fine-tuning as the reference: every conv trains
         "model.fpn.channels=256", f"model.yolact.num_prototypes={settings['num_prototypes']}",
-        f"model.yolact.anchor_scales={list(ANCHOR_SCALES)}",
+        f"model.yolact.anchor_scales={scales}",
         f"model.yolact.aspect_ratios={list(ASPECT_RATIOS)}", "model.yolact.square_anchors=true",
         "model.yolact.score_threshold=0.05", "model.yolact.nms_threshold=0.5",
         "model.yolact.top_k=200", "model.yolact.detections_per_image=100",
         "model.yolact.fast_nms=true", "model.yolact.mask_threshold=0.5",
         f"model.category_ids={list(COCO_CATEGORY_IDS) if coco else 'null'}",
-        "input.resize=fixed_square", f"input.size={IMAGE_SIZE}", "input.size_divisor=1",
+        "input.resize=fixed_square", f"input.size={settings['image_size']}", "input.size_divisor=1",
         f"input.pixel_mean={mean}", f"input.pixel_std={std}",
     ]
     return config_lib.apply_overrides(config_lib.Config(), [*items, *overrides],
@@ -191,11 +216,14 @@ def from_yolact(checkpoint, arch=None, overrides=(), progress=False):
 
     Args:
         checkpoint: a ``.pth`` path (read without torch) or a state_dict (name -> array).
-        arch: None (inferred) or "yolact_base" / "yolact_resnet50".
+        arch: None (from the file name, else the checkpoint) or a key of ``ARCHITECTURES``.
         overrides: extra "a.b=c" config overrides (e.g. a smaller ``input.size``).
         progress: show a progress bar while the weights are assigned.
     """
-    state_dict = checkpoint if isinstance(checkpoint, dict) else load_pth(checkpoint)
+    if isinstance(checkpoint, dict):
+        state_dict = checkpoint
+    else:
+        state_dict, arch = load_pth(checkpoint), arch or arch_from_filename(checkpoint)
     cfg = yolact_config(infer_settings(state_dict, arch), overrides)
     model = builders.build_model(cfg)
     load_yolact_weights(model, state_dict, progress=progress)
