@@ -16,6 +16,8 @@ Conventions pinned here (tests/test_evaluation.py checks them):
       OKS needs one sigma per keypoint: COCO's standard 17 sigmas when Kp == 17, otherwise
       ``DEFAULT_KPT_OKS_SIGMA`` (0.05, between COCO's face (0.025-0.035) and body
       (0.06-0.107) sigmas) for every keypoint, unless ``kpt_oks_sigmas`` is given.
+    * YOLACT (``mask_type == "image"``): detections whose integer box has zero area are left
+      out, as the reference's evaluation does.
     * Empty results: ``COCO.loadRes`` cannot load an empty list, so that iou type gets every
       metric 0.0 and ``metrics["info"]["notes"][iou_type]`` says why. COCOeval's -1 (no GT in
       an area range) is kept as -1.
@@ -37,6 +39,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
+
+from keras_maskrcnn import inference
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def encode_masks(masks):
     return rles
 
 
-def detections_to_coco_results(image_id, result, label_map=None):
+def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxes=False):
     """COCO result dicts for the detections of one image.
 
     Args:
@@ -76,6 +80,8 @@ def detections_to_coco_results(image_id, result, label_map=None):
             (n, Kp, 3) [x, y, score].
         label_map: None (labels are dataset category ids) or a sequence whose entry i is the
             dataset id of contiguous label i + 1.
+        drop_empty_boxes: leave out detections whose box area (x2 - x1) * (y2 - y1) is not
+            > 0 (YOLACT's evaluation, on its integer boxes).
 
     Returns:
         A list of n dicts: image_id, category_id, score, bbox [x, y, w, h] (w = x2 - x1), and
@@ -90,14 +96,18 @@ def detections_to_coco_results(image_id, result, label_map=None):
             raise ValueError(f"labels must be contiguous ids in 1..{len(label_map)} to be "
                              f"mapped, got {labels.min()}..{labels.max()}")
         labels = np.asarray(label_map, np.int64)[labels - 1]  # gather: contiguous -> dataset
+    keep = np.ones(len(boxes), bool)
+    if drop_empty_boxes:
+        keep = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0]) > 0
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)  # (n, 4)
     results = [{"image_id": int(image_id), "category_id": int(c), "score": float(s),
                 "bbox": b} for c, s, b in zip(labels, scores, xywh.tolist())]
     if "masks" in result:
-        for item, rle in zip(results, encode_masks(result["masks"])):
+        for item, rle in zip(results, encode_masks(np.asarray(result["masks"])[keep])):
             item["segmentation"] = rle
     if "keypoints" in result:
-        keypoints = np.asarray(result["keypoints"], np.float64)
+        keypoints = np.asarray(result["keypoints"], np.float64)[keep]
         flat = keypoints.reshape(len(keypoints), -1 if len(keypoints) else 0)  # (n, 3 Kp)
         for item, kp in zip(results, flat.tolist()):
             item["keypoints"] = kp
@@ -235,8 +245,8 @@ def run_coco_eval(coco_gt, results, iou_types=IOU_TYPES, image_ids=None, kpt_oks
 # ----------------------------------------------------------------------------- model
 def default_iou_types(model):
     """The iou types a model's heads support: bbox, plus segm / keypoints when enabled."""
-    return (("bbox",) + (("segm",) if model.mask_head is not None else ())
-            + (("keypoints",) if model.keypoint_head is not None else ()))
+    return (("bbox",) + (("segm",) if inference.has_masks(model) else ())
+            + (("keypoints",) if inference.has_keypoints(model) else ()))
 
 
 def label_map_for(model, coco_gt):
@@ -310,7 +320,9 @@ def evaluate_model(model, annotations_json, images_dir, max_images=None, output_
             logger.warning("skipping image %s: %s", info["file_name"], reason)
             continue
         detections = model.detect([image])[0]
-        results.extend(detections_to_coco_results(info["id"], detections, label_map))
+        results.extend(detections_to_coco_results(
+            info["id"], detections, label_map,
+            drop_empty_boxes=inference.mask_type(model) == "image"))
         evaluated.append(info["id"])
     if skipped:
         names = ", ".join(skipped[:10]) + (", ..." if len(skipped) > 10 else "")

@@ -23,9 +23,13 @@ Outputs of both (padding rows beyond ``num_detections`` are all zero):
     num_detections (B,) int32; original_sizes (B, 2) int32 decoded (H0, W0);
     masks (B, D, S, S) float32 mask probabilities inside each box (the TF Object Detection
         API's "detection_masks" convention: paste them into the box, e.g. with
-        ``keras_maskrcnn.ops.masks.paste_masks``), when the model has a mask head;
+        ``keras_maskrcnn.ops.masks.paste_masks``), when the model has a mask head; YOLACT
+        (``mask_type == "image"``): (B, D, Hp, Wp) probabilities over the whole resized image
+        at prototype resolution (resize them to the original image, e.g. with
+        ``keras_maskrcnn.ops.masks_to_image``), and boxes integer-valued as its ``detect``;
     full_masks (B, D, Hm, Wm) uint8 {0, 1} masks pasted into the image (torchvision's 1-pixel
-        expansion, probability > ``model.mask_threshold``), only when exported with
+        expansion; YOLACT: resized to the image; probability > ``model.mask_threshold``),
+        only when exported with
         ``include_full_masks``. For ``serving_default`` with images of different sizes the
         canvas is the largest (Hm, Wm) of the batch: image b occupies [:H0_b, :W0_b] and is
         zero beyond (crop with ``original_sizes``);
@@ -44,7 +48,7 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn import preprocessing
+from keras_maskrcnn import inference, preprocessing
 from keras_maskrcnn.builders import build_model
 from keras_maskrcnn.config import load_config
 
@@ -53,7 +57,7 @@ IMAGES_SIGNATURE = "serving_images"
 PARALLEL_IMAGES = 4  # serving_default: images in flight at once (bounds activation memory)
 
 
-def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None):
+def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mask_kind="box"):
     """Batched model outputs -> serving outputs in original pixels, padding rows zeroed.
 
     Args:
@@ -62,6 +66,8 @@ def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None):
             (B, D, Kp, 3), all in resized-input pixels.
         image_sizes: (B, 2) int32 resized (H, W); original_sizes: (B, 2) int32 (H0, W0).
         category_ids: Python list, dataset id of contiguous class 1..K-1; None = identity.
+        mask_kind: "box" (Mask R-CNN) or "image" (YOLACT: boxes then made integer and clamped
+            as ``detect`` does, ``preprocessing.integer_boxes``).
 
     Returns:
         dict boxes, scores, classes (dataset ids, int32), num_detections (int32), masks,
@@ -71,6 +77,8 @@ def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None):
     num = tf.cast(outputs["num_detections"], tf.int32)
     valid = tf.range(tf.shape(outputs["scores"])[1])[None] < num[:, None]  # (B, D)
     scaled = preprocessing.to_original_pixels(outputs, image_sizes, original_sizes)
+    if mask_kind == "image":
+        scaled["boxes"] = preprocessing.integer_boxes(scaled["boxes"], original_sizes)
 
     def keep(x):  # zero the padding rows of a (B, D, ...) tensor
         mask = tf.reshape(valid, tf.concat([tf.shape(valid), tf.ones_like(tf.shape(x)[2:])], 0))
@@ -98,9 +106,9 @@ def _output_dtypes(model):
     """dtype of each per-image model output (``tf.map_fn``'s fn_output_signature)."""
     dtypes = {"boxes": tf.float32, "scores": tf.float32, "classes": tf.int32,
               "num_detections": tf.int32, "image_sizes": tf.int32, "original_sizes": tf.int32}
-    if model.mask_head is not None:
+    if inference.has_masks(model):
         dtypes["masks"] = tf.float32
-    if model.keypoint_head is not None:
+    if inference.has_keypoints(model):
         dtypes["keypoints"] = tf.float32
     return dtypes
 
@@ -114,7 +122,7 @@ def serving_functions(model, include_full_masks=False):
         output dict of the module docstring.
     """
     preprocessor, threshold = model.preprocessor, model.mask_threshold
-    category_ids = model.category_ids
+    category_ids, kind = model.category_ids, inference.mask_type(model)
 
     def run_model(images):
         inputs, image_sizes = preprocessor(images)
@@ -122,8 +130,12 @@ def serving_functions(model, include_full_masks=False):
         return outputs, image_sizes
 
     def finish(outputs, image_sizes, original_sizes):
-        result = serving_outputs(outputs, image_sizes, original_sizes, category_ids)
-        if include_full_masks:
+        result = serving_outputs(outputs, image_sizes, original_sizes, category_ids, kind)
+        if include_full_masks and kind == "image":
+            result["full_masks"] = tf.cast(preprocessing.full_image_masks_from_image_masks(
+                result["masks"], result["original_sizes"], threshold,
+                result["num_detections"]), tf.uint8)
+        elif include_full_masks:
             result["full_masks"] = tf.cast(preprocessing.full_image_masks(
                 result["masks"], result["boxes"], result["original_sizes"], threshold,
                 result["num_detections"]), tf.uint8)
@@ -167,7 +179,7 @@ def export_model(model, output_dir, include_full_masks=False):
         ``output_dir``. The SavedModel loads with ``tf.saved_model.load`` without keras or
         keras_maskrcnn, and in the session-based loader (TF Serving, ``saved_model_cli``).
     """
-    if include_full_masks and model.mask_head is None:
+    if include_full_masks and not inference.has_masks(model):
         raise ValueError("include_full_masks needs a model with a mask head")
     ids = model.category_ids
     num_classes = model.num_classes

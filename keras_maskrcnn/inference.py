@@ -7,8 +7,9 @@ Kp keypoints.
 height and width, so a new image size does not retrace. Preprocessing and the mapping back are
 the model's ``preprocessor`` (``keras_maskrcnn.preprocessing``: torchvision's resize rule,
 bilinear without antialias, zero padding; boxes and keypoints scaled per axis by original /
-resized, masks pasted into the original image with torchvision's 1-pixel expansion), the same
-code as the SavedModel export.
+resized, masks pasted into the original image with torchvision's 1-pixel expansion; YOLACT's
+image-sized masks resized to the original image, its boxes made integer as the reference's
+postprocess), the same code as the SavedModel export.
 """
 import numpy as np
 import tensorflow as tf
@@ -16,8 +17,25 @@ import tensorflow as tf
 from keras_maskrcnn import preprocessing
 
 
-def postprocess(outputs, image_sizes, original_size, mask_threshold):
+def has_masks(model):
+    """Whether ``model`` outputs masks: image-sized ones (YOLACT) or a mask head's."""
+    return mask_type(model) == "image" or getattr(model, "mask_head", None) is not None
+
+
+def has_keypoints(model):
+    return getattr(model, "keypoint_head", None) is not None
+
+
+def mask_type(model):
+    """"box" (Sm x Sm masks inside each box, Mask R-CNN) or "image" (YOLACT)."""
+    return getattr(model, "mask_type", "box")
+
+
+def postprocess(outputs, image_sizes, original_size, mask_threshold, mask_kind="box"):
     """Batch-of-one model outputs -> the first n detections in original-image pixels.
+
+    ``mask_kind`` "box": masks pasted into their boxes; "image": boxes made integer and
+    clamped, masks resized from prototype resolution (``preprocessing`` module docstring).
 
     Returns a dict: boxes (n, 4), scores (n,), classes (n,) contiguous ids, and when present
     masks (n, H0, W0) bool and keypoints (n, Kp, 3) [x, y, score].
@@ -26,7 +44,12 @@ def postprocess(outputs, image_sizes, original_size, mask_threshold):
     keys = [k for k in ("boxes", "scores", "classes", "masks", "keypoints") if k in outputs]
     kept = {k: outputs[k][:, :n] for k in keys}  # (1, n, ...)
     kept = preprocessing.to_original_pixels(kept, image_sizes, original_size[None])
-    if "masks" in kept:
+    if mask_kind == "image":
+        kept["boxes"] = preprocessing.integer_boxes(kept["boxes"], original_size[None])
+        if "masks" in kept:
+            kept["masks"] = preprocessing.full_image_masks_from_image_masks(
+                kept["masks"], original_size[None], mask_threshold)  # (1, n, H0, W0)
+    elif "masks" in kept:
         kept["masks"] = preprocessing.full_image_masks(
             kept["masks"], kept["boxes"], original_size[None], mask_threshold)  # (1, n, H0, W0)
     return {k: v[0] for k, v in kept.items()}
@@ -37,13 +60,13 @@ def detection_function(model):
     fn = getattr(model, "_detect_fn", None)
     if fn is not None:
         return fn
-    preprocessor, threshold = model.preprocessor, model.mask_threshold
+    preprocessor, threshold, kind = model.preprocessor, model.mask_threshold, mask_type(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def detect_one(image):
         images, image_sizes = preprocessor(image[None])  # (1, Hp, Wp, 3), (1, 2)
         outputs = model({"images": images, "image_sizes": image_sizes}, training=False)
-        return postprocess(outputs, image_sizes, tf.shape(image)[:2], threshold)
+        return postprocess(outputs, image_sizes, tf.shape(image)[:2], threshold, kind)
 
     model._detect_fn = detect_one
     return detect_one

@@ -20,6 +20,12 @@ Conventions pinned here (tests/test_preprocessing.py checks them):
       (H0 / H, W0 / W), torchvision's ``resize_boxes`` / ``resize_keypoints``: for the square
       policy this is the inverse of its per-axis scale. Masks are pasted into the original
       image with ``ops.masks.paste_masks`` (torchvision's 1-pixel expansion), on > threshold.
+    * Image-sized masks (YOLACT, ``mask_type == "image"``: (D, Hp, Wp) probabilities at
+      prototype resolution, already cropped): resized bilinearly (half-pixel, no antialias)
+      to the original (H0, W0), which also undoes the square resize, then > threshold
+      (``ops.masks_to_image``). Their boxes follow the reference's ``postprocess``: x1 =
+      max(min(x1, x2), 0), x2 = min(max(x1, x2), W0) (likewise y), then truncated toward zero
+      to integers (``boxes.long()``), kept as float32 (``integer_boxes``).
 
 Shape shorthand: B images; H0, W0 original size; H, W resized; Hp, Wp padded;
 D detections per image; S RoI mask size; Kp keypoints; Hm, Wm largest (H0, W0) of a batch.
@@ -30,6 +36,7 @@ from typing import Tuple
 import tensorflow as tf
 
 from keras_maskrcnn.ops.masks import paste_masks
+from keras_maskrcnn.ops.prototype_masks import masks_to_image
 
 RESIZE_POLICIES = ("shorter_side", "fixed_square")
 
@@ -107,6 +114,54 @@ def full_image_masks(masks, boxes, original_sizes, threshold, num_detections=Non
     cols = tf.range(width)[None, :] < original_sizes[:, 1, None]  # (B, Wm)
     inside = tf.logical_and(rows[:, :, None], cols[:, None, :])  # (B, Hm, Wm)
     on = tf.logical_and(pasted > threshold, inside[:, None])  # (B, D, Hm, Wm)
+    if num_detections is not None:
+        valid = tf.range(tf.shape(masks)[1])[None] < num_detections[:, None]  # (B, D)
+        on = tf.logical_and(on, valid[:, :, None, None])
+    return on
+
+
+def integer_boxes(boxes, original_sizes):
+    """YOLACT's box postprocess: ordered corners, clamped on the outer side, truncated.
+
+    Args:
+        boxes: (B, D, 4) xyxy in original pixels (float). original_sizes: (B, 2) (H0, W0).
+
+    Returns:
+        (B, D, 4) float32 integer-valued: x1 = trunc(max(min(x1, x2), 0)), x2 =
+        trunc(min(max(x1, x2), W0)), likewise y with H0.
+    """
+    size = tf.cast(original_sizes, tf.float32)
+    h0, w0 = size[:, 0, None], size[:, 1, None]  # (B, 1) each
+    xa, ya, xb, yb = tf.unstack(tf.cast(boxes, tf.float32), axis=-1)  # (B, D) each
+    x1, y1 = tf.maximum(tf.minimum(xa, xb), 0.0), tf.maximum(tf.minimum(ya, yb), 0.0)
+    x2, y2 = tf.minimum(tf.maximum(xa, xb), w0), tf.minimum(tf.maximum(ya, yb), h0)
+    sanitized = tf.stack([x1, y1, x2, y2], axis=-1)  # (B, D, 4)
+    return tf.cast(tf.cast(sanitized, tf.int64), tf.float32)  # truncation toward zero
+
+
+def full_image_masks_from_image_masks(masks, original_sizes, threshold, num_detections=None):
+    """Image-sized (prototype-resolution) mask probabilities -> bool masks on a common canvas.
+
+    Args:
+        masks: (B, D, Hp, Wp) float32 probabilities covering the whole (resized) image.
+        original_sizes: (B, 2) int32 (H0, W0). threshold: on when the resized value is >.
+        num_detections: (B,) int32 or None (every row is a detection).
+
+    Returns:
+        (B, D, Hm, Wm) bool: image b's masks resized to (H0_b, W0_b) at [:H0_b, :W0_b], False
+        elsewhere and on rows past ``num_detections``.
+    """
+    original_sizes = tf.cast(original_sizes, tf.int32)
+    sizes = tf.concat([original_sizes, tf.zeros([1, 2], tf.int32)], 0)  # B may be 0
+    height, width = tf.unstack(tf.reduce_max(sizes, axis=0))  # scalars Hm, Wm
+
+    def one_image(args):
+        image_masks, size = args  # (D, Hp, Wp), (2,)
+        on = masks_to_image(image_masks, size, threshold)  # (D, H0, W0)
+        return tf.pad(on, [[0, 0], [0, height - size[0]], [0, width - size[1]]])
+
+    on = tf.map_fn(one_image, (masks, original_sizes),
+                   fn_output_signature=tf.TensorSpec([None, None, None], tf.bool))
     if num_detections is not None:
         valid = tf.range(tf.shape(masks)[1])[None] < num_detections[:, None]  # (B, D)
         on = tf.logical_and(on, valid[:, :, None, None])

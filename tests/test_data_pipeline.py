@@ -366,3 +366,83 @@ def test_dataset_from_config_passes_grouping(tmp_path):
         cfg = load_config("configs/shapes.yaml", overrides + [f"data.group_by_aspect_ratio={flag}"])
         train, _ = pipeline.dataset_from_config(cfg.data, cfg.input, "train", 2, True)
         assert next(iter(train))["images"].shape == (2,) + shape + (3,)
+
+
+# ---- YOLACT: fixed square resize, SSD augmentation ------------------------------------------
+
+SQUARE = InputConfig(resize="fixed_square", size=72, size_divisor=1, max_instances=4)
+
+
+def test_fixed_square_training_and_eval_batches(source_files):
+    source = _source(source_files)
+    train = pipeline.build_dataset(source, SQUARE, 2, True, flip_pairs=((0, 1),), seed=3,
+                                   group_by_aspect_ratio=True)  # a square needs no grouping
+    assert train.element_spec["images"].shape == (2, 72, 72, 3)
+    for batch in train.take(4):
+        b = {k: v.numpy() for k, v in batch.items()}
+        np.testing.assert_array_equal(b["image_sizes"], [[72, 72]] * 2)
+        for i in range(2):
+            n = int((b["gt_classes"][i] > 0).sum())
+            oh, ow = b["original_sizes"][i]
+            for j in range(n):  # boxes scaled per axis: the masks follow
+                np.testing.assert_allclose(_mask_box(b["gt_masks"][i, j]), b["gt_boxes"][i, j],
+                                           atol=1.5)
+    evaluation = pipeline.build_dataset(source, SQUARE, 2, False)
+    batches = [{k: v.numpy() for k, v in b.items()} for b in evaluation]
+    first = batches[0]
+    original = np.asarray(Image.open(source.images[0].path).convert("RGB"))
+    expected = preprocessing.Preprocessor.fixed_square(72, 1)(original[None])[0][0].numpy()
+    np.testing.assert_allclose(first["images"][0], expected, atol=1e-3)  # = detect's resize
+    assert all((b["image_sizes"] == 72).all() for b in batches)
+    np.testing.assert_allclose(first["gt_boxes"][0, 0], [5 * 72 / 80, 6 * 72 / 60,
+                                                         30 * 72 / 80, 40 * 72 / 60], atol=1e-4)
+
+
+def test_ssd_augmentation_from_config(tmp_path):
+    overrides = [f"data.synthetic.output_dir={tmp_path}", "data.synthetic.num_train=6",
+                 "data.synthetic.num_val=2", "data.synthetic.image_size=128",
+                 "input.size=96"]
+    cfg = load_config("configs/yolact_shapes.yaml", overrides + ["data.augment=ssd"])
+    seen = []
+    original = pipeline.build_dataset
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    pipeline.build_dataset = spy
+    try:
+        train, _ = pipeline.dataset_from_config(cfg.data, cfg.input, "train", 2, True)
+        val, _ = pipeline.dataset_from_config(cfg.data, cfg.input, "val", 2, False)
+    finally:
+        pipeline.build_dataset = original
+    assert seen[0]["augment_fn"] is not None and seen[0]["flip_probability"] == 0.0
+    assert seen[1]["augment_fn"] is None  # evaluation is never augmented
+    for batch in train.take(6):
+        b = {k: v.numpy() for k, v in batch.items()}
+        assert b["images"].shape == (2, 96, 96, 3)
+        assert ((b["gt_classes"] > 0).sum(axis=1) > 0).all()  # no example without instances
+        valid = b["gt_classes"] > 0
+        assert (b["gt_boxes"][valid] >= -1e-3).all() and (b["gt_boxes"][valid] <= 96 + 1e-3).all()
+    plain = load_config("configs/yolact_shapes.yaml", overrides)
+    assert plain.data.augment == "none"
+    seen.clear()
+    pipeline.build_dataset = spy
+    try:
+        pipeline.dataset_from_config(plain.data, plain.input, "train", 2, True)
+    finally:
+        pipeline.build_dataset = original
+    assert seen[0]["augment_fn"] is None and seen[0]["flip_probability"] == 0.5
+
+
+def test_augmentation_filters_examples_left_without_instances(source_files):
+    source = _source(source_files, num_keypoints=0)
+
+    def drop_image_1(example, seed):  # an augmentation that leaves image 1 without instances
+        keep = tf.fill(tf.shape(example["classes"]), example["image_id"] != 1)
+        return {k: tf.boolean_mask(v, keep) if k in ("boxes", "classes", "masks") else v
+                for k, v in example.items()}
+
+    ds = pipeline.build_dataset(source, SQUARE, 1, True, seed=0, augment_fn=drop_image_1)
+    ids = {int(b["image_ids"][0]) for b in ds.take(12)}
+    assert ids == {2, 4, 6}

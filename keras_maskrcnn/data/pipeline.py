@@ -33,8 +33,10 @@ Each element is one dict (the model's ``inputs``), dense tensors only (RaggedTen
 Stages: image indices -> [training: filter images without GT, full shuffle of the indices,
 repeat] -> Python stage (``tf.numpy_function``, parallel): PIL decode + pycocotools masks;
 an unreadable, truncated or wrongly sized image is skipped, counted in
-``source.stats.skipped_images`` and named in a logged warning -> TF stage (parallel): resize
-(training: random short side from ``min_size_train``), random horizontal flip, padding ->
+``source.stats.skipped_images`` and named in a logged warning -> [training with
+``augment_fn`` (``data.augment: ssd``): SSD augmentation, examples left without instances
+dropped] -> TF stage (parallel): resize (training: random short side from ``min_size_train``;
+``input.resize: fixed_square``: size x size), random horizontal flip, padding ->
 batch (training: ``drop_remainder`` so B is static; with grouping, ``group_by_window`` on
 the orientation, one batch per full window) -> prefetch. Training randomness is
 stateless, seeded per element from ``tf.data.Dataset.random(seed)``: reproducible for a seed.
@@ -47,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn import preprocessing
-from keras_maskrcnn.data import coco, synthetic, tfrecord, transforms
+from keras_maskrcnn.data import augment, coco, synthetic, tfrecord, transforms
 
 
 def flip_indices_from_pairs(flip_pairs, num_keypoints):
@@ -147,8 +149,11 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
             size_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
             min_size = transforms.sample_min_size(size_seed, input_config.min_size_train,
                                                   input_config.min_size_train_sampling)
-        example = transforms.resize_example(example, min_size, input_config.max_size,
-                                            mask_method)
+        if input_config.resize == "fixed_square":
+            example = transforms.resize_example_square(example, input_config.size, mask_method)
+        else:
+            example = transforms.resize_example(example, min_size, input_config.max_size,
+                                                mask_method)
         if training and flip_probability > 0:
             example = transforms.random_flip_example(example, flip_seed, flip_probability,
                                                      flip_indices)
@@ -214,7 +219,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
                   flip_pairs=None, shuffle_buffer=1000, num_parallel_calls=None, cache=False,
                   filter_empty_images=True, seed=0, max_images=None, mask_method="nearest",
                   with_masks=True, fixed_size=None, skip_examples=0,
-                  group_by_aspect_ratio=False):
+                  group_by_aspect_ratio=False, augment_fn=None):
     """Batched model inputs from a loaded dataset (keys and shapes in the module docstring).
 
     Args:
@@ -254,6 +259,12 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
             element spec then has None for Hp, Wp, and ``fit`` traces one graph for all sizes.
             False (the default here; ``DataConfig.group_by_aspect_ratio`` defaults to True)
             pads to max_size rounded up to size_divisor on both sides, one static shape.
+            ``input_config.resize == "fixed_square"``: every image is size x size, padded to
+            size rounded up to size_divisor (training: that static size, no grouping).
+        augment_fn: training only: ``fn(example, seed) -> example`` run on the decoded
+            example before the resize (``augment.augment_fn_from_settings``: SSD / YOLACT
+            augmentation); examples it leaves without instances are dropped. Its seed is split
+            off each element's seed, so the other draws stay those of a run without it.
 
     Returns:
         tf.data.Dataset of input dicts.
@@ -263,6 +274,10 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         raise ValueError("the source has keypoints: pass flip_pairs (possibly empty) so a "
                          "horizontal flip can swap left and right keypoints")
     flip_indices = flip_indices_from_pairs(flip_pairs or (), num_kp) if num_kp else None
+    square = input_config.resize == "fixed_square"
+    if training and fixed_size is None and square:
+        side = -(-input_config.size // input_config.size_divisor) * input_config.size_divisor
+        fixed_size = (side, side)
     grouped = training and fixed_size is None and group_by_aspect_ratio
     if training and fixed_size is None and not grouped:
         side = training_padded_sizes(input_config)[0][1]  # max_size rounded up
@@ -277,6 +292,9 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     if training:  # one (2,) stateless seed per element
         seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
         dataset = tf.data.Dataset.zip((dataset, seeds))
+        if augment_fn is not None:
+            dataset = dataset.map(functools.partial(_augment, augment_fn),
+                                  num_parallel_calls=parallel).filter(_has_instances)
     transform = _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
                           fixed_size)
     dataset = dataset.map(transform, num_parallel_calls=parallel)  # ordered (deterministic)
@@ -316,6 +334,16 @@ def _is_valid(example):
     return example["valid"]
 
 
+def _augment(augment_fn, example, seed):
+    """(example, seed) -> (augmented example, the seed left for the TF stage)."""
+    augment_seed, rest = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    return augment_fn(example, augment_seed), rest
+
+
+def _has_instances(example, seed):
+    return augment.num_instances(example) > 0
+
+
 def dataset_from_config(data_config, input_config, split, batch_size, training,
                         keypoint_config=None, seed=0, max_images=None, with_masks=True,
                         skip_examples=0):
@@ -332,9 +360,15 @@ def dataset_from_config(data_config, input_config, split, batch_size, training,
     """
     kp_on = keypoint_config is not None and keypoint_config.enabled
     source = load_split(data_config, split, keypoint_config.num_keypoints if kp_on else 0)
+    augment_fn, flip_probability = None, data_config.flip_probability
+    if training and data_config.augment == "ssd":
+        flip_indices = keypoint_config.flip_indices if kp_on else None
+        augment_fn = augment.augment_fn_from_settings(flip_indices=flip_indices)
+        if augment.DEFAULT_SETTINGS["mirror"]:
+            flip_probability = 0.0  # the augmentation mirrors already
     dataset = build_dataset(
         source, input_config, batch_size, training,
-        flip_probability=data_config.flip_probability,
+        flip_probability=flip_probability, augment_fn=augment_fn,
         flip_pairs=keypoint_config.flip_pairs if kp_on else None,
         shuffle_buffer=data_config.shuffle_buffer,
         num_parallel_calls=data_config.num_parallel_calls, cache=data_config.cache,

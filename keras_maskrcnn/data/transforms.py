@@ -152,10 +152,23 @@ def resize_example(example, min_size, max_size, mask_method="nearest"):
     Returns a new dict with the image float32 (h, w, 3), GT in resized pixels, and
     ``scale`` () float32 (the nominal factor; boxes use the exact per-axis ratios).
     """
-    out = dict(example)
     old_size = tf.shape(example["image"])[:2]
     new_h, new_w, scale = shorter_side_size(old_size[0], old_size[1], min_size, max_size)
-    new_size = tf.stack([new_h, new_w])
+    return resize_example_to(example, tf.stack([new_h, new_w]), scale, mask_method)
+
+
+def resize_example_square(example, size, mask_method="nearest"):
+    """``resize_example`` to a size x size square (YOLACT), aspect ratio not kept; ``scale``
+    is the smaller of the two per-axis ratios."""
+    old_size = tf.cast(tf.shape(example["image"])[:2], tf.float32)
+    scale = tf.reduce_min(float(size) / old_size)
+    return resize_example_to(example, tf.constant([size, size], tf.int32), scale, mask_method)
+
+
+def resize_example_to(example, new_size, scale, mask_method="nearest"):
+    """Resizes an example dict to ``new_size`` (2,) int32 (h, w); ``scale`` is stored."""
+    out = dict(example)
+    old_size = tf.shape(example["image"])[:2]
     out["image"] = resize_image(example["image"], new_size)
     out["boxes"] = resize_boxes(example["boxes"], old_size, new_size)
     if "masks" in example:

@@ -122,14 +122,15 @@ def downsample_gt_masks(masks, size):
     return tf.map_fn(one_image, masks, fn_output_signature=tf.float32, parallel_iterations=2)
 
 
-def masks_to_image(masks, size):
+def masks_to_image(masks, size, threshold=0.5):
     """Predicted masks up to the image and binarised (the reference's ``postprocess``).
 
     Args:
         masks: (D, Hp, Wp) or (B, D, Hp, Wp) float probabilities (already cropped).
         size: (height, width) of the output, e.g. the original image (this also undoes the
             square resize).
+        threshold: a pixel is on when its resized value is > threshold (0.5).
     Returns:
-        bool masks (D, height, width) (or (B, D, height, width)): resized value > 0.5.
+        bool masks (D, height, width) (or (B, D, height, width)): resized value > threshold.
     """
-    return _resize_channels(masks, size) > 0.5
+    return _resize_channels(masks, size) > threshold
