@@ -27,6 +27,7 @@ from keras_maskrcnn.convert import torchvision as tv
 from keras_maskrcnn.convert import yolact as convert_yolact
 
 NUM_CLASSES, NUM_PROTOTYPES, SIZE = 5, 32, 150
+PHOTOS = ("coffee", "astronaut")
 BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 
 
@@ -161,23 +162,28 @@ def check_key_table(parts, state_dict):
 
 @pytest.fixture(scope="module")
 def reference():
-    """The torch reference, its state_dict (numpy) and its outputs on a photo."""
+    """The torch reference (calibrated on the first photo), its state_dict (numpy) and its
+    outputs and detections on each photo (coffee 213 x 320: the square resize is undone
+    anisotropically; astronaut 320 x 320)."""
     pytest.importorskip("torch")
     pytest.importorskip("torchvision")
     import yolact_torch_reference as ref
     from PIL import Image
 
-    path = os.path.join(os.path.dirname(keras_maskrcnn.__file__), "assets", "astronaut.jpg")
-    with Image.open(path) as f:
-        image = np.asarray(f.convert("RGB"))
-    x = ref.preprocess(image, SIZE)
-    model = ref.randomised(50, NUM_CLASSES, NUM_PROTOTYPES, x)
-    outputs = model(x)
-    detections = ref.detect(outputs, image.shape[:2])
+    images, inputs, outputs, detections = {}, {}, {}, {}
+    for name in PHOTOS:
+        path = os.path.join(os.path.dirname(keras_maskrcnn.__file__), "assets", name + ".jpg")
+        with Image.open(path) as f:
+            images[name] = np.asarray(f.convert("RGB"))
+        inputs[name] = ref.preprocess(images[name], SIZE)  # (1, 3, S, S)
+    model = ref.randomised(50, NUM_CLASSES, NUM_PROTOTYPES, inputs[PHOTOS[0]])
+    for name in PHOTOS:
+        raw = model(inputs[name])
+        detections[name] = ref.detect(raw, images[name].shape[:2])
+        outputs[name] = {k: v.numpy() for k, v in raw.items()}
     state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    return {"model": model, "image": image, "input": x.numpy(), "outputs":
-            {k: v.numpy() for k, v in outputs.items()}, "detections": detections,
-            "state_dict": state}
+    return {"model": model, "images": images, "inputs": {k: v.numpy() for k, v in inputs.items()},
+            "outputs": outputs, "detections": detections, "state_dict": state}
 
 
 def test_key_table_on_the_contract_parts(reference):
@@ -256,15 +262,17 @@ def test_converted_model_matches_the_key_table(reference, converted):
     assert cfg["model"]["category_ids"] is None  # not COCO's 81 classes: contiguous labels
 
 
-def test_raw_outputs_match_the_reference(reference, converted):
-    """Input normalisation, anchors, box deltas, class scores, coefficients and prototypes."""
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_raw_outputs_match_the_reference(reference, converted, photo):
+    """Input resize + normalisation, anchors, box deltas, class scores, coefficients and
+    prototypes."""
     import tensorflow as tf
 
-    outputs = reference["outputs"]
-    images, image_sizes = converted.preprocessor(tf.constant(reference["image"][None]))
+    outputs = reference["outputs"][photo]
+    images, image_sizes = converted.preprocessor(tf.constant(reference["images"][photo][None]))
     normalised = converted.preprocessor.normalize(images, image_sizes).numpy()
     assert normalised.shape == (1, SIZE, SIZE, 3)
-    assert np.abs(normalised - reference["input"].transpose(0, 2, 3, 1)).max() <= 1e-4
+    assert np.abs(normalised - reference["inputs"][photo].transpose(0, 2, 3, 1)).max() <= 1e-4
     features = converted.fpn(converted.backbone(normalised))
     assert [features[f"P{i}"].shape[1] for i in range(3, 8)] == [19, 10, 5, 3, 2]
     predictions = converted.prediction_head(features)
@@ -318,11 +326,13 @@ def mask_iou(a, b):
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def test_detect_matches_the_reference(reference, converted):
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_detect_matches_the_reference(reference, converted, photo):
     """``detect`` (original pixels) against the reference's Detect + postprocess: boxes
     clamped to the image and truncated to integers as the reference's ``boxes.long()``."""
-    theirs = reference["detections"]
-    ours = converted.detect([reference["image"]])[0]
+    theirs = reference["detections"][photo]
+    ours = converted.detect([reference["images"][photo]])[0]
+    assert ours["masks"].shape[1:] == reference["images"][photo].shape[:2]
     assert len(theirs["scores"]) >= MIN_DETECTIONS
     assert len(np.unique(theirs["labels"])) == NUM_CLASSES - 1
     pairs = match_detections(theirs, ours)
