@@ -37,9 +37,10 @@ reference in tests/yolact_torch_reference.py):
   with the reference's truncated anchor sides int(s / 550 * size) px, written as
   ``model.yolact.anchor_scales`` in 550-pixel units (side x 550 / size).
 - The written config reproduces the reference's COCO evaluation: 550 x 550 fixed square
-  (bilinear, aspect ratio not kept, no padding), BGR mean (103.94, 116.78, 123.68) / std (57.38, 57.12,
-  58.40) as RGB / 255, square anchors 24..384 px with ratios (1, 1/2, 2), score 0.05 on the
-  best foreground score, Fast NMS per class (top 200, IoU 0.5), 100 detections, masks > 0.5.
+  (bilinear, aspect ratio not kept, no padding), BGR mean (103.94, 116.78, 123.68) / std
+  (57.38, 57.12, 58.40) as RGB / 255, square anchors 24..384 px with ratios (1, 1/2, 2), score
+  0.05 on the best foreground score, Fast NMS per class (top 200, IoU 0.5), 100 detections,
+  masks > 0.5.
   With K = 81 the contiguous classes 1..80 are the reference's ``COCO_LABEL_MAP`` order, so
   ``model.category_ids`` = the 80 COCO category ids, ascending, and ``detect`` labels are COCO
   ids (as the Mask R-CNN converters give); other K keep contiguous labels.
