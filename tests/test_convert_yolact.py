@@ -25,6 +25,8 @@ import pytest
 import keras_maskrcnn
 from keras_maskrcnn.convert import torchvision as tv
 from keras_maskrcnn.convert import yolact as convert_yolact
+from test_parity import (DETECTION_FRACTION, DETECTION_IOU, MASK_IOU, SCORE_TOL, mask_iou,
+                         match_detections, relative_error)
 
 NUM_CLASSES, NUM_PROTOTYPES, SIZE = 5, 32, 150
 PHOTOS = ("coffee", "astronaut")
@@ -233,18 +235,12 @@ def test_loads_with_the_keys_the_reference_drops(reference):
 # ------------------------------------------------------------------ the converted model
 OVERRIDES = (f"input.size={SIZE}",)
 OUTPUT_RTOL = 1e-4
-DETECTION_IOU, DETECTION_FRACTION, SCORE_TOL, MASK_IOU = 0.98, 0.95, 1e-3, 0.95
 MIN_DETECTIONS = 50
 
 
 @pytest.fixture(scope="module")
 def converted(reference):
     return convert_yolact.from_yolact(reference["state_dict"], overrides=OVERRIDES)
-
-
-def relative_error(ours, theirs):
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    return float(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-12))
 
 
 def test_converted_model_matches_the_key_table(reference, converted):
@@ -290,40 +286,6 @@ def test_raw_outputs_match_the_reference(reference, converted, photo):
     priors = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
     np.testing.assert_allclose(converted.anchors(images, features).numpy(), priors, rtol=0,
                                atol=1e-4)
-
-
-def pairwise_iou(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    union = (np.prod(a[:, 2:] - a[:, :2], -1)[:, None] + np.prod(b[:, 2:] - b[:, :2], -1)[None]
-             - inter)
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def match_detections(reference, ours):
-    """Greedy, in reference score order: our unused same-label detection of best IoU.
-    Returns (reference index, our index or -1, IoU, |score diff|) per reference detection."""
-    iou = pairwise_iou(reference["boxes"], ours["boxes"])
-    iou = np.where(reference["labels"][:, None] == ours["labels"][None, :], iou, -1.0)
-    used, pairs = np.zeros(len(ours["boxes"]), bool), []
-    for i in np.argsort(-reference["scores"], kind="stable"):
-        candidates = np.where(used, -1.0, iou[i])
-        j = int(np.argmax(candidates)) if len(candidates) else -1
-        if j < 0 or candidates[j] < 0:
-            pairs.append((i, -1, 0.0, np.inf))
-            continue
-        diff = abs(float(reference["scores"][i]) - float(ours["scores"][j]))
-        if candidates[j] >= DETECTION_IOU and diff <= SCORE_TOL:
-            used[j] = True
-        pairs.append((i, j, float(candidates[j]), diff))
-    return pairs
-
-
-def mask_iou(a, b):
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 @pytest.mark.parametrize("photo", PHOTOS)
