@@ -1,20 +1,22 @@
 """keras-maskrcnn: Mask R-CNN and Keypoint R-CNN for TensorFlow 2 / Keras 3.
 
-Public API: ``build_model(config)``, ``MaskRCNN``, ``load_config``, and the submodules
+Public API: ``build_model(config)``, ``MaskRCNN``, ``YOLACT``, ``load_config``, and the submodules
 ``ops`` (tensor functions), ``layers``, ``preprocessing``, ``convert``
 (``convert.torchvision_models.from_torchvision``).
 
 ``import keras_maskrcnn`` imports nothing: ``train.py`` validates the config and sets
 TensorFlow's environment (oneDNN, the lean allocator, which must act on a process that has
 allocated little) before TensorFlow loads, so these names are imported on first use.
-``keras_maskrcnn.MaskRCNN`` also imports the builders, which ``MaskRCNN.from_config`` needs:
-``from keras_maskrcnn import MaskRCNN`` is enough to load a ``.keras`` file in a fresh process.
+``keras_maskrcnn.MaskRCNN`` / ``YOLACT`` also import the builders, which ``from_config``
+needs: ``from keras_maskrcnn import MaskRCNN`` (or ``YOLACT``) is enough to load a ``.keras``
+file in a fresh process.
 """
 __version__ = "0.1.0.dev0"
 
 
 def build_model(config, category_ids=None, build=True):
-    """A ``MaskRCNN`` for a Config, a config dict or a YAML path (see ``builders.build_model``)."""
+    """The config's ``MaskRCNN`` or ``YOLACT`` (``model.architecture``) for a Config, a config
+    dict or a YAML path (see ``builders.build_model``)."""
     from keras_maskrcnn.builders import build_model as _build  # TensorFlow: on first use
     return _build(config, category_ids=category_ids, build=build)
 
@@ -30,4 +32,8 @@ def __getattr__(name):
         from keras_maskrcnn import builders  # noqa: F401  registers MaskRCNN.from_config's builder
         from keras_maskrcnn.models.mask_rcnn import MaskRCNN
         return MaskRCNN
+    if name == "YOLACT":
+        from keras_maskrcnn import builders  # noqa: F401  registers YOLACT.from_config's builder
+        from keras_maskrcnn.models.yolact import YOLACT
+        return YOLACT
     raise AttributeError(f"module 'keras_maskrcnn' has no attribute {name!r}")

@@ -215,8 +215,9 @@ def build_model(cfg, category_ids=None, build=True, **kwargs):
 
 
 def _rebuild(config_dict, category_ids, **kwargs):
-    """``MaskRCNN.from_config`` / ``YOLACT.from_config``: the model of a saved recipe, unbuilt (Keras builds it);
-    ``kwargs`` are the saved ``keras.Model`` arguments (name, trainable, dtype)."""
+    """``MaskRCNN.from_config`` / ``YOLACT.from_config``: the model of a saved recipe, unbuilt
+    (Keras builds it); ``kwargs`` are the saved ``keras.Model`` arguments (name, trainable,
+    dtype)."""
     return build_model(config_dict, category_ids=category_ids, build=False, **kwargs)
 
 

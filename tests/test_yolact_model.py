@@ -68,6 +68,13 @@ def test_parts_follow_the_contract(model):
     assert model.fpn.output_levels == ("P3", "P4", "P5", "P6", "P7")
 
 
+def test_building_creates_the_training_only_weights_too():
+    m = build_model(tiny_config())  # built by an inference pass
+    assert m.semantic_head.built and all(layer.built for layer in m._flatten_layers())
+    m.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
+    assert m.optimizer.built  # compile could build the slots of every trainable weight
+
+
 def test_training_forward_finite_losses_and_empty_image(model):
     batch = synthetic_batch(num_gt=(2, 0))
     outputs = model(batch, training=True)

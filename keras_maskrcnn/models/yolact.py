@@ -106,8 +106,7 @@ class YOLACT(Detector):
         return len(self.aspect_ratios)
 
     def build_with_dummy_batch(self, size=64):
-        """Creates every weight, the training-only semantic head's too (converted reference
-        checkpoints carry it; a weights file must load into any built model)."""
+        """Every weight, the training-only semantic head's too (an inference pass skips it)."""
         super().build_with_dummy_batch(size)
         if not self.semantic_head.built:
             self.semantic_head.build((None, None, None, self.fpn.channels))
