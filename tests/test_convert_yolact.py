@@ -328,6 +328,8 @@ def test_coco_checkpoints_label_with_coco_category_ids():
     assert set(range(1, 91)) - set(ids) == {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
     cfg = convert_yolact.yolact_config(convert_yolact.infer_settings(fake_state_dict()))
     assert cfg.model.category_ids == ids
+    from keras_maskrcnn import builders
+    assert builders.build_model(cfg, build=False).category_ids == list(ids)  # detect's labels
     assert (cfg.input.resize, cfg.input.size, cfg.input.size_divisor) == ("fixed_square", 550, 1)
     np.testing.assert_allclose(np.array(cfg.input.pixel_mean) * 255, (123.68, 116.78, 103.94))
     np.testing.assert_allclose(np.array(cfg.input.pixel_std) * 255, (58.40, 57.12, 57.38))
