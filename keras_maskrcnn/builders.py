@@ -196,7 +196,7 @@ def build_model(cfg, category_ids=None, build=True, **kwargs):
     Args:
         cfg: ``keras_maskrcnn.config.Config``, a dict in its layout, or a YAML path.
         category_ids: dataset category id of each contiguous class 1..K-1 (length K - 1);
-            None = identity (contiguous ids are the dataset ids).
+            None = ``model.category_ids`` of the config (None there too: identity).
         build: call the model once on a small dummy batch so its weights exist (needed before
             ``load_weights`` and before ``fit`` under a distribution strategy).
         **kwargs: ``keras.Model`` arguments (name, trainable, dtype; ``MaskRCNN.from_config``).
@@ -205,6 +205,8 @@ def build_model(cfg, category_ids=None, build=True, **kwargs):
         cfg = config_lib.load_config(cfg)
     elif isinstance(cfg, dict):
         cfg = config_lib.config_from_dict(cfg)
+    if category_ids is None:
+        category_ids = cfg.model.category_ids
     build_fn = ARCHITECTURE_BUILDERS[cfg.model.architecture]
     model = build_fn(cfg, category_ids, config_dict=model_config_dict(cfg), **kwargs)
     if build:

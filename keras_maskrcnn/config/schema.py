@@ -349,8 +349,16 @@ class ModelConfig(Section):
     accel: Literal[ACCEL_MODES] = param(
         "auto", None, "CPU-acceleration kernels (keras_maskrcnn/accel): auto = on when "
         "TensorFlow sees no GPU or TPU", OURS, from_bool=("off", "on"))
+    category_ids: Optional[Tuple[int, ...]] = param(
+        None, None, "dataset category id of each contiguous class 1..K-1 (detect labels, "
+        "export, evaluation); null = the contiguous ids (converted YOLACT COCO weights set the "
+        "80 COCO ids)", OURS)
 
     def validate(self):
+        if self.category_ids is not None:
+            require(len(self.category_ids) == self.num_classes - 1, "category_ids",
+                    f"needs num_classes - 1 = {self.num_classes - 1} ids, got "
+                    f"{len(self.category_ids)}")
         num_levels = self.fpn.max_level - self.fpn.min_level + 1
         require(len(self.anchors.sizes) == num_levels, "anchors.sizes",
                 f"needs one size per FPN level P{self.fpn.min_level}..P{self.fpn.max_level} "

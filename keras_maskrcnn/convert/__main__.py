@@ -2,16 +2,26 @@
 
     python -m keras_maskrcnn.convert torchvision --arch maskrcnn_resnet50_fpn \
         --checkpoint maskrcnn_resnet50_fpn_coco.pth --output converted/
+    python -m keras_maskrcnn.convert yolact --checkpoint yolact_base_54_800000.pth \
+        --output converted/ [--arch yolact_base|yolact_resnet50]
 
-writes ``converted/model.weights.h5`` and ``converted/config.yaml`` (the config that reproduces
-torchvision's inference), which ``model.detect``, ``evaluate.py`` and export then use.
+write ``converted/model.weights.h5`` and ``converted/config.yaml`` (the config that reproduces
+the source's inference), which ``model.detect``, ``evaluate.py`` and export then use.
 """
 import argparse
 import os
 
 from keras_maskrcnn import config as config_lib
+from keras_maskrcnn.convert import yolact
 from keras_maskrcnn.convert.torchvision_models import (ARCHITECTURES, converted_config,
                                                      from_torchvision)
+
+
+def _add_common(parser):
+    parser.add_argument("--checkpoint", required=True, help=".pth state_dict")
+    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. model.roi_heads.score_threshold=0.3")
 
 
 def main(argv=None):
@@ -20,13 +30,18 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="source", required=True)
     tv = sub.add_parser("torchvision", help="a torchvision detection checkpoint (.pth)")
     tv.add_argument("--arch", required=True, choices=ARCHITECTURES)
-    tv.add_argument("--checkpoint", required=True, help=".pth state_dict")
-    tv.add_argument("--output", required=True, help="output directory")
-    tv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. model.roi_heads.score_threshold=0.3")
+    _add_common(tv)
+    yl = sub.add_parser("yolact", help="a reference YOLACT checkpoint (dbolya/yolact .pth), "
+                                       "read without torch")
+    yl.add_argument("--arch", default=None, choices=tuple(yolact.ARCHITECTURES),
+                    help="default: inferred from the checkpoint (ResNet depth)")
+    _add_common(yl)
     args = parser.parse_args(argv)
 
-    model = from_torchvision(args.checkpoint, args.arch, overrides=args.set)
+    if args.source == "yolact":
+        model = yolact.from_yolact(args.checkpoint, args.arch, overrides=args.set, progress=True)
+    else:
+        model = from_torchvision(args.checkpoint, args.arch, overrides=args.set)
     os.makedirs(args.output, exist_ok=True)
     weights = os.path.join(args.output, "model.weights.h5")
     model.save_weights(weights)

@@ -103,8 +103,9 @@ class StateDictReader:
             raise ValueError(f"unexpected key(s) under {prefix!r} not used by the model: "
                              f"{leftover[:10]}{' ...' if len(leftover) > 10 else ''}")
 
-    def commit(self):
-        for variable, value in self._pending:
+    def commit(self, progress=None):
+        """Assigns the queued values; ``progress`` wraps the (variable, value) list (e.g. tqdm)."""
+        for variable, value in (progress(self._pending) if progress else self._pending):
             variable.assign(value)
         self._pending = []
         return set(self.consumed)
@@ -131,14 +132,18 @@ def _require_built(layer, how):
         raise ValueError(f"{layer.name} is not built: {how} before loading weights")
 
 
-def read_resnet(reader, resnet, prefix):
-    """Queues every ResNet weight from torchvision keys ``{prefix}conv1.weight`` etc."""
+def read_resnet(reader, resnet, prefix, stage_key="layer{}", first_stage=1):
+    """Queues every ResNet weight from torchvision keys ``{prefix}conv1.weight`` etc.
+
+    ``stage_key.format(first_stage + s)`` names stage s (0-based): torchvision's ``layer1``..
+    ``layer4`` by default; YOLACT's ``layers.0``..``layers.3`` with ("layers.{}", 0).
+    """
     _require_built(resnet, "call it once or resnet.build((None, None, None, 3))")
     read_conv(reader, resnet.stem_conv, prefix + "conv1.")
     read_frozen_bn(reader, resnet.stem_bn, prefix + "bn1.")
-    for s, blocks in enumerate(resnet.stages, start=1):
+    for s, blocks in enumerate(resnet.stages, start=first_stage):
         for j, block in enumerate(blocks):
-            key = f"{prefix}layer{s}.{j}."
+            key = f"{prefix}{stage_key.format(s)}.{j}."
             for k, (conv, bn) in enumerate(block.conv_bn_pairs(), start=1):
                 read_conv(reader, conv, f"{key}conv{k}.")
                 read_frozen_bn(reader, bn, f"{key}bn{k}.")
