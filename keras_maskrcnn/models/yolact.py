@@ -31,16 +31,14 @@ import keras
 import tensorflow as tf
 
 from keras_maskrcnn import losses
-from keras_maskrcnn.layers.dense_head import feature_keys
-from keras_maskrcnn.layers.roi_sampler import replica_seed
-from keras_maskrcnn.models.base import Detector
 from keras_maskrcnn.losses import global_count
-from keras_maskrcnn.ops.targets import used_gt_rows
-from keras_maskrcnn.ops.anchors import yolact_anchors
+from keras_maskrcnn.models.base import Detector
+from keras_maskrcnn.ops.anchors import feature_keys, yolact_anchors
 from keras_maskrcnn.ops.boxes import decode_boxes
 from keras_maskrcnn.ops.dense_matching import SSD_WEIGHTS, match_anchors
 from keras_maskrcnn.ops.nms_fast import fast_nms
 from keras_maskrcnn.ops.prototype_masks import assemble_masks, crop_masks
+from keras_maskrcnn.ops.targets import replica_seed, used_gt_rows
 
 LOSS_NAMES = ("class", "box", "mask", "semantic")
 REFERENCE_SIZE = 550  # the input size the anchor scales are given for
