@@ -60,7 +60,7 @@ def _one_step(mode, out_path, init_path):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from test_model import synthetic_batch, tiny_config
+    from support.models import synthetic_batch, tiny_config
 
     from keras_maskrcnn import run
 
@@ -154,7 +154,7 @@ def _replica_loss_sums(model, strategy, batch):
 def _replica_draws(strategy, batch):
     """The same image on both replicas, tiny.yaml's sampling: do the replicas' draws differ?"""
     import tensorflow as tf
-    from test_model import tiny_config
+    from support.models import tiny_config
 
     from keras_maskrcnn import builders
 
@@ -366,6 +366,7 @@ def test_multi_worker_resume_reads_the_chiefs_checkpoints(tmp_path):
 
 
 if __name__ == "__main__":
+    sys.path.insert(1, os.path.dirname(HERE))  # tests/: the support package
     if sys.argv[1] == "one_step":
         _one_step(*sys.argv[2:])
     elif sys.argv[1] == "train_worker":
