@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_maskrcnn.convert import torchvision as tvconvert
 from keras_maskrcnn.layers.dense_head import DenseHead
 from keras_maskrcnn.ops.anchors import feature_keys, level_sizes
+from support.layers import assert_config_round_trip
 
 CHANNELS = 8
 A = 3
@@ -143,10 +144,7 @@ def test_squeeze_activation_tower_width_and_initializers():
 def test_config_round_trip_and_save_load(tmp_path):
     head = _yolact_head(kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
                         name="head")
-    config = head.get_config()
-    assert DenseHead.from_config(config).get_config() == config
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(head))
-    assert type(restored) is DenseHead and restored.get_config() == config
+    assert_config_round_trip(head)
     inputs = {k: keras.Input((None, None, CHANNELS), name=k) for k in SIZES}
     model = keras.Model(inputs, _yolact_head(name="head")(inputs))
     feats = _features()
