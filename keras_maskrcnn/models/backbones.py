@@ -3,7 +3,7 @@
 Shape shorthand: B batch, H/W input image height/width, C channels; ceil(H / s) is the height of
 the level with stride s (C2: s=4, C3: 8, C4: 16, C5: 32).
 
-Conventions pinned here (checked against torchvision in tests/test_backbones.py):
+Conventions pinned here (checked against torchvision in tests/models/test_backbones.py):
 - ResNet v1.5: in a bottleneck the stride sits in the 3x3 conv (conv2), as in torchvision.
   Convs have no bias; every conv is followed by a FrozenBatchNorm (eps 1e-5).
 - Padding is torch's: symmetric. The 7x7 stem conv pads 3 on every side, stride-2 3x3 convs pad

@@ -12,7 +12,8 @@
   workers from the chief's checkpoint. Workers are SIGKILLed after a timeout.
 
 Each run is a subprocess (logical devices and TF_CONFIG must be set before TensorFlow starts);
-this file is also the worker script (``python tests/test_distribute.py one_step|train_worker``).
+this file is also the worker script
+(``python tests/integration/test_distribute.py one_step|train_worker``).
 
 Sampling: the RPN and RoI samplers draw random subsets, and a replica's draw (batch 1, seed
 folded with the replica id) is not the single device's draw (batch 2). The comparison therefore

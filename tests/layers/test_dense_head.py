@@ -3,7 +3,7 @@
 Oracle: a torch reference of YOLACT's ``PredictionModule`` (``upfeature`` 3x3 conv + ReLU,
 sibling 3x3 convs, ``permute(0, 2, 3, 1).view(B, -1, D)``, tanh on the mask coefficients,
 levels concatenated P3..P7) with random weights copied in through the converter's ``read_conv``.
-The RPN configuration (``RPNHead``) is checked against torchvision in tests/test_rpn.py.
+The RPN configuration (``RPNHead``) is checked against torchvision in tests/layers/test_rpn.py.
 """
 import keras
 import numpy as np

@@ -1,4 +1,5 @@
-"""FPN configurations beyond torchvision's (the defaults are checked in tests/test_backbones.py).
+"""FPN configurations beyond torchvision's (the defaults are checked in
+tests/models/test_backbones.py).
 
 Oracle: a torch reference of YOLACT's FPN (yolact.py ``FPN.forward``: 1x1 laterals, top-down
 ``F.interpolate(size=..., mode="bilinear", align_corners=False)``, 3x3 output convs + ReLU,
