@@ -33,7 +33,8 @@ import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+TESTS = os.path.dirname(HERE)
+ROOT = os.path.dirname(TESTS)
 
 FULL_SAMPLING = {"model.rpn.batch_size_per_image": 8192,
                  "model.roi_heads.batch_size_per_image": 128,
@@ -367,7 +368,7 @@ def test_multi_worker_resume_reads_the_chiefs_checkpoints(tmp_path):
 
 
 if __name__ == "__main__":
-    sys.path.insert(1, os.path.dirname(HERE))  # tests/: the support package
+    sys.path.insert(1, TESTS)  # the support package
     if sys.argv[1] == "one_step":
         _one_step(*sys.argv[2:])
     elif sys.argv[1] == "train_worker":
