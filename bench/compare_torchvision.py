@@ -10,9 +10,9 @@ for --archs keypointrcnn_resnet50_fpn --sizes 512 (its training step is the slow
 
 Models: torchvision's ``maskrcnn_resnet50_fpn`` and ``keypointrcnn_resnet50_fpn`` built as with
 a pretrained backbone (FrozenBatchNorm2d, conv1 + layer1 frozen), seeded and randomised as in
-tests/test_parity.py (activations O(1), peaky scores), ``box_score_thresh=0`` so that 100
-detections go through the mask / keypoint heads; ours converted from the same state_dict with
-``from_torchvision(..., overrides=["model.roi_heads.score_threshold=0.0", ...])``.
+tests/integration/test_parity.py (activations O(1), peaky scores), ``box_score_thresh=0`` so
+that 100 detections go through the mask / keypoint heads; ours converted from the same state_dict
+with ``from_torchvision(..., overrides=["model.roi_heads.score_threshold=0.0", ...])``.
 
 Inference, per photo (skimage.data astronaut 512x512, coffee 400x600, chelsea 300x451) and
 short side (800 / max 1333, the reference; 512 / max 853): both sides take the uint8 photo and

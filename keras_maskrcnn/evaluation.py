@@ -2,7 +2,7 @@
 
 Shape shorthand: n detections of one image; H, W its original size; Kp keypoints.
 
-Conventions pinned here (tests/test_evaluation.py checks them):
+Conventions pinned here (tests/integration/test_evaluation.py checks them):
     * Results follow torchvision's reference ``coco_eval``: one result dict per detection with
       ``image_id``, ``category_id`` (the dataset's id), ``score`` (the box score), ``bbox``
       [x, y, w, h] with w = x2 - x1 (no +1), ``segmentation`` compressed RLE (``counts`` a

@@ -4,6 +4,14 @@ torch/torchvision are the reference oracle (the ``test`` extra installs them). T
 before TensorFlow: importing torchvision after TensorFlow and Keras segfaults on this platform.
 Tests that need them use the ``torch``/``torchvision`` fixtures, which skip with a visible reason
 when they are absent.
+
+Layout: tests/ mirrors the package (tests/ops, tests/layers, tests/models, tests/losses,
+tests/accel, tests/config, tests/convert, tests/data; tests/integration for end-to-end runs:
+train.py and evaluate.py subprocesses, distribute, export, whole-model parity). Code shared
+between folders lives in tests/support (``import support``: this file's folder, tests/, is on
+sys.path): ``support.models`` (tiny_config, synthetic_batch), ``support.layers`` (the layer
+harness), ``support.rpn`` (torchvision's RPN set-up), ``support.accel``, ``support.data``.
+Test file basenames are unique across folders (no ``__init__.py``: pytest's default import mode).
 """
 import os
 

@@ -12,8 +12,10 @@ import sys
 
 import pytest
 
+import support
+
 PACKAGE = "keras_maskrcnn"
-ROOT = os.path.join(os.path.dirname(__file__), "..", PACKAGE)
+ROOT = os.path.join(support.ROOT, PACKAGE)
 
 
 def package_modules():

@@ -15,7 +15,7 @@ Not switched by ``model.accel`` (they are not per model):
 - ``optimizer``: ``UpdateAfterGradient``, always mixed into ``training.SGD`` / ``AdamW`` (each
   weight updated as soon as its gradient exists; Keras' arithmetic and order per variable).
 
-Outputs equal plain Keras' to float32 rounding (tests/test_accel.py). Why each kernel exists
+Outputs equal plain Keras' to float32 rounding (tests/accel/test_accel.py). Why each kernel exists
 and what it measured: the module docstrings and bench/README.md. Importing this package does
 not import TensorFlow (``accel.memory`` must run first).
 """

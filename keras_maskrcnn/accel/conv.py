@@ -2,7 +2,7 @@
 
 Not a step of the method: a CPU kernel (``keras_maskrcnn.accel``). The forward pass is
 ``tf.nn.conv2d`` unchanged, so outputs are identical; gradients agree with TensorFlow's to
-float32 rounding (tests/test_accel_conv.py).
+float32 rounding (tests/accel/test_accel_conv.py).
 
 Shape shorthand:
     B  batch size;  H, W  feature map height and width

@@ -14,7 +14,8 @@ class UpdateAfterGradient:
     TensorFlow's executor runs an op as soon as its inputs are ready. With Keras' (3.15, TF
     backend) graph of the update that has three consequences for the peak memory of a
     training step (the first measured in the BFC allocator's trace of a Mask R-CNN R50-FPN
-    step at 512x768, the others read off the graph; tests/test_accel_optimizer.py; bench/README.md):
+    step at 512x768, the others read off the graph; tests/accel/test_accel_optimizer.py;
+    bench/README.md):
         * the parts of an update that read only the optimizer's slots (SGD's
           ``momentum * m``) are ready from the start: they ran during the forward pass and
           each held a copy of its variable's size until the gradient arrived;

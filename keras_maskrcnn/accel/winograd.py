@@ -26,7 +26,7 @@ matmuls, one per tile position (p, q), which is where the time goes. The input a
 transforms are additions of whole slices (no gather): the padded input is rearranged by
 ``space_to_depth`` so that the four rows (columns) of every tile are two neighbouring blocks'
 two sub-rows (sub-columns), contiguous channel slices. Outputs equal ``tf.nn.conv2d`` to
-float32 rounding (tests/test_accel_winograd.py); the gradient is that of the convolution
+float32 rounding (tests/accel/test_accel_winograd.py); the gradient is that of the convolution
 itself (``accel.conv.conv2d_same``'s matmul-based one), so training sees an exact conv gradient.
 """
 import numpy as np

@@ -4,7 +4,7 @@ frozen dataclasses: one section per table, one line per hyper-parameter.
 
 Each field reads ``name: type = param(default, rule, meaning, source)``: ``rule`` is checked on
 every value (``fields.py``), ``source`` says where the default comes from: ``paper`` (the papers
-above), ``torchvision`` (``maskrcnn_resnet50_fpn``, the parity target; tests/test_config.py
+above), ``torchvision`` (``maskrcnn_resnet50_fpn``, the parity target; tests/config/test_config.py
 compares), ``Detectron`` (Detectron / detectron2 settings) or ``ours``. Cross-field rules live in
 each section's ``validate()``.
 

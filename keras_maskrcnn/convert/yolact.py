@@ -3,8 +3,8 @@ Instance Segmentation", section 4 "Backbone Detector" and section 3; dbolya/yola
 ``yolact_base_54_800000.pth`` (ResNet-101) and ``yolact_resnet50_54_800000.pth``: plain
 state_dicts), read without torch (``convert.pth.load_pth``).
 
-Conventions pinned here (tests/test_convert_yolact.py, against a torch transcription of the
-reference in tests/yolact_torch_reference.py):
+Conventions pinned here (tests/convert/test_convert_yolact.py, against a torch transcription of the
+reference in tests/support/yolact_torch_reference.py):
 - Key table (reference -> the ``YOLACT`` attributes of YOLACT_CONTRACT):
     backbone.conv1 / bn1                        -> backbone.stem_conv / stem_bn
     backbone.layers.{i}.{b}.conv{k} / bn{k}     -> backbone.stages[i][b].conv{k} / bn{k}

@@ -10,7 +10,7 @@ present masks (M, H, W) uint8 0/1, keypoints (M, Kp, 3) [x, y, v], is_crowd (M,)
 (image_id, ...) pass through. Randomness is stateless: every draw is a function of the (2,)
 int ``seed`` (split per step with ``stateless_split``), so an output is fixed by its seed.
 
-Conventions pinned here (tests/test_data_augment.py checks them), following the reference
+Conventions pinned here (tests/data/test_data_augment.py checks them), following the reference
 (dbolya/yolact ``SSDAugmentation``) unless said otherwise:
     * Order: float pixels, photometric distortion, expand, IoU-constrained crop, mirror,
       drop of small boxes. The image leaves as float32 RGB 0..255 of the augmented size;

@@ -5,7 +5,7 @@ Shape shorthand:
     Kp keypoints per instance
     H, W  original image height and width
 
-Conventions pinned here (tests/test_data_coco.py checks them):
+Conventions pinned here (tests/data/test_data_coco.py checks them):
     * Category ids: the dataset's ids sorted ascending map to contiguous ids 1..K (0 is the
       background inside the model); ``CategoryMap`` maps both ways.
     * Boxes: COCO ``bbox`` [x, y, w, h] -> xyxy float32, clipped to the image (as torchvision's

@@ -1,6 +1,7 @@
 """COCO annotation JSON (data input, no paper section): reading, validation, bad annotations.
 
-Conventions pinned here (tests/test_data_coco.py and tests/test_data_tfrecord.py check them):
+Conventions pinned here (tests/data/test_data_coco.py and tests/data/test_data_tfrecord.py check
+them):
     * File-level problems are errors (``CocoFormatError``, the message names the file, the
       element and the field): an unreadable file, malformed JSON, a top level that is not an
       object, a missing or mistyped ``images`` / ``categories`` section (``annotations`` may be

@@ -12,7 +12,7 @@ Layout written by ``write_synthetic_dataset(output_dir, ...)``::
     output_dir/annotations/instances_train.json, instances_val.json
     output_dir/dataset_info.json             (the parameters; written last)
 
-Conventions pinned here (tests/test_data_synthetic.py checks them):
+Conventions pinned here (tests/data/test_data_synthetic.py checks them):
     * Category ids are deliberately non-contiguous: 1 circle, 3 triangle, 7 rectangle, so the
       loader's dataset-id -> contiguous-id mapping is exercised.
     * Every shape is a convex polygon (a circle is a 48-gon) in continuous pixel coordinates

@@ -23,7 +23,7 @@ image::
     image/object/keypoint/visibility  int64 (M * Kp); keypoint/num (visible per object) and
                               keypoint/text (names, M * Kp) as the Object Detection API writes
 
-Conventions pinned here (tests/test_data_tfrecord.py checks them):
+Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
     * Writing (``write_tfrecords``, ``python -m keras_maskrcnn.data.tfrecord``): images in id
       order, image i to shard i % N (as Model Garden), files ``PREFIX-00000-of-0000N.tfrecord``.
       The json is read as ``coco.load_coco`` reads it (``coco_json``): annotations with a

@@ -5,7 +5,7 @@ Shape shorthand:
     Kp keypoints per instance
     H, W  input image size; h, w after resizing; Hp, Wp after padding
 
-Conventions pinned here (tests/test_data_transforms.py checks them, against torchvision's
+Conventions pinned here (tests/data/test_data_transforms.py checks them, against torchvision's
 ``GeneralizedRCNNTransform`` / ``torch.nn.functional.interpolate`` where it has one):
     * Resize: ``keras_maskrcnn.preprocessing``'s shorter-side rule and bilinear image resize
       (torchvision's; the same code as ``detect`` and the export). Boxes and keypoints are

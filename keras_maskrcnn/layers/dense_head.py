@@ -11,7 +11,8 @@ Shape shorthand:
     N  anchors per image, all levels concatenated (N = sum_l H_l * W_l * A)
     D  channels of one named output per anchor (1 objectness, 4 deltas, 81 classes, ...)
 
-Conventions pinned here (tests/test_dense_head.py; tests/test_rpn.py against torchvision):
+Conventions pinned here (tests/layers/test_dense_head.py; tests/layers/test_rpn.py against
+torchvision):
     * Levels are taken in ``feature_keys`` order: the keys of the feature dict sorted
       naturally ("P2" < "P3" < ... < "P10"), the order of ``anchors.multilevel_anchors``.
       Within a level the order is torchvision's and YOLACT's: location row-major (y, then x),

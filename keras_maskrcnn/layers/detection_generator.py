@@ -5,7 +5,7 @@ is ``ops.postprocess.generate_detections``, whose docstring pins the parity conv
 (softmax, per-class decode with ``ROI_BOX_WEIGHTS``, clip, strict score threshold, per-class
 NMS, top D, padding). This layer holds the settings and checks the box-delta layout.
 
-Conventions pinned here (tests/test_detection_generator.py checks each against torchvision):
+Conventions pinned here (tests/layers/test_detection_generator.py checks each against torchvision):
     * Class-agnostic box heads give deltas (B, R, 1, 4): one box shared by all classes; with
       ``class_agnostic_boxes=False`` the deltas must have K entries on axis 2.
 

@@ -8,8 +8,8 @@ Shape shorthand: B batch, H/W input image height/width, C channels; level Pl has
 s = 2**l and, on a ResNet, ceil(H / s) x ceil(W / s) cells (at 550x550: C3..C5 are 69, 35, 18
 and P3..P7 are 69, 35, 18, 9, 5).
 
-Conventions pinned here (tests/test_backbones.py checks the defaults against torchvision's FPN,
-tests/test_fpn.py the YOLACT configuration against a torch reference of YOLACT's):
+Conventions pinned here (tests/models/test_backbones.py checks the defaults against torchvision's
+FPN, tests/layers/test_fpn.py the YOLACT configuration against a torch reference of YOLACT's):
 - Lateral 1x1 convs (with bias) map the input levels C_lo..C_hi to ``channels``; top-down, the
   running coarser map is upsampled to the finer lateral's exact size and added; a 3x3 conv
   (bias, torch padding 1 = symmetric), then ReLU if ``output_relu``, gives P_lo..P_hi.

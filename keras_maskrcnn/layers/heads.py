@@ -4,7 +4,7 @@ Shape shorthand: B batch, R RoIs per image, P pooled RoI size (7 for boxes, 14 f
 keypoints), C input channels, D head width (fc_dim / conv_dim), K classes including background,
 Kp keypoints, S mask / heatmap size (28 for masks, 56 for keypoints).
 
-Conventions pinned here (checked against torchvision in tests/test_heads.py):
+Conventions pinned here (checked against torchvision in tests/layers/test_heads.py):
 - Inputs are RoI features [B, R, P, P, C] (NHWC per RoI); B and R may be unknown. Conv heads fold
   (B, R) into one batch axis for the convs and unfold afterwards.
 - A head (``BoxHead``, ``MaskHead``, ``KeypointHead``) holds every layer that does not depend on

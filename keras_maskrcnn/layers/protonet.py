@@ -2,7 +2,7 @@
 a fully convolutional branch on P3 producing k image-sized prototype masks.
 
 Conventions pinned here (the reference's ``mask_proto_net`` of ``yolact_base_config``;
-tests/test_yolact_model.py):
+tests/models/test_yolact_model.py):
     * Three 3x3 convs (``channels``, "same" = torch padding 1) + ReLU, a bilinear x2 upsample
       with half-pixel centres and no antialias (torch ``interpolate(scale_factor=2,
       mode="bilinear", align_corners=False)``), one 3x3 conv + ReLU, one 1x1 conv to k, then

@@ -4,7 +4,7 @@ Method: the RoI sampling of He et al. 2017 (Mask R-CNN, §3.1 "Training"); the t
 ``ops.targets.sample_rois`` (labelling, balanced sampling, box targets), whose docstring pins
 the parity conventions. This layer holds the settings and the random state.
 
-Conventions pinned here (tests/test_roi_sampler.py checks each one against torchvision):
+Conventions pinned here (tests/layers/test_roi_sampler.py checks each one against torchvision):
     * The call returns ``ops.targets.sample_rois`` for the layer's settings: candidates are the
       valid proposals then the valid GT boxes, matched by IoU, sampled at
       ``positive_fraction``, positives first; box targets for positives only.

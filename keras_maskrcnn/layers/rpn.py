@@ -5,7 +5,7 @@ The tensor math is in ``ops.proposals`` (top-k, decode, clip, NMS), ``ops.target
 labels, sampling, box targets) and ``ops.anchors`` (level order); these layers hold the
 weights and the settings.
 
-Conventions pinned here (tests/test_rpn.py checks each against
+Conventions pinned here (tests/layers/test_rpn.py checks each against
 ``torchvision.models.detection.rpn``):
     * Anchor order (``RPNHead``, a ``layers.dense_head.DenseHead``): levels in
       ``ops.anchors.feature_keys`` order, the keys of the feature dict sorted naturally ("P2" < "P3" < ... < "P10"), the order of ``anchors.multilevel_anchors`` for

@@ -1,7 +1,7 @@
 """Pieces every detector's losses share: smooth L1 (Fast R-CNN, Girshick 2015, section 2.3)
 and the count normaliser of a masked sum.
 
-Conventions pinned here (tests/test_losses.py):
+Conventions pinned here (tests/losses/test_losses.py):
     * Smooth L1 is ``torch.nn.functional.smooth_l1_loss``: 0.5 x^2 / beta for |x| < beta,
       |x| - 0.5 beta otherwise; beta = 0 is plain L1 (Fast R-CNN's is beta = 1; torchvision
       uses 1/9 for the RPN and the box head, YOLACT 1).

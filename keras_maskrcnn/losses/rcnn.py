@@ -9,7 +9,7 @@ Shape shorthand:
     Kp keypoints per instance (17 for COCO persons)
     S  mask / heatmap size (28 for masks, 56 for keypoints)
 
-Conventions pinned here (tests/test_losses.py checks each against torchvision's
+Conventions pinned here (tests/losses/test_losses.py checks each against torchvision's
 ``RegionProposalNetwork.compute_loss``, ``roi_heads.fastrcnn_loss``, ``maskrcnn_loss`` and
 ``keypointrcnn_loss``):
     * Every loss is a pure function of batched, padded tensors returning float32 scalars.

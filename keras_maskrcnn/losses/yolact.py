@@ -2,7 +2,7 @@
 "Losses"; section 3.3 for the semantic segmentation loss): class confidence with hard
 negatives, box regression, prototype mask loss, semantic segmentation.
 
-Conventions pinned here (tests/test_losses_yolact.py against NumPy transcriptions of the
+Conventions pinned here (tests/losses/test_losses_yolact.py against NumPy transcriptions of the
 reference's ``MultiBoxLoss`` with ``yolact_base_config``):
     * Every loss returns a float32 scalar; inputs are cast to float32 first (mixed precision).
       Padding GT rows and non-positive anchors contribute nothing, and zero positives give 0

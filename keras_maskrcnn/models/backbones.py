@@ -2,8 +2,11 @@
 and ResNeXt-101 bodies; ResNeXt: Xie et al. 2017, section 3.3 "aggregated transformations" as
 grouped convolutions) in torchvision's layout, NHWC, returning the C2..C5 feature maps.
 
-Conventions pinned here (checked against torchvision in tests/test_backbones.py and
-tests/test_resnext.py):
+Shape shorthand: B batch, H/W input image height/width, C channels; ceil(H / s) is the height of
+the level with stride s (C2: s=4, C3: 8, C4: 16, C5: 32).
+
+Conventions pinned here (checked against torchvision in tests/models/test_backbones.py and
+tests/models/test_resnext.py):
 - ResNet v1.5: in a bottleneck the stride sits in the 3x3 conv (conv2), as in torchvision.
   ``stride_in_1x1=True`` moves it onto the first 1x1 conv (conv1) instead: the original MSRA
   ResNet, detectron2's ``RESNETS.STRIDE_IN_1X1`` (its R50/R101 ImageNet weights). Basic blocks

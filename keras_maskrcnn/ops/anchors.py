@@ -7,7 +7,7 @@ aspect ratios centred at every feature location), one scale per pyramid level as
 2017 (FPN, §4.1: areas 32^2..512^2 on P2..P6, ratios 1:2, 1:1, 2:1). ``feature_keys`` and
 ``level_sizes`` fix the order in which the levels are concatenated into N.
 
-Conventions pinned here (tests/test_anchors.py checks each one against torchvision's
+Conventions pinned here (tests/ops/test_anchors.py checks each one against torchvision's
 ``AnchorGenerator``):
     * Aspect ratio = height / width. A cell anchor of size s and ratio r has
       w = s / sqrt(r), h = s * sqrt(r), corners (-w/2, -h/2, w/2, h/2) rounded to integers
@@ -21,7 +21,7 @@ Conventions pinned here (tests/test_anchors.py checks each one against torchvisi
     * Levels are concatenated in ``feature_keys`` order: the keys of the feature dict sorted
       naturally ("P2" < "P3" < ... < "P10"); ``level_sizes`` gives N_l = H_l * W_l * A per
       level in that order (the RPN head's outputs and ``multilevel_anchors`` for P2..P6 agree;
-      tests/test_rpn.py checks both helpers).
+      tests/layers/test_rpn.py checks both helpers).
     * The anchors are the same for every image of a batch (they depend only on the padded
       input size), so no batch dim is produced.
 
@@ -170,7 +170,7 @@ def yolact_anchors(image_size, feature_sizes, scales=(24, 48, 96, 192, 384),
     """YOLACT's priors (Bolya et al. 2019, section 3.3 / ``Yolact.make_priors``) as xyxy pixels.
 
     Conventions (the reference's ``make_priors`` with ``use_pixel_scales``, ``preapply_sqrt``
-    off; tests/test_anchors.py compares bit for bit with a NumPy transcription):
+    off; tests/ops/test_anchors.py compares bit for bit with a NumPy transcription):
         * Aspect ratio = width / height. An anchor of scale s and ratio r has relative width
           w = s * sqrt(r) / reference_size and height s / sqrt(r) / reference_size; with
           ``square`` (the released v1 weights) the height is set to the width, so every

@@ -5,7 +5,7 @@ after R-CNN's appendix C), used for anchors by Ren et al. 2015 (Faster R-CNN, §
 RoIs by He et al. 2017 (Mask R-CNN, §3); the box-coder weights and the dw/dh clamp are
 torchvision's (named constants below).
 
-Conventions pinned here (tests/test_boxes.py checks each one against torchvision):
+Conventions pinned here (tests/ops/test_boxes.py checks each one against torchvision):
     * Boxes are ``xyxy`` float32 absolute pixels. Width = x2 - x1, height = y2 - y1 (no +1).
     * COCO boxes are ``xywh`` = (x1, y1, width, height).
     * Deltas are ordered (dx, dy, dw, dh), exactly torchvision's ``BoxCoder``:

@@ -2,7 +2,7 @@
 one-stage head (SSD, Liu et al. 2016, section 2.2 "Matching strategy" and "Hard negative
 mining"; YOLACT, Bolya et al. 2019, section 3 and its reference ``match`` / ``ohem_conf_loss``).
 
-Conventions pinned here (tests/test_dense_matching.py compares with NumPy loop transcriptions
+Conventions pinned here (tests/ops/test_dense_matching.py compares with NumPy loop transcriptions
 of the reference's ``match`` and ``ohem_conf_loss``):
     * IoU >= pos_threshold (0.5) positive, < neg_threshold (0.4) background, in between
       neutral (label -1). Every non-crowd GT is forced onto its best anchor in the reference's

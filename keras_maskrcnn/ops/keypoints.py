@@ -3,7 +3,7 @@
 Method: He et al. 2017 (Mask R-CNN, §5 "Mask R-CNN for Human Pose Estimation": each keypoint
 is a one-hot m x m target, the loss a softmax over the m^2 positions; 56 x 56 output).
 
-Conventions pinned here (tests/test_keypoints.py checks each against torchvision's
+Conventions pinned here (tests/ops/test_keypoints.py checks each against torchvision's
 ``roi_heads.keypoints_to_heatmap`` / ``heatmaps_to_keypoints``):
     * Keypoints are (x, y, visibility) in absolute image pixels; visibility > 0 means labelled.
     * Heatmap cell (i, j) of an S x S heatmap covers RoI-relative continuous coordinates

@@ -4,7 +4,7 @@ Method: He et al. 2017 (Mask R-CNN, §3 "Mask Representation": an m x m mask per
 with RoIAlign; §3.1 "Training": the target is the intersection of the RoI and its matched GT
 mask; §3.1 "Inference": the m x m mask is resized to the box and binarised at 0.5).
 
-Conventions pinned here (tests/test_masks.py checks each against torchvision's
+Conventions pinned here (tests/ops/test_masks.py checks each against torchvision's
 ``roi_heads.project_masks_on_boxes`` and ``paste_masks_in_image``):
     * Boxes are xyxy float32 absolute pixels; width = x2 - x1 (no +1).
     * Targets are RoIAlign of the matched GT mask over the RoI (spatial scale 1); torchvision
@@ -48,7 +48,7 @@ def project_masks_on_boxes(gt_masks, boxes, matched_gt, mask_size, sampling_rati
     Convention: ``ops.roi_align.roi_align`` semantics with spatial scale 1, i.e.
     torchvision's ``roi_heads.project_masks_on_boxes`` except that torchvision samples
     adaptively (ceil(roi_side / S) points per bin and axis); a fixed G keeps shapes static, so
-    soft targets differ slightly along mask edges (tests/test_masks.py bounds the difference).
+    soft targets differ slightly along mask edges (tests/ops/test_masks.py bounds the difference).
     Memory: the B * M masks are sampled in place as single-channel images (RoI -> its mask via
     box indices, in the masks' own dtype when crop_and_resize takes it), never gathered per
     RoI; only (B * R, S * G, S * G) samples are materialised.

@@ -3,7 +3,7 @@
 Method: the greedy NMS of Ren et al. 2015 (Faster R-CNN, §3.3: IoU 0.7 over the proposals) and
 the per-class NMS of the final detections (He et al. 2017, Mask R-CNN, §3.1 "Inference").
 
-Conventions pinned here (tests/test_nms.py checks each one against ``torchvision.ops.nms`` /
+Conventions pinned here (tests/ops/test_nms.py checks each one against ``torchvision.ops.nms`` /
 ``torchvision.ops.batched_nms`` and a numpy loop oracle):
     * Greedy NMS in decreasing score order; **ties in score go to the lower index** (torchvision's
       CPU kernel sorts with a stable sort). A box is suppressed by an already kept box of the

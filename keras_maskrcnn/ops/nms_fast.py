@@ -7,7 +7,7 @@ suppressed still suppresses the boxes below it, so Fast NMS keeps a subset of wh
 keeps (A suppresses B and B suppresses C: greedy keeps C, Fast NMS drops it). Then the top
 ``max_detections`` over all classes by score.
 
-Conventions pinned here (tests/test_fast_nms.py checks each one against a NumPy loop):
+Conventions pinned here (tests/ops/test_fast_nms.py checks each one against a NumPy loop):
     * IoU is ``ops.boxes.pairwise_iou`` (width = x2 - x1, no +1; YOLACT's ``jaccard`` is the
       same formula), computed in float32 and compared in float32 (``iou <= float32(t)``, as
       YOLACT's torch comparison with a Python float). A zero-area or inverted box has IoU 0

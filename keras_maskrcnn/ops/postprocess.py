@@ -5,7 +5,7 @@ on the proposals, then non-maximum suppression and the 100 highest scoring detec
 Fast R-CNN's class-specific box offsets and per-class NMS (Girshick 2015, §2 and §3); the
 0.05 score threshold and the minimum size are torchvision's ``postprocess_detections``.
 
-Conventions pinned here (tests/test_detection_generator.py checks each against torchvision):
+Conventions pinned here (tests/layers/test_detection_generator.py checks each against torchvision):
     * Scores are ``softmax(class_logits)`` over K in float32; boxes are every class's deltas
       decoded against the RoI (``decode_boxes``, weights ``ROI_BOX_WEIGHTS`` (10, 10, 5, 5),
       dw/dh clamped at ``scale_clip``) and clipped to the image's (height, width) from

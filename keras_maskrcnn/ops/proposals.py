@@ -6,7 +6,7 @@ levels as in Lin et al. 2017 (FPN, §4.1) and He et al. 2017 (Mask R-CNN, §3.1:
 at inference); the per-level top-k before NMS and the 2000 training proposals are
 torchvision's (and Detectron's).
 
-Conventions pinned here (tests/test_rpn.py checks each against
+Conventions pinned here (tests/layers/test_rpn.py checks each against
 ``torchvision.models.detection.rpn``):
     * Levels are taken in ``ops.anchors.feature_keys`` order (``level_counts`` N_l, the
       order of ``anchors.multilevel_anchors`` for P2..P6); within a level the order is

@@ -2,7 +2,7 @@
 a linear combination of k prototypes, cropped by a box at prototype resolution, and the
 resizes between prototype and image resolution.
 
-Conventions pinned here (tests/test_prototype_masks.py, against NumPy definitions and
+Conventions pinned here (tests/ops/test_prototype_masks.py, against NumPy definitions and
 torch's ``F.interpolate``):
     * Mask logits = prototypes @ coefficients (per pixel, over k); masks = sigmoid(logits).
     * Crop (the reference's ``crop`` / ``sanitize_coordinates`` with ``cast=False``): with a

@@ -5,7 +5,7 @@ regularly sampled points of each bin, averaged, with no quantisation of the RoI 
 each RoI is pooled from one pyramid level, assigned as in Lin et al. 2017 (FPN, §4.2, eq. 1:
 k = floor(k0 + log2(sqrt(wh) / 224)), k0 = 4).
 
-Conventions pinned here (tests/test_roi_align.py checks each against torchvision):
+Conventions pinned here (tests/ops/test_roi_align.py checks each against torchvision):
     * Features are NHWC; boxes are ``xyxy`` float32 pixels of the (padded) input image and are
       mapped to feature coordinates by ``spatial_scale`` (1 / stride).
     * ``roi_align`` equals ``torchvision.ops.roi_align`` with ``sampling_ratio > 0``:

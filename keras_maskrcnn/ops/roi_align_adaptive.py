@@ -1,7 +1,7 @@
 """RoIAlign with adaptive sampling (Mask R-CNN paper section 3, "RoIAlign"; detectron2's
 ROIAlignV2), on one feature map and on an FPN pyramid with detectron2's level rule.
 
-Conventions pinned here (tests/test_roi_align_adaptive.py checks each against torchvision):
+Conventions pinned here (tests/ops/test_roi_align_adaptive.py checks each against torchvision):
     * Features are NHWC; boxes are ``xyxy`` float32 pixels of the (padded) input image, mapped
       to feature coordinates by ``spatial_scale`` (1 / stride), computed in float32.
     * ``roi_align_adaptive`` equals ``torchvision.ops.roi_align(..., sampling_ratio=0)`` (and

@@ -6,8 +6,8 @@ RoI targets of He et al. 2017 (Mask R-CNN, §3.1 "Training": a RoI is positive a
 512 RoIs per image for FPN at 1:3), i.e. Girshick 2015 (Fast R-CNN, §2.3 "Mini-batch
 sampling"). Mask and keypoint targets are in ``ops.masks`` and ``ops.keypoints``.
 
-Conventions pinned here (tests/test_rpn.py and tests/test_roi_sampler.py check each against
-torchvision):
+Conventions pinned here (tests/ops/test_anchor_targets.py and tests/layers/test_roi_sampler.py check
+each against torchvision):
     * Anchors (``assign_anchor_targets`` / ``rpn_targets``): torchvision's
       ``assign_targets_to_anchors`` (Matcher with low-quality matches) and
       ``BalancedPositiveNegativeSampler`` counts. Images without GT: every anchor is a
@@ -249,7 +249,7 @@ def foreground_slots(sample, fixed_slots):
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
         # Several replicas keep all F fixed slots: with F' the two-replica step was not
         # reproducible run to run (update differences up to ~2e-4 against < 1e-6 with F
-        # slots, tests/test_distribute.py); root cause not found yet.
+        # slots, tests/integration/test_distribute.py); root cause not found yet.
         count = fixed_slots
     return (sample["rois"][:, :count], classes[:, :count],  # (B, F', 4), (B, F')
             sample["matched_gt"][:, :count])  # (B, F')

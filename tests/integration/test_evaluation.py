@@ -12,8 +12,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from keras_maskrcnn import build_model, config, evaluation
+import support
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = support.ROOT
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 KP_NAMES = ["top", "right", "bottom", "left"]
 SIZES = {1: (48, 64), 2: (40, 56), 3: (64, 48)}  # image id -> (height, width)

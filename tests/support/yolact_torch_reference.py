@@ -1,5 +1,5 @@
 """A torch oracle of the reference YOLACT (Bolya et al. 2019; dbolya/yolact with
-``yolact_base_config`` / ``yolact_resnet50_config``) for tests/test_convert_yolact.py.
+``yolact_base_config`` / ``yolact_resnet50_config``) for tests/convert/test_convert_yolact.py.
 
 Written from the facts of issue 12 and the reference's structure: its module names (the
 state_dict has the reference checkpoint's keys: ``backbone.conv1``, ``backbone.layers.{i}.{b}``,

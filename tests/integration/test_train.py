@@ -10,8 +10,9 @@ import pytest
 
 from keras_maskrcnn import training
 from keras_maskrcnn.accel import memory
+import support
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = support.ROOT
 
 
 def _train_command(tmp_path, *extra):

@@ -14,8 +14,9 @@ import pytest
 from keras_maskrcnn import config as config_lib
 from keras_maskrcnn.config import (Config, ConfigError, apply_overrides, config_from_dict,
                                    config_to_dict, load_config, save_config)
+from support import CONFIGS
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_DIR = CONFIGS
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 
 

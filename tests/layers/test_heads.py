@@ -12,6 +12,7 @@ import keras
 from keras_maskrcnn.convert import torchvision as tvconvert
 from keras_maskrcnn.layers.heads import (BoxHead, BoxPredictor, KeypointHead, KeypointPredictor,
                                          MaskHead, MaskPredictor, upsample_bilinear_2x)
+from support.layers import assert_config_round_trip
 
 TOL = 1e-4
 
@@ -369,10 +370,7 @@ def test_box_predictor_symbolic_shapes():
     MaskHead(num_convs=0, conv_dim=32, dilation=2), MaskPredictor(2, conv_dim=16),
     KeypointHead(num_convs=3, conv_dim=24), KeypointPredictor(11)])
 def test_get_config_round_trip(layer):
-    config = layer.get_config()
-    assert type(layer).from_config(config).get_config() == config
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert type(clone) is type(layer) and clone.get_config() == config
+    assert_config_round_trip(layer)
 
 
 def test_keras_save_load_round_trip(tmp_path, rng):

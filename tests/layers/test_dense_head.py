@@ -3,7 +3,7 @@
 Oracle: a torch reference of YOLACT's ``PredictionModule`` (``upfeature`` 3x3 conv + ReLU,
 sibling 3x3 convs, ``permute(0, 2, 3, 1).view(B, -1, D)``, tanh on the mask coefficients,
 levels concatenated P3..P7) with random weights copied in through the converter's ``read_conv``.
-The RPN configuration (``RPNHead``) is checked against torchvision in tests/test_rpn.py.
+The RPN configuration (``RPNHead``) is checked against torchvision in tests/layers/test_rpn.py.
 """
 import keras
 import numpy as np
@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_maskrcnn.convert import torchvision as tvconvert
 from keras_maskrcnn.layers.dense_head import DenseHead
 from keras_maskrcnn.ops.anchors import feature_keys, level_sizes
+from support.layers import assert_config_round_trip
 
 CHANNELS = 8
 A = 3
@@ -143,10 +144,7 @@ def test_squeeze_activation_tower_width_and_initializers():
 def test_config_round_trip_and_save_load(tmp_path):
     head = _yolact_head(kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
                         name="head")
-    config = head.get_config()
-    assert DenseHead.from_config(config).get_config() == config
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(head))
-    assert type(restored) is DenseHead and restored.get_config() == config
+    assert_config_round_trip(head)
     inputs = {k: keras.Input((None, None, CHANNELS), name=k) for k in SIZES}
     model = keras.Model(inputs, _yolact_head(name="head")(inputs))
     feats = _features()

@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras_maskrcnn.accel import winograd
 from keras_maskrcnn.accel.layers import CpuConv2D
 from keras_maskrcnn.accel.winograd import conv2d_winograd_3x3, transform_kernel
-from test_accel_conv import _grads, _reference  # the same harness as the matmul-gradient conv
+from support.accel import conv_grads, reference_conv  # the matmul-gradient conv's harness
 
 
 @pytest.mark.parametrize("shape,filters", [((3, 14, 14, 8), 6), ((2, 7, 9, 5), 3),
@@ -18,8 +18,8 @@ def test_values_and_gradients_match_tensorflow(shape, filters):
     x = tf.constant(rng.normal(size=shape), tf.float32)
     kernel = tf.constant(rng.normal(size=(3, 3, shape[-1], filters)), tf.float32)
     upstream = tf.constant(rng.normal(size=shape[:3] + (filters,)), tf.float32)
-    ours = tf.function(lambda *a: _grads(conv2d_winograd_3x3, *a))(x, kernel, upstream)
-    theirs = _grads(_reference, x, kernel, upstream)
+    ours = tf.function(lambda *a: conv_grads(conv2d_winograd_3x3, *a))(x, kernel, upstream)
+    theirs = conv_grads(reference_conv, x, kernel, upstream)
     for name, a, b in zip(("output", "dx", "dkernel"), ours, theirs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
 
@@ -33,7 +33,7 @@ def test_dynamic_shapes_one_trace():
                                       tf.TensorSpec([3, 3, 3, 2])])
     for shape in ((1, 5, 8, 3), (4, 14, 14, 3), (0, 14, 14, 3), (2, 3, 1, 3)):
         x = tf.constant(rng.normal(size=shape), tf.float32)
-        np.testing.assert_allclose(fn(x, kernel).numpy(), _reference(x, kernel).numpy(),
+        np.testing.assert_allclose(fn(x, kernel).numpy(), reference_conv(x, kernel).numpy(),
                                    rtol=1e-5, atol=1e-5)
     assert fn.experimental_get_tracing_count() == 1
 
@@ -49,7 +49,7 @@ def test_kernel_transform_hand_case_and_mutation():
     np.testing.assert_allclose(ours, expected)
     x = tf.random.normal((1, 6, 6, 1))
     good = conv2d_winograd_3x3(x, g)
-    np.testing.assert_allclose(good.numpy(), _reference(x, g).numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(good.numpy(), reference_conv(x, g).numpy(), rtol=1e-5, atol=1e-4)
     original = winograd._KERNEL_TRANSFORM
     try:
         winograd._KERNEL_TRANSFORM = np.abs(original) * 2  # a plausible slip: |G|, no halves

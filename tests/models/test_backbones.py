@@ -16,6 +16,7 @@ from keras_maskrcnn.layers.fpn import FPN, upsample_nearest_like
 from keras_maskrcnn.layers.frozen_batch_norm import FrozenBatchNorm
 from keras_maskrcnn.models import backbones
 from keras_maskrcnn.models.backbones import ResNet, ResNetBlock
+from support.layers import assert_config_round_trip
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -248,11 +249,7 @@ def test_get_config_round_trip():
               ResNet(34, width_multiplier=0.5, freeze_at=3, name="r"),
               ResNetBlock(8, 2, "basic", True, name="blk")]
     for layer in layers:
-        config = layer.get_config()
-        clone = layer.__class__.from_config(config)
-        assert clone.get_config() == config
-        restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-        assert type(restored) is type(layer) and restored.get_config() == config
+        assert_config_round_trip(layer)
     with pytest.raises(ValueError, match="upsample_method"):
         FPN(256, upsample_method="bilinear")
     with pytest.raises(ValueError, match="norm"):

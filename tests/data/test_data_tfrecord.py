@@ -10,7 +10,7 @@ from PIL import Image
 
 from keras_maskrcnn.config import InputConfig, load_config
 from keras_maskrcnn.data import coco, coco_json, pipeline, synthetic, tfrecord
-from test_data_coco import write_defective_file  # tests/ is on sys.path (pytest rootdir)
+from support.data import write_defective_file
 
 KP = len(synthetic.KEYPOINT_NAMES)
 INPUT = InputConfig(min_size_train=(96, 128), min_size_test=128, max_size=160, max_instances=8)

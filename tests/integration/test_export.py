@@ -17,8 +17,9 @@ from keras_maskrcnn import build_model, load_config
 from keras_maskrcnn import export as export_lib
 from keras_maskrcnn import preprocessing
 from keras_maskrcnn.ops.masks import paste_masks
+from support import CONFIGS
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
+CONFIG = os.path.join(CONFIGS, "tiny.yaml")
 OVERRIDES = ["model.roi_heads.score_threshold=0.0"]
 CATEGORY_IDS = [11, 22, 33]
 SIZES = [(33, 200), (120, 90)]  # (H0, W0): per-axis resize ratios differ; different paddings

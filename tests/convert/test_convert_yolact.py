@@ -1,6 +1,6 @@
 """``convert/yolact.py``: reference YOLACT checkpoints -> our ``YOLACT``.
 
-The reference is tests/yolact_torch_reference.py: the reference's module tree (so its
+The reference is tests/support/yolact_torch_reference.py: the reference's module tree (so its
 state_dict has the checkpoint's keys) with seeded random weights whose activations stay O(1),
 ResNet-50, K = 5 classes, k = 32 prototypes, at a 150 x 150 input (C3..C5 = 19, 10, 5: the
 10 -> 19 top-down is not a doubling) instead of 550 to keep CPU time sane; the code paths are
@@ -9,7 +9,7 @@ reads that file without torch (a child process in which importing torch fails).
 
 Bars: every checkpoint key is read into exactly one weight and every weight is set, with the
 key table's shapes; raw outputs (box deltas, class scores, coefficients, prototypes) within
-1e-4 relative error; detections as tests/test_parity.py: >= 95% of the reference's matched
+1e-4 relative error; detections as tests/integration/test_parity.py: >= 95% of the reference's matched
 (same label, IoU >= 0.98, |score diff| <= 1e-3), matched masks IoU >= 0.95.
 
 Shape shorthand: K classes incl. background, k prototypes, N anchors, n detections.
@@ -25,8 +25,8 @@ import pytest
 import keras_maskrcnn
 from keras_maskrcnn.convert import torchvision as tv
 from keras_maskrcnn.convert import yolact as convert_yolact
-from test_parity import (DETECTION_FRACTION, DETECTION_IOU, MASK_IOU, SCORE_TOL, mask_iou,
-                         match_detections, relative_error)
+from support.detections import (DETECTION_FRACTION, DETECTION_IOU, MASK_IOU, SCORE_TOL,
+                                mask_iou, match_detections, relative_error)
 
 NUM_CLASSES, NUM_PROTOTYPES, SIZE = 5, 32, 150
 PHOTOS = ("coffee", "astronaut")
@@ -169,7 +169,7 @@ def reference():
     anisotropically; astronaut 320 x 320)."""
     pytest.importorskip("torch")
     pytest.importorskip("torchvision")
-    import yolact_torch_reference as ref
+    from support import yolact_torch_reference as ref
     from PIL import Image
 
     images, inputs, outputs, detections = {}, {}, {}, {}

@@ -1,11 +1,10 @@
-"""RPN: head, proposal generator, anchor targets and the torchvision RPN-head converter.
+"""RPN: head, proposal generator and the torchvision RPN-head converter (anchor targets:
+tests/ops/test_anchor_targets.py).
 
 Oracle: ``torchvision.models.detection.rpn`` (RPNHead, AnchorGenerator, RegionProposalNetwork)
 with randomised weights (fixed seed) on random FPN-like feature maps for a padded batch of two
 images 256x320 whose unpadded sizes differ ((256, 320) and (230, 300)).
 """
-import collections
-
 import keras
 import numpy as np
 import pytest
@@ -14,53 +13,9 @@ import tensorflow as tf
 from keras_maskrcnn.convert.torchvision import load_rpn_head_weights
 from keras_maskrcnn.layers.rpn import ProposalGenerator, RPNHead
 from keras_maskrcnn.ops import anchors as anchor_ops
-from keras_maskrcnn.ops import targets as targets_ops
 from keras_maskrcnn.ops.anchors import feature_keys, level_sizes
 from keras_maskrcnn.ops.proposals import generate_proposals
-from keras_maskrcnn.ops.targets import assign_anchor_targets, rpn_targets
-
-PADDED = (256, 320)
-IMAGE_SIZES = np.array([[256, 320], [230, 300]], np.int32)
-CHANNELS = 16
-NUM_ANCHORS = 3
-LEVELS = ("P2", "P3", "P4", "P5", "P6")
-_CACHE = {}
-
-
-def _setup(torch, torchvision, conv_depth=1):
-    """torchvision head/anchors/RPN + inputs, cached per conv_depth (module lifetime)."""
-    if conv_depth in _CACHE:
-        return _CACHE[conv_depth]
-    from torchvision.models.detection.image_list import ImageList
-    from torchvision.models.detection.rpn import (AnchorGenerator, RegionProposalNetwork,
-                                                  RPNHead as TorchRPNHead,
-                                                  concat_box_prediction_layers)
-    torch.manual_seed(conv_depth)
-    head = TorchRPNHead(CHANNELS, NUM_ANCHORS, conv_depth=conv_depth)
-    with torch.no_grad():  # spread logits and deltas (the std-0.01 init gives ~0)
-        for p in head.parameters():
-            p.normal_(0.0, 0.2)
-    sizes = anchor_ops.fpn_feature_sizes(*PADDED)
-    feats = collections.OrderedDict(
-        (name, torch.randn(2, CHANNELS, h, w)) for name, (h, w) in zip(LEVELS, sizes))
-    generator = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
-    images = ImageList(torch.zeros(2, 3, *PADDED), [tuple(s) for s in IMAGE_SIZES.tolist()])
-    with torch.no_grad():
-        logits, deltas = head(list(feats.values()))
-        anchors = generator(images, list(feats.values()))
-        counts = [int(o[0].numel()) for o in logits]
-        logits, deltas = concat_box_prediction_layers(logits, deltas)
-    setup = dict(
-        head=head, generator=generator, images=images, feats=feats, counts=counts,
-        torch_anchors=anchors, torch_logits=logits.reshape(2, -1), torch_deltas=deltas,
-        logits=logits.reshape(2, -1).numpy(), deltas=deltas.reshape(2, -1, 4).numpy(),
-        anchors=anchors[0].numpy(),
-        tf_feats={k: tf.constant(v.permute(0, 2, 3, 1).numpy()) for k, v in feats.items()},
-        make_rpn=lambda pre, post, score=0.0: RegionProposalNetwork(
-            generator, head, 0.7, 0.3, 256, 0.5, pre, post, 0.7, score_thresh=score),
-    )
-    _CACHE[conv_depth] = setup
-    return setup
+from support.rpn import CHANNELS, IMAGE_SIZES, LEVELS, NUM_ANCHORS, PADDED, box_iou, rpn_setup
 
 
 def _torch_filter(torch, s, pre, post, training=False, score=0.0):
@@ -74,22 +29,13 @@ def _torch_filter(torch, s, pre, post, training=False, score=0.0):
     return [b.numpy() for b in boxes], [c.numpy() for c in scores]
 
 
-def _iou(a, b):
-    """numpy (n, 4) x (m, 4) IoU."""
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(br - tl, 0, None), axis=-1)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
-
-
 def _matched_fraction(ours, theirs, ours_scores=None, theirs_scores=None):
     """Fraction of torchvision proposals with one of ours at IoU >= 0.99 (and equal score)."""
     if len(theirs) == 0:
         return 1.0 if len(ours) == 0 else 0.0
     if len(ours) == 0:
         return 0.0
-    iou = _iou(theirs, ours)
+    iou = box_iou(theirs, ours)
     ok = iou >= 0.99
     if ours_scores is not None:
         ok &= np.abs(theirs_scores[:, None] - ours_scores[None, :]) < 1e-5
@@ -117,7 +63,7 @@ def _per_image(out, b):
 
 @pytest.mark.parametrize("conv_depth", [1, 2])
 def test_head_matches_torchvision(torch, torchvision, conv_depth):
-    s = _setup(torch, torchvision, conv_depth)
+    s = rpn_setup(torch, torchvision, conv_depth)
     head = RPNHead(NUM_ANCHORS, num_convs=conv_depth)
     consumed = load_rpn_head_weights(head, s["head"].state_dict(), prefix="")  # builds it
     assert consumed == set(s["head"].state_dict())
@@ -135,7 +81,7 @@ def test_head_matches_torchvision(torch, torchvision, conv_depth):
 
 def test_feature_key_order_and_shuffled_dict(torch, torchvision):
     assert feature_keys({"P10": 0, "P3": 0, "P2": 0, "P9": 0}) == ["P2", "P3", "P9", "P10"]
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     head = RPNHead(NUM_ANCHORS)
     load_rpn_head_weights(head, s["head"].state_dict(), prefix="")
     shuffled = {k: s["tf_feats"][k] for k in reversed(LEVELS)}  # insertion order ignored
@@ -143,7 +89,7 @@ def test_feature_key_order_and_shuffled_dict(torch, torchvision):
 
 
 def test_converter_old_layout_prefix_and_errors(torch, torchvision):
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     new = {"rpn.head." + k: v for k, v in s["head"].state_dict().items()}
     old = {k.replace("conv.0.0.", "conv."): v for k, v in new.items()}  # torchvision < 0.13
     head = RPNHead(NUM_ANCHORS)
@@ -172,7 +118,7 @@ def test_converter_old_layout_prefix_and_errors(torch, torchvision):
 @pytest.mark.parametrize("pre,post", [(1000, 1000), (200, 100)])
 @pytest.mark.parametrize("method", ["torchvision_cpu", "offset"])
 def test_proposals_match_torchvision_eval(torch, torchvision, pre, post, method):
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     theirs, their_scores = _torch_filter(torch, s, pre, post)
     out = _ours_proposals(s, pre, post, method=method)
     assert out["proposals"].shape == (2, post, 4) and out["scores"].shape == (2, post)
@@ -187,7 +133,7 @@ def test_proposals_match_torchvision_eval(torch, torchvision, pre, post, method)
 
 
 def test_proposals_training_mode_top_n(torch, torchvision):
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     theirs, their_scores = _torch_filter(torch, s, 300, 200, training=True)
     layer = ProposalGenerator(300, 1000, 200, 1000, 0.7, 1e-3, 0.0, nms_method="torchvision_cpu")
     kwargs = dict(level_counts=s["counts"], image_sizes=IMAGE_SIZES)
@@ -202,7 +148,7 @@ def test_proposals_training_mode_top_n(torch, torchvision):
 
 
 def test_proposals_score_threshold_matches_torchvision(torch, torchvision):
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     _, unfiltered = _torch_filter(torch, s, 1000, 1000)
     threshold = float(np.median(unfiltered[0]))  # about half the proposals go
     theirs, _ = _torch_filter(torch, s, 1000, 1000, score=threshold)
@@ -215,7 +161,7 @@ def test_proposals_score_threshold_matches_torchvision(torch, torchvision):
 
 def test_proposals_mutations_fail(torch, torchvision):
     """The comparison notices clipping to the padded size, or one global top-n over levels."""
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     theirs, _ = _torch_filter(torch, s, 200, 100)
     padded = np.array([PADDED, PADDED], np.int32)
     wrong_clip = _ours_proposals(s, 200, 100, sizes=padded)
@@ -233,7 +179,7 @@ def test_proposals_mutations_fail(torch, torchvision):
 
 
 def test_end_to_end_with_our_head(torch, torchvision):
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     rpn = s["make_rpn"](dict(training=1000, testing=1000), dict(training=1000, testing=1000))
     with torch.no_grad():
         theirs, _ = rpn.eval()(s["images"], s["feats"])
@@ -288,7 +234,7 @@ def test_proposals_no_gradient():
 
 def test_tf_function_unknown_image_size(torch, torchvision):
     """Dynamic H, W: dynamic level counts (padded top-k) give the static path's proposals."""
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     head = RPNHead(NUM_ANCHORS)
     load_rpn_head_weights(head, s["head"].state_dict(), prefix="")
     layer = ProposalGenerator(200, 200, 100, 100, nms_method="offset")
@@ -316,101 +262,11 @@ def test_tf_function_unknown_image_size(torch, torchvision):
     assert s["counts"][-1] < 200
 
 
-# --------------------------------------------------------------------------- anchor targets
-
-
-def _gt(rng):
-    """3 images: 6 GT, 2 GT (+4 padding rows), no GT; boxes inside the 256x320 input."""
-    gt = -np.ones((3, 6, 4), np.float32)
-    xy = rng.uniform(0, 200, (6, 2))
-    wh = rng.uniform(8, 120, (6, 2))
-    gt[0] = np.concatenate([xy, xy + wh], 1)
-    gt[1, :2] = gt[0, [3, 1]] + 5.0
-    gt[0, 5] = gt[0, 4]  # duplicate GT: ties between GT go to the first index
-    valid = np.zeros((3, 6), bool)
-    valid[0] = True
-    valid[1, :2] = True
-    return gt, valid
-
-
-def test_anchor_targets_match_torchvision(torch, torchvision, rng):
-    s = _setup(torch, torchvision)
-    gt, valid = _gt(rng)
-    rpn = s["make_rpn"](dict(training=1, testing=1), dict(training=1, testing=1))
-    targets = [{"boxes": torch.from_numpy(gt[b][valid[b]])} for b in range(3)]
-    anchors = [s["torch_anchors"][0]] * 3
-    their_labels, matched = rpn.assign_targets_to_anchors(anchors, targets)
-    their_targets = rpn.box_coder.encode(matched, anchors)
-    labels, box_targets = assign_anchor_targets(s["anchors"], gt, valid, 0.7, 0.3, True)
-    labels, box_targets = labels.numpy(), box_targets.numpy()
-    for b in range(3):
-        np.testing.assert_array_equal(labels[b], their_labels[b].numpy().astype(np.int32))
-        pos = labels[b] == 1
-        np.testing.assert_allclose(box_targets[b][pos], their_targets[b].numpy()[pos],
-                                   rtol=1e-5, atol=1e-5)
-        assert not box_targets[b][~pos].any()
-    assert (labels[2] == 0).all()  # no GT: every anchor a negative candidate
-    assert (labels[0] == 1).sum() > 0 and (labels[0] == -1).sum() > 0
-    # low-quality matches occur (positives below 0.7), so the test covers them
-    iou = _iou(s["anchors"], gt[0]).max(axis=1)
-    assert (iou[labels[0] == 1] < 0.7).any()
-    # mutation: without low-quality matches the labels differ from torchvision's
-    strict, _ = assign_anchor_targets(s["anchors"], gt, valid, 0.7, 0.3, False)
-    assert not np.array_equal(strict.numpy()[0], their_labels[0].numpy())
-
-
-def test_rpn_targets_sampling_counts(torch, torchvision, rng):
-    from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
-    s = _setup(torch, torchvision)
-    gt, valid = _gt(rng)
-    before, _ = assign_anchor_targets(s["anchors"], gt, valid)
-    labels, targets = rpn_targets(s["anchors"], gt, valid, batch_size_per_image=256,
-                                  positive_fraction=0.5, seed=(1, 2))
-    labels, before = labels.numpy(), before.numpy()
-    torch.manual_seed(0)
-    pos, neg = BalancedPositiveNegativeSampler(256, 0.5)(
-        [torch.from_numpy(b.astype(np.float32)) for b in before])
-    for b in range(3):
-        assert (labels[b] == 1).sum() == int(pos[b].sum())
-        assert (labels[b] == 0).sum() == int(neg[b].sum())
-        assert (before[b][labels[b] == 1] == 1).all() and (before[b][labels[b] == 0] == 0).all()
-        assert set(np.unique(labels[b])) <= {-1, 0, 1}
-    assert (labels[2] == 0).sum() == 256 and (labels[2] == 1).sum() == 0
-    assert targets.shape == (3, len(s["anchors"]), 4)
-    again, _ = rpn_targets(s["anchors"], gt, valid, seed=(1, 2))
-    other, _ = rpn_targets(s["anchors"], gt, valid, seed=(3, 4))
-    np.testing.assert_array_equal(again.numpy(), labels)  # deterministic in the seed
-    assert not np.array_equal(other.numpy(), labels)
-
-
-def test_rpn_targets_tf_function_and_empty_gt():
-    anchors = tf.constant([[0, 0, 10, 10], [5, 5, 15, 15], [40, 40, 60, 60]], tf.float32)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None, None, 4]),
-                                  tf.TensorSpec([None, None], tf.bool)])
-    def run(anchors, gt, valid):
-        return rpn_targets(anchors, gt, valid, batch_size_per_image=2, seed=(0, 1))
-
-    labels, targets = run(anchors, tf.zeros((2, 0, 4)), tf.zeros((2, 0), tf.bool))
-    assert labels.shape == (2, 3) and (labels.numpy() >= 0).sum() == 4  # 2 negatives each
-    assert not targets.numpy().any()
-    gt = tf.constant([[[0, 0, 10, 10]], [[-1, -1, -1, -1]]], tf.float32)
-    labels, targets = run(anchors, gt, tf.constant([[True], [False]]))
-    assert labels.numpy()[0, 0] == 1 and (targets.numpy()[0, 0] == 0).all()  # exact match
-    assert (labels.numpy()[1] >= 0).sum() == 2 and (labels.numpy()[1] <= 0).all()
-
-
-def test_scatter_sampled_labels():
-    labels = targets_ops.scatter_sampled_labels(
-        tf.constant([[2, 0, -1], [-1, -1, -1]]), tf.constant([[1, 0, -1], [-1, -1, -1]]), 4)
-    np.testing.assert_array_equal(labels.numpy(), [[0, -1, 1, -1], [-1, -1, -1, -1]])
-
-
 # --------------------------------------------------------------------------- serialization
 
 
 def test_get_config_round_trip(torch, torchvision):
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     head = RPNHead(NUM_ANCHORS, num_convs=2, name="rpn_head")
     head(s["tf_feats"])
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(head))
@@ -427,7 +283,7 @@ def test_get_config_round_trip(torch, torchvision):
 
 
 def test_head_mixed_precision_outputs_float32(torch, torchvision):
-    s = _setup(torch, torchvision)
+    s = rpn_setup(torch, torchvision)
     head = RPNHead(NUM_ANCHORS, dtype="mixed_bfloat16")
     logits, deltas = head(s["tf_feats"])
     assert logits.dtype == tf.float32 and deltas.dtype == tf.float32

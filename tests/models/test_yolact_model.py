@@ -9,8 +9,8 @@ import tensorflow as tf
 from keras_maskrcnn import build_model, config
 from keras_maskrcnn.layers.protonet import Protonet
 from keras_maskrcnn.models.yolact import YOLACT
+from support import CONFIGS
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 SIZE = 128
 NUM_PROTOTYPES = 8
 

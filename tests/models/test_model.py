@@ -11,40 +11,8 @@ import tensorflow as tf
 from keras_maskrcnn import build_model, config
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
 from keras_maskrcnn.models.yolact import YOLACT
-
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
-SIZE = 128
-
-
-def tiny_config(**extra):
-    overrides = [f"{k}={v}" for k, v in extra.items()]
-    return config.load_config(os.path.join(CONFIGS, "tiny.yaml"), overrides=overrides)
-
-
-def synthetic_batch(num_gt=(2, 0), size=SIZE, num_keypoints=4, max_gt=3, seed=0):
-    """A batch of noise images with rectangles as GT (image 2 may have no GT at all)."""
-    rng = np.random.default_rng(seed)
-    b = len(num_gt)
-    images = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
-    boxes = -np.ones((b, max_gt, 4), np.float32)
-    classes = -np.ones((b, max_gt), np.int32)
-    masks = np.zeros((b, max_gt, size, size), np.uint8)
-    keypoints = np.zeros((b, max_gt, num_keypoints, 3), np.float32)
-    for i, n in enumerate(num_gt):
-        for j in range(n):
-            x1, y1 = rng.uniform(0, size / 2, 2)
-            w, h = rng.uniform(16, size / 2, 2)
-            boxes[i, j] = [x1, y1, x1 + w, y1 + h]
-            classes[i, j] = 1 + j % 3
-            masks[i, j, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 1
-            images[i, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 40.0 * (j + 1)
-            keypoints[i, j, :, 0] = rng.uniform(x1, x1 + w, num_keypoints)
-            keypoints[i, j, :, 1] = rng.uniform(y1, y1 + h, num_keypoints)
-            keypoints[i, j, :, 2] = 2
-    return {"images": images, "image_sizes": np.full((b, 2), size, np.int32),
-            "gt_boxes": boxes, "gt_classes": classes, "gt_masks": masks,
-            "gt_keypoints": keypoints}
-
+from support import CONFIGS
+from support.models import synthetic_batch, tiny_config
 
 @pytest.fixture(scope="module")
 def model():

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from keras_maskrcnn.layers.roi_sampler import RoISampler
 from keras_maskrcnn.ops.targets import label_candidates, sample_rois
+from support.layers import assert_config_round_trip
 
 F32 = np.float32
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -263,11 +264,8 @@ def test_no_gradient_to_proposals(rng):
 # ----------------------------------------------------------------------------- keras
 def test_get_config_round_trip_and_symbolic_call():
     layer = RoISampler(0.6, 0.4, True, 64, 0.5, False, (1, 2, 3, 4), seed=11, name="s")
-    config = layer.get_config()
-    clone = RoISampler.from_config(config)
-    assert clone.get_config() == config and clone.box_weights == (1.0, 2.0, 3.0, 4.0)
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(restored, RoISampler) and restored.get_config() == config
+    restored = assert_config_round_trip(layer)
+    assert restored.box_weights == (1.0, 2.0, 3.0, 4.0)
     out = layer(keras.Input((None, 4)), keras.Input((None,), dtype="bool"),
                 keras.Input((5, 4)), keras.Input((5,), dtype="int32"))
     assert tuple(out["rois"].shape) == (None, 64, 4) and out["roi_classes"].dtype == "int32"

@@ -4,7 +4,7 @@ Oracle: torchvision's ``resnext50_32x4d`` / ``resnext101_32x8d`` (seeded random 
 classification ResNet built with ``FrozenBatchNorm2d`` whose buffers are randomised so BN is not
 the identity) run on a real photo normalised as torchvision does; MSRA-style blocks are
 torchvision blocks with the stride moved from conv2 onto conv1. Same bar as the ResNet parity
-test (tests/test_backbones.py): max abs error <= 1e-4 of the max abs value, per level.
+test (tests/models/test_backbones.py): max abs error <= 1e-4 of the max abs value, per level.
 """
 import keras
 import numpy as np
@@ -18,11 +18,11 @@ from keras_maskrcnn.convert import torchvision as tvconvert
 from keras_maskrcnn.layers.frozen_batch_norm import FrozenBatchNorm
 from keras_maskrcnn.models import backbones
 from keras_maskrcnn.models.backbones import ResNet, ResNetBlock, arch_arguments
-from test_model import synthetic_batch, tiny_config
+from support.models import synthetic_batch, tiny_config
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
-RTOL = 1e-4  # tests/test_backbones.py: test_resnet_fpn_matches_torchvision
+RTOL = 1e-4  # tests/models/test_backbones.py: test_resnet_fpn_matches_torchvision
 
 
 def _photo(name, hw):
@@ -37,7 +37,7 @@ def _rel_err(ours, theirs):
 
 
 def _randomise_bn_(torch, model, small_var=False):
-    """Random FrozenBatchNorm2d buffers (as tests/test_backbones.py), in place; eval mode.
+    """Random FrozenBatchNorm2d buffers (as tests/models/test_backbones.py), in place; eval mode.
     ``small_var``: running_var in [1e-6, 1e-4] (where eps matters), the weight scaled by its
     square root so that activations stay O(1) with eps 0."""
     from torchvision.ops.misc import FrozenBatchNorm2d
@@ -63,7 +63,7 @@ def _torch_net(torch, torchvision, arch, seed=0, small_var=False):
 def _torch_features(torch, net, x_nhwc):
     """C2..C5 of a torchvision classification ResNet, NHWC numpy."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_backbones.py::_torch_run
+    torch.set_num_threads(1)  # see tests/models/test_backbones.py::_torch_run
     try:
         with torch.no_grad():
             x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))

@@ -1,4 +1,5 @@
-"""FPN configurations beyond torchvision's (the defaults are checked in tests/test_backbones.py).
+"""FPN configurations beyond torchvision's (the defaults are checked in
+tests/models/test_backbones.py).
 
 Oracle: a torch reference of YOLACT's FPN (yolact.py ``FPN.forward``: 1x1 laterals, top-down
 ``F.interpolate(size=..., mode="bilinear", align_corners=False)``, 3x3 output convs + ReLU,
@@ -13,6 +14,7 @@ import tensorflow as tf
 from keras_maskrcnn.convert import torchvision as tvconvert
 from keras_maskrcnn.layers.fpn import FPN, upsample_bilinear_like
 from keras_maskrcnn.models.backbones import ResNet
+from support.layers import assert_config_round_trip
 
 YOLACT = dict(input_levels=("C3", "C4", "C5"), max_level=7, extra_levels="conv",
               top_down="bilinear", output_relu=True)
@@ -188,10 +190,7 @@ def test_default_sub_layer_and_weight_names():
 # ------------------------------------------------------------------------------ Keras harness
 def test_config_round_trip_save_load_and_errors(tmp_path, torch):
     _, fpn = _yolact_pair(torch, channels=8)
-    config = fpn.get_config()
-    assert FPN.from_config(config).get_config() == config
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fpn))
-    assert type(restored) is FPN and restored.get_config() == config
+    assert_config_round_trip(fpn)
     inputs = {f"C{3 + i}": keras.Input((None, None, c), name=f"C{3 + i}")
               for i, c in enumerate(IN_CHANNELS)}
     model = keras.Model(inputs, FPN(8, **YOLACT, name="fpn")(inputs))

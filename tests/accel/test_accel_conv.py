@@ -11,20 +11,7 @@ from keras_maskrcnn.accel import layers as accel_layers
 from keras_maskrcnn.accel.conv import conv2d_same
 from keras_maskrcnn.accel.layers import (CpuConv2D, CpuConv2DTranspose, CpuDense,
                                          conv2d_eligible, conv2d_transpose_eligible)
-
-
-def _grads(conv, x, kernel, upstream):
-    with tf.GradientTape() as tape:
-        tape.watch([x, kernel])
-        y = conv(x, kernel)
-        loss = tf.reduce_sum(y * upstream)
-    return (y, *tape.gradient(loss, [x, kernel]))
-
-
-def _reference(x, kernel):
-    if x.shape[0] == 0:  # TF's oneDNN conv returns the input's shape for an empty batch
-        return tf.zeros(x.shape[:3] + kernel.shape[3:], x.dtype)
-    return tf.nn.conv2d(x, kernel, 1, "SAME")
+from support.accel import conv_grads, reference_conv
 
 
 @pytest.mark.parametrize("shape,size,filters", [((2, 9, 7, 5), 3, 4), ((1, 6, 11, 3), 1, 6),
@@ -34,8 +21,8 @@ def test_values_and_gradients_match_tensorflow(shape, size, filters):
     x = tf.constant(rng.normal(size=shape), tf.float32)
     kernel = tf.constant(rng.normal(size=(size, size, shape[-1], filters)), tf.float32)
     upstream = tf.constant(rng.normal(size=shape[:3] + (filters,)), tf.float32)
-    ours = tf.function(lambda *a: _grads(conv2d_same, *a))(x, kernel, upstream)
-    theirs = _grads(_reference, x, kernel, upstream)
+    ours = tf.function(lambda *a: conv_grads(conv2d_same, *a))(x, kernel, upstream)
+    theirs = conv_grads(reference_conv, x, kernel, upstream)
     for name, a, b in zip(("output", "dx", "dkernel"), ours, theirs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
 
@@ -44,13 +31,13 @@ def test_gradient_hand_case_and_mutation():
     """1-channel 3x3 on a 2x2 image: dkernel[i, j] = sum of x shifted by the tap, by hand."""
     x = tf.constant([[[[1.0], [2.0]], [[3.0], [4.0]]]])  # (1, 2, 2, 1)
     kernel = tf.zeros((3, 3, 1, 1))
-    _, _, dkernel = _grads(conv2d_same, x, kernel, tf.ones((1, 2, 2, 1)))
+    _, _, dkernel = conv_grads(conv2d_same, x, kernel, tf.ones((1, 2, 2, 1)))
     # tap (i, j) sees x[y + i - 1, x + j - 1] for every output pixel (zero outside)
     expected = [[1.0, 3.0, 2.0], [4.0, 10.0, 6.0], [3.0, 7.0, 4.0]]
     np.testing.assert_allclose(dkernel.numpy()[..., 0, 0], expected)
     # the un-flipped kernel would give a different input gradient: the test can fail
     k = tf.constant(np.arange(9, dtype=np.float32).reshape(3, 3, 1, 1))
-    _, dx, _ = _grads(conv2d_same, x, k, tf.ones((1, 2, 2, 1)))
+    _, dx, _ = conv_grads(conv2d_same, x, k, tf.ones((1, 2, 2, 1)))
     wrong = tf.nn.conv2d(tf.ones((1, 2, 2, 1)), tf.transpose(k, [0, 1, 3, 2]), 1, "SAME")
     assert not np.allclose(dx.numpy(), wrong.numpy())
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from keras_maskrcnn import accel, build_model
 from keras_maskrcnn.accel.layers import CpuConv2D, CpuConv2DTranspose, CpuDense
-from test_model import synthetic_batch, tiny_config
+from support.models import synthetic_batch, tiny_config
 
 CPU_CLASSES = (CpuConv2D, CpuConv2DTranspose, CpuDense)
 

@@ -12,7 +12,8 @@
   workers from the chief's checkpoint. Workers are SIGKILLed after a timeout.
 
 Each run is a subprocess (logical devices and TF_CONFIG must be set before TensorFlow starts);
-this file is also the worker script (``python tests/test_distribute.py one_step|train_worker``).
+this file is also the worker script
+(``python tests/integration/test_distribute.py one_step|train_worker``).
 
 Sampling: the RPN and RoI samplers draw random subsets, and a replica's draw (batch 1, seed
 folded with the replica id) is not the single device's draw (batch 2). The comparison therefore
@@ -32,7 +33,8 @@ import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+TESTS = os.path.dirname(HERE)
+ROOT = os.path.dirname(TESTS)
 
 FULL_SAMPLING = {"model.rpn.batch_size_per_image": 8192,
                  "model.roi_heads.batch_size_per_image": 128,
@@ -60,7 +62,7 @@ def _one_step(mode, out_path, init_path):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from test_model import synthetic_batch, tiny_config
+    from support.models import synthetic_batch, tiny_config
 
     from keras_maskrcnn import run
 
@@ -154,7 +156,7 @@ def _replica_loss_sums(model, strategy, batch):
 def _replica_draws(strategy, batch):
     """The same image on both replicas, tiny.yaml's sampling: do the replicas' draws differ?"""
     import tensorflow as tf
-    from test_model import tiny_config
+    from support.models import tiny_config
 
     from keras_maskrcnn import builders
 
@@ -366,6 +368,7 @@ def test_multi_worker_resume_reads_the_chiefs_checkpoints(tmp_path):
 
 
 if __name__ == "__main__":
+    sys.path.insert(1, TESTS)  # the support package
     if sys.argv[1] == "one_step":
         _one_step(*sys.argv[2:])
     elif sys.argv[1] == "train_worker":

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.ops.postprocess import generate_detections
+from support.layers import assert_config_round_trip
 
 F32 = np.float32
 SIZES = np.array([[300, 400], [200, 250], [320, 320]], np.int32)  # (height, width)
@@ -210,11 +211,8 @@ def test_mixed_precision_inputs_stay_float32(rng):
 def test_get_config_round_trip_and_symbolic_call():
     layer = DetectionGenerator(0.1, 0.6, 50, 0.5, (1, 2, 3, 4), 3.0, True, "per_class",
                                name="det")
-    config = layer.get_config()
-    clone = DetectionGenerator.from_config(config)
-    assert clone.get_config() == config and clone.box_weights == (1.0, 2.0, 3.0, 4.0)
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(restored, DetectionGenerator) and restored.get_config() == config
+    restored = assert_config_round_trip(layer)
+    assert restored.box_weights == (1.0, 2.0, 3.0, 4.0)
     out = layer(keras.Input((None, 7)), keras.Input((None, 1, 4)), keras.Input((None, 4)),
                 keras.Input((None,), dtype="bool"), keras.Input((2,), dtype="int32"))
     assert tuple(out["boxes"].shape) == (None, 50, 4) and out["classes"].dtype == "int32"
