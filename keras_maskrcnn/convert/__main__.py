@@ -22,8 +22,7 @@ def main(argv=None):
     tv.add_argument("--arch", required=True, choices=ARCHITECTURES)
     tv.add_argument("--checkpoint", required=True, help=".pth state_dict")
     tv.add_argument("--output", required=True, help="output directory")
-    tv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. model.roi_heads.score_threshold=0.3")
+    config_lib.add_override_argument(tv, "model.roi_heads.score_threshold=0.3")
     args = parser.parse_args(argv)
 
     model = from_torchvision(args.checkpoint, args.arch, overrides=args.set)
