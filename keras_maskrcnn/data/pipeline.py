@@ -31,7 +31,7 @@ Each element is one dict (the model's ``inputs``), dense tensors only (RaggedTen
                                      image_sizes / original_sizes (torchvision's resize_boxes)
 
 Stages: image indices -> [training: filter images without GT, full shuffle of the indices,
-repeat] -> Python stage (``tf.numpy_function``, parallel): PIL decode + pycocotools masks;
+repeat, a seed per index, with grouping the windows' order, skip] -> Python stage (``tf.numpy_function``, parallel): PIL decode + pycocotools masks;
 an unreadable, truncated or wrongly sized image is skipped, counted in
 ``source.stats.skipped_images`` and named in a logged warning -> TF stage (parallel): resize
 (training: random short side from ``min_size_train``), random horizontal flip, padding ->
