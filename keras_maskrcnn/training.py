@@ -37,7 +37,7 @@ def enable_determinism(seed):
     training step found to vary between runs is the gradient of ``tf.image.crop_and_resize``
     with respect to the image (RoIAlign's backward, CropAndResizeGradImage): its threads add
     the RoIs' contributions to the feature map in the order they finish; with op determinism
-    it adds them in RoI order. Everything else is already deterministic for a seed: the
+    its result does not vary. Everything else is already deterministic for a seed: the
     tf.data pipeline (ordered maps, seeded shuffles, stateless augmentation), the samplers
     (stateless draws from seeded Keras SeedGenerators), oneDNN's kernels and the ``accel``
     kernels. Costs and limits (GPUs): README.md, "Deterministic training".
