@@ -17,14 +17,15 @@ import json
 import os
 import sys
 
+from keras_maskrcnn import config as config_lib  # import-light: no TensorFlow
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate keras-maskrcnn with COCOeval.")
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("--weights", required=True,
                         help="model weights: a .weights.h5 file or a whole .keras model")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set eval.max_images=50")
+    config_lib.add_override_argument(parser, "eval.max_images=50")
     parser.add_argument("--max-images", type=int, default=None,
                         help="evaluate the first N images (default: eval.max_images)")
     parser.add_argument("--output", default=None,
@@ -80,8 +81,6 @@ def load_model(cfg, weights, category_ids):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_maskrcnn import config as config_lib
-
     try:
         cfg = config_lib.load_config(args.config, overrides=args.set)  # strict: fails fast
         annotations, images = val_split_paths(cfg.data)

@@ -19,12 +19,13 @@ import argparse
 import os
 import sys
 
+from keras_maskrcnn import config as config_lib  # import-light: no TensorFlow
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train keras-maskrcnn.")
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.batch_size=4")
+    config_lib.add_override_argument(parser, "train.batch_size=4 train.seed=1")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     parser.add_argument("--low-memory", action="store_true",
@@ -36,8 +37,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_maskrcnn import config as config_lib
-
     cfg = config_lib.load_config(args.config, overrides=args.set)  # strict: fails fast
     # TensorFlow leaves its oneDNN kernels off by default on some x86 CPUs (on the 2-core AVX2
     # AMD EPYC this was tuned on); turning them on made a training step ~1.6x faster there

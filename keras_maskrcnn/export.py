@@ -49,7 +49,7 @@ import tensorflow as tf
 
 from keras_maskrcnn import inference, preprocessing
 from keras_maskrcnn.builders import build_model
-from keras_maskrcnn.config import load_config
+from keras_maskrcnn.config import add_override_argument, load_config
 
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
@@ -220,8 +220,7 @@ def main(argv=None):
     parser.add_argument("--category-ids", default=None,
                         help="dataset id of each class 1..K-1: '1,2,3' or a COCO json "
                              "(default: identity)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. model.roi_heads.score_threshold=0.3")
+    add_override_argument(parser, "model.roi_heads.score_threshold=0.3")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.set)

@@ -108,8 +108,7 @@ def _parse_args(argv):
                         "model drops those below model.roi_heads.score_threshold first)")
     parser.add_argument("--annotations", help="COCO json with the class names (default: the "
                         "config's validation annotations)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. model.roi_heads.score_threshold=0.3")
+    config_lib.add_override_argument(parser, "model.roi_heads.score_threshold=0.3")
     args = parser.parse_args(argv)
     for flag in ("config", "weights", "image", "annotations"):
         path = getattr(args, flag)

@@ -54,7 +54,10 @@ def train(cfg):
     (config, checkpoints, logs, weights), which every worker reads to resume, so it must be on
     a file system they share. Raises RuntimeError when a non-finite loss stopped training.
     """
-    keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        training.enable_determinism(cfg.train.seed)
+    else:
+        keras.utils.set_random_seed(cfg.train.seed)
     strategy = training.select_strategy(cfg.train.strategy)
     paths = _paths(cfg)
     chief = training.is_chief(strategy)

@@ -4,7 +4,10 @@ The loop itself is ``model.fit``. Checkpoints are ``ckpt-<step>.weights.h5`` fil
 optimizer variables, the step is the optimizer's ``iterations``) written atomically every
 ``train.checkpoint_every`` steps; a restarted run loads the newest one, skips the examples the
 previous run consumed (the pipeline is deterministic for a seed) and continues at that step.
-A non-finite loss stops training with a message; the last good checkpoint is kept.
+A checkpoint also holds the state of the model's random seed generators (the RPN's and the RoI
+sampler's draws), which Keras' weight files leave out, so a resumed run draws what the
+uninterrupted one drew. A non-finite loss stops training with a message; the last good
+checkpoint is kept. ``enable_determinism`` makes two runs of a seed bit-identical on a CPU.
 """
 import glob
 import json
@@ -12,6 +15,7 @@ import math
 import os
 import re
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -19,6 +23,32 @@ import tensorflow as tf
 from keras_maskrcnn.accel.optimizer import UpdateAfterGradient
 
 CHECKPOINT_PATTERN = re.compile(r"ckpt-(\d+)\.weights\.h5$")
+#: h5 group of a checkpoint holding the seed generators' states (Keras' loader ignores it).
+RNG_GROUP = "keras_maskrcnn_seed_generators"
+
+
+# --------------------------------------------------------------------------- determinism
+def enable_determinism(seed):
+    """Makes training bit-identical for a seed on CPU (``train.deterministic``).
+
+    For ``model.fit`` users: call it once, before building the model and the dataset; it
+    seeds Python, NumPy, TensorFlow and Keras (``keras.utils.set_random_seed``) and turns on
+    ``tf.config.experimental.enable_op_determinism``. The one CPU kernel of a Mask R-CNN
+    training step found to vary between runs is the gradient of ``tf.image.crop_and_resize``
+    with respect to the image (RoIAlign's backward, CropAndResizeGradImage): its threads add
+    the RoIs' contributions to the feature map in the order they finish; with op determinism
+    its result does not vary. Everything else is already deterministic for a seed: the
+    tf.data pipeline (ordered maps, seeded shuffles, stateless augmentation), the samplers
+    (stateless draws from seeded Keras SeedGenerators), oneDNN's kernels and the ``accel``
+    kernels. Costs and limits (GPUs): README.md, "Deterministic training".
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def seed_generator_states(model):
+    """The state variables of the model's ``keras.random.SeedGenerator``s, in model order."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
 # ------------------------------------------------------------------------------- strategy
@@ -187,10 +217,35 @@ def restore_latest(model, directory):
         return 0
     step, path = checkpoints[-1]
     model.load_weights(path)
+    _load_seed_generator_states(model, path)
     restored = int(model.optimizer.iterations.numpy())
     if restored != step:
         raise RuntimeError(f"{path}: optimizer step {restored} does not match the file name")
     return step
+
+
+def _save_seed_generator_states(model, path):
+    """Adds the seed generators' states to a weights file (Keras' own leave them out)."""
+    with h5py.File(path, "a") as f:
+        group = f.require_group(RNG_GROUP)
+        for i, variable in enumerate(seed_generator_states(model)):
+            group.create_dataset(str(i), data=variable.numpy())
+            group[str(i)].attrs["path"] = variable.path
+
+
+def _load_seed_generator_states(model, path):
+    """Restores the states ``_save_seed_generator_states`` wrote (a file without them, e.g.
+    one written before they were saved, leaves the generators at their seeds)."""
+    with h5py.File(path, "r") as f:
+        if RNG_GROUP not in f:
+            return
+        group = f[RNG_GROUP]
+        variables = seed_generator_states(model)
+        if len(group) != len(variables):
+            raise RuntimeError(f"{path}: {len(group)} seed generator states for a model with "
+                               f"{len(variables)}")
+        for i, variable in enumerate(variables):
+            variable.assign(group[str(i)][()])
 
 
 class CheckpointAndGuard(keras.callbacks.Callback):
@@ -222,6 +277,7 @@ class CheckpointAndGuard(keras.callbacks.Callback):
         path = os.path.join(self.directory, f"ckpt-{step:08d}.weights.h5")
         partial = path + ".partial.weights.h5"
         self.model.save_weights(partial)
+        _save_seed_generator_states(self.model, partial)
         os.replace(partial, path)  # atomic: a kill never leaves a half-written checkpoint
         for _, old in list_checkpoints(self.directory)[:-self.keep]:
             os.remove(old)

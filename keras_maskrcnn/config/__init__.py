@@ -8,7 +8,8 @@ Mask R-CNN / FPN / Faster R-CNN (defaults: torchvision ``maskrcnn_resnet50_fpn``
 the standard library only, no TensorFlow.
 """
 from .fields import ConfigError
-from .loading import apply_overrides, config_from_dict, config_to_dict, load_config, save_config
+from .loading import (add_override_argument, apply_overrides, config_from_dict,
+                      config_to_dict, load_config, save_config)
 from .schema import (ACCEL_MODES, ARCHITECTURES, AnchorConfig, BackboneConfig, BoxHeadConfig,
                      Config, DataConfig, DataSplitConfig, EvalConfig, ExportConfig, FPNConfig,
                      InputConfig, KeypointHeadConfig, LossWeightsConfig, MaskHeadConfig,
@@ -22,4 +23,5 @@ __all__ = [
     "SyntheticConfig", "DataConfig", "TrainConfig", "EvalConfig", "ExportConfig",
     "YolactConfig", "ARCHITECTURES", "ACCEL_MODES", "RESIZE_POLICIES",
     "load_config", "config_from_dict", "config_to_dict", "save_config", "apply_overrides",
+    "add_override_argument",
 ]

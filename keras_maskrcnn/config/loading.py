@@ -14,6 +14,8 @@ Conventions pinned here:
   against the longest recorded prefix of its key.
 - An unknown key suggests the closest key of its section, else the same name elsewhere.
 - ``config_to_dict`` / ``save_config`` write every field (tuples as lists); loading inverts them.
+- Command lines take overrides as ``--set a=1 b=2`` (detectron2's habit), ``--set a=1 --set
+  b=2`` or both, applied left to right (``add_override_argument``).
 """
 from __future__ import annotations
 
@@ -213,6 +215,18 @@ def load_config(path: str, overrides: Optional[Iterable[str]] = None) -> Config:
     for item in overrides or ():
         _set_override(data, item, origins, path)
     return _build(data, origins, path)
+
+
+def add_override_argument(parser, example="train.batch_size=4"):
+    """Adds ``--set KEY=VALUE [KEY=VALUE ...]`` to an argparse parser, repeatable.
+
+    ``args.set`` is then the flat list of overrides in command-line order, for
+    ``load_config(path, overrides=args.set)``: ``--set a=1 b=2 --set c=3`` gives
+    ``["a=1", "b=2", "c=3"]``.
+    """
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help=f"override config values, e.g. --set {example} "
+                             "(several after one --set, or --set repeated)")
 
 
 def config_from_dict(d: Mapping[str, Any], source: str = "<dict>") -> Config:

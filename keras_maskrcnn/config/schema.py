@@ -504,6 +504,10 @@ class TrainConfig(Section):
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = param(
         "auto", None, "tf.distribute strategy")
     seed: int = param(0, non_negative)
+    deterministic: bool = param(
+        False, None, "true: two runs with the same seed give bit-identical weights on a CPU, "
+        "and a resumed run the uninterrupted run's (training.enable_determinism; slower, see "
+        "README.md)", OURS)
     output_dir: str = param("runs/maskrcnn")
 
     def validate(self):

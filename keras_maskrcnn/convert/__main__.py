@@ -20,8 +20,7 @@ from keras_maskrcnn.convert.torchvision_models import (ARCHITECTURES, converted_
 def _add_common(parser):
     parser.add_argument("--checkpoint", required=True, help=".pth state_dict")
     parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. model.roi_heads.score_threshold=0.3")
+    config_lib.add_override_argument(parser, "model.roi_heads.score_threshold=0.3")
 
 
 def main(argv=None):

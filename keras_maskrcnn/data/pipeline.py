@@ -31,7 +31,7 @@ Each element is one dict (the model's ``inputs``), dense tensors only (RaggedTen
                                      image_sizes / original_sizes (torchvision's resize_boxes)
 
 Stages: image indices -> [training: filter images without GT, full shuffle of the indices,
-repeat] -> Python stage (``tf.numpy_function``, parallel): PIL decode + pycocotools masks;
+repeat, a seed per index, with grouping the windows' order, skip] -> Python stage (``tf.numpy_function``, parallel): PIL decode + pycocotools masks;
 an unreadable, truncated or wrongly sized image is skipped, counted in
 ``source.stats.skipped_images`` and named in a logged warning -> [training with
 ``augment_fn`` (``data.augment: ssd``): SSD augmentation, examples left without instances
@@ -248,10 +248,12 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
             see ``group_by_aspect_ratio``, (evaluation) None = per batch.
         skip_examples: training: start after this many examples of the (deterministic for a
             seed) stream, e.g. steps already trained x global batch when resuming. Skipping
-            happens on image indices and seeds, before any decoding. With grouping the
-            batches are formed after the skip, so a resumed run is an approximation: the up to
-            batch_size - 1 examples that were waiting in the other orientation's window when
-            the run stopped may be seen again or not at all.
+            happens on image indices and seeds, before any decoding. With grouping it skips
+            whole batches (a multiple of batch_size), formed on the indices before the skip:
+            the resumed stream is exactly the uninterrupted one's from that batch on (COCO
+            sources; ``_stream_position``). TFRecords form their batches after the skip: the
+            up to batch_size - 1 examples waiting in the other orientation's window when the
+            run stopped may be seen again or not at all.
         group_by_aspect_ratio: training without ``fixed_size``: True batches examples of one
             orientation together (``tf.data.Dataset.group_by_window``, deterministic for a
             seed; an example waits until batch_size examples of its orientation arrived) and
@@ -283,13 +285,14 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         side = training_padded_sizes(input_config)[0][1]  # max_size rounded up
         fixed_size = (side, side)
     parallel = num_parallel_calls or tf.data.AUTOTUNE
-    examples = source.example_dataset if isinstance(source, tfrecord.TFRecordSource) \
-        else functools.partial(_index_examples, source)
+    records = isinstance(source, tfrecord.TFRecordSource)
+    examples = source.example_dataset if records else functools.partial(
+        _index_examples, source, group_size=batch_size if grouped else 0)
     dataset = examples(input_config.max_instances, training, with_masks=with_masks,
                        shuffle_buffer=shuffle_buffer, seed=seed,
                        filter_empty_images=filter_empty_images, max_images=max_images,
                        cache=cache, skip_examples=skip_examples, num_parallel_calls=parallel)
-    if training:  # one (2,) stateless seed per element
+    if training and records:  # one (2,) stateless seed per element (COCO: _index_examples)
         seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
         dataset = tf.data.Dataset.zip((dataset, seeds))
         if augment_fn is not None:
@@ -303,8 +306,10 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
 
 
 def _index_examples(source, max_instances, training, *, with_masks, shuffle_buffer, seed,
-                    filter_empty_images, max_images, cache, skip_examples, num_parallel_calls):
-    """Decoded examples of a ``CocoDataset`` (training: shuffled, repeated, skipped)."""
+                    filter_empty_images, max_images, cache, skip_examples, num_parallel_calls,
+                    group_size=0):
+    """Decoded examples of a ``CocoDataset``; training: (example, seed) pairs, shuffled,
+    repeated and positioned by ``_stream_position`` (``group_size``: B when grouping)."""
     indices = np.arange(len(source), dtype=np.int64)
     if training and filter_empty_images:
         indices = indices[source.num_instances() > 0]
@@ -320,14 +325,54 @@ def _index_examples(source, max_instances, training, *, with_masks, shuffle_buff
         if shuffle:
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         if training:
-            dataset = dataset.repeat().skip(skip_examples)
-    else:
-        if shuffle:  # indices are cheap: shuffle them all before decoding anything
-            dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-        if training:
-            dataset = dataset.repeat().skip(skip_examples)
-        dataset = dataset.map(load, num_parallel_calls=num_parallel_calls).filter(_is_valid)
-    return dataset
+            dataset = _stream_position(dataset.repeat(), seed, skip_examples, group_size,
+                                       _decoded_orientation)
+        return dataset
+    if shuffle:  # indices are cheap: shuffle them all before decoding anything
+        dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    if not training:
+        return dataset.map(load, num_parallel_calls=num_parallel_calls).filter(_is_valid)
+    dataset = _stream_position(dataset.repeat(), seed, skip_examples, group_size,
+                               _index_orientation(source))
+    return dataset.map(lambda index, seed_: (load(index), seed_),
+                       num_parallel_calls=num_parallel_calls).filter(lambda e, _: e["valid"])
+
+
+def _stream_position(dataset, seed, skip_examples, group_size, orientation):
+    """(element, (2,) stateless seed) pairs of a training stream, from ``skip_examples`` on.
+
+    Each element gets its seed before anything can drop or reorder it. With grouping
+    (``group_size`` B > 0) the stream is first put in the order in which ``_batch``'s
+    ``group_by_window`` will batch it: windows of B elements of one orientation
+    (``orientation(element)``, which a resize keeps: floor(side * scale) is monotonic), each
+    complete window in the order it fills. The skip is then whole windows = whole batches, and
+    a resumed run (``skip_examples`` = steps x B) gets exactly the batches the uninterrupted run
+    saw from that step on: no example waits in a window across the resume point. (An image
+    skipped as unreadable shifts its window's neighbours to the next one of that orientation;
+    ``_batch`` still groups them correctly, but around it a resume is not exact.)
+    """
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    dataset = tf.data.Dataset.zip((dataset, seeds))
+    if not group_size:
+        return dataset.skip(skip_examples)
+    if skip_examples % group_size:
+        raise ValueError(f"skip_examples ({skip_examples}) must be whole batches of "
+                         f"{group_size} when grouping by aspect ratio")
+    dataset = dataset.group_by_window(lambda element, _: orientation(element),
+                                      lambda _, window: window, window_size=group_size)
+    return dataset.skip(skip_examples)
+
+
+def _index_orientation(source):
+    """Window key of an image index from the annotations: 0 landscape (h <= w), 1 portrait."""
+    portrait = tf.constant([record.height > record.width for record in source.images])
+    return lambda index: tf.cast(tf.gather(portrait, index), tf.int64)
+
+
+def _decoded_orientation(example):
+    """Window key of a decoded original-size example: 0 landscape (h <= w), 1 portrait."""
+    size = tf.shape(example["image"])
+    return tf.cast(size[0] > size[1], tf.int64)
 
 
 def _is_valid(example):

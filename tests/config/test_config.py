@@ -1,4 +1,5 @@
 """Tests for keras_maskrcnn.config: defaults vs torchvision, strict loading, overrides, files."""
+import argparse
 import ast
 import dataclasses
 import functools
@@ -6,6 +7,7 @@ import glob
 import inspect
 import math
 import os
+import sys
 import textwrap
 import typing
 
@@ -400,6 +402,41 @@ def test_overrides(tmp_path):
     assert cfg.train.clip_gradient_norm == 10.0 and cfg.train.output_dir == "runs/a=b"
     # Later overrides win.
     assert load_config(path, ["train.seed=1", "train.seed=2"]).train.seed == 2
+
+
+@pytest.mark.parametrize("cli", ["train.py", "evaluate.py", "keras_maskrcnn/predict.py",
+                                 "keras_maskrcnn/export.py", "keras_maskrcnn/convert/__main__.py"])
+def test_set_takes_several_overrides_after_one_flag_and_repeats(cli, tmp_path):
+    """``--set a=1 b=2`` (detectron2's habit) and repeated ``--set``, in command-line order;
+    every command line that takes --set declares it with ``add_override_argument``."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    source = open(os.path.join(root, cli)).read()
+    assert "add_override_argument(" in source and '"--set"' not in source
+    parser = argparse.ArgumentParser()
+    config_lib.add_override_argument(parser)
+    parser.add_argument("--config")
+    args = parser.parse_args(["--set", "train.seed=1", "train.batch_size=4", "--config", "c",
+                              "--set", "train.seed=3", "--set", "train.warmup_steps=0"])
+    assert args.set == ["train.seed=1", "train.batch_size=4", "train.seed=3",
+                        "train.warmup_steps=0"]
+    assert parser.parse_args([]).set == []
+    path = write(tmp_path, "c.yaml", "train: {batch_size: 2}\n")
+    cfg = load_config(path, args.set)
+    assert (cfg.train.seed, cfg.train.batch_size, cfg.train.warmup_steps) == (3, 4, 0)
+
+
+def test_train_and_evaluate_command_lines_take_several_overrides(tmp_path):
+    root = os.path.join(os.path.dirname(__file__), "..")
+    sys.path.insert(0, root)
+    try:
+        import evaluate
+        import train
+    finally:
+        sys.path.remove(root)
+    args = train.parse_args(["--config", "c.yaml", "--set", "a.b=1", "c.d=2", "--set", "e=3"])
+    assert args.set == ["a.b=1", "c.d=2", "e=3"]
+    args = evaluate.parse_args(["--config", "c.yaml", "--weights", "w.h5", "--set", "a=1", "b=2"])
+    assert args.set == ["a=1", "b=2"]
 
 
 def test_override_errors(tmp_path):

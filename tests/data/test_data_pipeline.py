@@ -336,6 +336,25 @@ def test_grouping_matches_the_ungrouped_stream(source_files):
                 np.testing.assert_array_equal(b[k][i], e[k])
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_grouped_stream_resumes_exactly_at_any_step(source_files, cache):
+    """Rebuilt with skip_examples = k batches, the grouped stream is the uninterrupted one's
+    from batch k on (every array: ids, sizes, flips, pixels), whatever waited in a window."""
+    def batches(skip, count):
+        ds = _grouped(source_files, max_images=3, skip_examples=2 * skip, cache=cache)
+        return [{k: v.numpy() for k, v in b.items()} for b in ds.take(count)]
+
+    full = batches(0, 10)  # images 1 (landscape), 2 (portrait), 4 (landscape)
+    assert {bool(h > w) for b in full for h, w in b["image_sizes"]} == {False, True}
+    for k in range(1, 7):
+        for resumed, expected in zip(batches(k, 4), full[k:]):
+            assert resumed.keys() == expected.keys()
+            for key in expected:
+                np.testing.assert_array_equal(resumed[key], expected[key], err_msg=f"{k} {key}")
+    with pytest.raises(ValueError, match="whole batches"):
+        _grouped(source_files, skip_examples=3)
+
+
 def test_grouping_is_deterministic_and_off_or_fixed_keeps_one_size(source_files):
     def ids(seed):
         return [b["image_ids"].numpy().tolist() for b in _grouped(source_files, seed).take(6)]
