@@ -295,9 +295,9 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     if training and records:  # one (2,) stateless seed per element (COCO: _index_examples)
         seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
         dataset = tf.data.Dataset.zip((dataset, seeds))
-        if augment_fn is not None:
-            dataset = dataset.map(functools.partial(_augment, augment_fn),
-                                  num_parallel_calls=parallel).filter(_has_instances)
+    if training and augment_fn is not None:
+        dataset = dataset.map(functools.partial(_augment, augment_fn),
+                              num_parallel_calls=parallel).filter(_has_instances)
     transform = _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
                           fixed_size)
     dataset = dataset.map(transform, num_parallel_calls=parallel)  # ordered (deterministic)

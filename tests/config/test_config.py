@@ -16,7 +16,7 @@ import pytest
 from keras_maskrcnn import config as config_lib
 from keras_maskrcnn.config import (Config, ConfigError, apply_overrides, config_from_dict,
                                    config_to_dict, load_config, save_config)
-from support import CONFIGS
+from support import CONFIGS, ROOT
 
 CONFIG_DIR = CONFIGS
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
@@ -409,7 +409,7 @@ def test_overrides(tmp_path):
 def test_set_takes_several_overrides_after_one_flag_and_repeats(cli, tmp_path):
     """``--set a=1 b=2`` (detectron2's habit) and repeated ``--set``, in command-line order;
     every command line that takes --set declares it with ``add_override_argument``."""
-    root = os.path.join(os.path.dirname(__file__), "..")
+    root = ROOT
     source = open(os.path.join(root, cli)).read()
     assert "add_override_argument(" in source and '"--set"' not in source
     parser = argparse.ArgumentParser()
@@ -426,7 +426,7 @@ def test_set_takes_several_overrides_after_one_flag_and_repeats(cli, tmp_path):
 
 
 def test_train_and_evaluate_command_lines_take_several_overrides(tmp_path):
-    root = os.path.join(os.path.dirname(__file__), "..")
+    root = ROOT
     sys.path.insert(0, root)
     try:
         import evaluate
