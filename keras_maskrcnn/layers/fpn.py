@@ -55,7 +55,7 @@ def upsample_nearest_like(x, target, method="resize"):
         target: [B, H, W, C'] tensor whose H, W are used (may be dynamic).
         method: "resize" (default) uses TF's legacy ResizeNearestNeighbor kernel
             (align_corners=False, half_pixel_centers=False), which implements exactly this rule
-            and was ~8x faster than gathers on CPU; its gradient has no XLA kernel.
+            and is faster than gathers on CPU (bench/README.md); its gradient has no XLA kernel.
             "gather" uses two ``tf.gather``s: same values, XLA-compilable forward and backward.
     Returns:
         [B, H, W, C] in ``x``'s dtype.
