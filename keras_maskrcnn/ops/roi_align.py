@@ -39,7 +39,7 @@ Shape shorthand:
 import tensorflow as tf
 
 
-def _pair(output_size):
+def output_pair(output_size):
     """``int`` or ``(P, Q)`` -> ``(P, Q)`` Python ints, validated."""
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
@@ -272,7 +272,7 @@ def roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2,
     Convention: equals ``torchvision.ops.roi_align(nchw, [batch_idx, x1, y1, x2, y2], ...)``
     transposed to NHWC (see the module docstring for the exact sampling rules).
     """
-    out_hw = _pair(output_size)
+    out_hw = output_pair(output_size)
     grid = _check_sampling_ratio(sampling_ratio)
     features = tf.convert_to_tensor(features)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
@@ -301,7 +301,7 @@ def roi_align_indexed(images, boxes, box_indices, output_size, spatial_scale=1.0
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     return _crop_and_pool(_pad_map(tf.convert_to_tensor(images)), boxes,
                           tf.cast(box_indices, tf.int32), float(spatial_scale),
-                          _pair(output_size), grid, aligned)
+                          output_pair(output_size), grid, aligned)
 
 
 def assign_fpn_levels(boxes, min_level=2, max_level=5, canonical_size=224, canonical_level=4,
@@ -355,7 +355,7 @@ def multilevel_roi_align(features, boxes, output_size, sampling_ratio=2, aligned
     level gathers its RoIs (``tf.dynamic_partition``), runs one crop_and_resize with batch
     indices into that level, and the results are stitched back in RoI order.
     """
-    out_hw = _pair(output_size)
+    out_hw = output_pair(output_size)
     grid = _check_sampling_ratio(sampling_ratio)
     names = [f"P{level}" for level in range(min_level, max_level + 1)]
     missing = [name for name in names if name not in features]

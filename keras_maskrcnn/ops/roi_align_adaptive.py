@@ -39,6 +39,8 @@ Shape shorthand:
 """
 import tensorflow as tf
 
+from keras_maskrcnn.ops.roi_align import output_pair
+
 # Window sides (feature pixels) below the whole map, per axis: a 1.5x ladder keeps the gathered
 # window within 2.25x of the area an RoI touches.
 _LADDER = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -49,16 +51,6 @@ _CHUNK_FLOATS = 1 << 20
 # are > 0.5 apart (G >= 2) or alone (G = 1), so 4 can reach a row; one more on each side
 # absorbs float rounding of the candidate search.
 _CANDIDATES = 6
-
-
-def _pair(output_size):
-    """``int`` or ``(P, Q)`` -> ``(P, Q)`` Python ints, validated."""
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    out_h, out_w = (int(s) for s in output_size)
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"output_size must be positive, got {output_size}")
-    return out_h, out_w
 
 
 def _axis_grid(start, end, num_bins, aligned):
@@ -319,7 +311,7 @@ def roi_align_adaptive(features, boxes, output_size, spatial_scale=1.0, aligned=
     output_size, spatial_scale, sampling_ratio=0, aligned)`` transposed to NHWC, for RoIs of
     any size (see the module docstring).
     """
-    out_hw = _pair(output_size)
+    out_hw = output_pair(output_size)
     features = tf.convert_to_tensor(features)
     boxes = tf.cast(tf.convert_to_tensor(boxes), tf.float32)
     flat, batch_idx = _flatten_rois(boxes)
@@ -382,7 +374,7 @@ def multilevel_roi_align_adaptive(features, boxes, output_size, aligned=True, mi
         (B, R, P, Q, C) pooled features in the dtype of ``features["P{min_level}"]``: each RoI
         pooled by ``roi_align_adaptive`` from its level only.
     """
-    out_hw = _pair(output_size)
+    out_hw = output_pair(output_size)
     names = [f"P{level}" for level in range(min_level, max_level + 1)]
     missing = [name for name in names if name not in features]
     if missing:
