@@ -18,6 +18,7 @@ import os
 import sys
 
 from keras_maskrcnn import config as config_lib  # import-light: no TensorFlow
+from keras_maskrcnn.data import coco_json  # json and pycocotools only
 
 
 def parse_args(argv=None):
@@ -84,6 +85,8 @@ def main(argv=None):
     try:
         cfg = config_lib.load_config(args.config, overrides=args.set)  # strict: fails fast
         annotations, images = val_split_paths(cfg.data)
+        # lenient by default: defective annotations are listed (data.strict: an error)
+        print(coco_json.read_coco_json(annotations, strict=cfg.data.strict).report.summary())
         if not os.path.isfile(args.weights):
             raise FileNotFoundError(f"weights file not found: {args.weights}")
         if not args.weights.endswith((".weights.h5", ".keras")):

@@ -76,6 +76,7 @@ def _train(cfg, strategy, paths, writes, chief):
     if chief:
         config_lib.save_config(cfg, paths["config"])
         source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg))
+        report_annotations(source)
     training.sync_workers(strategy)  # the chief has written the synthetic data, if any
     if not chief:
         source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg),
@@ -113,6 +114,13 @@ def _num_keypoints(cfg):
     return k.num_keypoints if k.enabled else 0
 
 
+def report_annotations(source):
+    """Prints the loader's summary of left-out annotations (COCO JSON sources; TFRecords were
+    filtered when written)."""
+    if source.report is not None:
+        print(source.report.summary())
+
+
 def _report_skipped(source):
     stats = source.stats
     if stats.num_skipped:
@@ -137,6 +145,7 @@ def evaluate(cfg, model):
     """COCOeval on the validation split; metrics are also written to TensorBoard."""
     paths = _paths(cfg)
     val = pipeline.load_split(cfg.data, "val", _num_keypoints(cfg))
+    report_annotations(val)
     metrics = evaluation.evaluate_model(model, val.annotation_file, val.image_dir,
                                         max_images=cfg.eval.max_images,
                                         output_dir=paths["eval"])

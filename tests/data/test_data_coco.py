@@ -385,3 +385,30 @@ def test_report_summary_lists_the_first_ids(tmp_path):
     assert lines[1].startswith(f"  {J.NON_POSITIVE_BOX}: 7 (ids 100, 101, 102, 103, 104, ...; "
                                "first: annotation 100: bbox: width 0 must be > 0")
     assert "ids 100, 101, 102" in ds.report.summary(max_ids=3)
+
+
+def test_training_and_evaluation_entry_points_print_the_report(tmp_path, capsys):
+    """run.train / run.evaluate print the loader's summary; evaluate.py prints it too and
+    stops with the strict error under data.strict."""
+    import subprocess
+    import sys
+
+    from keras_maskrcnn import run
+    from support import ROOT
+    files = write_defective_file(tmp_path)
+    run.report_annotations(C.load_coco(files["bad"], files["images"],
+                                       num_keypoints=NUM_KEYPOINTS))
+    assert capsys.readouterr().out.startswith(f"{files['bad']}: 28 annotations, 13 left out")
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"base: {os.path.join(ROOT, 'configs', 'tiny.yaml')}\n"
+                   f"data:\n  val: {{format: coco, annotations: {files['bad']}, "
+                   f"images: {files['images']}}}\n")
+    weights = tmp_path / "missing.weights.h5"
+    for strict, expected in ((False, "28 annotations, 12 left out"),  # no keypoint check
+                             (True, "annotation 1000: bbox: width -3 must be > 0")):
+        run_ = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--config",
+                               str(cfg), "--weights", str(weights), "--set",
+                               f"data.strict={str(strict).lower()}"],
+                              capture_output=True, text=True, timeout=300)
+        assert run_.returncode == 2  # the weights file is missing: checked after the report
+        assert expected in run_.stdout + run_.stderr
