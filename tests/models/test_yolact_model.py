@@ -10,6 +10,7 @@ from keras_maskrcnn import build_model, config
 from keras_maskrcnn.layers.protonet import Protonet
 from keras_maskrcnn.models.yolact import YOLACT
 from support import CONFIGS
+from support import models as models_support
 
 SIZE = 128
 NUM_PROTOTYPES = 8
@@ -26,22 +27,8 @@ def tiny_config(**extra):
 
 def synthetic_batch(num_gt=(2, 0), size=SIZE, max_gt=3, seed=0):
     """Noise images with filled rectangles as GT (an image may have no GT at all)."""
-    rng = np.random.default_rng(seed)
-    b = len(num_gt)
-    images = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
-    boxes = -np.ones((b, max_gt, 4), np.float32)
-    classes = -np.ones((b, max_gt), np.int32)
-    masks = np.zeros((b, max_gt, size, size), np.uint8)
-    for i, n in enumerate(num_gt):
-        for j in range(n):
-            x1, y1 = rng.uniform(0, size / 2, 2)
-            w, h = rng.uniform(16, size / 2, 2)
-            boxes[i, j] = [x1, y1, x1 + w, y1 + h]
-            classes[i, j] = 1 + j % 3
-            masks[i, j, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 1
-            images[i, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 40.0 * (j + 1)
-    return {"images": images, "image_sizes": np.full((b, 2), size, np.int32),
-            "gt_boxes": boxes, "gt_classes": classes, "gt_masks": masks}
+    return models_support.synthetic_batch(num_gt, size, num_keypoints=0, max_gt=max_gt,
+                                          seed=seed)
 
 
 def inference_inputs(batch):

@@ -15,7 +15,8 @@ def tiny_config(**extra):
 
 
 def synthetic_batch(num_gt=(2, 0), size=SIZE, num_keypoints=4, max_gt=3, seed=0):
-    """A batch of noise images with rectangles as GT (image 2 may have no GT at all)."""
+    """A batch of noise images with rectangles as GT (image 2 may have no GT at all); no
+    ``gt_keypoints`` when ``num_keypoints`` is 0 (YOLACT's batches)."""
     rng = np.random.default_rng(seed)
     b = len(num_gt)
     images = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
@@ -31,9 +32,12 @@ def synthetic_batch(num_gt=(2, 0), size=SIZE, num_keypoints=4, max_gt=3, seed=0)
             classes[i, j] = 1 + j % 3
             masks[i, j, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 1
             images[i, int(y1):int(y1 + h), int(x1):int(x1 + w)] = 40.0 * (j + 1)
-            keypoints[i, j, :, 0] = rng.uniform(x1, x1 + w, num_keypoints)
-            keypoints[i, j, :, 1] = rng.uniform(y1, y1 + h, num_keypoints)
-            keypoints[i, j, :, 2] = 2
-    return {"images": images, "image_sizes": np.full((b, 2), size, np.int32),
-            "gt_boxes": boxes, "gt_classes": classes, "gt_masks": masks,
-            "gt_keypoints": keypoints}
+            if num_keypoints:
+                keypoints[i, j, :, 0] = rng.uniform(x1, x1 + w, num_keypoints)
+                keypoints[i, j, :, 1] = rng.uniform(y1, y1 + h, num_keypoints)
+                keypoints[i, j, :, 2] = 2
+    batch = {"images": images, "image_sizes": np.full((b, 2), size, np.int32),
+             "gt_boxes": boxes, "gt_classes": classes, "gt_masks": masks}
+    if num_keypoints:
+        batch["gt_keypoints"] = keypoints
+    return batch
