@@ -19,9 +19,10 @@ that every stage runs away from its initial values and activations stay O(1):
       class (>= 10 distinct labels per photo, asserted), raw box deltas std 1.5.
 With ``weights_backbone=None`` torchvision builds its ResNet with ``nn.BatchNorm2d`` instead
 of ``FrozenBatchNorm2d``; in eval mode both compute the same affine map of the same four
-buffers, and the state_dict also carries ``num_batches_tracked`` (skipped by the converter).
-Their eps is set to 0, as torchvision does for its COCO_V1 checkpoints (``overwrite_eps``) and
-as the converted config does (``model.backbone.bn_eps: 0``).
+buffers (eps 1e-5), and the state_dict also carries ``num_batches_tracked`` (skipped by the
+converter). The converted config's ``model.backbone.bn_eps: 0`` (torchvision's COCO_V1
+checkpoints run with eps 0, ``overwrite_eps``) is overridden to 1e-5 here: the reference is
+built with random weights, not loaded from COCO_V1.
 
 Image sizes: to keep CPU time sane both sides use min_size 320 / max_size 512 (torchvision's
 ``min_size`` / ``max_size``, our ``input.min_size_test`` / ``input.max_size``) instead of
@@ -60,7 +61,8 @@ MIN_SIZE, MAX_SIZE = 320, 512
 SCORE_THRESHOLD = 0.01
 OVERRIDES = (f"input.min_size_test={MIN_SIZE}", f"input.max_size={MAX_SIZE}",
              f"input.min_size_train=[{MIN_SIZE}]",
-             f"model.roi_heads.score_threshold={SCORE_THRESHOLD}")
+             f"model.roi_heads.score_threshold={SCORE_THRESHOLD}",
+             "model.backbone.bn_eps=1e-5")  # the reference is built, not loaded: eps 1e-5
 FEATURE_RTOL = 1e-4
 PROPOSAL_IOU, PROPOSAL_FRACTION = 0.99, 0.99
 KEYPOINT_PIXELS = 1.0
@@ -162,11 +164,7 @@ def torchvision_model(torch, torchvision, arch, calibration_images):
     if not arch.startswith("keypoint"):
         kwargs["num_classes"] = 91
     model = getattr(torchvision.models.detection, arch)(**kwargs).eval()
-    model = randomise_(torch, model, [to_chw(torch, image) for image in calibration_images])
-    for module in model.modules():  # as torchvision's COCO_V1 models (overwrite_eps(model, 0))
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eps = 0.0
-    return model
+    return randomise_(torch, model, [to_chw(torch, image) for image in calibration_images])
 
 
 # --------------------------------------------------------------------------------- running
