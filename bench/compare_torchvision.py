@@ -131,7 +131,7 @@ def prepare(args):
     import numpy as np
     import torch
     import torchvision
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]  # + support/
     import test_parity  # the randomisation of the parity tests (imports tensorflow: after torch)
     from keras_maskrcnn.preprocessing import resize_image, shorter_side_size
 
