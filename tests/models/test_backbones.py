@@ -307,12 +307,13 @@ def test_tf_function_dynamic_sizes():
         x = np.random.default_rng(0).normal(size=(2,) + hw + (3,)).astype(np.float32)
         eager = fpn(resnet(x))  # eager first: variables are created outside the trace
         graph = fn(x)
+        # The reference is the same network traced for this static shape: graph mode fuses
+        # conv + bias + ReLU (Grappler; oneDNN on Intel CPUs) and sums in another order than
+        # eager's separate ops (differences up to 1.5e-5 on maps up to 4.4 were seen).
+        static = tf.function(lambda x: fpn(resnet(x)))(tf.constant(x))
         for k in eager:
-            # Graph mode fuses conv + bias + ReLU (Grappler; oneDNN on Intel CPUs), which sums
-            # in another order than eager's separate ops: float32 rounding of the map's scale.
-            scale = max(1.0, float(np.abs(eager[k].numpy()).max()))
-            np.testing.assert_allclose(graph[k].numpy(), eager[k].numpy(), rtol=1e-5,
-                                       atol=1e-5 * scale)
+            assert graph[k].shape == eager[k].shape
+            np.testing.assert_allclose(graph[k].numpy(), static[k].numpy(), rtol=1e-5, atol=1e-5)
     assert fn.experimental_get_tracing_count() == 1
 
 
