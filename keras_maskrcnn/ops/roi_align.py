@@ -60,6 +60,18 @@ def _check_sampling_ratio(sampling_ratio):
     return int(sampling_ratio)
 
 
+def roi_extent(start, end, aligned):
+    """torchvision's RoI extent along one axis, box edges in feature pixels -> (roi_start,
+    roi_size): ``aligned`` shifts by half a pixel; otherwise the size is at least one pixel
+    (torchvision's legacy rule)."""
+    offset = 0.5 if aligned else 0.0
+    roi_start = start - offset
+    roi_size = (end - offset) - roi_start
+    if not aligned:
+        roi_size = tf.maximum(roi_size, 1.0)
+    return roi_start, roi_size
+
+
 def _sample_spans(start, end, num_bins, grid, aligned):
     """First and last sample coordinate of each of the G sub-grids along one axis.
 
@@ -72,11 +84,7 @@ def _sample_spans(start, end, num_bins, grid, aligned):
         roi_start + p * bin + (g + 0.5) * bin / G, p = 0 .. P - 1, evenly spaced from first to
         last (first == last when P == 1).
     """
-    offset = 0.5 if aligned else 0.0
-    roi_start = start - offset
-    roi_size = (end - offset) - roi_start
-    if not aligned:
-        roi_size = tf.maximum(roi_size, 1.0)  # torchvision's legacy minimum of one pixel
+    roi_start, roi_size = roi_extent(start, end, aligned)
     bin_size = roi_size / num_bins
     step = bin_size / grid
     spans = []

@@ -39,7 +39,7 @@ Shape shorthand:
 """
 import tensorflow as tf
 
-from keras_maskrcnn.ops.roi_align import output_pair
+from keras_maskrcnn.ops.roi_align import output_pair, roi_extent
 
 # Window sides (feature pixels) below the whole map, per axis: a 1.5x ladder keeps the gathered
 # window within 2.25x of the area an RoI touches.
@@ -56,11 +56,7 @@ _CANDIDATES = 6
 def _axis_grid(start, end, num_bins, aligned):
     """torchvision's sampling along one axis: (K,) box edges in feature pixels -> (K,) float32
     roi_start, bin_size and grid = ceil(roi_size / P) samples per bin (<= 0: no samples)."""
-    offset = 0.5 if aligned else 0.0
-    roi_start = start - offset
-    roi_size = (end - offset) - roi_start
-    if not aligned:
-        roi_size = tf.maximum(roi_size, 1.0)  # torchvision's legacy minimum of one pixel
+    roi_start, roi_size = roi_extent(start, end, aligned)
     bin_size = roi_size / num_bins
     grid = tf.math.ceil(roi_size / num_bins)
     return roi_start, bin_size, grid
