@@ -34,8 +34,8 @@ def _inputs(batch):
 
 
 def test_config_checks_name_the_fields():
-    with pytest.raises(ConfigError, match="keypoint_head.enabled: backbone.variant c4 has no "
-                                          "keypoint head"):
+    with pytest.raises(ConfigError, match="model.keypoint_head.enabled: backbone.variant c4 "
+                                          "has no keypoint head"):
         tiny_config(**{**C4, "model.keypoint_head.enabled": "true"})
     with pytest.raises(ConfigError, match="box_head.pool_size: .*even"):
         c4_config(**{"model.box_head.pool_size": 7})
@@ -147,6 +147,13 @@ def test_fit_one_step_finite_losses_and_weights_change():
     unchanged = [v.path for a, v in zip(before, m.trainable_variables)
                  if np.array_equal(a, v.numpy())]
     assert not unchanged, unchanged
+
+
+def test_training_batch_without_gt_runs_res5_on_no_foreground(model):
+    outputs = model(synthetic_batch(num_gt=(0, 0), num_keypoints=0), training=True)
+    losses = model.compute_losses(outputs)
+    assert outputs["mask_logits"].shape[1] == 0 and float(losses["mask"]) == 0.0
+    assert all(np.isfinite(v.numpy()) for v in losses.values())
 
 
 def test_detect_returns_boxes_scores_labels_and_masks(model):
