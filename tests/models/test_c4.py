@@ -135,6 +135,21 @@ def test_res5_head_settings_and_freezing():
         ResNet(max_level=3)
 
 
+def test_c4_backbone_is_the_first_three_stages_of_the_resnet():
+    full = ResNet(depth=50, width_multiplier=0.125, name="backbone")
+    c4 = ResNet(depth=50, width_multiplier=0.125, max_level=4, name="backbone")
+    images = tf.constant(np.random.default_rng(3).normal(size=(1, 70, 90, 3)), tf.float32)
+    full(images)
+    features = c4(images)
+    assert sorted(features) == ["C2", "C3", "C4"] == sorted(c4.out_channels)
+    shapes = c4.compute_output_shape((1, 70, 90, 3))
+    assert {k: tuple(v.shape) for k, v in features.items()} == shapes
+    assert [w.path for w in c4.weights] == [w.path for w in full.weights][:len(c4.weights)]
+    c4.set_weights(full.get_weights()[:len(c4.weights)])
+    np.testing.assert_array_equal(c4(images)["C4"].numpy(), full(images)["C4"].numpy())
+    assert ResNet.from_config(c4.get_config()).max_level == 4
+
+
 def test_fit_one_step_finite_losses_and_weights_change():
     m = build_model(c4_config())
     m.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=False)
