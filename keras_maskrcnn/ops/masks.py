@@ -33,6 +33,7 @@ Shape shorthand:
     S  mask size (28 for the mask head's targets and outputs)
     C  GT mask crop size (``input.gt_mask_size``)
 """
+import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn.ops.roi_align import _mean_of_crops, _sample_spans, roi_align_indexed
@@ -50,8 +51,8 @@ def mask_crop_boxes(gt_boxes, margin=CROP_MARGIN):
     parts = (x1 - dx, y1 - dy, x2 + dx, y2 + dy)
     if isinstance(gt_boxes, tf.Tensor):
         return tf.stack(parts, axis=-1)
-    import numpy as np  # NumPy input: the data pipeline's Python stage
     return np.stack(parts, axis=-1).astype(np.asarray(gt_boxes).dtype)
+
 
 def project_masks_on_boxes(gt_masks, boxes, matched_gt, mask_size, sampling_ratio=2,
                            aligned=False):
