@@ -36,7 +36,8 @@ Shape shorthand:
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.ops.roi_align import _mean_of_crops, _sample_spans, roi_align_indexed
+from keras_maskrcnn.ops.roi_align import (_check_sampling_ratio, _mean_of_crops, _sample_spans,
+                                         roi_align_indexed)
 
 # Crop frame margin, a fraction of the GT box side per side: room for mask pixels a box
 # rounded to the annotation misses, and for the bilinear fall-off at the mask's border.
@@ -122,6 +123,7 @@ def project_cropped_masks_on_boxes(gt_crops, gt_boxes, boxes, matched_gt, mask_s
     side (bilinear between the crop's border pixel and 0; 0 beyond): one crop_and_resize per
     sub-grid on the (B * M, C + 2, C + 2, 1) crops, as ``roi_align_indexed``.
     """
+    grid = _check_sampling_ratio(sampling_ratio)
     gt_crops = tf.convert_to_tensor(gt_crops)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     out_shape = tf.concat([tf.shape(boxes)[:2], [mask_size, mask_size]], 0)
@@ -129,9 +131,9 @@ def project_cropped_masks_on_boxes(gt_crops, gt_boxes, boxes, matched_gt, mask_s
         return tf.zeros(out_shape)
     if gt_crops.dtype.name not in ("uint8", "float32"):
         gt_crops = tf.cast(gt_crops, tf.float32)
-    crop = gt_crops.shape[-1]
     shape = tf.shape(gt_crops)
-    images = tf.reshape(gt_crops, [-1, crop, crop, 1])  # (B, M, C, C) -> (B * M, C, C, 1)
+    images = tf.reshape(gt_crops, tf.concat([[-1], shape[2:], [1]], 0))  # -> (B * M, C, C, 1)
+    crop = tf.cast(shape[-1], tf.float32)  # C
     images = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])  # zero border: 0 outside
     matched = tf.maximum(tf.cast(matched_gt, tf.int32), 0)  # (B, R), negatives -> 0
     frames = mask_crop_boxes(tf.cast(gt_boxes, tf.float32))  # (B, M, 4)
@@ -150,8 +152,8 @@ def project_cropped_masks_on_boxes(gt_crops, gt_boxes, boxes, matched_gt, mask_s
         tf.stack([padded_coordinate(ya, fy1, pixels_y), padded_coordinate(xa, fx1, pixels_x),
                   padded_coordinate(yb, fy1, pixels_y), padded_coordinate(xb, fx1, pixels_x)],
                  axis=-1)
-        for ya, yb in _sample_spans(y1, y2, mask_size, sampling_ratio, aligned)
-        for xa, xb in _sample_spans(x1, x2, mask_size, sampling_ratio, aligned)]
+        for ya, yb in _sample_spans(y1, y2, mask_size, grid, aligned)
+        for xa, xb in _sample_spans(x1, x2, mask_size, grid, aligned)]
     targets = _mean_of_crops(images, crop_boxes, box_indices, (mask_size, mask_size))
     targets = tf.reshape(tf.stop_gradient(targets), out_shape)  # (B * R, S, S, 1) -> (B, R, S, S)
     targets.set_shape(boxes.shape[:2].concatenate([mask_size, mask_size]))

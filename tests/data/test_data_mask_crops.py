@@ -135,6 +135,8 @@ def test_synthetic_config_gives_crops_and_one_fit_step(tmp_path):
     assert batch["gt_masks"].shape[2:] == (24, 24) and batch["gt_masks"].dtype == tf.uint8
     model = builders.build_model(cfg)
     assert model.gt_mask_format == "cropped"
+    rebuilt = type(model).from_config(model.get_config())  # the format travels with the recipe
+    assert rebuilt.gt_mask_format == "cropped"
     import keras
     model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
     before = [v.numpy().copy() for v in model.mask_predictor.trainable_variables]
