@@ -159,9 +159,11 @@ def main(argv=None):
                                                                  TF_CPP_MIN_LOG_LEVEL="2"))
         results[mask_format] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[mask_format]
+        mib = {k: r[k] / 2**20 for k in ("bytes_per_example", "max_bytes_per_example",
+                                         "gt_mask_bytes_per_example")}
         print(f"{mask_format:8s} {r['images_per_s']:6.2f} images/s; per example "
-              f"{r['bytes_per_example'] / 2**20:7.2f} MiB (max {r['max_bytes_per_example'] / 2**20:.2f}"
-              f"; gt_masks {r['gt_mask_bytes_per_example'] / 2**20:.2f}) at "
+              f"{mib['bytes_per_example']:7.2f} MiB (max {mib['max_bytes_per_example']:.2f}"
+              f"; gt_masks {mib['gt_mask_bytes_per_example']:.2f}) at "
               f"{r['instances_per_image']:.1f} instances/image; RSS growth "
               f"{r['rss_growth_mib']:.0f} MiB (peak {r['peak_rss_growth_mib']:.0f})")
     if {"full", "cropped"} <= set(results):
