@@ -157,7 +157,7 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         rpn_smooth_l1_beta=r.smooth_l1_beta, box_smooth_l1_beta=m.roi_heads.smooth_l1_beta,
         loss_weights=dataclasses.asdict(m.loss_weights),
         mask_threshold=m.mask_head.threshold, category_ids=category_ids,
-        config_dict=config_dict, **kwargs)
+        gt_mask_format=settings.input.gt_mask_format, config_dict=config_dict, **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
         # C4's res5 head swaps its eligible convs like the backbone, without Winograd or
         # chunks (roi_heads): its maps are 7x7 after a strided first block.

@@ -434,6 +434,12 @@ class InputConfig(Section):
                                                    TV)
     pixel_std: Tuple[float, float, float] = param((0.229, 0.224, 0.225), positive, "RGB", TV)
     max_instances: int = param(100, positive, "GT per image, padded with -1 (static shapes)")
+    # GT masks as the pipeline hands them to the model (ops/masks.py, data/pipeline.py).
+    gt_mask_format: Literal["full", "cropped"] = param(
+        "full", None, "full: (M, Hp, Wp) image masks, targets exactly torchvision's; cropped: "
+        "(M, S, S) crops of each GT box widened by 1/16 per side, host memory independent of "
+        "the image size (Mask R-CNN only; not with data.augment ssd)", TV)
+    gt_mask_size: int = param(112, at_least(2), "S, the crops' side (cropped format)", OURS)
 
     def validate(self):
         if self.min_size_train_sampling == "range":
@@ -591,3 +597,12 @@ class Config(Section):
     train: TrainConfig = section(TrainConfig)
     eval: EvalConfig = section(EvalConfig)
     export: ExportConfig = section(ExportConfig)
+
+    def validate(self):
+        if self.input.gt_mask_format == "cropped":  # crops live in each GT box's frame
+            require(self.model.architecture == "mask_rcnn", "input.gt_mask_format",
+                    f"cropped GT masks are for Mask R-CNN; {self.model.architecture!r} needs "
+                    "full (its losses read the masks at prototype resolution)")
+            require(self.data.augment == "none", "input.gt_mask_format",
+                    f"cropped GT masks cannot go through data.augment {self.data.augment!r} "
+                    "(its crop clips boxes without their masks): use full")

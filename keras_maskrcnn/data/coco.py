@@ -16,7 +16,11 @@ Conventions pinned here (tests/data/test_data_coco.py checks them):
     * Images without (remaining) annotations stay in the dataset as negatives.
     * Masks: polygons, compressed RLE (``counts`` a string) and uncompressed RLE (``counts`` a
       list) are decoded with pycocotools. An annotation without a ``segmentation`` key gets
-      its box as the mask (``stats.num_box_masks``).
+      its box as the mask (``stats.num_box_masks``). Full masks are (M, H, W); cropped masks
+      (``mask_size`` C) are (M, C, C) crops of the frames ``ops.masks.mask_crop_boxes`` gives
+      (``segmentation_crop``): polygons are rasterised in the crop frame (no full-image mask),
+      RLE is decoded and sampled at the crop pixel centres; the parts of a crop outside the
+      image are 0, as the full mask is there.
     * Keypoints: (M, Kp, 3) float32 [x, y, v] as written in the file (no +0.5 shift, as
       torchvision); annotations without ``keypoints`` get zeros (v = 0).
     * Reading and validation are ``coco_json``'s: file-level problems raise
@@ -37,6 +41,7 @@ import tensorflow as tf
 from pycocotools import mask as mask_utils
 
 from keras_maskrcnn.data import coco_json
+from keras_maskrcnn.ops.masks import mask_crop_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +145,78 @@ def decode_segmentation(segmentation, height, width):
     return mask_utils.decode(rle)
 
 
+def _crop_centres(frame, size, height, width):
+    """Crop pixel centres of a frame (4,) xyxy in image pixels: x (C,), y (C,) continuous
+    coordinates, and the (C, C) bool mask of centres inside the image."""
+    x1, y1, x2, y2 = (float(v) for v in frame)
+    steps = (np.arange(size) + 0.5) / size
+    xs, ys = x1 + steps * (x2 - x1), y1 + steps * (y2 - y1)
+    inside = ((ys >= 0) & (ys < height))[:, None] & ((xs >= 0) & (xs < width))[None, :]
+    return xs, ys, inside
+
+
+def sample_mask_crop(mask, frame, size):
+    """(H, W) 0/1 mask -> (C, C) uint8 crop of ``frame``: the pixel under each crop pixel
+    centre (nearest), 0 outside the image."""
+    height, width = mask.shape
+    xs, ys, inside = _crop_centres(frame, size, height, width)
+    cols = np.clip(np.floor(xs).astype(np.int64), 0, width - 1)
+    rows = np.clip(np.floor(ys).astype(np.int64), 0, height - 1)
+    return (mask[rows[:, None], cols[None, :]] * inside).astype(np.uint8)
+
+
+def _raster_axis(start, end, size, limit):
+    """One axis of the grid a polygon is rasterised on for a crop of [start, end]: image
+    pixels (an integer-aligned window) when a crop pixel is smaller than an image pixel, so
+    the crop repeats the full mask's pixels; else the crop's own pixels.
+
+    Returns (origin, scale, length, index): raster coordinate = (x - origin) * scale over
+    ``length`` cells, and the (C,) raster cell under each crop pixel centre.
+    """
+    centres = start + (np.arange(size) + 0.5) / size * (end - start)
+    if end - start <= size:
+        first = max(int(np.floor(start)), 0)
+        last = min(int(np.ceil(end)), limit)
+        index = np.clip(np.floor(centres).astype(np.int64) - first, 0, max(last - first, 1) - 1)
+        return float(first), 1.0, max(last - first, 1), index
+    return start, size / (end - start), size, np.arange(size)
+
+
+def segmentation_crop(segmentation, frame, size, height, width, box=None):
+    """A COCO segmentation rasterised in a crop frame (module docstring).
+
+    Polygons are rasterised on a small grid of their own (``_raster_axis``: the crop's pixels,
+    or an integer-aligned window of image pixels on an axis where the crop is finer than the
+    image), never on the full image.
+
+    Args:
+        segmentation: as in the JSON, or None: the integer-rounded ``box`` fills the mask (as
+            ``CocoDataset.instance_masks``).
+        frame: (4,) xyxy crop region in image pixels; size: C.
+        height, width: image size.
+
+    Returns:
+        (C, C) uint8 0/1.
+    """
+    xs, ys, inside = _crop_centres(frame, size, height, width)
+    if segmentation is None:
+        x1, y1, x2, y2 = np.round(box).astype(int)
+        crop = ((ys >= y1) & (ys < y2))[:, None] & ((xs >= x1) & (xs < x2))[None, :]
+    elif isinstance(segmentation, list):  # polygons: moved onto the crop's grid
+        polygons = [np.asarray(p, np.float64).reshape(-1, 2) for p in segmentation
+                    if len(p) >= 6]
+        if not polygons:
+            return np.zeros((size, size), np.uint8)
+        x0, sx, nx, cols = _raster_axis(float(frame[0]), float(frame[2]), size, width)
+        y0, sy, ny, rows = _raster_axis(float(frame[1]), float(frame[3]), size, height)
+        moved = [((p - [x0, y0]) * [sx, sy]).ravel().tolist() for p in polygons]
+        raster = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(moved, ny, nx)))
+        crop = raster[rows[:, None], cols[None, :]]
+    else:  # RLE: no polygon to move; decode and sample
+        return sample_mask_crop(decode_segmentation(segmentation, height, width), frame, size)
+    return (crop * inside).astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------- loading
 def _image_gt(anns, image, categories, num_keypoints, stats):
     """Non-crowd, non-degenerate GT of one image as (boxes, classes, segmentations, kps)."""
@@ -224,6 +301,16 @@ class CocoDataset:
                 masks[i] = decode_segmentation(segm, record.height, record.width)
         return masks
 
+    def instance_mask_crops(self, record: ImageRecord, size: int, count: Optional[int] = None):
+        """(M, C, C) uint8 crops (``segmentation_crop``) of the first ``count`` instances."""
+        segms = record.segmentations[:count]
+        frames = mask_crop_boxes(record.boxes[:len(segms)])
+        crops = np.zeros((len(segms), size, size), np.uint8)
+        for i, segm in enumerate(segms):
+            crops[i] = segmentation_crop(segm, frames[i], size, record.height, record.width,
+                                         record.boxes[i])
+        return crops
+
     def skip(self, record: ImageRecord, reason: str):
         """Counts an image the pipeline could not use and names it in a warning (once: later
         epochs skip it silently)."""
@@ -235,12 +322,13 @@ class CocoDataset:
         logger.warning("skipping image %s (id %d): %s", record.path, record.image_id, reason)
 
     def load_example(self, index: int, max_instances: Optional[int] = None,
-                     with_masks: bool = True):
+                     with_masks: bool = True, mask_size: Optional[int] = None):
         """Reads image ``index`` and its GT. Returns None (after ``skip``) if unreadable.
 
         Returns:
             dict: image (H, W, 3) uint8 RGB, boxes (M, 4) float32 xyxy, classes (M,) int32,
-            masks (M, H, W) uint8 (absent when ``with_masks`` is False), keypoints
+            masks (M, H, W) uint8, or (M, C, C) crops when ``mask_size`` is C (absent when
+            ``with_masks`` is False), keypoints
             (M, Kp, 3) float32 (when Kp > 0), image_id int; M <= max_instances (the first
             ones in file order are kept, counted in ``stats.num_truncated_images``).
         """
@@ -259,7 +347,8 @@ class CocoDataset:
                    "classes": record.classes[:count], "image_id": record.image_id}
         if with_masks:
             try:
-                example["masks"] = self.instance_masks(record, count)
+                example["masks"] = self.instance_masks(record, count) if mask_size is None \
+                    else self.instance_mask_crops(record, mask_size, count)
             except Exception as e:  # noqa: BLE001 - e.g. a corrupt compressed RLE string
                 self.skip(record, f"cannot decode a segmentation: {type(e).__name__}: {e}")
                 return None
@@ -287,10 +376,11 @@ def read_image(record: ImageRecord, on_error):
     return image
 
 
-def example_schema(num_keypoints, with_masks):
+def example_schema(num_keypoints, with_masks, mask_size=None):
     """The Python decoding stage's output: (names, tf dtypes, shapes, stand-in when skipped).
 
     Shared by the COCO and TFRecord readers so both feed the pipeline the same structure.
+    ``mask_size`` C: masks are (M, C, C) crops; None: (M, H, W) full masks.
     """
     kp = num_keypoints
     names = ["image", "boxes", "classes", "image_id"] + ["masks"] * with_masks \
@@ -298,10 +388,12 @@ def example_schema(num_keypoints, with_masks):
     dtypes = {"image": tf.uint8, "boxes": tf.float32, "classes": tf.int32,
               "image_id": tf.int64, "masks": tf.uint8, "keypoints": tf.float32}
     shapes = {"image": [None, None, 3], "boxes": [None, 4], "classes": [None],
-              "image_id": [], "masks": [None, None, None], "keypoints": [None, kp, 3]}
+              "image_id": [], "masks": [None, mask_size, mask_size],
+              "keypoints": [None, kp, 3]}
+    crop = mask_size or 1
     empty = {"image": np.zeros((1, 1, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
              "classes": np.zeros((0,), np.int32), "image_id": np.int64(-1),
-             "masks": np.zeros((0, 1, 1), np.uint8), "keypoints": np.zeros((0, kp, 3),
+             "masks": np.zeros((0, crop, crop), np.uint8), "keypoints": np.zeros((0, kp, 3),
                                                                               np.float32)}
     return names, dtypes, shapes, empty
 

@@ -22,7 +22,11 @@ Each element is one dict (the model's ``inputs``), dense tensors only (RaggedTen
     image_sizes     (B, 2) int32     (height, width) of the resized image before padding
     gt_boxes        (B, M, 4) float32  xyxy in resized pixels; padding rows -1
     gt_classes      (B, M) int32     contiguous 1..K; padding -1 (valid = gt_classes > 0)
-    gt_masks        (B, M, Hp, Wp) uint8  0/1; padding rows and pixels 0
+    gt_masks        (B, M, Hp, Wp) uint8  0/1; padding rows and pixels 0. With
+                    ``gt_mask_size`` C (``input.gt_mask_format: cropped``): (B, M, C, C)
+                    uint8 crops of the frames ``ops.masks.mask_crop_boxes(gt_boxes)``;
+                    padding rows 0. The frame follows the box, so the resize leaves a crop
+                    as it is and the flip mirrors it
     gt_keypoints    (B, M, Kp, 3) float32  [x, y, v] in resized pixels; padding rows -1
                     (only when the source has keypoints)
     image_ids       (B,) int64       the dataset's image ids
@@ -85,12 +89,13 @@ def load_split(data_config, split, num_keypoints=0, create_synthetic=True):
                               "keras_maskrcnn.data.pipeline")
 
 
-def _python_stage(source, max_instances, with_masks):
+def _python_stage(source, max_instances, with_masks, mask_size=None):
     """A tf.data map function running ``source.load_example`` in Python; adds ``valid``."""
-    names, dtypes, shapes, empty = coco.example_schema(source.num_keypoints, with_masks)
+    names, dtypes, shapes, empty = coco.example_schema(source.num_keypoints, with_masks,
+                                                       mask_size)
 
     def load(index):
-        example = source.load_example(int(index), max_instances, with_masks)
+        example = source.load_example(int(index), max_instances, with_masks, mask_size)
         valid = example is not None
         if not valid and source.stats.num_skipped >= len(source):
             raise RuntimeError(f"{source.annotation_file}: no image of the split is readable "
@@ -134,15 +139,17 @@ def _orientation(example):
 
 
 def _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
-              fixed_size):
+              fixed_size, mask_size=None):
     """The TF map function: resize, flip, pad. ``fixed_size``: (Hp, Wp) ints, or None: each
     example is padded to its size rounded up to size_divisor, and the batching pads on to the
-    batch's largest image."""
+    batch's largest image. ``mask_size``: masks are (M, C, C) crops (not resized, not padded
+    spatially)."""
     max_instances = input_config.max_instances
 
     def stage(example, seed=None):
         example = dict(example)
         example.pop("valid")
+        crops = example.pop("masks") if mask_size and "masks" in example else None
         original_size = tf.shape(example["image"])[:2]
         min_size = input_config.min_size_test
         if training:
@@ -154,6 +161,8 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
         else:
             example = transforms.resize_example(example, min_size, input_config.max_size,
                                                 mask_method)
+        if crops is not None:  # the crop frame follows the resized box: crops unchanged
+            example["masks"] = crops
         if training and flip_probability > 0:
             example = transforms.random_flip_example(example, flip_seed, flip_probability,
                                                      flip_indices)
@@ -177,7 +186,9 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
             "original_sizes": original_size,
             "scales": example["scale"],
         }
-        if "masks" in example:
+        if crops is not None:
+            out["gt_masks"] = rows(example["masks"], pad_value=0)
+        elif "masks" in example:
             out["gt_masks"] = transforms.pad_masks(rows(example["masks"], pad_value=0),
                                                    pad_h, pad_w)
         if "keypoints" in example:
@@ -185,7 +196,8 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
         if fixed_size is not None:  # one static shape for the whole training run
             out["images"] = tf.ensure_shape(out["images"], [pad_h, pad_w, 3])
             if "gt_masks" in out:
-                out["gt_masks"] = tf.ensure_shape(out["gt_masks"], [max_instances, pad_h, pad_w])
+                mask_hw = [mask_size, mask_size] if crops is not None else [pad_h, pad_w]
+                out["gt_masks"] = tf.ensure_shape(out["gt_masks"], [max_instances] + mask_hw)
         return out
 
     return stage
@@ -219,7 +231,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
                   flip_pairs=None, shuffle_buffer=1000, num_parallel_calls=None, cache=False,
                   filter_empty_images=True, seed=0, max_images=None, mask_method="nearest",
                   with_masks=True, fixed_size=None, skip_examples=0,
-                  group_by_aspect_ratio=False, augment_fn=None):
+                  group_by_aspect_ratio=False, augment_fn=None, gt_mask_size=None):
     """Batched model inputs from a loaded dataset (keys and shapes in the module docstring).
 
     Args:
@@ -244,6 +256,9 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         max_images: keep only the first images (by id) of the split.
         mask_method: see ``transforms.resize_masks``.
         with_masks: False drops ``gt_masks`` (box-only models; saves the mask decoding).
+        gt_mask_size: None: full-image ``gt_masks``; C: (C, C) crops per instance (module
+            docstring); not with ``augment_fn`` (its crop and expand edit boxes and masks
+            apart, ValueError).
         fixed_size: (Hp, Wp) to pad every image to (overrides grouping); default (training)
             see ``group_by_aspect_ratio``, (evaluation) None = per batch.
         skip_examples: training: start after this many examples of the (deterministic for a
@@ -276,6 +291,9 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         raise ValueError("the source has keypoints: pass flip_pairs (possibly empty) so a "
                          "horizontal flip can swap left and right keypoints")
     flip_indices = flip_indices_from_pairs(flip_pairs or (), num_kp) if num_kp else None
+    if gt_mask_size is not None and augment_fn is not None:
+        raise ValueError("cropped GT masks (gt_mask_size) cannot go through augment_fn: the "
+                         "ssd crop clips boxes without their mask crops")
     square = input_config.resize == "fixed_square"
     if training and fixed_size is None and square:
         side = -(-input_config.size // input_config.size_divisor) * input_config.size_divisor
@@ -291,7 +309,8 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     dataset = examples(input_config.max_instances, training, with_masks=with_masks,
                        shuffle_buffer=shuffle_buffer, seed=seed,
                        filter_empty_images=filter_empty_images, max_images=max_images,
-                       cache=cache, skip_examples=skip_examples, num_parallel_calls=parallel)
+                       cache=cache, skip_examples=skip_examples, num_parallel_calls=parallel,
+                       mask_size=gt_mask_size)
     if training and records:  # one (2,) stateless seed per element (COCO: _index_examples)
         seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
         dataset = tf.data.Dataset.zip((dataset, seeds))
@@ -299,7 +318,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         dataset = dataset.map(functools.partial(_augment, augment_fn),
                               num_parallel_calls=parallel).filter(_has_instances)
     transform = _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
-                          fixed_size)
+                          fixed_size, gt_mask_size)
     dataset = dataset.map(transform, num_parallel_calls=parallel)  # ordered (deterministic)
     dataset = _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, num_kp > 0)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -307,7 +326,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
 
 def _index_examples(source, max_instances, training, *, with_masks, shuffle_buffer, seed,
                     filter_empty_images, max_images, cache, skip_examples, num_parallel_calls,
-                    group_size=0):
+                    group_size=0, mask_size=None):
     """Decoded examples of a ``CocoDataset``; training: (example, seed) pairs, shuffled,
     repeated and positioned by ``_stream_position`` (``group_size``: B when grouping)."""
     indices = np.arange(len(source), dtype=np.int64)
@@ -317,7 +336,7 @@ def _index_examples(source, max_instances, training, *, with_masks, shuffle_buff
     if len(indices) == 0:
         raise ValueError(f"{source.annotation_file}: no images to read"
                          + (" (all without annotations)" if training else ""))
-    load = _python_stage(source, max_instances, with_masks)
+    load = _python_stage(source, max_instances, with_masks, mask_size)
     dataset = tf.data.Dataset.from_tensor_slices(indices)
     shuffle = training and shuffle_buffer > 0
     if cache:
@@ -419,5 +438,7 @@ def dataset_from_config(data_config, input_config, split, batch_size, training,
         num_parallel_calls=data_config.num_parallel_calls, cache=data_config.cache,
         filter_empty_images=data_config.filter_empty_images, seed=seed,
         max_images=max_images, with_masks=with_masks, skip_examples=skip_examples,
-        group_by_aspect_ratio=data_config.group_by_aspect_ratio)
+        group_by_aspect_ratio=data_config.group_by_aspect_ratio,
+        gt_mask_size=input_config.gt_mask_size
+        if input_config.gt_mask_format == "cropped" else None)
     return dataset, source

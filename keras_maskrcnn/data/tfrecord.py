@@ -36,7 +36,9 @@ Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
     * Reading (``load_tfrecords``, ``TFRecordSource.example_dataset``) yields the examples of
       the COCO path's Python stage: boxes x * W, y * H (float32 xyxy pixels), crowd regions and
       boxes under 1 pixel left out (``stats.num_crowd``, ``stats.num_degenerate``, counted on
-      the first pass), labels mapped to 1..K, masks PNG -> (M', H, W) uint8 (pixel > 0), a
+      the first pass), labels mapped to 1..K, masks PNG -> (M', H, W) uint8 (pixel > 0), or
+      with ``mask_size`` C each PNG decoded and sampled into its (C, C) crop
+      (``coco.sample_mask_crop``; no (M', H, W) array), a
       record without masks gets box masks (``stats.num_box_masks``), one without keypoints
       gets v = 0. Images are decoded with PIL, as the COCO path (same pixels): a record whose
       image does not decode, or decodes to another size than image/height x image/width, is
@@ -61,6 +63,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn.data import coco, coco_json
+from keras_maskrcnn.ops.masks import mask_crop_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -230,10 +233,13 @@ def _image_id(source_id, encoded):
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _decode_png_masks(pngs, height, width):
+def _decode_png_masks(pngs, height, width, frames=None, size=None):
+    """PNG masks -> (M, H, W) uint8 0/1; with ``frames`` (M, 4) and ``size`` C: (M, C, C)
+    crops, each mask sampled as soon as it is decoded."""
     from PIL import Image
 
-    masks = np.zeros((len(pngs), height, width), np.uint8)
+    shape = (height, width) if frames is None else (size, size)
+    masks = np.zeros((len(pngs),) + shape, np.uint8)
     for i, png in enumerate(pngs):
         with Image.open(io.BytesIO(png)) as im:
             mask = np.asarray(im)
@@ -242,7 +248,8 @@ def _decode_png_masks(pngs, height, width):
         if mask.shape != (height, width):
             raise ValueError(f"mask {i} is {mask.shape[0]}x{mask.shape[1]}, the image "
                              f"{height}x{width}")
-        masks[i] = mask > 0
+        mask = (mask > 0).astype(np.uint8)
+        masks[i] = mask if frames is None else coco.sample_mask_crop(mask, frames[i], size)
     return masks
 
 
@@ -428,10 +435,10 @@ class TFRecordSource:
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)  # normalised -> pixels
         return boxes, labels, crowd.astype(bool)
 
-    def decode_record(self, f, max_instances=None, with_masks=True):
+    def decode_record(self, f, max_instances=None, with_masks=True, mask_size=None):
         """A parsed record (numpy values of ``_feature_spec``) -> the pipeline's example dict
-        (image, boxes, classes, image_id, masks, keypoints as ``CocoDataset.load_example``),
-        or None after ``skip``."""
+        (image, boxes, classes, image_id, masks, keypoints as ``CocoDataset.load_example``;
+        ``mask_size`` C: (M, C, C) mask crops), or None after ``skip``."""
         source_id = f["image/source_id"].decode("utf-8", "replace")
         image_id = _image_id(source_id, f["image/encoded"])
         name = f["image/filename"].decode("utf-8", "replace") or f"source_id {source_id!r}"
@@ -458,13 +465,18 @@ class TFRecordSource:
                    "image_id": image_id}
         if with_masks:
             pngs = f["image/object/mask"]
-            if no_masks:
+            frames = None if mask_size is None else mask_crop_boxes(boxes[kept])
+            if no_masks and frames is not None:
+                example["masks"] = np.stack(
+                    [coco.segmentation_crop(None, fr, mask_size, *size, box=b)
+                     for fr, b in zip(frames, boxes[kept])]).reshape(-1, mask_size, mask_size)
+            elif no_masks:
                 example["masks"] = _box_masks(boxes[kept], *size)
             elif len(pngs) != len(labels):
                 return self.skip(image_id, name, f"{len(pngs)} masks for {len(labels)} objects")
             else:
                 try:
-                    example["masks"] = _decode_png_masks(pngs[kept], *size)
+                    example["masks"] = _decode_png_masks(pngs[kept], *size, frames, mask_size)
                 except Exception as e:  # noqa: BLE001 - a corrupt PNG: skip the record
                     return self.skip(image_id, name, f"mask: {type(e).__name__}: {e}")
         if self.num_keypoints:
@@ -487,17 +499,18 @@ class TFRecordSource:
         kps = np.stack([x.astype(np.float64) * w, y.astype(np.float64) * h, v], axis=-1)
         return kps.reshape(m, kp, 3).astype(np.float32)  # (M * Kp, 3) -> (M, Kp, 3)
 
-    def _decode_stage(self, max_instances, with_masks):
+    def _decode_stage(self, max_instances, with_masks, mask_size=None):
         """tf.data map function: serialized record -> the pipeline's Python-stage dict."""
         kp = self.num_keypoints
         spec = _feature_spec(with_masks, kp)
         keys = sorted(spec)
-        names, dtypes, shapes, empty = coco.example_schema(kp, with_masks)
+        names, dtypes, shapes, empty = coco.example_schema(kp, with_masks, mask_size)
 
         def decode(*values):
             values = [v.item() if np.ndim(v) == 0 and isinstance(v, np.ndarray) else v
                       for v in values]  # eager numpy_function passes 0-d arrays
-            example = self.decode_record(dict(zip(keys, values)), max_instances, with_masks)
+            example = self.decode_record(dict(zip(keys, values)), max_instances, with_masks,
+                                         mask_size)
             out = example if example is not None else empty
             return [np.asarray(out[n], dtypes[n].as_numpy_dtype) for n in names] \
                 + [np.bool_(example is not None)]
@@ -514,7 +527,7 @@ class TFRecordSource:
 
     def example_dataset(self, max_instances, training, *, with_masks=True, shuffle_buffer=1000,
                         seed=0, filter_empty_images=True, max_images=None, cache=False,
-                        skip_examples=0, num_parallel_calls=None):
+                        skip_examples=0, num_parallel_calls=None, mask_size=None):
         """Decoded examples (the dicts of ``pipeline``'s Python stage, invalid ones dropped).
 
         Evaluation: one pass, shards round-robin (id order for files of this writer). Training:
@@ -536,7 +549,7 @@ class TFRecordSource:
             records = records.filter(_has_instances)
         if max_images is not None:
             records = records.take(max_images)
-        decode = self._decode_stage(max_instances, with_masks)
+        decode = self._decode_stage(max_instances, with_masks, mask_size)
         if cache:
             dataset = records.map(decode, num_parallel_calls=parallel).filter(_is_valid).cache()
             if shuffle:

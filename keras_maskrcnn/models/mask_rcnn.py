@@ -37,7 +37,7 @@ from keras_maskrcnn.losses import global_count
 from keras_maskrcnn.models.base import Detector
 from keras_maskrcnn.ops.anchors import level_sizes, multilevel_anchors
 from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
-from keras_maskrcnn.ops.masks import project_masks_on_boxes
+from keras_maskrcnn.ops.masks import project_cropped_masks_on_boxes, project_masks_on_boxes
 from keras_maskrcnn.ops.roi_align import multilevel_roi_align
 from keras_maskrcnn.ops.targets import foreground_slots, replica_seed, rpn_targets, used_gt_rows
 
@@ -76,10 +76,14 @@ class MaskRCNN(Detector):
         rpn_seed: seed of the RPN's anchor sampling.
         rpn_smooth_l1_beta, box_smooth_l1_beta: smooth L1 betas of the two box losses.
         loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
+        gt_mask_format: "full": gt_masks are image masks (B, M, Hp, Wp), targets by
+            ``ops.masks.project_masks_on_boxes`` (torchvision's); "cropped": (B, M, C, C)
+            crops of each GT box's frame, targets by ``project_cropped_masks_on_boxes``.
 
     Inputs (dict): images (B, Hp, Wp, 3) float RGB in [0, 255], resized, zero-padded;
         image_sizes (B, 2) int32 resized unpadded (h, w); in training also gt_boxes (B, M, 4),
-        gt_classes (B, M) int32 (contiguous, -1 padding), gt_masks (B, M, Hp, Wp) uint8,
+        gt_classes (B, M) int32 (contiguous, -1 padding), gt_masks (B, M, Hp, Wp) uint8 (or
+        (B, M, C, C) crops, ``gt_mask_format``),
         gt_keypoints (B, M, Kp, 3).
     Outputs (inference): boxes (B, D, 4) xyxy in input pixels, scores (B, D), classes (B, D)
         int32 contiguous (0 = padding), num_detections (B,), masks (B, D, Sm, Sm) probabilities
@@ -98,7 +102,10 @@ class MaskRCNN(Detector):
                  rpn_fg_iou_threshold, rpn_bg_iou_threshold, rpn_allow_low_quality_matches,
                  rpn_batch_size_per_image, rpn_positive_fraction, rpn_box_weights, rpn_seed,
                  rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights, mask_threshold=0.5,
-                 category_ids=None, config_dict=None, **kwargs):
+                 category_ids=None, config_dict=None, gt_mask_format="full", **kwargs):
+        if gt_mask_format not in ("full", "cropped"):
+            raise ValueError(f"gt_mask_format must be 'full' or 'cropped', got "
+                             f"{gt_mask_format!r}")
         names = list(LOSS_NAMES[:4]) + (["mask"] if mask_head is not None else []) + (
             ["keypoint"] if keypoint_head is not None else [])
         super().__init__(names, loss_weights, preprocessor, mask_threshold=mask_threshold,
@@ -123,6 +130,7 @@ class MaskRCNN(Detector):
         self.pool_sizes = {"box": int(box_pool_size), "mask": int(mask_pool_size),
                            "keypoint": int(keypoint_pool_size)}
         self.mask_size, self.heatmap_size = int(mask_size), int(heatmap_size)
+        self.gt_mask_format = gt_mask_format
         self.rpn_target_settings = {
             "fg_iou_threshold": float(rpn_fg_iou_threshold),
             "bg_iou_threshold": float(rpn_bg_iou_threshold),
@@ -240,10 +248,16 @@ class MaskRCNN(Detector):
             # are ignored by the loss (their index is only kept in range). Sampling B x M'
             # masks instead of B x max_instances lowers the peak memory.
             used_rows = tf.shape(rpn_gt_classes)[1]  # M'
-            outputs["mask_targets"] = project_masks_on_boxes(
-                inputs["gt_masks"][:, :used_rows], fg_rois,
-                tf.minimum(fg_matched, used_rows - 1), self.mask_size,
-                sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+            matched = tf.minimum(fg_matched, used_rows - 1)
+            settings = {"sampling_ratio": self.sampling_ratio, "aligned": self.aligned}
+            gt_masks = inputs["gt_masks"][:, :used_rows]
+            if self.gt_mask_format == "cropped":
+                outputs["mask_targets"] = project_cropped_masks_on_boxes(
+                    gt_masks, gt_boxes[:, :used_rows], fg_rois, matched, self.mask_size,
+                    **settings)
+            else:
+                outputs["mask_targets"] = project_masks_on_boxes(
+                    gt_masks, fg_rois, matched, self.mask_size, **settings)
         if self.keypoint_head is not None:
             outputs["keypoint_logits"] = self.keypoint_logits(features, fg_rois)
             gt_kp = tf.gather(tf.cast(inputs["gt_keypoints"], tf.float32),

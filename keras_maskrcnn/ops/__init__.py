@@ -28,7 +28,8 @@ from keras_maskrcnn.ops.boxes import (DEFAULT_DELTA_CLIP, ROI_BOX_WEIGHTS, RPN_B
                                       small_box_mask, xywh_to_xyxy, xyxy_to_xywh)
 from keras_maskrcnn.ops.dense_matching import hard_negative_mask, match_anchors
 from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
-from keras_maskrcnn.ops.masks import paste_masks, project_masks_on_boxes
+from keras_maskrcnn.ops.masks import (mask_crop_boxes, paste_masks,
+                                      project_cropped_masks_on_boxes, project_masks_on_boxes)
 from keras_maskrcnn.ops.matching import gather_or_pad, match_boxes, sample_balanced
 from keras_maskrcnn.ops.nms import batched_nms
 from keras_maskrcnn.ops.nms_fast import fast_nms, standard_nms
@@ -48,7 +49,8 @@ __all__ = [
     "fpn_feature_sizes", "gather_or_pad", "generate_detections", "generate_proposals",
     "grid_anchors", "heatmaps_to_keypoints", "keypoints_to_heatmap", "label_candidates",
     "level_sizes", "match_boxes", "multilevel_anchors", "multilevel_roi_align", "pairwise_iou",
-    "paste_masks", "project_masks_on_boxes", "replica_seed", "roi_align_indexed",
+    "mask_crop_boxes", "paste_masks", "project_cropped_masks_on_boxes",
+    "project_masks_on_boxes", "replica_seed", "roi_align_indexed",
     "rpn_targets", "sample_balanced", "sample_rois", "scatter_sampled_labels", "small_box_mask",
     "top_k_per_level", "used_gt_rows", "xywh_to_xyxy", "xyxy_to_xywh",
     # YOLACT (Bolya et al. 2019)

@@ -5,7 +5,8 @@ with RoIAlign; §3.1 "Training": the target is the intersection of the RoI and i
 mask; §3.1 "Inference": the m x m mask is resized to the box and binarised at 0.5).
 
 Conventions pinned here (tests/ops/test_masks.py checks each against torchvision's
-``roi_heads.project_masks_on_boxes`` and ``paste_masks_in_image``):
+``roi_heads.project_masks_on_boxes`` and ``paste_masks_in_image``, and the cropped-mask
+targets against a NumPy statement of the sampling and against the full-image targets):
     * Boxes are xyxy float32 absolute pixels; width = x2 - x1 (no +1).
     * Targets are RoIAlign of the matched GT mask over the RoI (spatial scale 1); torchvision
       uses an adaptive sampling ratio there, we use a fixed one (static shapes), see
@@ -15,6 +16,14 @@ Conventions pinned here (tests/ops/test_masks.py checks each against torchvision
       (towards zero), the padded mask is resized bilinearly (``align_corners=False``) to the
       integer box size (x2 - x1 + 1) x (y2 - y1 + 1) and written into pixels x1..x2, y1..y2
       (inclusive) that lie in the image; zero elsewhere.
+    * Cropped GT masks (``input.gt_mask_format: cropped``): GT m is an S x S crop of the
+      region ``mask_crop_boxes`` gives, its box widened by ``CROP_MARGIN`` of its width and
+      height on each side (a function of the box alone, so resizing and flipping the box moves
+      the crop frame with it). Crop pixel (i, j) holds the mask at the continuous point
+      (cx1 + (j + 0.5) * cw / S, cy1 + (i + 0.5) * ch / S), where image pixel k spans [k, k + 1]
+      (pycocotools' rasterisation). ``project_cropped_masks_on_boxes`` samples the same
+      RoIAlign points as ``project_masks_on_boxes`` in the crop, bilinearly, reading 0 outside
+      the crop.
 
 Shape shorthand:
     B  batch size
@@ -22,10 +31,29 @@ Shape shorthand:
     M  GT instances per image (padded)
     H, W  image height and width (the padded model input)
     S  mask size (28 for the mask head's targets and outputs)
+    C  GT mask crop size (``input.gt_mask_size``)
 """
+import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.ops.roi_align import roi_align_indexed
+from keras_maskrcnn.ops.roi_align import (_check_sampling_ratio, _mean_of_crops, _sample_spans,
+                                         roi_align_indexed)
+
+# Crop frame margin, a fraction of the GT box side per side: room for mask pixels a box
+# rounded to the annotation misses, and for the bilinear fall-off at the mask's border.
+CROP_MARGIN = 1.0 / 16
+
+
+def mask_crop_boxes(gt_boxes, margin=CROP_MARGIN):
+    """The crop frame of cropped GT masks: (..., 4) xyxy boxes widened by ``margin`` x their
+    width / height on each side. Plain arithmetic: takes NumPy arrays (data/) or tensors."""
+    x1, y1, x2, y2 = (gt_boxes[..., i] for i in range(4))
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    parts = (x1 - dx, y1 - dy, x2 + dx, y2 + dy)
+    if isinstance(gt_boxes, tf.Tensor):
+        return tf.stack(parts, axis=-1)
+    return np.stack(parts, axis=-1).astype(np.asarray(gt_boxes).dtype)
+
 
 def project_masks_on_boxes(gt_masks, boxes, matched_gt, mask_size, sampling_ratio=2,
                            aligned=False):
@@ -71,6 +99,63 @@ def project_masks_on_boxes(gt_masks, boxes, matched_gt, mask_size, sampling_rati
                                 sampling_ratio, aligned)  # (B * R, S, S, 1) float32
     out_shape = tf.concat([tf.shape(boxes)[:2], [mask_size, mask_size]], 0)
     targets = tf.reshape(targets, out_shape)  # (B * R, S, S, 1) -> (B, R, S, S)
+    targets.set_shape(boxes.shape[:2].concatenate([mask_size, mask_size]))
+    return targets
+
+
+def project_cropped_masks_on_boxes(gt_crops, gt_boxes, boxes, matched_gt, mask_size,
+                                   sampling_ratio=2, aligned=False):
+    """Mask targets from cropped GT masks: ``project_masks_on_boxes``' sample points, read in
+    the matched GT's crop (module docstring; 0 outside the crop).
+
+    Args:
+        gt_crops: (B, M, C, C) 0/1 crops (uint8, bool or float) of the regions
+            ``mask_crop_boxes(gt_boxes)``; padded rows included.
+        gt_boxes: (B, M, 4) float xyxy GT boxes (padding rows may be -1: their targets are
+            meaningless, as those of unmatched RoIs).
+        boxes, matched_gt, mask_size, sampling_ratio, aligned: as ``project_masks_on_boxes``.
+
+    Returns:
+        (B, R, S, S) float32 soft targets in [0, 1].
+
+    A sample at image pixel coordinate p (pixel centres at integers, RoIAlign's frame) reads
+    crop coordinate q = (p + 0.5 - cx1) * C / cw - 0.5 on a crop padded by one zero pixel per
+    side (bilinear between the crop's border pixel and 0; 0 beyond): one crop_and_resize per
+    sub-grid on the (B * M, C + 2, C + 2, 1) crops, as ``roi_align_indexed``.
+    """
+    grid = _check_sampling_ratio(sampling_ratio)
+    gt_crops = tf.convert_to_tensor(gt_crops)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    out_shape = tf.concat([tf.shape(boxes)[:2], [mask_size, mask_size]], 0)
+    if gt_crops.shape[1] == 0:  # no GT slot at all: nothing to sample
+        return tf.zeros(out_shape)
+    if gt_crops.dtype.name not in ("uint8", "float32"):
+        gt_crops = tf.cast(gt_crops, tf.float32)
+    shape = tf.shape(gt_crops)
+    images = tf.reshape(gt_crops, tf.concat([[-1], shape[2:], [1]], 0))  # -> (B * M, C, C, 1)
+    crop = tf.cast(shape[-1], tf.float32)  # C
+    images = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])  # zero border: 0 outside
+    matched = tf.maximum(tf.cast(matched_gt, tf.int32), 0)  # (B, R), negatives -> 0
+    frames = mask_crop_boxes(tf.cast(gt_boxes, tf.float32))  # (B, M, 4)
+    frames = tf.gather(frames, matched, batch_dims=1)  # (B, R, 4): the matched GT's frame
+    batch = tf.range(shape[0], dtype=tf.int32)[:, None]  # (B, 1)
+    box_indices = tf.reshape(batch * shape[1] + matched, [-1])  # (B * R,) into B * M
+    fx1, fy1, fx2, fy2 = tf.unstack(tf.reshape(frames, [-1, 4]), axis=-1)  # 4 x (B * R,)
+    x1, y1, x2, y2 = tf.unstack(tf.reshape(boxes, [-1, 4]), axis=-1)
+    pixels_x = tf.maximum(fx2 - fx1, 1e-6) / crop  # image pixels per crop pixel
+    pixels_y = tf.maximum(fy2 - fy1, 1e-6) / crop
+
+    def padded_coordinate(p, start, pixels):  # image p -> crop q + 1 (pad), normalised
+        return ((p + 0.5 - start) / pixels + 0.5) / (crop + 1.0)
+
+    crop_boxes = [
+        tf.stack([padded_coordinate(ya, fy1, pixels_y), padded_coordinate(xa, fx1, pixels_x),
+                  padded_coordinate(yb, fy1, pixels_y), padded_coordinate(xb, fx1, pixels_x)],
+                 axis=-1)
+        for ya, yb in _sample_spans(y1, y2, mask_size, grid, aligned)
+        for xa, xb in _sample_spans(x1, x2, mask_size, grid, aligned)]
+    targets = _mean_of_crops(images, crop_boxes, box_indices, (mask_size, mask_size))
+    targets = tf.reshape(tf.stop_gradient(targets), out_shape)  # (B * R, S, S, 1) -> (B, R, S, S)
     targets.set_shape(boxes.shape[:2].concatenate([mask_size, mask_size]))
     return targets
 
