@@ -157,7 +157,10 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         rpn_smooth_l1_beta=r.smooth_l1_beta, box_smooth_l1_beta=m.roi_heads.smooth_l1_beta,
         loss_weights=dataclasses.asdict(m.loss_weights),
         mask_threshold=m.mask_head.threshold, category_ids=category_ids,
-        gt_mask_format=settings.input.gt_mask_format, config_dict=config_dict, **kwargs)
+        gt_mask_format=settings.input.gt_mask_format,
+        config_dict=config_dict, keypoint_score=m.keypoint_head.score,
+        keypoint_coordinate_offset=m.keypoint_head.coordinate_offset,
+        keypoint_category_ids=m.keypoint_head.category_ids, **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
         # C4's res5 head swaps its eligible convs like the backbone, without Winograd or
         # chunks (roi_heads): its maps are 7x7 after a strided first block.
@@ -269,6 +272,18 @@ def load_initial_weights(model, model_cfg):
                                ignore_prefixes=("fc.",))
     if model_cfg.weights:
         model.load_weights(model_cfg.weights)
+
+
+def with_dataset_keypoint_categories(cfg, categories):
+    """``cfg`` with ``model.keypoint_head.category_ids`` set to the dataset's categories that
+    declare keypoints (``coco.CategoryMap.keypoint_category_ids``) when the config leaves it
+    null and only some categories have keypoints; otherwise ``cfg`` itself. The saved
+    config.yaml then carries it to evaluation, export and prediction."""
+    head, ids = cfg.model.keypoint_head, categories.keypoint_category_ids
+    if not head.enabled or head.category_ids is not None or ids is None:
+        return cfg
+    return config_lib.apply_overrides(cfg, [f"model.keypoint_head.category_ids={list(ids)}"],
+                                      source="the dataset's keypoint categories")
 
 
 def model_config_dict(cfg):
