@@ -97,13 +97,14 @@ def build_keypoint_head(model_cfg):
 
 def build_preprocessor(input_cfg):
     """The ``Preprocessor`` of ``input``: ``input.resize`` "shorter_side" (evaluation sizes
-    ``min_size_test``, ``max_size``) or "fixed_square" (``size``)."""
+    ``min_size_test``, ``max_size``, ``resize_style``) or "fixed_square" (``size``)."""
     normalisation = {"pixel_mean": tuple(input_cfg.pixel_mean),
                      "pixel_std": tuple(input_cfg.pixel_std)}
     if input_cfg.resize == "fixed_square":
         return Preprocessor.fixed_square(input_cfg.size, input_cfg.size_divisor, **normalisation)
     return Preprocessor.shorter_side(input_cfg.min_size_test, input_cfg.max_size,
-                                     input_cfg.size_divisor, **normalisation)
+                                     input_cfg.size_divisor, input_cfg.resize_style,
+                                     **normalisation)
 
 
 def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
@@ -138,7 +139,7 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         mask_threshold=m.mask_head.threshold, category_ids=category_ids,
         config_dict=config_dict, anchor_rounded=m.anchors.rounded,
         anchor_nominal_strides=m.anchors.nominal_strides, level_mapping=a.level_mapping,
-        **kwargs)
+        mask_paste=m.mask_head.paste, **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
         accel.accelerate(model, roi_heads=(model.mask_head, model.keypoint_head))
     return model
