@@ -67,8 +67,12 @@ class MaskRCNN(Detector):
         feature_levels: pyramid levels the RPN and the anchors use, finest first (C4: "C4").
         anchor_sizes: one anchor size per feature level; C4: all of them on its one level.
             aspect_ratios: h / w, every level.
+        anchor_rounded: torchvision's rounded cell anchors (False: detectron2's unrounded);
+            anchor_nominal_strides: level "Pl" has stride 2**l (detectron2) instead of the
+            padded input size // feature size (torchvision); ``ops.anchors``.
         roi_levels: (min, max) pyramid levels RoIAlign pools from (C4: (4, 4)); canonical_size,
-            canonical_level: the FPN level mapper; sampling_ratio, aligned: RoIAlign's.
+            canonical_level, level_mapping ("torchvision" / "detectron2"): the FPN level
+            mapper; sampling_ratio (0: adaptive), aligned: RoIAlign's (``ops.roi_align``).
         box_pool_size, mask_pool_size, keypoint_pool_size: RoIAlign output sizes.
         mask_size: Sm, the mask targets' size; heatmap_size: Sk, the keypoint targets'.
         rpn_fg_iou_threshold, rpn_bg_iou_threshold, rpn_allow_low_quality_matches,
@@ -77,15 +81,17 @@ class MaskRCNN(Detector):
         rpn_seed: seed of the RPN's anchor sampling.
         rpn_smooth_l1_beta, box_smooth_l1_beta: smooth L1 betas of the two box losses.
         loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
-        gt_mask_format: "full": gt_masks are image masks (B, M, Hp, Wp), targets by
-            ``ops.masks.project_masks_on_boxes`` (torchvision's); "cropped": (B, M, C, C)
-            crops of each GT box's frame, targets by ``project_cropped_masks_on_boxes``.
         keypoint_score: "logit" (torchvision) or "detectron2" (``ops.keypoints``).
         keypoint_coordinate_offset: added to keypoint x, y in original pixels (``detect``,
             export; -0.5 for detectron2 models); the model's own outputs are without it.
         keypoint_category_ids: dataset ids (as ``category_ids``) of the classes that have
             keypoints; None = every class. Other classes' GT keypoints are not trained and
             their detections' keypoints are (0, 0, -inf) (``ops.keypoints.ABSENT_SCORE``).
+        mask_paste: "torchvision" or "detectron2": how ``detect`` and the export paste masks
+            (``ops.masks.paste_and_threshold``).
+        gt_mask_format: "full": gt_masks are image masks (B, M, Hp, Wp), targets by
+            ``ops.masks.project_masks_on_boxes`` (torchvision's); "cropped": (B, M, C, C)
+            crops of each GT box's frame, targets by ``project_cropped_masks_on_boxes``.
 
     Inputs (dict): images (B, Hp, Wp, 3) float RGB in [0, 255], resized, zero-padded;
         image_sizes (B, 2) int32 resized unpadded (h, w); in training also gt_boxes (B, M, 4),
@@ -110,9 +116,11 @@ class MaskRCNN(Detector):
                  rpn_fg_iou_threshold, rpn_bg_iou_threshold, rpn_allow_low_quality_matches,
                  rpn_batch_size_per_image, rpn_positive_fraction, rpn_box_weights, rpn_seed,
                  rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights, mask_threshold=0.5,
-                 category_ids=None, config_dict=None, gt_mask_format="full",
+                 category_ids=None, config_dict=None, anchor_rounded=True,
+                 anchor_nominal_strides=False, level_mapping="torchvision",
                  keypoint_score="logit", keypoint_coordinate_offset=0.0,
-                 keypoint_category_ids=None, **kwargs):
+                 keypoint_category_ids=None, mask_paste="torchvision", gt_mask_format="full",
+                 **kwargs):
         if gt_mask_format not in ("full", "cropped"):
             raise ValueError(f"gt_mask_format must be 'full' or 'cropped', got "
                              f"{gt_mask_format!r}")
@@ -137,6 +145,9 @@ class MaskRCNN(Detector):
         self.roi_levels = (int(roi_levels[0]), int(roi_levels[1]))
         self.canonical_size, self.canonical_level = float(canonical_size), int(canonical_level)
         self.sampling_ratio, self.aligned = int(sampling_ratio), bool(aligned)
+        self.level_mapping, self.mask_paste = str(level_mapping), str(mask_paste)
+        self.anchor_rounded, self.anchor_nominal_strides = (bool(anchor_rounded),
+                                                           bool(anchor_nominal_strides))
         self.pool_sizes = {"box": int(box_pool_size), "mask": int(mask_pool_size),
                            "keypoint": int(keypoint_pool_size)}
         self.mask_size, self.heatmap_size = int(mask_size), int(heatmap_size)
@@ -203,17 +214,20 @@ class MaskRCNN(Detector):
         return {level: features[level] for level in self.feature_levels}
 
     def anchors(self, images, features):
-        """(N, 4) anchors of every level, torchvision's order and strides.
+        """(N, 4) anchors of every level, torchvision's order (strides: see the class).
 
         C4: every size on the one level, in torchvision's cell order (ratio-major, size-minor:
         anchor a = ratio index * len(sizes) + size index; detectron2's is size-major).
         """
         shape = tf.shape(images)
         sizes = [(tf.shape(f)[1], tf.shape(f)[2]) for f in features.values()]
+        strides = ([2 ** int(name.lstrip("PC")) for name in features]
+                   if self.anchor_nominal_strides else None)  # "P3" -> 8, "C4" -> 16
         anchor_sizes = ([self.anchor_sizes] if self.fpn is None
                         else [(s,) for s in self.anchor_sizes])
         per_level = multilevel_anchors(
-            shape[1], shape[2], sizes, sizes=anchor_sizes, aspect_ratios=self.aspect_ratios)
+            shape[1], shape[2], sizes, sizes=anchor_sizes, aspect_ratios=self.aspect_ratios,
+            rounded=self.anchor_rounded, strides=strides)
         return tf.concat(per_level, axis=0)
 
     def pool(self, features, boxes, head):
@@ -227,7 +241,8 @@ class MaskRCNN(Detector):
         return multilevel_roi_align(
             pooled, boxes, self.pool_sizes[head], sampling_ratio=self.sampling_ratio,
             aligned=self.aligned, min_level=low, max_level=high,
-            canonical_size=self.canonical_size, canonical_level=self.canonical_level)
+            canonical_size=self.canonical_size, canonical_level=self.canonical_level,
+            level_mapping=self.level_mapping)
 
     def box_predictions(self, features, rois):
         """rois (B, R, 4) -> class logits (B, R, K), deltas (B, R, K, 4)."""
