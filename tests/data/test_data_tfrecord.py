@@ -225,6 +225,47 @@ def test_training_skips_crowd_and_negatives_and_is_deterministic(data):
     assert {i for b in cached.take(5) for i in b["image_ids"].numpy()} == {1, 3, 4, 5, 6}
 
 
+def _decoded_ids(source):
+    """Records the image id of every record ``source`` decodes."""
+    decoded, decode = [], source.decode_record
+
+    def recording(f, *args):
+        decoded.append(int(f["image/source_id"]))
+        return decode(f, *args)
+
+    source.decode_record = recording
+    return decoded
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_sharded_pipelines_decode_disjoint_shares(data, num_shards, caplog):
+    """2 files, 2 pipelines: one file each (images 1 3 5 | 2 4 6: written round-robin).
+    3 pipelines: fewer files than pipelines, a warning, and record k mod 3 of each file."""
+    expected = {2: [{1, 3, 5}, {2, 4, 6}], 3: [{1, 2}, {3, 4}, {5, 6}]}[num_shards]
+    off = tf.data.experimental.AutoShardPolicy.OFF
+    for k in range(num_shards):
+        source = tfrecord.load_tfrecords(data["pattern"], data["annotations"], KP)
+        decoded = _decoded_ids(source)
+        with caplog.at_level(logging.WARNING):
+            ds = pipeline.build_dataset(source, INPUT, 1, False, num_shards=num_shards,
+                                        shard_index=k)
+        assert ("every 3-th record" in caplog.text) == (num_shards == 3)
+        assert ds.options().experimental_distribute.auto_shard_policy == off
+        assert {int(b["image_ids"][0]) for b in ds} == expected[k] == set(decoded)
+        del decoded[:]
+        train = pipeline.build_dataset(source, INPUT, 1, True, flip_pairs=(), seed=k,
+                                       num_shards=num_shards, shard_index=k)
+        seen = {int(b["image_ids"][0]) for b in train.take(8)}
+        assert seen == expected[k] - {2} == set(decoded) - {2}  # 2 has no GT
+
+
+def test_sharded_first_images_are_shared_record_by_record(data):
+    source = tfrecord.load_tfrecords(data["pattern"], data["annotations"], KP)
+    shares = [[int(b["image_ids"][0]) for b in pipeline.build_dataset(
+        source, INPUT, 1, False, max_images=4, num_shards=2, shard_index=k)] for k in (0, 1)]
+    assert shares == [[1, 3], [2, 4]]  # the first 4 of 1 2 3 4 5 6 (round-robin), k mod 2
+
+
 def _minimal_example(image, boxes, labels, source_id=b"", texts=None):
     """A Model Garden-style record without masks, keypoints, is_crowd nor sizes."""
     png = io.BytesIO()
