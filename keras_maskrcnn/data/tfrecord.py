@@ -312,14 +312,15 @@ def record_orientation(serialized):
     1 portrait (h > w), from image/height and image/width, else (absent) from the image
     file's header (PIL reads only the header). As ``pipeline``'s orientation of a decoded
     image: a record whose image decodes to another size is skipped when decoded."""
-    spec = {"image/height": tf.io.FixedLenFeature((), tf.int64, -1),
-            "image/width": tf.io.FixedLenFeature((), tf.int64, -1),
-            "image/encoded": tf.io.FixedLenFeature((), tf.string, b"")}
-    f = tf.io.parse_single_example(serialized, spec)
+    size = {"image/height": tf.io.FixedLenFeature((), tf.int64, -1),
+            "image/width": tf.io.FixedLenFeature((), tf.int64, -1)}
+    f = tf.io.parse_single_example(serialized, size)  # not the image bytes
     h, w = f["image/height"], f["image/width"]
 
     def from_header():
-        portrait = tf.numpy_function(_header_portrait, [f["image/encoded"]], tf.bool)
+        encoded = tf.io.parse_single_example(
+            serialized, {"image/encoded": tf.io.FixedLenFeature((), tf.string, b"")})
+        portrait = tf.numpy_function(_header_portrait, [encoded["image/encoded"]], tf.bool)
         return tf.ensure_shape(portrait, [])
 
     portrait = tf.cond((h > 0) & (w > 0), lambda: h > w, from_header)
@@ -331,8 +332,9 @@ def _header_portrait(encoded):
     decoding skips it)."""
     from PIL import Image
 
+    encoded = encoded.item() if isinstance(encoded, np.ndarray) else encoded  # eager: 0-d
     try:
-        with Image.open(io.BytesIO(bytes(encoded))) as im:
+        with Image.open(io.BytesIO(encoded)) as im:
             width, height = im.size
     except Exception:  # noqa: BLE001 - unreadable: skipped when decoded
         return np.bool_(False)

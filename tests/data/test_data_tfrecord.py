@@ -312,6 +312,41 @@ def test_records_without_masks_keypoints_or_ids(tmp_path):
         tfrecord.load_tfrecords(str(tmp_path / "none-*.tfrecord"))
 
 
+def test_record_orientation_from_the_sizes_or_the_image_header(data):
+    """The window key of a record before decoding: image/height, image/width when written
+    (this writer, Model Garden's), else the image file's header."""
+    records = [e for p in data["stats"]["files"] for e in _records(p)]
+    keys = [int(tfrecord.record_orientation(r.SerializeToString())) for r in records]
+    assert keys == [0] * 6  # square
+    boxes = [[1, 1, 10, 10]]
+    for (h, w), key in (((40, 50), 0), ((60, 30), 1), ((30, 30), 0)):
+        example = _minimal_example(np.zeros((h, w, 3), np.uint8), boxes, [1])  # no sizes
+        assert int(tfrecord.record_orientation(example.SerializeToString())) == key, (h, w)
+        f = example.features.feature  # sizes win over the header (the decoding checks them)
+        f["image/height"].int64_list.value.append(w + 1)
+        f["image/width"].int64_list.value.append(w)
+        assert int(tfrecord.record_orientation(example.SerializeToString())) == 1
+
+
+def test_grouped_training_on_records_without_sizes(tmp_path):
+    sizes = [(40, 50), (60, 30), (30, 45), (50, 20), (20, 30)]
+    _write(tmp_path / "x.tfrecord", [_minimal_example(np.full((h, w, 3), 50, np.uint8),
+                                                      [[2, 2, 15, 15]], [3], str(i).encode())
+                                     for i, (h, w) in enumerate(sizes)])
+    source = tfrecord.load_tfrecords(str(tmp_path / "x.tfrecord"))
+
+    def batches(skip, count):
+        ds = pipeline.build_dataset(source, INPUT, 2, True, seed=1, group_by_aspect_ratio=True,
+                                    skip_examples=2 * skip)
+        return [b["image_ids"].numpy().tolist() for b in ds.take(count)]
+
+    full = batches(0, 10)
+    kinds = [{sizes[i][0] > sizes[i][1] for i in ids} for ids in full]
+    assert {False} in kinds and {True} in kinds and all(len(k) == 1 for k in kinds)
+    for k in range(1, 7):  # exact only if the windows were formed with the header's sizes
+        assert batches(k, 3) == full[k:k + 3], k
+
+
 def test_corrupt_images_are_skipped_and_counted(data, tmp_path, caplog, monkeypatch):
     examples = [e for p in data["stats"]["files"] for e in _records(p)]  # ids 1 3 5 2 4 6
     bad = {}
