@@ -45,14 +45,13 @@ filter, shuffle shards and a buffer of records, repeat, seeds, windows, skip] ->
 decoding in Python. Multi-worker input (``num_shards``): each pipeline takes its share of
 the indices or records before the shuffle, so it decodes only its share.
 """
-import collections
 import functools
 
 import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn import preprocessing
-from keras_maskrcnn.data import augment, coco, synthetic, tfrecord, transforms
+from keras_maskrcnn.data import augment, coco, stream, synthetic, tfrecord, transforms
 
 
 def flip_indices_from_pairs(flip_pairs, num_keypoints):
@@ -255,8 +254,8 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
             decoding. With grouping it skips whole batches (a multiple of batch_size), formed
             on the indices / records before the skip (a record's orientation from its
             image/height and image/width): the resumed stream is exactly the uninterrupted
-            one's from that batch on (``_stream_position``). Sharded: a position in this
-            pipeline's own stream (steps x its batches per step x batch_size).
+            one's from that batch on (``stream.position_stream``). Sharded: a position in
+            this pipeline's own stream (steps x its batches per step x batch_size).
         group_by_aspect_ratio: training without ``fixed_size``: True batches examples of one
             orientation together (``tf.data.Dataset.group_by_window``, deterministic for a
             seed; an example waits until batch_size examples of its orientation arrived) and
@@ -302,8 +301,9 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
                        shuffle_buffer=shuffle_buffer,
                        filter_empty_images=filter_empty_images, max_images=max_images,
                        cache=cache, num_parallel_calls=parallel,
-                       position=_Position(seed, skip_examples, batch_size if grouped else 0,
-                                          num_shards, shard_index))
+                       position=stream.Position(seed, skip_examples,
+                                                batch_size if grouped else 0, num_shards,
+                                                shard_index))
     if training and augment_fn is not None:
         dataset = dataset.map(functools.partial(_augment, augment_fn),
                               num_parallel_calls=parallel).filter(_has_instances)
@@ -319,16 +319,11 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-#: A training stream's seed, start and share: the arguments of ``_stream_position``.
-_Position = collections.namedtuple(
-    "_Position", ("seed", "skip_examples", "group_size", "num_shards", "shard_index"))
-
-
 def _index_examples(source, max_instances, training, *, with_masks, shuffle_buffer,
                     filter_empty_images, max_images, cache, num_parallel_calls, position):
     """Decoded examples of a ``CocoDataset``; training: (example, seed) pairs, shuffled,
-    repeated and positioned by ``_stream_position``. Sharded (index-level) before any image
-    is read: pipeline k of N keeps the image indices k, k + N, ... of the split."""
+    repeated and positioned by ``stream.position_stream``. Sharded (index-level) before any
+    image is read: pipeline k of N keeps the image indices k, k + N, ... of the split."""
     indices = np.arange(len(source), dtype=np.int64)
     if training and filter_empty_images:
         indices = indices[source.num_instances() > 0]
@@ -344,8 +339,8 @@ def _index_examples(source, max_instances, training, *, with_masks, shuffle_buff
         dataset = dataset.shuffle(len(indices), seed=position.seed,
                                   reshuffle_each_iteration=True)
     load = _python_stage(source, max_instances, with_masks)
-    return _decoded_stream(dataset, load, _index_orientation(source), training, cache,
-                           shuffle_buffer, position, num_parallel_calls)
+    return stream.decoded_examples(dataset, load, _index_orientation(source), training,
+                                   cache, shuffle_buffer, position, num_parallel_calls)
 
 
 def _record_examples(source, max_instances, training, *, with_masks, shuffle_buffer,
@@ -359,73 +354,14 @@ def _record_examples(source, max_instances, training, *, with_masks, shuffle_buf
         num_parallel_calls=num_parallel_calls, num_shards=position.num_shards,
         shard_index=position.shard_index)
     load = source.decode_stage(max_instances, with_masks)
-    return _decoded_stream(records, load, tfrecord.record_orientation, training, cache,
-                           shuffle_buffer, position, num_parallel_calls)
-
-
-def _decoded_stream(elements, load, orientation, training, cache, shuffle_buffer, position,
-                    num_parallel_calls):
-    """Elements (image indices or serialized records, shuffled unless ``cache``) -> decoded
-    valid examples; training: (example, seed) pairs positioned by ``_stream_position`` on
-    the elements (``orientation(element)``) before decoding, or, with ``cache``, on the
-    cached decoded examples (shuffled in a buffer of ``shuffle_buffer``)."""
-    seed = position.seed
-    if cache:
-        dataset = elements.map(load, num_parallel_calls=num_parallel_calls).filter(_is_valid)
-        dataset = dataset.cache()
-        if training and shuffle_buffer > 0:
-            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if training:
-            dataset = _stream_position(dataset.repeat(), _decoded_orientation, *position)
-        return dataset
-    if not training:
-        return elements.map(load, num_parallel_calls=num_parallel_calls).filter(_is_valid)
-    dataset = _stream_position(elements.repeat(), orientation, *position)
-    return dataset.map(lambda element, seed_: (load(element), seed_),
-                       num_parallel_calls=num_parallel_calls).filter(lambda e, _: e["valid"])
-
-
-def _stream_position(dataset, orientation, seed, skip_examples, group_size, num_shards=1,
-                     shard_index=0):
-    """(element, (2,) stateless seed) pairs of a training stream, from ``skip_examples`` on.
-
-    Each element gets its seed before anything can drop or reorder it (pipeline k of N
-    sharded: every N-th seed from the k-th, so the shares draw differently). With grouping
-    (``group_size`` B > 0) the stream is first put in the order in which ``_batch``'s
-    ``group_by_window`` will batch it: windows of B elements of one orientation
-    (``orientation(element)``, which a resize keeps: floor(side * scale) is monotonic), each
-    complete window in the order it fills. The skip is then whole windows = whole batches, and
-    a resumed run (``skip_examples`` = steps x B) gets exactly the batches the uninterrupted run
-    saw from that step on: no example waits in a window across the resume point. (An image
-    skipped as unreadable shifts its window's neighbours to the next one of that orientation;
-    ``_batch`` still groups them correctly, but around it a resume is not exact.)
-    """
-    seeds = tf.data.Dataset.random(seed=seed).batch(2).shard(num_shards, shard_index)
-    dataset = tf.data.Dataset.zip((dataset, seeds))
-    if not group_size:
-        return dataset.skip(skip_examples)
-    if skip_examples % group_size:
-        raise ValueError(f"skip_examples ({skip_examples}) must be whole batches of "
-                         f"{group_size} when grouping by aspect ratio")
-    dataset = dataset.group_by_window(lambda element, _: orientation(element),
-                                      lambda _, window: window, window_size=group_size)
-    return dataset.skip(skip_examples)
+    return stream.decoded_examples(records, load, tfrecord.record_orientation, training,
+                                   cache, shuffle_buffer, position, num_parallel_calls)
 
 
 def _index_orientation(source):
     """Window key of an image index from the annotations: 0 landscape (h <= w), 1 portrait."""
     portrait = tf.constant([record.height > record.width for record in source.images])
     return lambda index: tf.cast(tf.gather(portrait, index), tf.int64)
-
-
-def _decoded_orientation(example):
-    """Window key of a decoded original-size example: 0 landscape (h <= w), 1 portrait."""
-    size = tf.shape(example["image"])
-    return tf.cast(size[0] > size[1], tf.int64)
-
-
-def _is_valid(example):
-    return example["valid"]
 
 
 def _augment(augment_fn, example, seed):
