@@ -572,8 +572,8 @@ class TFRecordSource:
         by_record = num_shards > 1 and not by_file
         if by_record:
             logger.warning("%s: %d file(s) for %d input pipelines%s: each reads every file and "
-                           "decodes every %d-th record (write at least %d files to read "
-                           "disjoint files)", self.file_pattern, len(self.files), num_shards,
+                           "decodes 1 record in %d (write at least %d files to read disjoint "
+                           "files)", self.file_pattern, len(self.files), num_shards,
                            " and max_images" if max_images is not None else "", num_shards,
                            num_shards)
         paths = self.files[shard_index::num_shards] if by_file else self.files
