@@ -28,13 +28,40 @@ def _paths_under(out):
             "predictions": os.path.join(out, "predictions")}
 
 
-def train_dataset(cfg, start_step):
-    """The training pipeline positioned after the ``start_step`` batches already consumed."""
-    dataset, source = pipeline.dataset_from_config(
-        cfg.data, cfg.input, "train", cfg.train.batch_size, training=True,
-        keypoint_config=cfg.model.keypoint_head, seed=cfg.train.seed,
-        with_masks=cfg.model.mask_head.enabled, skip_examples=start_step * cfg.train.batch_size)
-    return dataset, source
+def train_dataset(cfg, start_step, strategy=None):
+    """The training pipeline positioned after the ``start_step`` batches already consumed.
+
+    One process (default, mirrored, TPU strategies): one pipeline of global batches, which
+    ``fit`` splits between the replicas. Multi-worker: one pipeline per worker
+    (``strategy.distribute_datasets_from_function``), each decoding only its share of the
+    split (``pipeline.build_dataset``'s ``num_shards``) in batches of train.batch_size /
+    num_replicas_in_sync, one per replica and step, and positioned in its own stream.
+
+    Returns:
+        (dataset, source): a ``tf.data.Dataset``, or a ``tf.distribute.DistributedDataset``
+        that ``fit`` takes as it is; source as ``pipeline.dataset_from_config``.
+    """
+    def build(batch_size, batches_per_step, num_shards=1, shard_index=0):
+        return pipeline.dataset_from_config(
+            cfg.data, cfg.input, "train", batch_size, training=True,
+            keypoint_config=cfg.model.keypoint_head, seed=cfg.train.seed,
+            with_masks=cfg.model.mask_head.enabled,
+            skip_examples=start_step * batches_per_step * batch_size, num_shards=num_shards,
+            shard_index=shard_index)
+
+    if strategy is None or not training.is_multi_worker(strategy):
+        return build(cfg.train.batch_size, 1)
+    sources = []
+
+    def worker_dataset(context):  # called once per worker, with its tf.distribute.InputContext
+        dataset, source = build(context.get_per_replica_batch_size(cfg.train.batch_size),
+                                context.num_replicas_in_sync // context.num_input_pipelines,
+                                context.num_input_pipelines, context.input_pipeline_id)
+        sources.append(source)
+        return dataset
+
+    dataset = strategy.distribute_datasets_from_function(worker_dataset)
+    return dataset, sources[0]
 
 
 def build_training_model(cfg, strategy, category_ids):
@@ -98,7 +125,7 @@ def _train(cfg, strategy, paths, writes, chief):
     step = start
     for initial, epochs, steps in training.fit_schedule(start, cfg.train.total_steps,
                                                         cfg.train.steps_per_epoch):
-        dataset, source = train_dataset(cfg, step)
+        dataset, source = train_dataset(cfg, step, strategy)
         model.fit(dataset, initial_epoch=initial, epochs=epochs, steps_per_epoch=steps,
                   callbacks=callbacks, verbose=1)
         if guard.failed:

@@ -3,7 +3,8 @@
 The loop itself is ``model.fit``. Checkpoints are ``ckpt-<step>.weights.h5`` files (model and
 optimizer variables, the step is the optimizer's ``iterations``) written atomically every
 ``train.checkpoint_every`` steps; a restarted run loads the newest one, skips the examples the
-previous run consumed (the pipeline is deterministic for a seed) and continues at that step.
+previous run consumed (the pipeline is deterministic for a seed; multi-worker: each worker
+within its own share, ``run.train_dataset``) and continues at that step.
 A checkpoint also holds the state of the model's random seed generators (the RPN's and the RoI
 sampler's draws), which Keras' weight files leave out, so a resumed run draws what the
 uninterrupted one drew. A non-finite loss stops training with a message; the last good

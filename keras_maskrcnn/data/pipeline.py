@@ -45,7 +45,9 @@ batch (training: ``drop_remainder`` so B is static; with grouping, ``group_by_wi
 the orientation, one batch per full window) -> prefetch. Training randomness is
 stateless, seeded per element from ``tf.data.Dataset.random(seed)``: reproducible for a seed.
 TFRecords (``tfrecord.TFRecordSource``) replace the first stages by records -> [training:
-filter, shuffle shards and a buffer of records, repeat] -> the same decoding in Python.
+filter, shuffle shards and a buffer of records, repeat, seeds, windows, skip] -> the same
+decoding in Python. Multi-worker input (``num_shards``): each pipeline takes its share of
+the indices or records before the shuffle, so it decodes only its share.
 """
 import functools
 
@@ -53,7 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn import preprocessing
-from keras_maskrcnn.data import augment, coco, synthetic, tfrecord, transforms
+from keras_maskrcnn.data import augment, coco, stream, synthetic, tfrecord, transforms
 
 
 def flip_indices_from_pairs(flip_pairs, num_keypoints):
@@ -231,7 +233,8 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
                   flip_pairs=None, shuffle_buffer=1000, num_parallel_calls=None, cache=False,
                   filter_empty_images=True, seed=0, max_images=None, mask_method="nearest",
                   with_masks=True, fixed_size=None, skip_examples=0,
-                  group_by_aspect_ratio=False, augment_fn=None, gt_mask_size=None):
+                  group_by_aspect_ratio=False, augment_fn=None, gt_mask_size=None,
+                  num_shards=1, shard_index=0):
     """Batched model inputs from a loaded dataset (keys and shapes in the module docstring).
 
     Args:
@@ -263,12 +266,12 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
             see ``group_by_aspect_ratio``, (evaluation) None = per batch.
         skip_examples: training: start after this many examples of the (deterministic for a
             seed) stream, e.g. steps already trained x global batch when resuming. Skipping
-            happens on image indices and seeds, before any decoding. With grouping it skips
-            whole batches (a multiple of batch_size), formed on the indices before the skip:
-            the resumed stream is exactly the uninterrupted one's from that batch on (COCO
-            sources; ``_stream_position``). TFRecords form their batches after the skip: the
-            up to batch_size - 1 examples waiting in the other orientation's window when the
-            run stopped may be seen again or not at all.
+            happens on image indices (TFRecords: serialized records) and seeds, before any
+            decoding. With grouping it skips whole batches (a multiple of batch_size), formed
+            on the indices / records before the skip (a record's orientation from its
+            image/height and image/width): the resumed stream is exactly the uninterrupted
+            one's from that batch on (``stream.position_stream``). Sharded: a position in
+            this pipeline's own stream (steps x its batches per step x batch_size).
         group_by_aspect_ratio: training without ``fixed_size``: True batches examples of one
             orientation together (``tf.data.Dataset.group_by_window``, deterministic for a
             seed; an example waits until batch_size examples of its orientation arrived) and
@@ -282,6 +285,14 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
             example before the resize (``augment.augment_fn_from_settings``: SSD / YOLACT
             augmentation); examples it leaves without instances are dropped. Its seed is split
             off each element's seed, so the other draws stay those of a run without it.
+        num_shards, shard_index: one input pipeline of ``num_shards`` (multi-worker training:
+            one per worker, ``tf.distribute.InputContext``) decodes only its share, disjoint
+            from the others', the union the whole split, fixed across epochs: COCO sources
+            the image indices ``shard_index::num_shards`` (index-level, before any image is
+            read); TFRecords whole files, or every N-th record of each file when there are
+            fewer files than shards (``TFRecordSource.record_dataset``). Each pipeline
+            shuffles, groups and positions its own share; its dataset has tf.distribute's
+            auto-sharding off (``AutoShardPolicy.OFF``).
 
     Returns:
         tf.data.Dataset of input dicts.
@@ -303,17 +314,15 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
         side = training_padded_sizes(input_config)[0][1]  # max_size rounded up
         fixed_size = (side, side)
     parallel = num_parallel_calls or tf.data.AUTOTUNE
-    records = isinstance(source, tfrecord.TFRecordSource)
-    examples = source.example_dataset if records else functools.partial(
-        _index_examples, source, group_size=batch_size if grouped else 0)
-    dataset = examples(input_config.max_instances, training, with_masks=with_masks,
-                       shuffle_buffer=shuffle_buffer, seed=seed,
+    examples = _record_examples if isinstance(source, tfrecord.TFRecordSource) \
+        else _index_examples
+    dataset = examples(source, input_config.max_instances, training, with_masks=with_masks,
+                       shuffle_buffer=shuffle_buffer,
                        filter_empty_images=filter_empty_images, max_images=max_images,
-                       cache=cache, skip_examples=skip_examples, num_parallel_calls=parallel,
-                       mask_size=gt_mask_size)
-    if training and records:  # one (2,) stateless seed per element (COCO: _index_examples)
-        seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
-        dataset = tf.data.Dataset.zip((dataset, seeds))
+                       cache=cache, num_parallel_calls=parallel, mask_size=gt_mask_size,
+                       position=stream.Position(seed, skip_examples,
+                                                batch_size if grouped else 0, num_shards,
+                                                shard_index))
     if training and augment_fn is not None:
         dataset = dataset.map(functools.partial(_augment, augment_fn),
                               num_parallel_calls=parallel).filter(_has_instances)
@@ -321,81 +330,59 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
                           fixed_size, gt_mask_size)
     dataset = dataset.map(transform, num_parallel_calls=parallel)  # ordered (deterministic)
     dataset = _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, num_kp > 0)
+    if num_shards > 1:  # sharded above, before decoding: tf.distribute must not shard again
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.OFF
+        dataset = dataset.with_options(options)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _index_examples(source, max_instances, training, *, with_masks, shuffle_buffer, seed,
-                    filter_empty_images, max_images, cache, skip_examples, num_parallel_calls,
-                    group_size=0, mask_size=None):
+def _index_examples(source, max_instances, training, *, with_masks, shuffle_buffer,
+                    filter_empty_images, max_images, cache, num_parallel_calls, position,
+                    mask_size=None):
     """Decoded examples of a ``CocoDataset``; training: (example, seed) pairs, shuffled,
-    repeated and positioned by ``_stream_position`` (``group_size``: B when grouping)."""
+    repeated and positioned by ``stream.position_stream``. Sharded (index-level) before any
+    image is read: pipeline k of N keeps the image indices k, k + N, ... of the split."""
     indices = np.arange(len(source), dtype=np.int64)
     if training and filter_empty_images:
         indices = indices[source.num_instances() > 0]
     indices = indices[:max_images]
+    num_shards, shard_index = position.num_shards, position.shard_index
+    indices = indices[shard_index::num_shards]
     if len(indices) == 0:
         raise ValueError(f"{source.annotation_file}: no images to read"
-                         + (" (all without annotations)" if training else ""))
-    load = _python_stage(source, max_instances, with_masks, mask_size)
+                         + (" (all without annotations)" if training else "")
+                         + (f" in share {shard_index} of {num_shards}" if num_shards > 1 else ""))
     dataset = tf.data.Dataset.from_tensor_slices(indices)
-    shuffle = training and shuffle_buffer > 0
-    if cache:
-        dataset = dataset.map(load, num_parallel_calls=num_parallel_calls).filter(_is_valid).cache()
-        if shuffle:
-            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if training:
-            dataset = _stream_position(dataset.repeat(), seed, skip_examples, group_size,
-                                       _decoded_orientation)
-        return dataset
-    if shuffle:  # indices are cheap: shuffle them all before decoding anything
-        dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-    if not training:
-        return dataset.map(load, num_parallel_calls=num_parallel_calls).filter(_is_valid)
-    dataset = _stream_position(dataset.repeat(), seed, skip_examples, group_size,
-                               _index_orientation(source))
-    return dataset.map(lambda index, seed_: (load(index), seed_),
-                       num_parallel_calls=num_parallel_calls).filter(lambda e, _: e["valid"])
+    if training and shuffle_buffer > 0 and not cache:  # indices are cheap: shuffle them all
+        dataset = dataset.shuffle(len(indices), seed=position.seed,
+                                  reshuffle_each_iteration=True)
+    load = _python_stage(source, max_instances, with_masks, mask_size)
+    return stream.decoded_examples(dataset, load, _index_orientation(source), training,
+                                   cache, shuffle_buffer, position, num_parallel_calls)
 
 
-def _stream_position(dataset, seed, skip_examples, group_size, orientation):
-    """(element, (2,) stateless seed) pairs of a training stream, from ``skip_examples`` on.
-
-    Each element gets its seed before anything can drop or reorder it. With grouping
-    (``group_size`` B > 0) the stream is first put in the order in which ``_batch``'s
-    ``group_by_window`` will batch it: windows of B elements of one orientation
-    (``orientation(element)``, which a resize keeps: floor(side * scale) is monotonic), each
-    complete window in the order it fills. The skip is then whole windows = whole batches, and
-    a resumed run (``skip_examples`` = steps x B) gets exactly the batches the uninterrupted run
-    saw from that step on: no example waits in a window across the resume point. (An image
-    skipped as unreadable shifts its window's neighbours to the next one of that orientation;
-    ``_batch`` still groups them correctly, but around it a resume is not exact.)
-    """
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    dataset = tf.data.Dataset.zip((dataset, seeds))
-    if not group_size:
-        return dataset.skip(skip_examples)
-    if skip_examples % group_size:
-        raise ValueError(f"skip_examples ({skip_examples}) must be whole batches of "
-                         f"{group_size} when grouping by aspect ratio")
-    dataset = dataset.group_by_window(lambda element, _: orientation(element),
-                                      lambda _, window: window, window_size=group_size)
-    return dataset.skip(skip_examples)
+def _record_examples(source, max_instances, training, *, with_masks, shuffle_buffer,
+                     filter_empty_images, max_images, cache, num_parallel_calls, position,
+                     mask_size=None):
+    """``_index_examples`` of a ``TFRecordSource``: its share of serialized records
+    (``record_dataset``: file- or record-level sharding), positioned before decoding with
+    the orientation from the records' image size (``tfrecord.record_orientation``)."""
+    records = source.record_dataset(
+        training, shuffle_buffer=0 if cache else shuffle_buffer, seed=position.seed,
+        filter_empty_images=filter_empty_images, max_images=max_images,
+        num_parallel_calls=num_parallel_calls, num_shards=position.num_shards,
+        shard_index=position.shard_index)
+    load = source.decode_stage(max_instances, with_masks, mask_size)
+    return stream.decoded_examples(records, load, tfrecord.record_orientation, training,
+                                   cache, shuffle_buffer, position, num_parallel_calls)
 
 
 def _index_orientation(source):
     """Window key of an image index from the annotations: 0 landscape (h <= w), 1 portrait."""
     portrait = tf.constant([record.height > record.width for record in source.images])
     return lambda index: tf.cast(tf.gather(portrait, index), tf.int64)
-
-
-def _decoded_orientation(example):
-    """Window key of a decoded original-size example: 0 landscape (h <= w), 1 portrait."""
-    size = tf.shape(example["image"])
-    return tf.cast(size[0] > size[1], tf.int64)
-
-
-def _is_valid(example):
-    return example["valid"]
 
 
 def _augment(augment_fn, example, seed):
@@ -410,12 +397,13 @@ def _has_instances(example, seed):
 
 def dataset_from_config(data_config, input_config, split, batch_size, training,
                         keypoint_config=None, seed=0, max_images=None, with_masks=True,
-                        skip_examples=0):
+                        skip_examples=0, num_shards=1, shard_index=0):
     """``load_split`` + ``build_dataset`` with the config objects.
 
     Args:
         data_config: ``config.DataConfig``; input_config: ``config.InputConfig``.
         split: "train" or "val".
+        batch_size, skip_examples, num_shards, shard_index: as ``build_dataset``.
         keypoint_config: ``config.KeypointHeadConfig``; keypoints are read when it is enabled.
 
     Returns:
@@ -440,5 +428,6 @@ def dataset_from_config(data_config, input_config, split, batch_size, training,
         max_images=max_images, with_masks=with_masks, skip_examples=skip_examples,
         group_by_aspect_ratio=data_config.group_by_aspect_ratio,
         gt_mask_size=input_config.gt_mask_size
-        if input_config.gt_mask_format == "cropped" else None)
+        if input_config.gt_mask_format == "cropped" else None, num_shards=num_shards,
+        shard_index=shard_index)
     return dataset, source

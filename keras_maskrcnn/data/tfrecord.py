@@ -33,8 +33,9 @@ Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
       wide or high are not written (the COCO loader drops them too). Crowd regions ARE
       written (is_crowd 1). An annotation without segmentation gets its box as the PNG mask,
       as ``CocoDataset.instance_masks``.
-    * Reading (``load_tfrecords``, ``TFRecordSource.example_dataset``) yields the examples of
-      the COCO path's Python stage: boxes x * W, y * H (float32 xyxy pixels), crowd regions and
+    * Reading (``load_tfrecords``; ``TFRecordSource.record_dataset`` then ``decode_stage``,
+      which ``pipeline.build_dataset`` puts together) yields the examples of the COCO path's
+      Python stage: boxes x * W, y * H (float32 xyxy pixels), crowd regions and
       boxes under 1 pixel left out (``stats.num_crowd``, ``stats.num_degenerate``, counted on
       the first pass), labels mapped to 1..K, masks PNG -> (M', H, W) uint8 (pixel > 0), or
       with ``mask_size`` C each PNG decoded and sampled into its (C, C) crop
@@ -52,6 +53,9 @@ Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
       (of the image bytes when empty, as Model Garden regenerates one).
     * Order: shards are read round-robin (evaluation: all at once, so records written by this
       writer or Model Garden's come back in id order); training shuffles shards and records.
+    * Several input pipelines (multi-worker training): each reads a disjoint share, whole
+      files when there are at least as many files as pipelines, else every N-th record of
+      each file (``TFRecordSource.record_dataset``).
 """
 import argparse
 import hashlib
@@ -311,6 +315,40 @@ def _has_instances(serialized):
     return tf.cond(consistent, any_instance, lambda: True)  # malformed: decoding skips it
 
 
+def record_orientation(serialized):
+    """() int64 window key of a serialized record before decoding: 0 landscape (h <= w),
+    1 portrait (h > w), from image/height and image/width, else (absent) from the image
+    file's header (PIL reads only the header). As ``pipeline``'s orientation of a decoded
+    image: a record whose image decodes to another size is skipped when decoded."""
+    size = {"image/height": tf.io.FixedLenFeature((), tf.int64, -1),
+            "image/width": tf.io.FixedLenFeature((), tf.int64, -1)}
+    f = tf.io.parse_single_example(serialized, size)  # not the image bytes
+    h, w = f["image/height"], f["image/width"]
+
+    def from_header():
+        encoded = tf.io.parse_single_example(
+            serialized, {"image/encoded": tf.io.FixedLenFeature((), tf.string, b"")})
+        portrait = tf.numpy_function(_header_portrait, [encoded["image/encoded"]], tf.bool)
+        return tf.ensure_shape(portrait, [])
+
+    portrait = tf.cond((h > 0) & (w > 0), lambda: h > w, from_header)
+    return tf.cast(portrait, tf.int64)
+
+
+def _header_portrait(encoded):
+    """Whether an encoded image is higher than wide (False when it cannot be read: the
+    decoding skips it)."""
+    from PIL import Image
+
+    encoded = encoded.item() if isinstance(encoded, np.ndarray) else encoded  # eager: 0-d
+    try:
+        with Image.open(io.BytesIO(encoded)) as im:
+            width, height = im.size
+    except Exception:  # noqa: BLE001 - unreadable: skipped when decoded
+        return np.bool_(False)
+    return np.bool_(height > width)
+
+
 def _decode_image(encoded, height, width):
     """(image (H, W, 3) uint8 RGB or None, reason) with PIL, as the COCO path's read_image."""
     from PIL import Image
@@ -500,7 +538,7 @@ class TFRecordSource:
         kps = np.stack([x.astype(np.float64) * w, y.astype(np.float64) * h, v], axis=-1)
         return kps.reshape(m, kp, 3).astype(np.float32)  # (M * Kp, 3) -> (M, Kp, 3)
 
-    def _decode_stage(self, max_instances, with_masks, mask_size=None):
+    def decode_stage(self, max_instances, with_masks, mask_size=None):
         """tf.data map function: serialized record -> the pipeline's Python-stage dict."""
         kp = self.num_keypoints
         spec = _feature_spec(with_masks, kp)
@@ -526,45 +564,52 @@ class TFRecordSource:
 
         return stage
 
-    def example_dataset(self, max_instances, training, *, with_masks=True, shuffle_buffer=1000,
-                        seed=0, filter_empty_images=True, max_images=None, cache=False,
-                        skip_examples=0, num_parallel_calls=None, mask_size=None):
-        """Decoded examples (the dicts of ``pipeline``'s Python stage, invalid ones dropped).
+    def record_dataset(self, training, *, shuffle_buffer=0, seed=0, filter_empty_images=True,
+                       max_images=None, num_parallel_calls=None, num_shards=1, shard_index=0):
+        """This worker's serialized records, before any decoding (one pass, not repeated).
 
-        Evaluation: one pass, shards round-robin (id order for files of this writer). Training:
-        records without usable GT dropped (``filter_empty_images``, before decoding), shards
-        and records shuffled (``shuffle_buffer`` serialized records; files not shuffled with
-        ``max_images``, which keeps the first records), repeated, the first ``skip_examples``
-        records skipped before decoding (they are still read). Arguments as
-        ``pipeline.build_dataset``.
+        Evaluation: shards round-robin (id order for files of this writer). Training: records
+        without usable GT dropped (``filter_empty_images``, on the parsed objects), files and
+        records shuffled when ``shuffle_buffer`` > 0 (a buffer of that many records; files not
+        shuffled with ``max_images``, which keeps the first records).
+
+        ``num_shards`` > 1 (``pipeline.build_dataset``: one input pipeline per worker) reads
+        only share ``shard_index``: file-level (``files[shard_index::num_shards]``) when there
+        are at least as many files as shards, else (and with ``max_images``) index-level:
+        every file is read but only the records ``shard_index`` mod ``num_shards`` of each
+        file (of the first ``max_images``) are kept, before any decoding. Shares are disjoint,
+        their union is every record, and a worker's share is the same in every epoch.
         """
         parallel = num_parallel_calls or tf.data.AUTOTUNE
         shuffle = training and shuffle_buffer > 0
-        files = tf.data.Dataset.from_tensor_slices(self.files)
+        by_file = num_shards > 1 and max_images is None and len(self.files) >= num_shards
+        by_record = num_shards > 1 and not by_file
+        if by_record:
+            logger.warning("%s: %d file(s) for %d input pipelines%s: each reads every file and "
+                           "decodes 1 record in %d (write at least %d files to read disjoint "
+                           "files)", self.file_pattern, len(self.files), num_shards,
+                           " and max_images" if max_images is not None else "", num_shards,
+                           num_shards)
+        paths = self.files[shard_index::num_shards] if by_file else self.files
+        files = tf.data.Dataset.from_tensor_slices(paths)
         if shuffle and max_images is None:
-            files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
-        cycle = min(len(self.files), 16) if shuffle else len(self.files)
-        records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+            files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        read = tf.data.TFRecordDataset
+        if by_record and max_images is None:  # the same records of each file in every epoch
+            def read(path):
+                return tf.data.TFRecordDataset(path).shard(num_shards, shard_index)
+        cycle = min(len(paths), 16) if shuffle else len(paths)
+        records = files.interleave(read, cycle_length=cycle, block_length=1,
                                    num_parallel_calls=parallel, deterministic=True)
         if training and filter_empty_images:
             records = records.filter(_has_instances)
         if max_images is not None:
             records = records.take(max_images)
-        decode = self._decode_stage(max_instances, with_masks, mask_size)
-        if cache:
-            dataset = records.map(decode, num_parallel_calls=parallel).filter(_is_valid).cache()
-            if shuffle:
-                dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-            return dataset.repeat().skip(skip_examples) if training else dataset
+            if by_record:
+                records = records.shard(num_shards, shard_index)
         if shuffle:
             records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if training:
-            records = records.repeat().skip(skip_examples)
-        return records.map(decode, num_parallel_calls=parallel).filter(_is_valid)
-
-
-def _is_valid(example):
-    return example["valid"]
+        return records
 
 
 def load_tfrecords(file_pattern, annotation_file=None, num_keypoints=0) -> TFRecordSource:

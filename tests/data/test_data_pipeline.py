@@ -179,6 +179,56 @@ def test_cached_training_dataset(source_files):
     assert ids == {1, 2, 4, 6} and source.stats.num_skipped == 1
 
 
+def _decoded_ids(source):
+    """Records the image id of every image ``source`` is asked to decode (Python stage)."""
+    decoded, load = [], source.load_example
+
+    def recording(index, *args):
+        decoded.append(source.images[index].image_id)
+        return load(index, *args)
+
+    source.load_example = recording
+    return decoded
+
+
+def test_sharded_pipelines_decode_disjoint_index_shares(source_files):
+    """num_shards: pipeline k keeps the image indices k, k + N, ... before anything is read;
+    the shares are disjoint, their union is the split, each shuffles and resumes on its own."""
+    off = tf.data.experimental.AutoShardPolicy.OFF
+    shares = []
+    for k in range(2):
+        evaluation = pipeline.build_dataset(_source(source_files), INPUT, 2, False,
+                                            num_shards=2, shard_index=k)
+        shares.append({i for b in evaluation for i in b["image_ids"].numpy().tolist()})
+        assert evaluation.options().experimental_distribute.auto_shard_policy == off
+    assert shares == [{1, 3}, {2, 4, 6}]  # indices 0 2 4 | 1 3 5; 5 is unreadable
+    decoded = []
+    for k in range(2):
+        source = _source(source_files)
+        decoded.append(_decoded_ids(source))
+        train = pipeline.build_dataset(source, INPUT, 1, True, flip_pairs=((0, 1),),
+                                       num_shards=2, shard_index=k)
+        seen = {int(b["image_ids"][0]) for b in train.take(12)}
+        assert seen == [{1, 4, 6}, {2}][k]  # images with GT: 1 2 4 5 6 -> 1 4 6 | 2 5
+        assert set(decoded[k]) == [{1, 4, 6}, {2, 5}][k]
+    unsharded = pipeline.build_dataset(_source(source_files), INPUT, 1, False)
+    assert unsharded.options().experimental_distribute.auto_shard_policy != off
+    with pytest.raises(ValueError, match="share 5 of 6"):  # more shares than images
+        pipeline.build_dataset(_source(source_files), INPUT, 1, True, flip_pairs=(),
+                               num_shards=6, shard_index=5)
+
+
+def test_sharded_grouped_stream_resumes_exactly(source_files):
+    def batches(skip, count):
+        ds = _grouped(source_files, skip_examples=2 * skip, num_shards=2, shard_index=0)
+        return [b["image_ids"].numpy().tolist() for b in ds.take(count)]
+
+    full = batches(0, 8)  # 1 and 4 landscape, 6 portrait
+    assert {i for b in full for i in b} == {1, 4, 6} and [6, 6] in full
+    for k in range(1, 5):
+        assert batches(k, 4) == full[k:k + 4]
+
+
 def test_optional_outputs_and_argument_errors(source_files):
     source = _source(source_files, num_keypoints=0)
     ds = pipeline.build_dataset(source, INPUT, 2, False, with_masks=False, max_images=3)

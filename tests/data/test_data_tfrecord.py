@@ -225,6 +225,47 @@ def test_training_skips_crowd_and_negatives_and_is_deterministic(data):
     assert {i for b in cached.take(5) for i in b["image_ids"].numpy()} == {1, 3, 4, 5, 6}
 
 
+def _decoded_ids(source):
+    """Records the image id of every record ``source`` decodes."""
+    decoded, decode = [], source.decode_record
+
+    def recording(f, *args):
+        decoded.append(int(f["image/source_id"]))
+        return decode(f, *args)
+
+    source.decode_record = recording
+    return decoded
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_sharded_pipelines_decode_disjoint_shares(data, num_shards, caplog):
+    """2 files, 2 pipelines: one file each (images 1 3 5 | 2 4 6: written round-robin).
+    3 pipelines: fewer files than pipelines, a warning, and record k mod 3 of each file."""
+    expected = {2: [{1, 3, 5}, {2, 4, 6}], 3: [{1, 2}, {3, 4}, {5, 6}]}[num_shards]
+    off = tf.data.experimental.AutoShardPolicy.OFF
+    for k in range(num_shards):
+        source = tfrecord.load_tfrecords(data["pattern"], data["annotations"], KP)
+        decoded = _decoded_ids(source)
+        with caplog.at_level(logging.WARNING):
+            ds = pipeline.build_dataset(source, INPUT, 1, False, num_shards=num_shards,
+                                        shard_index=k)
+        assert ("decodes 1 record in 3" in caplog.text) == (num_shards == 3)
+        assert ds.options().experimental_distribute.auto_shard_policy == off
+        assert {int(b["image_ids"][0]) for b in ds} == expected[k] == set(decoded)
+        del decoded[:]
+        train = pipeline.build_dataset(source, INPUT, 1, True, flip_pairs=(), seed=k,
+                                       num_shards=num_shards, shard_index=k)
+        seen = {int(b["image_ids"][0]) for b in train.take(8)}
+        assert seen == expected[k] - {2} == set(decoded) - {2}  # 2 has no GT
+
+
+def test_sharded_first_images_are_shared_record_by_record(data):
+    source = tfrecord.load_tfrecords(data["pattern"], data["annotations"], KP)
+    shares = [[int(b["image_ids"][0]) for b in pipeline.build_dataset(
+        source, INPUT, 1, False, max_images=4, num_shards=2, shard_index=k)] for k in (0, 1)]
+    assert shares == [[1, 3], [2, 4]]  # the first 4 of 1 2 3 4 5 6 (round-robin), k mod 2
+
+
 def _minimal_example(image, boxes, labels, source_id=b"", texts=None):
     """A Model Garden-style record without masks, keypoints, is_crowd nor sizes."""
     png = io.BytesIO()
@@ -269,6 +310,41 @@ def test_records_without_masks_keypoints_or_ids(tmp_path):
     assert source.stats.num_box_masks == 3
     with pytest.raises(FileNotFoundError, match="no TFRecord file"):
         tfrecord.load_tfrecords(str(tmp_path / "none-*.tfrecord"))
+
+
+def test_record_orientation_from_the_sizes_or_the_image_header(data):
+    """The window key of a record before decoding: image/height, image/width when written
+    (this writer, Model Garden's), else the image file's header."""
+    records = [e for p in data["stats"]["files"] for e in _records(p)]
+    keys = [int(tfrecord.record_orientation(r.SerializeToString())) for r in records]
+    assert keys == [0] * 6  # square
+    boxes = [[1, 1, 10, 10]]
+    for (h, w), key in (((40, 50), 0), ((60, 30), 1), ((30, 30), 0)):
+        example = _minimal_example(np.zeros((h, w, 3), np.uint8), boxes, [1])  # no sizes
+        assert int(tfrecord.record_orientation(example.SerializeToString())) == key, (h, w)
+        f = example.features.feature  # sizes win over the header (the decoding checks them)
+        f["image/height"].int64_list.value.append(w + 1)
+        f["image/width"].int64_list.value.append(w)
+        assert int(tfrecord.record_orientation(example.SerializeToString())) == 1
+
+
+def test_grouped_training_on_records_without_sizes(tmp_path):
+    sizes = [(40, 50), (60, 30), (30, 45), (50, 20), (20, 30)]
+    _write(tmp_path / "x.tfrecord", [_minimal_example(np.full((h, w, 3), 50, np.uint8),
+                                                      [[2, 2, 15, 15]], [3], str(i).encode())
+                                     for i, (h, w) in enumerate(sizes)])
+    source = tfrecord.load_tfrecords(str(tmp_path / "x.tfrecord"))
+
+    def batches(skip, count):
+        ds = pipeline.build_dataset(source, INPUT, 2, True, seed=1, group_by_aspect_ratio=True,
+                                    skip_examples=2 * skip)
+        return [b["image_ids"].numpy().tolist() for b in ds.take(count)]
+
+    full = batches(0, 10)
+    kinds = [{sizes[i][0] > sizes[i][1] for i in ids} for ids in full]
+    assert {False} in kinds and {True} in kinds and all(len(k) == 1 for k in kinds)
+    for k in range(1, 7):  # exact only if the windows were formed with the header's sizes
+        assert batches(k, 3) == full[k:k + 3], k
 
 
 def test_corrupt_images_are_skipped_and_counted(data, tmp_path, caplog, monkeypatch):

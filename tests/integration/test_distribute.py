@@ -10,10 +10,15 @@
   ``run.train`` (what ``train.py`` runs) with checkpoints; both end with bit-identical model
   and optimizer state; only the chief writes the output directory; a second job resumes both
   workers from the chief's checkpoint. Workers are SIGKILLed after a timeout.
+* ``test_multi_worker_input_decodes_disjoint_shares``: two workers build ``run.train_dataset``
+  (one pipeline per worker) for a COCO JSON and a 2-file TFRecord source of landscape and
+  portrait images with aspect-ratio grouping; the image ids each decoded are disjoint and
+  together the whole split, each worker's batches come from its share and resume exactly
+  there; one training step runs on the TFRecord pipelines.
 
 Each run is a subprocess (logical devices and TF_CONFIG must be set before TensorFlow starts);
 this file is also the worker script
-(``python tests/integration/test_distribute.py one_step|train_worker``).
+(``python tests/integration/test_distribute.py one_step|train_worker|input_worker``).
 
 Sampling: the RPN and RoI samplers draw random subsets, and a replica's draw (batch 1, seed
 folded with the replica id) is not the single device's draw (batch 2). The comparison therefore
@@ -278,6 +283,59 @@ def _train_worker(out_path, *overrides):
     print("worker done", flush=True)
 
 
+def _input_worker(out_path, data_file):
+    """One worker of a multi-worker job (TF_CONFIG set): the image ids its training pipelines
+    decoded and batched, for a COCO JSON and a TFRecord source; a resumed stream; one step."""
+    from support.models import tiny_config
+
+    from keras_maskrcnn import run, training
+    from keras_maskrcnn.data import coco, tfrecord
+
+    decoded = {"coco": [], "tfrecord": []}
+    load_example = coco.CocoDataset.load_example
+    decode_record = tfrecord.TFRecordSource.decode_record
+
+    def recording_load(self, index, *args):
+        decoded["coco"].append(self.images[index].image_id)
+        return load_example(self, index, *args)
+
+    def recording_decode(self, f, *args):
+        decoded["tfrecord"].append(int(f["image/source_id"]))
+        return decode_record(self, f, *args)
+
+    coco.CocoDataset.load_example = recording_load
+    tfrecord.TFRecordSource.decode_record = recording_decode
+    with open(data_file) as f:
+        data = json.load(f)
+    strategy = training.select_strategy("auto")
+    assert training.is_multi_worker(strategy) and strategy.num_replicas_in_sync == 2
+
+    def ids_per_step(dataset, steps):  # (steps, per-replica batch) ids of this worker's replica
+        iterator = iter(dataset)
+        return np.array([strategy.experimental_local_results(next(iterator)["image_ids"])[0]
+                         for _ in range(steps)])
+
+    result = {}
+    for source in ("coco", "tfrecord"):
+        split = {"format": source, "annotations": data["annotations"]}
+        split.update({"tfrecords": data["tfrecords"]} if source == "tfrecord"
+                     else {"images": data["images"]})
+        cfg = tiny_config(**{f"data.train.{k}": v for k, v in split.items()},
+                          **{"data.group_by_aspect_ratio": "true", "train.batch_size": 4})
+        dataset, train_source = run.train_dataset(cfg, 0, strategy)
+        result[f"{source}/batched"] = ids_per_step(dataset, 12)
+        result[f"{source}/resumed"] = ids_per_step(run.train_dataset(cfg, 3, strategy)[0], 4)
+        result[f"{source}/decoded"] = np.array(sorted(set(decoded[source])))
+    _log("input checked")
+    model = run.build_training_model(cfg, strategy, train_source.categories.dataset_ids)
+    history = model.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0).history
+    result["loss"] = np.array(history["loss"])
+    result["iterations"] = int(model.optimizer.iterations.numpy())
+    _log("one step")
+    np.savez(out_path, **result)
+    print("worker done", flush=True)
+
+
 def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
@@ -288,8 +346,9 @@ def _free_ports(count):
     return ports
 
 
-def _run_workers(tmp_path, name, overrides, timeout=240):
-    """Two workers on 127.0.0.1; returns their dumped states. SIGKILL after ``timeout`` s."""
+def _run_workers(tmp_path, name, overrides, timeout=240, mode="train_worker"):
+    """Two workers on 127.0.0.1 (``python this_file mode out overrides...``); returns their
+    dumped states. SIGKILL after ``timeout`` s."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     processes, logs, outs = [], [], []
     try:
@@ -301,7 +360,7 @@ def _run_workers(tmp_path, name, overrides, timeout=240):
             outs.append(tmp_path / f"{name}-worker{index}.npz")
             logs.append(open(tmp_path / f"{name}-worker{index}.log", "w"))
             processes.append(subprocess.Popen(
-                [sys.executable, __file__, "train_worker", str(outs[-1]), *overrides],
+                [sys.executable, __file__, mode, str(outs[-1]), *overrides],
                 stdout=logs[-1], stderr=subprocess.STDOUT, cwd=HERE,
                 env=_env(TF_CONFIG=tf_config, TMPDIR=str(temp))))
         deadline = time.time() + timeout
@@ -356,6 +415,30 @@ def test_multi_worker_training_keeps_workers_identical(tmp_path):
     assert (run / "model.weights.h5").exists() and (run / "config.yaml").exists()
 
 
+def test_multi_worker_input_decodes_disjoint_shares(tmp_path):
+    """Each worker decodes only its share: COCO JSON by image index, TFRecords by file."""
+    from support.data import write_mixed_orientation_dataset
+
+    data = write_mixed_orientation_dataset(tmp_path, 16, num_tfrecord_files=2)
+    data_file = tmp_path / "data.json"
+    data_file.write_text(json.dumps(data, default=sorted))
+    (first, second), texts = _run_workers(tmp_path, "input", [str(data_file)],
+                                          mode="input_worker")
+    for source in ("coco", "tfrecord"):
+        decoded = [set(w[f"{source}/decoded"].tolist()) for w in (first, second)]
+        assert not decoded[0] & decoded[1], source
+        assert decoded[0] | decoded[1] == set(data["ids"]), source
+        for worker, share in zip((first, second), decoded):
+            batched = worker[f"{source}/batched"]
+            assert batched.shape == (12, 2)  # per-replica batch: global 4 / 2 replicas
+            assert set(batched.ravel().tolist()) == share  # 24 examples: every one of its 8
+            np.testing.assert_array_equal(worker[f"{source}/resumed"], batched[3:7])
+            portrait = np.isin(batched, list(data["portrait"]))
+            assert (portrait.all(axis=1) | ~portrait.any(axis=1)).all()  # grouped
+    for worker in (first, second):
+        assert int(worker["iterations"]) == 1 and np.isfinite(worker["loss"]).all()
+
+
 @pytest.mark.slow
 def test_multi_worker_resume_reads_the_chiefs_checkpoints(tmp_path):
     """A second job resumes every worker from the chief's step-4 checkpoint, in lock step."""
@@ -373,3 +456,5 @@ if __name__ == "__main__":
         _one_step(*sys.argv[2:])
     elif sys.argv[1] == "train_worker":
         _train_worker(*sys.argv[2:])
+    elif sys.argv[1] == "input_worker":
+        _input_worker(*sys.argv[2:])

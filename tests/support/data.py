@@ -52,3 +52,48 @@ def write_defective_file(root):
         with open(paths[key], "w") as f:
             json.dump(dict(data, annotations=anns), f)
     return dict(paths, images=image_dir, ids=ids, good=good)
+
+
+def write_mixed_orientation_dataset(root, num_images, num_tfrecord_files=0, seed=0):
+    """Synthetic shapes (96 px, 4 keypoints) padded to 96 x 128 (landscape) or 128 x 96
+    (portrait: images 2, 5, 8, ...): aspect-ratio grouping has two kinds of windows to fill.
+
+    Returns:
+        dict: annotations (json), images (directory), ids (image ids), portrait (their ids),
+        tfrecords (a glob of ``num_tfrecord_files`` files written from them, or None).
+    """
+    import numpy as np
+    from PIL import Image
+
+    from keras_maskrcnn.data import coco, tfrecord
+
+    ann_file, image_dir = synthetic.write_synthetic_dataset(
+        str(root / "mixed"), num_images, 0, seed=seed, image_size=96)["train"]
+    with open(ann_file) as f:
+        data = json.load(f)
+    portrait = set()
+    for image in data["images"]:
+        path = f"{image_dir}/{image['file_name']}"
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        tall = image["id"] % 3 == 2
+        padded = np.full((128, 96, 3) if tall else (96, 128, 3), 100, np.uint8)
+        padded[:96, :96] = pixels  # bottom or right padding: the annotations do not move
+        Image.fromarray(padded).save(path, **({"quality": 92} if path.endswith("jpg") else {}))
+        image["height"], image["width"] = padded.shape[:2]
+        portrait |= {image["id"]} if tall else set()
+    sizes = {image["id"]: (image["height"], image["width"]) for image in data["images"]}
+    for ann in data["annotations"]:
+        if isinstance(ann["segmentation"], dict):  # a crowd RLE: re-encoded at the new size
+            mask = np.zeros(sizes[ann["image_id"]], np.uint8)
+            mask[:96, :96] = coco.decode_segmentation(ann["segmentation"], 96, 96)
+            ann["segmentation"] = synthetic._uncompressed_rle(mask)
+    with open(ann_file, "w") as f:
+        json.dump(data, f)
+    records = None
+    if num_tfrecord_files:
+        prefix = str(root / "mixed" / "records" / "train")
+        tfrecord.write_tfrecords(ann_file, image_dir, prefix, num_tfrecord_files,
+                                 len(synthetic.KEYPOINT_NAMES), progress=False)
+        records = prefix + "-*.tfrecord"
+    return {"annotations": ann_file, "images": image_dir, "tfrecords": records,
+            "ids": [image["id"] for image in data["images"]], "portrait": portrait}
