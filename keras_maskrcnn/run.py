@@ -29,11 +29,13 @@ def _paths_under(out):
 
 
 def train_dataset(cfg, start_step):
-    """The training pipeline positioned after the ``start_step`` batches already consumed."""
+    """The training pipeline positioned after the ``start_step`` batches already consumed
+    (YOLACT's carries the crowd regions' boxes, ``gt_crowd_boxes``, for its matching)."""
     dataset, source = pipeline.dataset_from_config(
         cfg.data, cfg.input, "train", cfg.train.batch_size, training=True,
         keypoint_config=cfg.model.keypoint_head, seed=cfg.train.seed,
-        with_masks=cfg.model.mask_head.enabled, skip_examples=start_step * cfg.train.batch_size)
+        with_masks=cfg.model.mask_head.enabled, skip_examples=start_step * cfg.train.batch_size,
+        with_crowd=cfg.model.architecture == "yolact")
     return dataset, source
 
 

@@ -25,6 +25,10 @@ Each element is one dict (the model's ``inputs``), dense tensors only (RaggedTen
     gt_masks        (B, M, Hp, Wp) uint8  0/1; padding rows and pixels 0
     gt_keypoints    (B, M, Kp, 3) float32  [x, y, v] in resized pixels; padding rows -1
                     (only when the source has keypoints)
+    gt_crowd_boxes  (B, C, 4) float32  xyxy in resized pixels of the crowd regions (COCO
+                    ``iscrowd``), padded with -1 rows like gt_boxes (C like M); only with
+                    ``with_crowd`` (YOLACT: anchors they cover become neutral). The other
+                    gt_* never hold crowd regions
     image_ids       (B,) int64       the dataset's image ids
     original_sizes  (B, 2) int32     (height, width) of the original image
     scales          (B,) float32     nominal resize factor; boxes are scaled per axis by
@@ -85,12 +89,13 @@ def load_split(data_config, split, num_keypoints=0, create_synthetic=True):
                               "keras_maskrcnn.data.pipeline")
 
 
-def _python_stage(source, max_instances, with_masks):
+def _python_stage(source, max_instances, with_masks, with_crowd=False):
     """A tf.data map function running ``source.load_example`` in Python; adds ``valid``."""
-    names, dtypes, shapes, empty = coco.example_schema(source.num_keypoints, with_masks)
+    names, dtypes, shapes, empty = coco.example_schema(source.num_keypoints, with_masks,
+                                                       with_crowd)
 
     def load(index):
-        example = source.load_example(int(index), max_instances, with_masks)
+        example = source.load_example(int(index), max_instances, with_masks, with_crowd)
         valid = example is not None
         if not valid and source.stats.num_skipped >= len(source):
             raise RuntimeError(f"{source.annotation_file}: no image of the split is readable "
@@ -182,6 +187,8 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
                                                    pad_h, pad_w)
         if "keypoints" in example:
             out["gt_keypoints"] = rows(example["keypoints"], pad_value=-1)
+        if "crowd_boxes" in example:
+            out["gt_crowd_boxes"] = rows(example["crowd_boxes"], pad_value=-1)
         if fixed_size is not None:  # one static shape for the whole training run
             out["images"] = tf.ensure_shape(out["images"], [pad_h, pad_w, 3])
             if "gt_masks" in out:
@@ -191,22 +198,25 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
     return stage
 
 
-def _padding_values(with_masks, with_keypoints):
+def _padding_values(with_masks, with_keypoints, with_crowd=False):
     values = {"images": 0.0, "image_sizes": 0, "gt_boxes": -1.0, "gt_classes": -1,
               "image_ids": tf.constant(0, tf.int64), "original_sizes": 0, "scales": 0.0}
     if with_masks:
         values["gt_masks"] = tf.constant(0, tf.uint8)
     if with_keypoints:
         values["gt_keypoints"] = -1.0
+    if with_crowd:
+        values["gt_crowd_boxes"] = -1.0
     return {k: tf.constant(v, tf.float32) if isinstance(v, float) else
             tf.constant(v, tf.int32) if isinstance(v, int) else v for k, v in values.items()}
 
 
-def _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, with_keypoints):
+def _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, with_keypoints,
+           with_crowd=False):
     """Batches TF-stage outputs: one fixed size, orientation groups, or padded per batch."""
     if fixed_size is not None:
         return dataset.batch(batch_size, drop_remainder=training)
-    values = _padding_values(with_masks, with_keypoints)
+    values = _padding_values(with_masks, with_keypoints, with_crowd)
     if grouped:  # every window holds batch_size examples of one orientation = one batch
         return dataset.group_by_window(
             _orientation, lambda _, window: window.padded_batch(
@@ -219,7 +229,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
                   flip_pairs=None, shuffle_buffer=1000, num_parallel_calls=None, cache=False,
                   filter_empty_images=True, seed=0, max_images=None, mask_method="nearest",
                   with_masks=True, fixed_size=None, skip_examples=0,
-                  group_by_aspect_ratio=False, augment_fn=None):
+                  group_by_aspect_ratio=False, augment_fn=None, with_crowd=False):
     """Batched model inputs from a loaded dataset (keys and shapes in the module docstring).
 
     Args:
@@ -267,6 +277,8 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
             example before the resize (``augment.augment_fn_from_settings``: SSD / YOLACT
             augmentation); examples it leaves without instances are dropped. Its seed is split
             off each element's seed, so the other draws stay those of a run without it.
+        with_crowd: add ``gt_crowd_boxes`` (the crowd regions' boxes, transformed like
+            gt_boxes; YOLACT). False (Mask R-CNN): crowd regions are not read at all.
 
     Returns:
         tf.data.Dataset of input dicts.
@@ -291,7 +303,8 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     dataset = examples(input_config.max_instances, training, with_masks=with_masks,
                        shuffle_buffer=shuffle_buffer, seed=seed,
                        filter_empty_images=filter_empty_images, max_images=max_images,
-                       cache=cache, skip_examples=skip_examples, num_parallel_calls=parallel)
+                       cache=cache, skip_examples=skip_examples, num_parallel_calls=parallel,
+                       with_crowd=with_crowd)
     if training and records:  # one (2,) stateless seed per element (COCO: _index_examples)
         seeds = tf.data.Dataset.random(seed=seed).batch(2).skip(skip_examples)
         dataset = tf.data.Dataset.zip((dataset, seeds))
@@ -301,13 +314,14 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     transform = _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
                           fixed_size)
     dataset = dataset.map(transform, num_parallel_calls=parallel)  # ordered (deterministic)
-    dataset = _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, num_kp > 0)
+    dataset = _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, num_kp > 0,
+                     with_crowd)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def _index_examples(source, max_instances, training, *, with_masks, shuffle_buffer, seed,
                     filter_empty_images, max_images, cache, skip_examples, num_parallel_calls,
-                    group_size=0):
+                    group_size=0, with_crowd=False):
     """Decoded examples of a ``CocoDataset``; training: (example, seed) pairs, shuffled,
     repeated and positioned by ``_stream_position`` (``group_size``: B when grouping)."""
     indices = np.arange(len(source), dtype=np.int64)
@@ -317,7 +331,7 @@ def _index_examples(source, max_instances, training, *, with_masks, shuffle_buff
     if len(indices) == 0:
         raise ValueError(f"{source.annotation_file}: no images to read"
                          + (" (all without annotations)" if training else ""))
-    load = _python_stage(source, max_instances, with_masks)
+    load = _python_stage(source, max_instances, with_masks, with_crowd)
     dataset = tf.data.Dataset.from_tensor_slices(indices)
     shuffle = training and shuffle_buffer > 0
     if cache:
@@ -391,13 +405,14 @@ def _has_instances(example, seed):
 
 def dataset_from_config(data_config, input_config, split, batch_size, training,
                         keypoint_config=None, seed=0, max_images=None, with_masks=True,
-                        skip_examples=0):
+                        skip_examples=0, with_crowd=False):
     """``load_split`` + ``build_dataset`` with the config objects.
 
     Args:
         data_config: ``config.DataConfig``; input_config: ``config.InputConfig``.
         split: "train" or "val".
         keypoint_config: ``config.KeypointHeadConfig``; keypoints are read when it is enabled.
+        with_crowd: see ``build_dataset`` (``run.train_dataset``: YOLACT).
 
     Returns:
         (tf.data.Dataset, source): the dataset and its ``coco.CocoDataset`` or
@@ -419,5 +434,5 @@ def dataset_from_config(data_config, input_config, split, batch_size, training,
         num_parallel_calls=data_config.num_parallel_calls, cache=data_config.cache,
         filter_empty_images=data_config.filter_empty_images, seed=seed,
         max_images=max_images, with_masks=with_masks, skip_examples=skip_examples,
-        group_by_aspect_ratio=data_config.group_by_aspect_ratio)
+        group_by_aspect_ratio=data_config.group_by_aspect_ratio, with_crowd=with_crowd)
     return dataset, source

@@ -38,7 +38,9 @@ Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
       boxes under 1 pixel left out (``stats.num_crowd``, ``stats.num_degenerate``, counted on
       the first pass), labels mapped to 1..K, masks PNG -> (M', H, W) uint8 (pixel > 0), a
       record without masks gets box masks (``stats.num_box_masks``), one without keypoints
-      gets v = 0. Images are decoded with PIL, as the COCO path (same pixels): a record whose
+      gets v = 0; asked ``with_crowd``, the crowd regions' boxes (those of >= 1 pixel) as
+      ``crowd_boxes`` (C, 4), as the COCO path. Images are decoded with PIL, as the COCO path
+      (same pixels): a record whose
       image does not decode, or decodes to another size than image/height x image/width, is
       skipped, counted in ``stats.skipped_images`` and named in a warning; the pipeline goes on.
     * Category map: records carry only per-object ids and names, not the category list. The
@@ -428,10 +430,10 @@ class TFRecordSource:
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)  # normalised -> pixels
         return boxes, labels, crowd.astype(bool)
 
-    def decode_record(self, f, max_instances=None, with_masks=True):
+    def decode_record(self, f, max_instances=None, with_masks=True, with_crowd=False):
         """A parsed record (numpy values of ``_feature_spec``) -> the pipeline's example dict
-        (image, boxes, classes, image_id, masks, keypoints as ``CocoDataset.load_example``),
-        or None after ``skip``."""
+        (image, boxes, classes, image_id, masks, keypoints, crowd_boxes as
+        ``CocoDataset.load_example``), or None after ``skip``."""
         source_id = f["image/source_id"].decode("utf-8", "replace")
         image_id = _image_id(source_id, f["image/encoded"])
         name = f["image/filename"].decode("utf-8", "replace") or f"source_id {source_id!r}"
@@ -469,6 +471,8 @@ class TFRecordSource:
                     return self.skip(image_id, name, f"mask: {type(e).__name__}: {e}")
         if self.num_keypoints:
             example["keypoints"] = self._keypoints(f, name, size, len(labels))[kept]
+        if with_crowd:
+            example["crowd_boxes"] = boxes[crowd & ~degenerate]
         self._count_once(image_id, num_crowd=crowd.sum(),
                          num_degenerate=(~crowd & degenerate).sum(),
                          num_box_masks=len(keep) if no_masks else 0,
@@ -487,17 +491,18 @@ class TFRecordSource:
         kps = np.stack([x.astype(np.float64) * w, y.astype(np.float64) * h, v], axis=-1)
         return kps.reshape(m, kp, 3).astype(np.float32)  # (M * Kp, 3) -> (M, Kp, 3)
 
-    def _decode_stage(self, max_instances, with_masks):
+    def _decode_stage(self, max_instances, with_masks, with_crowd=False):
         """tf.data map function: serialized record -> the pipeline's Python-stage dict."""
         kp = self.num_keypoints
         spec = _feature_spec(with_masks, kp)
         keys = sorted(spec)
-        names, dtypes, shapes, empty = coco.example_schema(kp, with_masks)
+        names, dtypes, shapes, empty = coco.example_schema(kp, with_masks, with_crowd)
 
         def decode(*values):
             values = [v.item() if np.ndim(v) == 0 and isinstance(v, np.ndarray) else v
                       for v in values]  # eager numpy_function passes 0-d arrays
-            example = self.decode_record(dict(zip(keys, values)), max_instances, with_masks)
+            example = self.decode_record(dict(zip(keys, values)), max_instances, with_masks,
+                                         with_crowd)
             out = example if example is not None else empty
             return [np.asarray(out[n], dtypes[n].as_numpy_dtype) for n in names] \
                 + [np.bool_(example is not None)]
@@ -514,7 +519,7 @@ class TFRecordSource:
 
     def example_dataset(self, max_instances, training, *, with_masks=True, shuffle_buffer=1000,
                         seed=0, filter_empty_images=True, max_images=None, cache=False,
-                        skip_examples=0, num_parallel_calls=None):
+                        skip_examples=0, num_parallel_calls=None, with_crowd=False):
         """Decoded examples (the dicts of ``pipeline``'s Python stage, invalid ones dropped).
 
         Evaluation: one pass, shards round-robin (id order for files of this writer). Training:
@@ -536,7 +541,7 @@ class TFRecordSource:
             records = records.filter(_has_instances)
         if max_images is not None:
             records = records.take(max_images)
-        decode = self._decode_stage(max_instances, with_masks)
+        decode = self._decode_stage(max_instances, with_masks, with_crowd)
         if cache:
             dataset = records.map(decode, num_parallel_calls=parallel).filter(_is_valid).cache()
             if shuffle:
