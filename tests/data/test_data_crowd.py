@@ -178,3 +178,17 @@ def test_mask_rcnn_training_batches_have_no_crowd_key(files):
         f"data.train.images={files['images']}", "train.batch_size=2", "data.cache=false"])
     dataset, _ = run.train_dataset(cfg, 0)
     assert "gt_crowd_boxes" not in dataset.element_spec
+
+
+def test_ssd_augmented_yolact_batches_carry_crowd_boxes_inside_the_image(files, yolact_model):
+    dataset, _ = run.train_dataset(_train_config(files, "coco", **{"data.augment": "ssd"}), 0)
+    seen = 0
+    for batch in dataset.take(6):
+        crowd = batch["gt_crowd_boxes"].numpy()
+        assert crowd.shape == (2, 4, 4)
+        real = crowd[..., 2] > crowd[..., 0]
+        assert (crowd[~real] == -1).all()
+        assert (crowd[real] >= 0).all() and (crowd[real] <= 128).all()
+        seen += real.sum()
+    assert seen > 0
+    assert np.isfinite(yolact_model.compute_losses(yolact_model(batch, training=True))["class"])
