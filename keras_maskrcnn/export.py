@@ -25,8 +25,9 @@ Outputs of both (padding rows beyond ``num_detections`` are all zero):
         API's "detection_masks" convention: paste them into the box, e.g. with
         ``keras_maskrcnn.ops.masks.paste_masks``), when the model has a mask head; YOLACT
         (``mask_type == "image"``): (B, D, Hp, Wp) probabilities over the whole resized image
-        at prototype resolution (Hp, Wp static: its fixed square input) (resize them to the original image, e.g. with
-        ``keras_maskrcnn.ops.masks_to_image``), and boxes integer-valued as its ``detect``;
+        at prototype resolution, Hp and Wp static (its fixed square input) (resize them to
+        the original image, e.g. with ``keras_maskrcnn.ops.masks_to_image``), and boxes
+        integer-valued as its ``detect``;
     full_masks (B, D, Hm, Wm) uint8 {0, 1} masks pasted into the image (torchvision's 1-pixel
         expansion; YOLACT: resized to the image; probability > ``model.mask_threshold``),
         only when exported with

@@ -8,8 +8,9 @@ Each transform takes an example dict in the pipeline's format (``coco.example_sc
 image (H, W, 3) uint8 or float RGB, boxes (M, 4) float32 xyxy pixels, classes (M,), and when
 present masks (M, H, W) uint8 0/1, keypoints (M, Kp, 3) [x, y, v], is_crowd (M,) (crowd rows
 among the instances), crowd_boxes (C, 4) xyxy (crowd regions kept apart: ``pipeline``'s
-``with_crowd``); other keys (image_id, ...) pass through. Randomness is stateless: every draw is a function of the (2,)
-int ``seed`` (split per step with ``stateless_split``), so an output is fixed by its seed.
+``with_crowd``); other keys (image_id, ...) pass through. Randomness is stateless: every
+draw is a function of the (2,) int ``seed`` (split per step with ``stateless_split``), so an
+output is fixed by its seed.
 
 Conventions pinned here (tests/data/test_data_augment.py checks them), following the reference
 (dbolya/yolact ``SSDAugmentation``) unless said otherwise:

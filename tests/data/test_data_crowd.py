@@ -152,7 +152,8 @@ def test_crowd_region_reaches_yolact_matching_as_neutral_anchors(files, kind, yo
     scale = np.array([128 / 100, 128 / 80] * 2, np.float32)  # fixed 128 px square
     np.testing.assert_allclose(batch["gt_crowd_boxes"][i, 0], np.array([50, 5, 95, 70]) * scale,
                                rtol=1e-6)
-    assert batch["gt_crowd_boxes"].shape == (2, 4, 4) and (batch["gt_crowd_boxes"][1 - i] == -1).all()
+    assert batch["gt_crowd_boxes"].shape == (2, 4, 4)  # max_instances rows, like gt_boxes
+    assert (batch["gt_crowd_boxes"][1 - i] == -1).all()
     plain = {k: v for k, v in batch.items() if k != "gt_crowd_boxes"}
     out = yolact_model(batch, training=True)
     ref = yolact_model(plain, training=True)
