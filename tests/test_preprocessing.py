@@ -112,3 +112,16 @@ def test_full_image_masks_on_a_common_canvas():
     assert full.shape == (2, 1, 20, 40) and full.dtype == bool
     assert full[0, 0, :20, :30].all() and not full[0, 0, :, 30:].any()  # beyond W0 = 30
     assert not full[1].any()  # image 1 has no detections
+
+
+def test_image_masks_of_an_empty_batch_in_a_graph():
+    """An empty serving request: no image to map over, the canvas is 0 x 0 (map_fn alone
+    cannot stack zero elements of an unknown shape)."""
+    fn = tf.function(lambda m, s: P.full_image_masks_from_image_masks(m, s, 0.5),
+                     input_signature=[tf.TensorSpec([None, 10, None, None]),
+                                      tf.TensorSpec([None, 2], tf.int32)])
+    assert fn(tf.zeros([0, 10, 8, 8]), tf.zeros([0, 2], tf.int32)).shape == (0, 10, 0, 0)
+    masks = tf.fill([2, 10, 8, 8], 0.9)
+    out = fn(masks, tf.constant([[4, 6], [3, 2]]))
+    assert out.shape == (2, 10, 4, 6) and out[1, :, :3, :2].numpy().all()
+    assert not out[1, :, 3:].numpy().any() and not out[1, :, :, 2:].numpy().any()
