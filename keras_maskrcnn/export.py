@@ -25,8 +25,9 @@ Outputs of both (padding rows beyond ``num_detections`` are all zero):
         API's "detection_masks" convention: paste them into the box, e.g. with
         ``keras_maskrcnn.ops.masks.paste_masks``), when the model has a mask head; YOLACT
         (``mask_type == "image"``): (B, D, Hp, Wp) probabilities over the whole resized image
-        at prototype resolution (resize them to the original image, e.g. with
-        ``keras_maskrcnn.ops.masks_to_image``), and boxes integer-valued as its ``detect``;
+        at prototype resolution, Hp and Wp static (its fixed square input) (resize them to
+        the original image, e.g. with ``keras_maskrcnn.ops.masks_to_image``), and boxes
+        integer-valued as its ``detect``;
     full_masks (B, D, Hm, Wm) uint8 {0, 1} masks pasted into the image (``model.mask_paste``:
         torchvision's 1-pixel expansion, probability > ``model.mask_threshold``, or
         detectron2's pixel-centre sampling, >=; YOLACT: resized to the image, >),
@@ -119,6 +120,20 @@ def _output_dtypes(model):
     return dtypes
 
 
+def _image_mask_shape(model):
+    """(D, Hp, Wp) of one image's image-sized masks when every input has one size (YOLACT's
+    fixed square), else None. ``tf.map_fn`` needs it: an empty request stacks no element, and
+    the graph alone leaves the prototype size unknown. One inference pass on a zero image."""
+    p = model.preprocessor
+    if inference.mask_type(model) != "image" or p.policy != "fixed_square":
+        return None
+    side = -(-p.min_size // p.size_divisor) * p.size_divisor  # the padded square
+    outputs = model({"images": tf.zeros([1, side, side, 3]),
+                     "image_sizes": tf.constant([[p.min_size, p.min_size]], tf.int32)},
+                    training=False)
+    return tuple(outputs["masks"].shape[1:])
+
+
 def serving_functions(model, include_full_masks=False):
     """The two signature bodies (plain Python functions; ``export_model`` traces them).
 
@@ -132,9 +147,13 @@ def serving_functions(model, include_full_masks=False):
     paste = inference.mask_paste(model)
     offset = getattr(model, "keypoint_coordinate_offset", 0.0)
 
+    mask_shape = _image_mask_shape(model)  # (D, Hp, Wp) or None
+
     def run_model(images):
         inputs, image_sizes = preprocessor(images)
         outputs = model({"images": inputs, "image_sizes": image_sizes}, training=False)
+        if mask_shape is not None:
+            outputs = dict(outputs, masks=tf.ensure_shape(outputs["masks"], (None,) + mask_shape))
         return outputs, image_sizes
 
     def finish(outputs, image_sizes, original_sizes):
@@ -157,6 +176,9 @@ def serving_functions(model, include_full_masks=False):
         return finish(outputs, image_sizes, original_sizes)
 
     dtypes = _output_dtypes(model)
+    signature = dict(dtypes)  # masks: with their static shape where known (an empty request)
+    if mask_shape is not None:
+        signature["masks"] = tf.TensorSpec(mask_shape, tf.float32)
 
     def one_image(data):
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -166,7 +188,7 @@ def serving_functions(model, include_full_masks=False):
         return {k: tf.cast(outputs[k][0], dtype) for k, dtype in dtypes.items()}  # drop B = 1
 
     def serve_image_bytes(image_bytes):
-        per_image = tf.map_fn(one_image, image_bytes, fn_output_signature=dtypes,
+        per_image = tf.map_fn(one_image, image_bytes, fn_output_signature=signature,
                               parallel_iterations=PARALLEL_IMAGES)  # dict of (B, ...)
         image_sizes = per_image.pop("image_sizes")
         original_sizes = per_image.pop("original_sizes")

@@ -219,8 +219,11 @@ def full_image_masks_from_image_masks(masks, original_sizes, threshold, num_dete
         on = masks_to_image(image_masks, size, threshold)  # (D, H0, W0)
         return tf.pad(on, [[0, 0], [0, height - size[0]], [0, width - size[1]]])
 
-    on = tf.map_fn(one_image, (masks, original_sizes),
-                   fn_output_signature=tf.TensorSpec([None, None, None], tf.bool))
+    on = tf.cond(  # map_fn cannot stack zero elements of an unknown shape: B = 0 apart
+        tf.shape(masks)[0] > 0,
+        lambda: tf.map_fn(one_image, (masks, original_sizes),
+                          fn_output_signature=tf.TensorSpec([None, None, None], tf.bool)),
+        lambda: tf.zeros(tf.stack([0, tf.shape(masks)[1], height, width]), tf.bool))
     if num_detections is not None:
         valid = tf.range(tf.shape(masks)[1])[None] < num_detections[:, None]  # (B, D)
         on = tf.logical_and(on, valid[:, :, None, None])

@@ -29,7 +29,8 @@ def _paths_under(out):
 
 
 def train_dataset(cfg, start_step, strategy=None):
-    """The training pipeline positioned after the ``start_step`` batches already consumed.
+    """The training pipeline positioned after the ``start_step`` batches already consumed
+    (YOLACT's carries the crowd regions' boxes, ``gt_crowd_boxes``, for its matching).
 
     One process (default, mirrored, TPU strategies): one pipeline of global batches, which
     ``fit`` splits between the replicas. Multi-worker: one pipeline per worker
@@ -47,7 +48,7 @@ def train_dataset(cfg, start_step, strategy=None):
             keypoint_config=cfg.model.keypoint_head, seed=cfg.train.seed,
             with_masks=cfg.model.mask_head.enabled,
             skip_examples=start_step * batches_per_step * batch_size, num_shards=num_shards,
-            shard_index=shard_index)
+            shard_index=shard_index, with_crowd=cfg.model.architecture == "yolact")
 
     if strategy is None or not training.is_multi_worker(strategy):
         return build(cfg.train.batch_size, 1)

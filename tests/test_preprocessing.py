@@ -182,3 +182,16 @@ def test_detectron2_style_preprocessor_and_clipped_mapping_back():
     scale = np.array([500 / 1067, 375 / 800] * 2, np.float32)
     np.testing.assert_allclose(out.numpy()[0, 1], np.array([10, 20, 30, 40]) * scale, rtol=1e-6)
     assert out.numpy()[0, 0].tolist() == [0.0, 0.0, 500.0, 375.0]  # clipped, never beyond
+
+
+def test_image_masks_of_an_empty_batch_in_a_graph():
+    """An empty serving request: no image to map over, the canvas is 0 x 0 (map_fn alone
+    cannot stack zero elements of an unknown shape)."""
+    fn = tf.function(lambda m, s: P.full_image_masks_from_image_masks(m, s, 0.5),
+                     input_signature=[tf.TensorSpec([None, 10, None, None]),
+                                      tf.TensorSpec([None, 2], tf.int32)])
+    assert fn(tf.zeros([0, 10, 8, 8]), tf.zeros([0, 2], tf.int32)).shape == (0, 10, 0, 0)
+    masks = tf.fill([2, 10, 8, 8], 0.9)
+    out = fn(masks, tf.constant([[4, 6], [3, 2]]))
+    assert out.shape == (2, 10, 4, 6) and out[1, :, :3, :2].numpy().all()
+    assert not out[1, :, 3:].numpy().any() and not out[1, :, :, 2:].numpy().any()

@@ -6,9 +6,11 @@ without 0.5, crop sides from 0.3 (not 0.1) of the image, canvas up to 4x (not 16
 
 Each transform takes an example dict in the pipeline's format (``coco.example_schema``):
 image (H, W, 3) uint8 or float RGB, boxes (M, 4) float32 xyxy pixels, classes (M,), and when
-present masks (M, H, W) uint8 0/1, keypoints (M, Kp, 3) [x, y, v], is_crowd (M,); other keys
-(image_id, ...) pass through. Randomness is stateless: every draw is a function of the (2,)
-int ``seed`` (split per step with ``stateless_split``), so an output is fixed by its seed.
+present masks (M, H, W) uint8 0/1, keypoints (M, Kp, 3) [x, y, v], is_crowd (M,) (crowd rows
+among the instances), crowd_boxes (C, 4) xyxy (crowd regions kept apart: ``pipeline``'s
+``with_crowd``); other keys (image_id, ...) pass through. Randomness is stateless: every
+draw is a function of the (2,) int ``seed`` (split per step with ``stateless_split``), so an
+output is fixed by its seed.
 
 Conventions pinned here (tests/data/test_data_augment.py checks them), following the reference
 (dbolya/yolact ``SSDAugmentation``) unless said otherwise:
@@ -29,21 +31,23 @@ Conventions pinned here (tests/data/test_data_augment.py checks them), following
       0.5 <= h / w <= 2; offset x ~ U between W - w and ``offset_low`` (the reference calls
       numpy's ``uniform(W - w)``, whose other end is 1.0; 0.0 is SSD's U(0, W - w)); the rect
       is floor(x), floor(y), floor(x + w), floor(y + h). A box is kept when its centre lies
-      strictly inside the rect, and a candidate needs a kept non-crowd box and the IoU rule
+      strictly inside the rect (crowd boxes too, ranked with the boxes as the reference's
+      crowd rows), and a candidate needs a kept non-crowd box and the IoU rule
       (``IOU_RULES``): "none" = as the reference runs (its test, min IoU < m and inf < max
       IoU, never rejects; its comment: the fix halved the mAP early in training), "any" =
       some box has IoU >= m (Caffe SSD), "all" = every box has IoU >= m. The first valid
       candidate is used; none valid: no crop (the reference draws a new mode and tries
-      again, unbounded). Kept boxes are clipped to the rect; masks cropped; visible
-      keypoints outside the crop become (0, 0, 0) (detectron2's rule).
+      again, unbounded). Kept boxes (and crowd boxes) are clipped to the rect; masks
+      cropped; visible keypoints outside the crop become (0, 0, 0) (detectron2's rule).
     * Mirror: ``transforms.random_flip_example`` (p 0.5).
     * Small boxes: an instance is dropped unless its width > f W and height > f H, f = 4/550
       of the augmented image (config's stated intent; the reference compares its 550-pixel
-      widths with 4/550, which equals f = 4/550**2). The example may end without instances
+      widths with 4/550, which equals f = 4/550**2); crowd boxes by the same rule (the
+      reference discards its crowd rows with the others). The example may end without instances
       (the reference then loads another image): the pipeline filters on ``num_instances``.
 
-Shape shorthand: M instances, Kp keypoints per instance, H, W image size before a step,
-T = max_trials crop candidates.
+Shape shorthand: M instances, C crowd regions, Kp keypoints per instance, H, W image size
+before a step, T = max_trials crop candidates.
 """
 import math
 
@@ -141,6 +145,9 @@ def place_in_canvas(example, canvas_size, offset, mean=MEAN_RGB):
     out["image"] = tf.where(inside, tf.pad(image, pads + [[0, 0]]), tf.constant(mean, tf.float32))
     dx, dy = tf.cast(x0, tf.float32), tf.cast(y0, tf.float32)
     out["boxes"] = tf.cast(example["boxes"], tf.float32) + tf.stack([dx, dy, dx, dy])
+    if "crowd_boxes" in example:
+        out["crowd_boxes"] = tf.cast(example["crowd_boxes"], tf.float32) + tf.stack(
+            [dx, dy, dx, dy])
     if "masks" in example:
         out["masks"] = tf.pad(example["masks"], [[0, 0]] + pads)
     if "keypoints" in example:
@@ -228,16 +235,26 @@ def sample_crop(boxes, height, width, seed, is_crowd=None, modes=CROP_MODES, iou
     return rect, keep, cropped
 
 
-def crop_example(example, rect, keep):
+def _boxes_in_rect(boxes, rect):
+    """(n, 4) xyxy boxes clipped to ``rect`` (4,) float, in the rect's coordinates."""
+    boxes = tf.cast(boxes, tf.float32)
+    boxes = tf.concat([tf.maximum(boxes[:, :2], rect[:2]), tf.minimum(boxes[:, 2:], rect[2:])],
+                      1)
+    return boxes - tf.concat([rect[:2], rect[:2]], 0)
+
+
+def crop_example(example, rect, keep, crowd_keep=None):
     """Crops an example to ``rect`` (4,) int32 x1, y1, x2, y2 after keeping the instances
-    ``keep`` (M,) bool: boxes clipped to the rect, visible keypoints outside it zeroed."""
+    ``keep`` (M,) bool (and the crowd boxes ``crowd_keep`` (C,) bool): boxes clipped to the
+    rect, visible keypoints outside it zeroed."""
     out = select_instances(example, keep)
     x1, y1, x2, y2 = tf.unstack(rect)
     out["image"] = example["image"][y1:y2, x1:x2]
     r = tf.cast(rect, tf.float32)
-    boxes = tf.cast(out["boxes"], tf.float32)
-    boxes = tf.concat([tf.maximum(boxes[:, :2], r[:2]), tf.minimum(boxes[:, 2:], r[2:])], 1)
-    out["boxes"] = boxes - tf.concat([r[:2], r[:2]], 0)
+    out["boxes"] = _boxes_in_rect(out["boxes"], r)
+    if "crowd_boxes" in example:
+        out["crowd_boxes"] = _boxes_in_rect(tf.boolean_mask(example["crowd_boxes"], crowd_keep),
+                                            r)
     if "masks" in out:
         out["masks"] = out["masks"][:, y1:y2, x1:x2]
     if "keypoints" in out:
@@ -250,24 +267,39 @@ def crop_example(example, rect, keep):
 
 def random_crop(example, seed, modes=CROP_MODES, iou_rule="none", max_trials=50,
                 min_scale=0.3, offset_low=1.0):
-    """``sample_crop`` + ``crop_example`` (no-op when no candidate is valid)."""
+    """``sample_crop`` + ``crop_example`` (no-op when no candidate is valid); crowd boxes
+    enter ``sample_crop`` after the boxes, flagged crowd."""
     example = {k: tf.convert_to_tensor(v) for k, v in example.items()}
     height, width = _size(example["image"])
-    rect, keep, cropped = sample_crop(example["boxes"], height, width, seed,
-                                      example.get("is_crowd"), modes, iou_rule, max_trials,
-                                      min_scale, offset_low)
-    return tf.cond(cropped, lambda: crop_example(example, rect, keep), lambda: dict(example))
+    boxes, is_crowd = tf.cast(example["boxes"], tf.float32), example.get("is_crowd")
+    num_boxes = tf.shape(boxes)[0]
+    if "crowd_boxes" in example:
+        crowd = tf.cast(example["crowd_boxes"], tf.float32)
+        rows = tf.zeros([num_boxes], tf.bool) if is_crowd is None else tf.cast(is_crowd, tf.bool)
+        is_crowd = tf.concat([rows, tf.ones(tf.shape(crowd)[:1], tf.bool)], 0)  # (M + C,)
+        boxes = tf.concat([boxes, crowd], 0)  # (M + C, 4): the reference's crowd rows last
+    rect, keep, cropped = sample_crop(boxes, height, width, seed, is_crowd, modes, iou_rule,
+                                      max_trials, min_scale, offset_low)
+    return tf.cond(cropped,
+                   lambda: crop_example(example, rect, keep[:num_boxes], keep[num_boxes:]),
+                   lambda: dict(example))
 
 
 # ---------------------------------------------------------------------- drop, composition
 def drop_small_boxes(example, min_fraction=4 / 550):
-    """Drops instances whose box is not wider than ``min_fraction`` W and taller than
-    ``min_fraction`` H of the example's image."""
+    """Drops instances (and crowd boxes) whose box is not wider than ``min_fraction`` W and
+    taller than ``min_fraction`` H of the example's image."""
     height, width = _size(example["image"])
-    boxes = tf.cast(example["boxes"], tf.float32)
-    keep = ((boxes[:, 2] - boxes[:, 0] > min_fraction * width)
-            & (boxes[:, 3] - boxes[:, 1] > min_fraction * height))
-    return select_instances(example, keep)
+
+    def large(boxes):
+        boxes = tf.cast(boxes, tf.float32)
+        return ((boxes[:, 2] - boxes[:, 0] > min_fraction * width)
+                & (boxes[:, 3] - boxes[:, 1] > min_fraction * height))
+
+    out = select_instances(example, large(example["boxes"]))
+    if "crowd_boxes" in example:
+        out["crowd_boxes"] = tf.boolean_mask(example["crowd_boxes"], large(example["crowd_boxes"]))
+    return out
 
 
 DEFAULT_SETTINGS = {

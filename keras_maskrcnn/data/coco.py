@@ -14,6 +14,9 @@ Conventions pinned here (tests/data/test_data_coco.py checks them):
       dropped and counted in ``stats.num_degenerate``.
     * ``iscrowd=1`` regions are left out of the GT (torchvision and detectron2 ignore them in
       training; COCOeval reads them from the JSON itself); counted in ``stats.num_crowd``.
+      Their boxes (clipped, under 1 pixel dropped, as above) are kept apart in
+      ``ImageRecord.crowd_boxes`` and given only to who asks (``with_crowd``: YOLACT's
+      matching makes anchors they cover neutral).
     * Images without (remaining) annotations stay in the dataset as negatives.
     * Masks: polygons, compressed RLE (``counts`` a string) and uncompressed RLE (``counts`` a
       list) are decoded with pycocotools. An annotation without a ``segmentation`` key gets
@@ -134,6 +137,7 @@ class ImageRecord:
     classes: np.ndarray  # (M,) int32 contiguous 1..K
     segmentations: list  # M raw COCO segmentations (None: use the box)
     keypoints: Optional[np.ndarray]  # (M, Kp, 3) float32, None when Kp = 0
+    crowd_boxes: Optional[np.ndarray] = None  # (C, 4) float32 xyxy of the crowd regions
 
 
 def decode_segmentation(segmentation, height, width):
@@ -231,15 +235,22 @@ def segmentation_crop(segmentation, frame, size, height, width, box=None):
 
 
 # ----------------------------------------------------------------------------- loading
-def _image_gt(anns, image, categories, num_keypoints, stats):
-    """Non-crowd, non-degenerate GT of one image as (boxes, classes, segmentations, kps)."""
-    kept = [a for a in anns if not a.get("iscrowd", 0)]
-    stats.num_crowd += len(anns) - len(kept)
-    boxes = np.array([a["bbox"] for a in kept], np.float64).reshape(-1, 4)
+def _clipped_boxes(anns, image):
+    """(boxes (n, 4) float32 xyxy clipped to the image, keep (n,) bool: >= 1 pixel each way)."""
+    boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
     limits = [image["width"], image["height"]] * 2
     boxes = np.clip(boxes, 0, limits).astype(np.float32)
-    keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    return boxes, (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+
+
+def _image_gt(anns, image, categories, num_keypoints, stats):
+    """Non-crowd, non-degenerate GT of one image as (boxes, classes, segmentations, kps,
+    crowd boxes (C, 4): the crowd regions' boxes, degenerate ones dropped)."""
+    kept = [a for a in anns if not a.get("iscrowd", 0)]
+    stats.num_crowd += len(anns) - len(kept)
+    crowd_boxes, crowd_keep = _clipped_boxes([a for a in anns if a.get("iscrowd", 0)], image)
+    boxes, keep = _clipped_boxes(kept, image)
     stats.num_degenerate += int((~keep).sum())
     kept = [a for a, k in zip(kept, keep) if k]
     segms = [a.get("segmentation") or None for a in kept]
@@ -249,7 +260,7 @@ def _image_gt(anns, image, categories, num_keypoints, stats):
     if num_keypoints:
         kps = [a.get("keypoints") or [0.0] * 3 * num_keypoints for a in kept]
         kps = np.array(kps, np.float32).reshape(-1, num_keypoints, 3)  # (M, 3Kp) -> (M, Kp, 3)
-    return boxes[keep], classes, segms, kps
+    return boxes[keep], classes, segms, kps, crowd_boxes[crowd_keep]
 
 
 class CocoDataset:
@@ -335,15 +346,16 @@ class CocoDataset:
         logger.warning("skipping image %s (id %d): %s", record.path, record.image_id, reason)
 
     def load_example(self, index: int, max_instances: Optional[int] = None,
-                     with_masks: bool = True, mask_size: Optional[int] = None):
+                     with_masks: bool = True, mask_size: Optional[int] = None,
+                     with_crowd: bool = False):
         """Reads image ``index`` and its GT. Returns None (after ``skip``) if unreadable.
 
         Returns:
             dict: image (H, W, 3) uint8 RGB, boxes (M, 4) float32 xyxy, classes (M,) int32,
             masks (M, H, W) uint8, or (M, C, C) crops when ``mask_size`` is C (absent when
-            ``with_masks`` is False), keypoints
-            (M, Kp, 3) float32 (when Kp > 0), image_id int; M <= max_instances (the first
-            ones in file order are kept, counted in ``stats.num_truncated_images``).
+            ``with_masks`` is False), keypoints (M, Kp, 3) float32 (when Kp > 0), crowd_boxes
+            (C, 4) float32 xyxy (only when ``with_crowd``), image_id int; M <= max_instances
+            (the first ones in file order are kept, counted in ``stats.num_truncated_images``).
         """
         record = self.images[index]
         if record.image_id in self._skipped_ids:
@@ -367,6 +379,8 @@ class CocoDataset:
                 return None
         if self.num_keypoints:
             example["keypoints"] = record.keypoints[:count]
+        if with_crowd:
+            example["crowd_boxes"] = record.crowd_boxes
         return example
 
 
@@ -389,7 +403,7 @@ def read_image(record: ImageRecord, on_error):
     return image
 
 
-def example_schema(num_keypoints, with_masks, mask_size=None):
+def example_schema(num_keypoints, with_masks, mask_size=None, with_crowd=False):
     """The Python decoding stage's output: (names, tf dtypes, shapes, stand-in when skipped).
 
     Shared by the COCO and TFRecord readers so both feed the pipeline the same structure.
@@ -397,17 +411,19 @@ def example_schema(num_keypoints, with_masks, mask_size=None):
     """
     kp = num_keypoints
     names = ["image", "boxes", "classes", "image_id"] + ["masks"] * with_masks \
-        + ["keypoints"] * bool(kp)
+        + ["keypoints"] * bool(kp) + ["crowd_boxes"] * with_crowd
     dtypes = {"image": tf.uint8, "boxes": tf.float32, "classes": tf.int32,
-              "image_id": tf.int64, "masks": tf.uint8, "keypoints": tf.float32}
+              "image_id": tf.int64, "masks": tf.uint8, "keypoints": tf.float32,
+              "crowd_boxes": tf.float32}
     shapes = {"image": [None, None, 3], "boxes": [None, 4], "classes": [None],
               "image_id": [], "masks": [None, mask_size, mask_size],
-              "keypoints": [None, kp, 3]}
+              "keypoints": [None, kp, 3], "crowd_boxes": [None, 4]}
     crop = mask_size or 1
     empty = {"image": np.zeros((1, 1, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
              "classes": np.zeros((0,), np.int32), "image_id": np.int64(-1),
              "masks": np.zeros((0, crop, crop), np.uint8), "keypoints": np.zeros((0, kp, 3),
-                                                                              np.float32)}
+                                                                              np.float32),
+             "crowd_boxes": np.zeros((0, 4), np.float32)}
     return names, dtypes, shapes, empty
 
 

@@ -29,6 +29,10 @@ Each element is one dict (the model's ``inputs``), dense tensors only (RaggedTen
                     as it is and the flip mirrors it
     gt_keypoints    (B, M, Kp, 3) float32  [x, y, v] in resized pixels; padding rows -1
                     (only when the source has keypoints)
+    gt_crowd_boxes  (B, C, 4) float32  xyxy in resized pixels of the crowd regions (COCO
+                    ``iscrowd``), padded with -1 rows like gt_boxes (C like M); only with
+                    ``with_crowd`` (YOLACT: anchors they cover become neutral). The other
+                    gt_* never hold crowd regions
     image_ids       (B,) int64       the dataset's image ids
     original_sizes  (B, 2) int32     (height, width) of the original image
     scales          (B,) float32     nominal resize factor; boxes are scaled per axis by
@@ -91,13 +95,14 @@ def load_split(data_config, split, num_keypoints=0, create_synthetic=True):
                               "keras_maskrcnn.data.pipeline")
 
 
-def _python_stage(source, max_instances, with_masks, mask_size=None):
+def _python_stage(source, max_instances, with_masks, mask_size=None, with_crowd=False):
     """A tf.data map function running ``source.load_example`` in Python; adds ``valid``."""
     names, dtypes, shapes, empty = coco.example_schema(source.num_keypoints, with_masks,
-                                                       mask_size)
+                                                       mask_size, with_crowd)
 
     def load(index):
-        example = source.load_example(int(index), max_instances, with_masks, mask_size)
+        example = source.load_example(int(index), max_instances, with_masks, mask_size,
+                                      with_crowd)
         valid = example is not None
         if not valid and source.stats.num_skipped >= len(source):
             raise RuntimeError(f"{source.annotation_file}: no image of the split is readable "
@@ -195,6 +200,8 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
                                                    pad_h, pad_w)
         if "keypoints" in example:
             out["gt_keypoints"] = rows(example["keypoints"], pad_value=-1)
+        if "crowd_boxes" in example:
+            out["gt_crowd_boxes"] = rows(example["crowd_boxes"], pad_value=-1)
         if fixed_size is not None:  # one static shape for the whole training run
             out["images"] = tf.ensure_shape(out["images"], [pad_h, pad_w, 3])
             if "gt_masks" in out:
@@ -205,22 +212,25 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
     return stage
 
 
-def _padding_values(with_masks, with_keypoints):
+def _padding_values(with_masks, with_keypoints, with_crowd=False):
     values = {"images": 0.0, "image_sizes": 0, "gt_boxes": -1.0, "gt_classes": -1,
               "image_ids": tf.constant(0, tf.int64), "original_sizes": 0, "scales": 0.0}
     if with_masks:
         values["gt_masks"] = tf.constant(0, tf.uint8)
     if with_keypoints:
         values["gt_keypoints"] = -1.0
+    if with_crowd:
+        values["gt_crowd_boxes"] = -1.0
     return {k: tf.constant(v, tf.float32) if isinstance(v, float) else
             tf.constant(v, tf.int32) if isinstance(v, int) else v for k, v in values.items()}
 
 
-def _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, with_keypoints):
+def _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, with_keypoints,
+           with_crowd=False):
     """Batches TF-stage outputs: one fixed size, orientation groups, or padded per batch."""
     if fixed_size is not None:
         return dataset.batch(batch_size, drop_remainder=training)
-    values = _padding_values(with_masks, with_keypoints)
+    values = _padding_values(with_masks, with_keypoints, with_crowd)
     if grouped:  # every window holds batch_size examples of one orientation = one batch
         return dataset.group_by_window(
             _orientation, lambda _, window: window.padded_batch(
@@ -234,7 +244,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
                   filter_empty_images=True, seed=0, max_images=None, mask_method="nearest",
                   with_masks=True, fixed_size=None, skip_examples=0,
                   group_by_aspect_ratio=False, augment_fn=None, gt_mask_size=None,
-                  num_shards=1, shard_index=0):
+                  num_shards=1, shard_index=0, with_crowd=False):
     """Batched model inputs from a loaded dataset (keys and shapes in the module docstring).
 
     Args:
@@ -293,6 +303,8 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
             fewer files than shards (``TFRecordSource.record_dataset``). Each pipeline
             shuffles, groups and positions its own share; its dataset has tf.distribute's
             auto-sharding off (``AutoShardPolicy.OFF``).
+        with_crowd: add ``gt_crowd_boxes`` (the crowd regions' boxes, transformed like
+            gt_boxes; YOLACT). False (Mask R-CNN): crowd regions are not read at all.
 
     Returns:
         tf.data.Dataset of input dicts.
@@ -320,6 +332,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
                        shuffle_buffer=shuffle_buffer,
                        filter_empty_images=filter_empty_images, max_images=max_images,
                        cache=cache, num_parallel_calls=parallel, mask_size=gt_mask_size,
+                       with_crowd=with_crowd,
                        position=stream.Position(seed, skip_examples,
                                                 batch_size if grouped else 0, num_shards,
                                                 shard_index))
@@ -329,7 +342,8 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     transform = _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
                           fixed_size, gt_mask_size)
     dataset = dataset.map(transform, num_parallel_calls=parallel)  # ordered (deterministic)
-    dataset = _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, num_kp > 0)
+    dataset = _batch(dataset, batch_size, training, fixed_size, grouped, with_masks, num_kp > 0,
+                     with_crowd)
     if num_shards > 1:  # sharded above, before decoding: tf.distribute must not shard again
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = \
@@ -340,7 +354,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
 
 def _index_examples(source, max_instances, training, *, with_masks, shuffle_buffer,
                     filter_empty_images, max_images, cache, num_parallel_calls, position,
-                    mask_size=None):
+                    mask_size=None, with_crowd=False):
     """Decoded examples of a ``CocoDataset``; training: (example, seed) pairs, shuffled,
     repeated and positioned by ``stream.position_stream``. Sharded (index-level) before any
     image is read: pipeline k of N keeps the image indices k, k + N, ... of the split."""
@@ -358,14 +372,14 @@ def _index_examples(source, max_instances, training, *, with_masks, shuffle_buff
     if training and shuffle_buffer > 0 and not cache:  # indices are cheap: shuffle them all
         dataset = dataset.shuffle(len(indices), seed=position.seed,
                                   reshuffle_each_iteration=True)
-    load = _python_stage(source, max_instances, with_masks, mask_size)
+    load = _python_stage(source, max_instances, with_masks, mask_size, with_crowd)
     return stream.decoded_examples(dataset, load, _index_orientation(source), training,
                                    cache, shuffle_buffer, position, num_parallel_calls)
 
 
 def _record_examples(source, max_instances, training, *, with_masks, shuffle_buffer,
                      filter_empty_images, max_images, cache, num_parallel_calls, position,
-                     mask_size=None):
+                     mask_size=None, with_crowd=False):
     """``_index_examples`` of a ``TFRecordSource``: its share of serialized records
     (``record_dataset``: file- or record-level sharding), positioned before decoding with
     the orientation from the records' image size (``tfrecord.record_orientation``)."""
@@ -374,7 +388,7 @@ def _record_examples(source, max_instances, training, *, with_masks, shuffle_buf
         filter_empty_images=filter_empty_images, max_images=max_images,
         num_parallel_calls=num_parallel_calls, num_shards=position.num_shards,
         shard_index=position.shard_index)
-    load = source.decode_stage(max_instances, with_masks, mask_size)
+    load = source.decode_stage(max_instances, with_masks, mask_size, with_crowd)
     return stream.decoded_examples(records, load, tfrecord.record_orientation, training,
                                    cache, shuffle_buffer, position, num_parallel_calls)
 
@@ -397,7 +411,7 @@ def _has_instances(example, seed):
 
 def dataset_from_config(data_config, input_config, split, batch_size, training,
                         keypoint_config=None, seed=0, max_images=None, with_masks=True,
-                        skip_examples=0, num_shards=1, shard_index=0):
+                        skip_examples=0, num_shards=1, shard_index=0, with_crowd=False):
     """``load_split`` + ``build_dataset`` with the config objects.
 
     Args:
@@ -405,6 +419,7 @@ def dataset_from_config(data_config, input_config, split, batch_size, training,
         split: "train" or "val".
         batch_size, skip_examples, num_shards, shard_index: as ``build_dataset``.
         keypoint_config: ``config.KeypointHeadConfig``; keypoints are read when it is enabled.
+        with_crowd: see ``build_dataset`` (``run.train_dataset``: YOLACT).
 
     Returns:
         (tf.data.Dataset, source): the dataset and its ``coco.CocoDataset`` or
@@ -429,5 +444,5 @@ def dataset_from_config(data_config, input_config, split, batch_size, training,
         group_by_aspect_ratio=data_config.group_by_aspect_ratio,
         gt_mask_size=input_config.gt_mask_size
         if input_config.gt_mask_format == "cropped" else None, num_shards=num_shards,
-        shard_index=shard_index)
+        shard_index=shard_index, with_crowd=with_crowd)
     return dataset, source

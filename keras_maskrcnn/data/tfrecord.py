@@ -41,7 +41,9 @@ Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
       with ``mask_size`` C each PNG decoded and sampled into its (C, C) crop
       (``coco.sample_mask_crop``; no (M', H, W) array), a
       record without masks gets box masks (``stats.num_box_masks``), one without keypoints
-      gets v = 0. Images are decoded with PIL, as the COCO path (same pixels): a record whose
+      gets v = 0; asked ``with_crowd``, the crowd regions' boxes (those of >= 1 pixel) as
+      ``crowd_boxes`` (C, 4), as the COCO path. Images are decoded with PIL, as the COCO path
+      (same pixels): a record whose
       image does not decode, or decodes to another size than image/height x image/width, is
       skipped, counted in ``stats.skipped_images`` and named in a warning; the pipeline goes on.
     * Category map: records carry only per-object ids and names, not the category list. The
@@ -474,10 +476,12 @@ class TFRecordSource:
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)  # normalised -> pixels
         return boxes, labels, crowd.astype(bool)
 
-    def decode_record(self, f, max_instances=None, with_masks=True, mask_size=None):
+    def decode_record(self, f, max_instances=None, with_masks=True, mask_size=None,
+                      with_crowd=False):
         """A parsed record (numpy values of ``_feature_spec``) -> the pipeline's example dict
-        (image, boxes, classes, image_id, masks, keypoints as ``CocoDataset.load_example``;
-        ``mask_size`` C: (M, C, C) mask crops), or None after ``skip``."""
+        (image, boxes, classes, image_id, masks, keypoints, crowd_boxes as
+        ``CocoDataset.load_example``; ``mask_size`` C: (M, C, C) mask crops), or None after
+        ``skip``."""
         source_id = f["image/source_id"].decode("utf-8", "replace")
         image_id = _image_id(source_id, f["image/encoded"])
         name = f["image/filename"].decode("utf-8", "replace") or f"source_id {source_id!r}"
@@ -520,6 +524,8 @@ class TFRecordSource:
                     return self.skip(image_id, name, f"mask: {type(e).__name__}: {e}")
         if self.num_keypoints:
             example["keypoints"] = self._keypoints(f, name, size, len(labels))[kept]
+        if with_crowd:
+            example["crowd_boxes"] = boxes[crowd & ~degenerate]
         self._count_once(image_id, num_crowd=crowd.sum(),
                          num_degenerate=(~crowd & degenerate).sum(),
                          num_box_masks=len(keep) if no_masks else 0,
@@ -538,18 +544,18 @@ class TFRecordSource:
         kps = np.stack([x.astype(np.float64) * w, y.astype(np.float64) * h, v], axis=-1)
         return kps.reshape(m, kp, 3).astype(np.float32)  # (M * Kp, 3) -> (M, Kp, 3)
 
-    def decode_stage(self, max_instances, with_masks, mask_size=None):
+    def decode_stage(self, max_instances, with_masks, mask_size=None, with_crowd=False):
         """tf.data map function: serialized record -> the pipeline's Python-stage dict."""
         kp = self.num_keypoints
         spec = _feature_spec(with_masks, kp)
         keys = sorted(spec)
-        names, dtypes, shapes, empty = coco.example_schema(kp, with_masks, mask_size)
+        names, dtypes, shapes, empty = coco.example_schema(kp, with_masks, mask_size, with_crowd)
 
         def decode(*values):
             values = [v.item() if np.ndim(v) == 0 and isinstance(v, np.ndarray) else v
                       for v in values]  # eager numpy_function passes 0-d arrays
             example = self.decode_record(dict(zip(keys, values)), max_instances, with_masks,
-                                         mask_size)
+                                         mask_size, with_crowd)
             out = example if example is not None else empty
             return [np.asarray(out[n], dtypes[n].as_numpy_dtype) for n in names] \
                 + [np.bool_(example is not None)]

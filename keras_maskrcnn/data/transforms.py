@@ -21,6 +21,8 @@ Conventions pinned here (tests/data/test_data_transforms.py checks them, against
       ``flip_indices`` (left <-> right). Flipping twice is the identity.
     * Padding is bottom/right with zeros (image, masks); GT rows are padded to max_instances
       with -1 (boxes, classes, keypoints); extra instances beyond max_instances are dropped.
+    * ``crowd_boxes`` (C, 4) xyxy, when an example has them (``pipeline``'s ``with_crowd``),
+      are resized and flipped exactly as ``boxes``.
 """
 import tensorflow as tf
 
@@ -147,7 +149,8 @@ def sample_min_size(seed, min_sizes, sampling="choice"):
 
 
 def resize_example(example, min_size, max_size, mask_method="nearest"):
-    """Resizes an example dict (image (H, W, 3), boxes, optional masks / keypoints).
+    """Resizes an example dict (image (H, W, 3), boxes, optional masks / keypoints /
+    crowd_boxes).
 
     Returns a new dict with the image float32 (h, w, 3), GT in resized pixels, and
     ``scale`` () float32 (the nominal factor; boxes use the exact per-axis ratios).
@@ -171,6 +174,8 @@ def resize_example_to(example, new_size, scale, mask_method="nearest"):
     old_size = tf.shape(example["image"])[:2]
     out["image"] = resize_image(example["image"], new_size)
     out["boxes"] = resize_boxes(example["boxes"], old_size, new_size)
+    if "crowd_boxes" in example:
+        out["crowd_boxes"] = resize_boxes(example["crowd_boxes"], old_size, new_size)
     if "masks" in example:
         out["masks"] = resize_masks(example["masks"], new_size, mask_method)
     if "keypoints" in example:
@@ -180,11 +185,14 @@ def resize_example_to(example, new_size, scale, mask_method="nearest"):
 
 
 def flip_example(example, flip_indices=None):
-    """Horizontally flips an example dict (image, boxes, optional masks / keypoints)."""
+    """Horizontally flips an example dict (image, boxes, optional masks / keypoints /
+    crowd_boxes)."""
     out = dict(example)
     width = tf.shape(example["image"])[1]
     out["image"] = flip_image(example["image"])
     out["boxes"] = flip_boxes(example["boxes"], width)
+    if "crowd_boxes" in example:
+        out["crowd_boxes"] = flip_boxes(example["crowd_boxes"], width)
     if "masks" in example:
         out["masks"] = flip_masks(example["masks"])
     if "keypoints" in example:

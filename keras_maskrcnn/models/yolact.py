@@ -8,7 +8,8 @@ Method (the reference ``Yolact`` / ``Detect`` / ``MultiBoxLoss`` of ``yolact_bas
        deltas (B, N, 4), class logits (B, N, K), tanh mask coefficients (B, N, k)
     3. anchors ``ops.yolact_anchors`` (one scale per level, scaled by input size / 550)
     4. training: ``ops.match_anchors`` on the used GT rows (IoU >= 0.5 positive, < 0.4
-       background, forced best anchors, crowds neutral) inside ``call``; a 1x1 semantic head
+       background, forced best anchors) with the crowd boxes appended as crowd rows
+       (anchors they cover become neutral) inside ``call``; a 1x1 semantic head
        on P3. ``compute_losses``: ``losses.yolact_*`` with counts summed over replicas.
     5. inference: decode with weights (10, 10, 5, 5) and no clamp on exp, softmax, Fast NMS
        per class on the foreground scores (``ops.fast_nms``, ``threshold_on="anchor"``: an
@@ -66,7 +67,8 @@ class YOLACT(Detector):
 
     Inputs (dict): images (B, H, W, 3) float RGB in [0, 255], image_sizes (B, 2) int32; in
         training also gt_boxes (B, M, 4), gt_classes (B, M) int32 (contiguous, -1 padding),
-        gt_masks (B, M, H, W) uint8, optionally gt_is_crowd (B, M).
+        gt_masks (B, M, H, W) uint8, optionally gt_crowd_boxes (B, C, 4) xyxy (the crowd
+        regions, -1 padding rows; the pipeline's ``with_crowd``), used by the matching only.
     Outputs (inference): boxes (B, D, 4) xyxy input pixels, scores (B, D), classes (B, D)
         int32 (0 = padding), num_detections (B,), masks (B, D, Hp, Wp) float probabilities.
     """
@@ -135,10 +137,13 @@ class YOLACT(Detector):
         gt_boxes, gt_classes = used_gt_rows(tf.cast(inputs["gt_boxes"], tf.float32),
                                             tf.cast(inputs["gt_classes"], tf.int32))
         used = tf.shape(gt_classes)[1]  # M'
-        crowd = inputs.get("gt_is_crowd")
-        crowd = None if crowd is None else tf.cast(crowd, tf.bool)[:, :used]
-        labels, matched_gt, box_targets = match_anchors(anchors, gt_boxes, gt_classes, crowd,
-                                                        **self.match_settings)
+        match_boxes, match_classes, crowd = gt_boxes, gt_classes, None
+        if inputs.get("gt_crowd_boxes") is not None:
+            match_boxes, match_classes, crowd = with_crowd_rows(gt_boxes, gt_classes,
+                                                                inputs["gt_crowd_boxes"])
+        # matched_gt < M' for every positive: crowd rows (after the M' rows) are never matched
+        labels, matched_gt, box_targets = match_anchors(anchors, match_boxes, match_classes,
+                                                        crowd, **self.match_settings)
         segmentation = tf.cast(self.semantic_head(features["P3"]), tf.float32)  # (B, Hs, Ws, K-1)
         return {
             "class_logits": predictions["class_logits"], "box_deltas": predictions["box_deltas"],
@@ -194,3 +199,25 @@ class YOLACT(Detector):
             "classes": tf.where(valid, dets["classes"] + 1, 0),  # contiguous 1..K-1
             "num_detections": dets["num_detections"], "masks": masks,
         }
+
+
+def with_crowd_rows(gt_boxes, gt_classes, crowd_boxes):
+    """GT rows for ``match_anchors`` with the used crowd boxes appended as crowd rows.
+
+    Args:
+        gt_boxes: (B, M', 4); gt_classes: (B, M') int32 (padding <= 0).
+        crowd_boxes: (B, C, 4) xyxy; padding rows -1 (a row is a crowd box when x2 > x1 and
+            y2 > y1).
+
+    Returns:
+        boxes (B, M' + C', 4), classes (B, M' + C') int32 (crowd rows 1, padding -1), is_crowd
+        (B, M' + C') bool; C' = the used crowd rows (``used_gt_rows``).
+    """
+    crowd_boxes = tf.cast(crowd_boxes, tf.float32)
+    real = tf.logical_and(crowd_boxes[..., 2] > crowd_boxes[..., 0],
+                          crowd_boxes[..., 3] > crowd_boxes[..., 1])  # (B, C)
+    crowd_boxes, crowd_classes = used_gt_rows(crowd_boxes, tf.where(real, 1, -1))
+    boxes = tf.concat([gt_boxes, crowd_boxes], axis=1)  # (B, M' + C', 4)
+    classes = tf.concat([gt_classes, crowd_classes], axis=1)  # (B, M' + C')
+    is_crowd = tf.concat([tf.zeros_like(gt_classes, tf.bool), crowd_classes > 0], axis=1)
+    return boxes, classes, is_crowd

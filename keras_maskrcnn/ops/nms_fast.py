@@ -13,11 +13,14 @@ Conventions pinned here (tests/ops/test_fast_nms.py checks each one against a Nu
       YOLACT's torch comparison with a Python float). A zero-area or inverted box has IoU 0
       with every box: it never suppresses and is never suppressed (YOLACT's ``jaccard`` gives
       0 / 0 = NaN for two empty boxes, which drops the lower one).
-    * Candidates, ``threshold_on="class"`` (default): (anchor, class) pairs with
-      ``score > score_threshold``; pairs at or below it never suppress nor survive.
-      ``threshold_on="anchor"`` is YOLACT's ``Detect`` with ``second_threshold=False``: an
-      anchor is kept when its best class score is ``> score_threshold``, and then every class
-      score of a kept anchor is a candidate, however low.
+    * Candidates, ``threshold_on="anchor"`` (default; YOLACT's ``Detect`` with
+      ``second_threshold=False``, which the ``YOLACT`` model uses): an anchor is kept when its
+      best class score is ``> score_threshold``, and then every class score of a kept anchor
+      is a candidate, however low, so returned scores may be ``<= score_threshold``. With
+      every default (IoU 0.5, score 0.05, top 200 per class, 100 detections) ``fast_nms``
+      is the reference's evaluation-time Fast NMS. ``threshold_on="class"``: (anchor, class)
+      pairs with ``score > score_threshold`` (torchvision's and ``ops.nms``' rule: every
+      returned score is above it); pairs at or below it never suppress nor survive.
     * Each group's candidates are taken by ``tf.math.top_k``: decreasing score, equal scores
       in increasing anchor index. The final top D is ``tf.math.top_k`` over the groups'
       survivors flattened group-major: equal scores go to the lower class (per-class mode),
@@ -297,7 +300,7 @@ def _check_args(boxes, scores, method, threshold_on, top_k, max_detections):
 
 
 def fast_nms(boxes, scores, iou_threshold=0.5, score_threshold=0.05, top_k=200,
-             max_detections=100, cross_class=False, threshold_on="class", method="fast"):
+             max_detections=100, cross_class=False, threshold_on="anchor", method="fast"):
     """YOLACT's Fast NMS per image and class, then the top D (see the module docstring).
 
     Args:
@@ -305,13 +308,15 @@ def fast_nms(boxes, scores, iou_threshold=0.5, score_threshold=0.05, top_k=200,
         scores: (B, N, C) foreground class scores, finite (background column removed).
         iou_threshold: a candidate survives when its max IoU with the candidates ranked above
             it in its group (suppressed or not) is ``<= iou_threshold`` (0.5).
-        score_threshold: candidates need ``score > score_threshold`` (0.05); see
-            ``threshold_on``.
+        score_threshold: the score gate (0.05), ``> score_threshold`` passes; what it gates
+            is ``threshold_on``'s.
         top_k: Python int K, candidates per class (per image when ``cross_class``) (200).
         max_detections: Python int D, output rows per image (100).
         cross_class: one group per image over each anchor's best class (``cc_fast_nms``).
-        threshold_on: "class" (each (anchor, class) score) or "anchor" (the anchor's best
-            score gates all its classes, as YOLACT's ``Detect``).
+        threshold_on: "anchor" (default, YOLACT's ``Detect``: an anchor whose best score
+            passes enters with ALL its class scores, so low ones can be returned) or "class"
+            (each (anchor, class) score is gated on its own: every returned score passes).
+            No effect with ``cross_class`` (an anchor's one candidate is its best score).
         method: "fast" (Fast NMS) or "standard" (greedy NMS on the same candidates).
 
     Returns:
@@ -340,7 +345,7 @@ def fast_nms(boxes, scores, iou_threshold=0.5, score_threshold=0.05, top_k=200,
 
 
 def standard_nms(boxes, scores, iou_threshold=0.5, score_threshold=0.05, top_k=200,
-                 max_detections=100, cross_class=False, threshold_on="class"):
+                 max_detections=100, cross_class=False, threshold_on="anchor"):
     """``fast_nms`` with greedy NMS in place of Fast NMS: the same candidates, per-class
     (or cross-class) greedy NMS (IoU ``> iou_threshold`` suppresses), then the top D.
     Same arguments and outputs as ``fast_nms``."""

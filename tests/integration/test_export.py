@@ -1,8 +1,10 @@
 """SavedModel export: CLI, both signatures in fresh TF-only processes, session loader, CLI show.
 
 The oracle is ``model.detect`` (itself checked against torchvision in test_model.py) on the
-same decoded images. The export is made once per module through the CLI ``main`` (tiny config,
-random weights, score threshold 0 so that detections exist, category ids 11, 22, 33).
+same decoded images. The export is made once per module and model through the CLI ``main``
+(random weights, score threshold 0 so that detections exist, category ids 11, 22, 33): Mask
+R-CNN on the tiny config, YOLACT on the tiny YOLACT (``support.models``; whole-image masks at
+prototype resolution, ``mask_type == "image"``).
 """
 import json
 import os
@@ -18,6 +20,7 @@ from keras_maskrcnn import export as export_lib
 from keras_maskrcnn import preprocessing
 from keras_maskrcnn.ops.masks import paste_masks
 from support import CONFIGS
+from support import models as models_support
 
 CONFIG = os.path.join(CONFIGS, "tiny.yaml")
 OVERRIDES = ["model.roi_heads.score_threshold=0.0"]
@@ -107,18 +110,16 @@ def _run_in_fresh_processes(src, dst, model_dir):
     return dict(np.load(dst)), results[1]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """CLI export (full masks) of a random tiny model; the model; inputs; fresh-process outputs."""
-    tmp = tmp_path_factory.mktemp("export")
-    cfg = load_config(CONFIG, OVERRIDES)
+def _export_and_serve(tmp, config, overrides):
+    """CLI export (full masks) of a random model; the model; inputs; fresh-process outputs."""
+    cfg = load_config(config, overrides)
     model = build_model(cfg, category_ids=CATEGORY_IDS)
     weights = str(tmp / "tiny.weights.h5")
     model.save_weights(weights)
     model_dir = str(tmp / "saved_model")
-    export_lib.main(["--config", CONFIG, "--weights", weights, "--output", model_dir,
+    export_lib.main(["--config", config, "--weights", weights, "--output", model_dir,
                      "--full-masks", "--category-ids", ",".join(map(str, CATEGORY_IDS)),
-                     "--set", OVERRIDES[0]])
+                     "--set", *overrides])
     images = [_image(h, w, seed) for seed, (h, w) in enumerate(SIZES)]
     jpeg = tf.io.encode_jpeg(images[0], quality=80).numpy()
     inputs = {"png0": tf.io.encode_png(images[0]).numpy(),
@@ -131,6 +132,12 @@ def exported(tmp_path_factory):
     return {"model": model, "dir": model_dir, "images": images, "inputs": inputs,
             "jpeg_image": tf.io.decode_jpeg(jpeg).numpy(),
             "served": served, "cli_show": cli_show}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The tiny Mask R-CNN exported and served (``_export_and_serve``)."""
+    return _export_and_serve(tmp_path_factory.mktemp("export"), CONFIG, OVERRIDES)
 
 
 def _served(outputs, prefix, b):
@@ -291,3 +298,81 @@ def test_export_rejects_bad_requests(exported, tmp_path):
                                                 "model.keypoint_head.enabled=false"]))
     with pytest.raises(ValueError, match="mask head"):
         export_lib.export_model(box_only, str(tmp_path / "y"), include_full_masks=True)
+
+
+# ----------------------------------------------------------------------------------- YOLACT
+YOLACT_CONFIG = os.path.join(CONFIGS, "yolact_shapes.yaml")
+YOLACT_OVERRIDES = models_support.tiny_yolact_overrides(**{"model.yolact.score_threshold": 0.0})
+PROTO = models_support.SIZE // 4  # prototype side of the 128 px square input
+
+
+@pytest.fixture(scope="module")
+def yolact_exported(tmp_path_factory):
+    """The tiny YOLACT exported and served (``_export_and_serve``)."""
+    return _export_and_serve(tmp_path_factory.mktemp("export_yolact"), YOLACT_CONFIG,
+                             YOLACT_OVERRIDES)
+
+
+def _assert_yolact_matches_detect(served, reference, image_shape, box_atol=1e-3):
+    """One image's served YOLACT outputs == model.detect's (whole-image masks)."""
+    n = int(served["num_detections"])
+    assert n == len(reference["scores"]) and n > 0
+    np.testing.assert_array_equal(served["original_sizes"], image_shape)
+    np.testing.assert_allclose(served["boxes"][:n], reference["boxes"], atol=box_atol, rtol=0)
+    np.testing.assert_allclose(served["scores"][:n], reference["scores"], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(served["classes"][:n], reference["labels"])
+    assert served["masks"].shape[1:] == (PROTO, PROTO)  # prototype resolution
+    h, w = image_shape
+    full = served["full_masks"][:n]
+    np.testing.assert_array_equal(full[:, :h, :w], reference["masks"].astype(np.uint8))
+    assert not full[:, h:].any() and not full[:, :, w:].any()  # canvas padding is zero
+    resized = tf.image.resize(np.transpose(served["masks"][:n], [1, 2, 0]), (h, w),
+                              method="bilinear", antialias=False).numpy()
+    mismatch = np.mean((np.transpose(resized, [2, 0, 1]) > 0.5) != reference["masks"])
+    assert mismatch < 1e-3, mismatch  # the prototype-resolution masks reproduce them
+    for key in ("boxes", "scores", "classes", "masks", "full_masks"):
+        assert not served[key][n:].any(), key  # padding rows are zero
+
+
+def test_yolact_signatures_in_a_fresh_process_match_detect(yolact_exported):
+    model, images, served = (yolact_exported[k] for k in ("model", "images", "served"))
+    assert "keypoints" not in {k.split("_", 1)[1] for k in served}
+    references = model.detect(images)
+    for b, (image, reference) in enumerate(zip(images, references)):
+        one = _served(served, "png_", b)
+        assert set(one["classes"][:one["num_detections"]]) <= set(CATEGORY_IDS)
+        _assert_yolact_matches_detect(one, reference, image.shape[:2])
+    jpeg = model.detect([yolact_exported["jpeg_image"]])[0]
+    _assert_yolact_matches_detect(_served(served, "jpeg_", 0), jpeg, SIZES[0])
+    batch = yolact_exported["inputs"]["batch"]
+    for b, reference in enumerate(model.detect(list(batch))):
+        _assert_yolact_matches_detect(_served(served, "uint8_", b), reference, SIZES[0])
+    _assert_yolact_matches_detect(_served(served, "attr_", 0), model.detect(list(batch[:1]))[0],
+                                  SIZES[0])
+    assert served["empty_boxes"].shape == (0, 10, 4)
+    assert served["empty_masks"].shape == (0, 10, PROTO, PROTO)  # map_fn stacked no image
+    assert served["empty_full_masks"].shape[:2] == (0, 10)
+
+
+def test_yolact_session_loader_matches_eager_loader(yolact_exported):
+    served = yolact_exported["served"]
+    for name, prefix in (("serving_default", "png_"), ("serving_images", "uint8_")):
+        keys = sorted(k.split("/")[1] for k in served if k.startswith(f"session_{name}/"))
+        assert keys == sorted(["boxes", "scores", "classes", "num_detections", "masks",
+                               "full_masks", "original_sizes"])
+        for key in keys:
+            np.testing.assert_allclose(served[f"session_{name}/{key}"], served[prefix + key],
+                                       atol=1e-4, rtol=1e-5, err_msg=f"{name} {key}")
+
+
+def test_yolact_saved_model_cli_shows_batch_first_signatures(yolact_exported):
+    text = yolact_exported["cli_show"]
+    for name in ("serving_default", "serving_images"):
+        block = text.split(f"signature_def['{name}']")[1].split("signature_def[")[0]
+        for key, shape in (("boxes", "(-1, 10, 4)"), ("scores", "(-1, 10)"),
+                           ("classes", "(-1, 10)"), ("num_detections", "(-1)"),
+                           ("masks", f"(-1, 10, {PROTO}, {PROTO})"),
+                           ("full_masks", "(-1, 10, -1, -1)")):
+            assert f"outputs['{key}']" in block
+            assert f"shape: {shape}\n" in block.split(f"outputs['{key}']")[1][:120], key
+        assert "tensorflow/serving/predict" in block

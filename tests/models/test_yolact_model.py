@@ -1,28 +1,17 @@
 """YOLACT on a tiny config: training forward, losses, gradients, fit, save/load, detect, export."""
-import os
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn import build_model, config
+from keras_maskrcnn import build_model
 from keras_maskrcnn.layers.protonet import Protonet
 from keras_maskrcnn.models.yolact import YOLACT
-from support import CONFIGS
 from support import models as models_support
 
-SIZE = 128
-NUM_PROTOTYPES = 8
-
-
-def tiny_config(**extra):
-    """yolact_shapes.yaml shrunk: quarter-width ResNet-18, 16 FPN channels, 128 px square."""
-    overrides = {"model.backbone.width_multiplier": 0.25, "model.fpn.channels": 16,
-                 "model.yolact.num_prototypes": NUM_PROTOTYPES, "model.accel": "off",
-                 "input.size": SIZE, "model.yolact.detections_per_image": 10, **extra}
-    return config.load_config(os.path.join(CONFIGS, "yolact_shapes.yaml"),
-                              overrides=[f"{k}={v}" for k, v in overrides.items()])
+SIZE = models_support.SIZE
+NUM_PROTOTYPES = models_support.YOLACT_PROTOTYPES
+tiny_config = models_support.tiny_yolact_config  # yolact_shapes.yaml shrunk
 
 
 def synthetic_batch(num_gt=(2, 0), size=SIZE, max_gt=3, seed=0):

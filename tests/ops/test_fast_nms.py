@@ -39,7 +39,7 @@ def groups_of(scores, score_thr, top_k, cross_class, threshold_on):
 
 
 def oracle(boxes, scores, iou_thr=0.5, score_thr=0.05, top_k=200, max_det=100,
-           cross_class=False, threshold_on="class", method="fast"):
+           cross_class=False, threshold_on="anchor", method="fast"):
     """The definition, per image, with loops: returns rows (score, class, anchor, box)."""
     rows = []
     for g, (cls, sc, cands) in enumerate(groups_of(scores, score_thr, top_k, cross_class,
@@ -116,14 +116,14 @@ def test_cross_class_matches_oracle(seed, method):
 def test_other_thresholds(seed):
     boxes, scores = random_case(seed, num_anchors=120, num_classes=3)
     out = fast_nms(boxes, scores, iou_threshold=0.3, score_threshold=0.2, top_k=30,
-                   max_detections=20)
-    check(out, boxes, scores, 20, iou_thr=0.3, score_thr=0.2, top_k=30)
+                   max_detections=20, threshold_on="class")
+    check(out, boxes, scores, 20, iou_thr=0.3, score_thr=0.2, top_k=30, threshold_on="class")
 
 
 def test_fast_keeps_a_subset_of_greedy():
     boxes, scores = random_case(8, num_anchors=300)
-    fast = fast_nms(boxes, scores, top_k=100, max_detections=400)
-    greedy = standard_nms(boxes, scores, top_k=100, max_detections=400)
+    fast = fast_nms(boxes, scores, top_k=100, max_detections=400, threshold_on="class")
+    greedy = standard_nms(boxes, scores, top_k=100, max_detections=400, threshold_on="class")
     for b in range(2):
         pairs = lambda out: {(int(c), int(i)) for c, i in zip(  # noqa: E731
             out["classes"][b], out["indices"][b]) if i >= 0}
@@ -134,14 +134,14 @@ def test_chain_fast_drops_what_greedy_keeps():
     # IoU(A, B) = IoU(B, C) = 70 / 130 > 0.5, IoU(A, C) = 40 / 160 = 0.25.
     boxes = np.array([[[0, 0, 10, 10], [3, 0, 13, 10], [6, 0, 16, 10]]], F32)
     scores = np.array([[[0.9], [0.8], [0.7]]], F32)
-    fast = fast_nms(boxes, scores, max_detections=5)
-    greedy = standard_nms(boxes, scores, max_detections=5)
+    fast = fast_nms(boxes, scores, max_detections=5, threshold_on="class")
+    greedy = standard_nms(boxes, scores, max_detections=5, threshold_on="class")
     np.testing.assert_array_equal(fast["indices"][0], [0, -1, -1, -1, -1])  # B suppresses C
     np.testing.assert_array_equal(greedy["indices"][0], [0, 2, -1, -1, -1])  # B is gone
     assert list(fast["num_detections"].numpy()) == [1]
     assert list(greedy["num_detections"].numpy()) == [2]
-    check(fast, boxes, scores, 5)
-    check(greedy, boxes, scores, 5, method="standard")
+    check(fast, boxes, scores, 5, threshold_on="class")
+    check(greedy, boxes, scores, 5, method="standard", threshold_on="class")
 
 
 def test_iou_at_threshold_survives_and_zero_area_never_interacts():
@@ -149,14 +149,14 @@ def test_iou_at_threshold_survives_and_zero_area_never_interacts():
                        [20, 20, 20, 30], [20, 20, 20, 30]]], F32)  # zero-area twins: IoU 0
     scores = np.array([[[0.9], [0.8], [0.7], [0.6]]], F32)
     for method in ("fast", "standard"):
-        out = fast_nms(boxes, scores, max_detections=4, method=method)
+        out = fast_nms(boxes, scores, max_detections=4, method=method, threshold_on="class")
         np.testing.assert_array_equal(out["indices"][0], [0, 1, 2, 3])
 
 
 def test_below_threshold_candidates():
     boxes = np.array([[[0, 0, 10, 10], [50, 50, 60, 60], [100, 0, 110, 10]]], F32)
     scores = np.array([[[0.9, 0.03], [0.05, 0.04], [0.01, 0.06]]], F32)  # 0.05 is not > 0.05
-    out = fast_nms(boxes, scores, max_detections=6)
+    out = fast_nms(boxes, scores, max_detections=6, threshold_on="class")
     np.testing.assert_array_equal(out["indices"][0], [0, 2, -1, -1, -1, -1])
     np.testing.assert_array_equal(out["classes"][0], [0, 1, -1, -1, -1, -1])
     # YOLACT's gate: anchors 0 and 2 pass (best > 0.05), then all their class scores compete.
@@ -168,15 +168,40 @@ def test_below_threshold_candidates():
         check(out, boxes, scores, 6, threshold_on=mode)
 
 
+def test_default_is_yolacts_anchor_gate():
+    """The defaults are YOLACT's ``Detect`` (the model's settings): an anchor whose best score
+    is > 0.05 enters with every class score, so a returned score may be <= score_threshold;
+    threshold_on="class" is the per-(anchor, class) threshold."""
+    import inspect
+
+    boxes = np.array([[[0, 0, 10, 10], [50, 50, 60, 60], [100, 0, 110, 10]]], F32)
+    scores = np.array([[[0.9, 0.03], [0.05, 0.04], [0.01, 0.06]]], F32)
+    for fn in (fast_nms, standard_nms):
+        defaults = {k: v.default for k, v in inspect.signature(fn).parameters.items()
+                    if v.default is not inspect.Parameter.empty}
+        assert defaults["threshold_on"] == "anchor"
+        assert (defaults["iou_threshold"], defaults["score_threshold"], defaults["top_k"],
+                defaults["max_detections"]) == (0.5, 0.05, 200, 100)
+        out = fn(boxes, scores, max_detections=6)
+        np.testing.assert_array_equal(out["indices"][0], [0, 2, 0, 2, -1, -1])
+        np.testing.assert_allclose(out["scores"][0], [0.9, 0.06, 0.03, 0.01, 0, 0])
+        assert float(np.min(out["scores"][0, :4])) < 0.05  # low scores of gated anchors
+        per_pair = fn(boxes, scores, max_detections=6, threshold_on="class")
+        np.testing.assert_array_equal(per_pair["indices"][0], [0, 2, -1, -1, -1, -1])
+    check(fast_nms(boxes, scores, max_detections=6), boxes, scores, 6)  # the oracle's default
+
+
 def test_no_candidates_and_different_counts():
     boxes, scores = random_case(9, num_anchors=60, num_classes=3)
     scores[0] = np.minimum(scores[0], 0.05)  # image 0: nothing above the threshold
     scores[1, 20:] = 0.0  # image 1: 20 anchors, fewer than top_k
     for cross_class in (False, True):
-        out = fast_nms(boxes, scores, top_k=50, max_detections=30, cross_class=cross_class)
+        out = fast_nms(boxes, scores, top_k=50, max_detections=30, cross_class=cross_class,
+                       threshold_on="class")
         assert out["num_detections"][0] == 0 and 0 < out["num_detections"][1] <= 30
-        check(out, boxes, scores, 30, top_k=50, cross_class=cross_class)
-    empty = fast_nms(np.zeros((2, 0, 4), F32), np.zeros((2, 0, 3), F32), max_detections=7)
+        check(out, boxes, scores, 30, top_k=50, cross_class=cross_class, threshold_on="class")
+    empty = fast_nms(np.zeros((2, 0, 4), F32), np.zeros((2, 0, 3), F32), max_detections=7,
+                     threshold_on="class")
     assert empty["boxes"].shape == (2, 7, 4) and list(empty["num_detections"].numpy()) == [0, 0]
     np.testing.assert_array_equal(empty["indices"], -1)
 
@@ -185,7 +210,8 @@ def test_no_candidates_and_different_counts():
 def test_one_trace_serves_every_batch_and_anchor_count(method):
     spec = [tf.TensorSpec([None, None, 4], tf.float32), tf.TensorSpec([None, None, 4],
                                                                        tf.float32)]
-    fn = tf.function(lambda b, s: fast_nms(b, s, top_k=40, max_detections=30, method=method),
+    fn = tf.function(lambda b, s: fast_nms(b, s, top_k=40, max_detections=30, method=method,
+                                           threshold_on="class"),
                      input_signature=spec)
     outputs = fn.get_concrete_function().structured_outputs
     assert outputs["boxes"].shape.as_list() == [None, 30, 4]
@@ -195,14 +221,15 @@ def test_one_trace_serves_every_batch_and_anchor_count(method):
             boxes, scores = random_case(seed, batch, num_anchors, num_classes=4)
         else:
             boxes, scores = np.zeros((batch, 0, 4), F32), np.zeros((batch, 0, 4), F32)
-        check(fn(boxes, scores), boxes, scores, 30, top_k=40, method=method)
+        check(fn(boxes, scores), boxes, scores, 30, top_k=40, method=method, threshold_on="class")
     assert fn.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize("cross_class", [False, True])
 def test_indices_point_at_the_anchors(cross_class):
     boxes, scores = random_case(14, num_anchors=100, num_classes=6)
-    out = fast_nms(boxes, scores, top_k=30, max_detections=50, cross_class=cross_class)
+    out = fast_nms(boxes, scores, top_k=30, max_detections=50, cross_class=cross_class,
+                   threshold_on="class")
     for b in range(2):
         n = int(out["num_detections"][b])
         idx, cls = out["indices"][b, :n].numpy(), out["classes"][b, :n].numpy()
@@ -215,7 +242,7 @@ def test_indices_point_at_the_anchors(cross_class):
 def test_cross_class_suppresses_across_classes():
     boxes = np.array([[[0, 0, 10, 10], [1, 0, 11, 10]]], F32)  # IoU 90 / 110
     scores = np.array([[[0.9, 0.1], [0.2, 0.8]]], F32)
-    per_class = fast_nms(boxes, scores, max_detections=4)
+    per_class = fast_nms(boxes, scores, max_detections=4, threshold_on="class")
     cross = fast_nms(boxes, scores, max_detections=4, cross_class=True)
     np.testing.assert_array_equal(per_class["indices"][0], [0, 1, -1, -1])  # one per class
     np.testing.assert_array_equal(per_class["classes"][0], [0, 1, -1, -1])
@@ -231,11 +258,11 @@ def test_ties_follow_top_k_order():
     scores = np.full((1, 4, 2), 0.5, F32)
     scores[0, 3, 1] = 0.0
     for order in ([0, 1, 2, 3], [0, 2, 1, 3]):
-        out = fast_nms(boxes[:, order], scores, max_detections=8)
+        out = fast_nms(boxes[:, order], scores, max_detections=8, threshold_on="class")
         np.testing.assert_array_equal(out["indices"][0], [0, 1, 3, 0, 1, -1, -1, -1])
         np.testing.assert_array_equal(out["classes"][0], [0, 0, 0, 1, 1, -1, -1, -1])
         np.testing.assert_array_equal(out["boxes"][0, 1], boxes[0, order[1]])
-        check(out, boxes[:, order], scores, 8)
+        check(out, boxes[:, order], scores, 8, threshold_on="class")
 
 
 def test_rejects_bad_arguments():
@@ -258,8 +285,9 @@ def test_one_crowded_class_and_every_block_width(method):
     scores[0, :, 0] = np.where(np.arange(400) % 7 < 3, scores[0, :, 0] / 9, 0.06 + scores[0, :, 0])
     for c in range(1, 6):
         scores[0, 8 * c:, c] = np.minimum(scores[0, 8 * c:, c], 0.01)  # 8c anchors at most
-    out = fast_nms(boxes, scores, top_k=200, max_detections=300, method=method)
-    check(out, boxes, scores, 300, top_k=200, method=method)
+    out = fast_nms(boxes, scores, top_k=200, max_detections=300, method=method,
+                   threshold_on="class")
+    check(out, boxes, scores, 300, top_k=200, method=method, threshold_on="class")
 
 
 def test_iou_matrix_is_pairwise_iou_bit_for_bit():

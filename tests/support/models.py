@@ -1,4 +1,5 @@
-"""The tiny model of the model tests: configs/tiny.yaml with overrides, and a synthetic batch."""
+"""The tiny models of the model tests (configs/tiny.yaml, configs/yolact_shapes.yaml shrunk) with
+overrides, and a synthetic batch."""
 import os
 
 import numpy as np
@@ -7,11 +8,27 @@ from keras_maskrcnn import config
 from support import CONFIGS
 
 SIZE = 128
+YOLACT_PROTOTYPES = 8
 
 
 def tiny_config(**extra):
     overrides = [f"{k}={v}" for k, v in extra.items()]
     return config.load_config(os.path.join(CONFIGS, "tiny.yaml"), overrides=overrides)
+
+
+def tiny_yolact_overrides(**extra):
+    """yolact_shapes.yaml's --set overrides of the tiny YOLACT: quarter-width ResNet-18, 16 FPN
+    channels, 8 prototypes, 128 px square, 10 detections (``extra`` added)."""
+    overrides = {"model.backbone.width_multiplier": 0.25, "model.fpn.channels": 16,
+                 "model.yolact.num_prototypes": YOLACT_PROTOTYPES, "model.accel": "off",
+                 "input.size": SIZE, "model.yolact.detections_per_image": 10, **extra}
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def tiny_yolact_config(**extra):
+    """The tiny YOLACT's Config (``tiny_yolact_overrides``)."""
+    return config.load_config(os.path.join(CONFIGS, "yolact_shapes.yaml"),
+                              overrides=tiny_yolact_overrides(**extra))
 
 
 def synthetic_batch(num_gt=(2, 0), size=SIZE, num_keypoints=4, max_gt=3, seed=0):
