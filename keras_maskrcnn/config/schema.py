@@ -642,3 +642,6 @@ class Config(Section):
             require(self.data.augment == "none", "input.gt_mask_format",
                     f"cropped GT masks cannot go through data.augment {self.data.augment!r} "
                     "(its crop clips boxes without their masks): use full")
+            require(self.model.roi_align.sampling_ratio > 0, "input.gt_mask_format",
+                    "cropped GT masks sample a fixed grid per bin (model.roi_align."
+                    "sampling_ratio >= 1); adaptive sampling (0) needs full masks")

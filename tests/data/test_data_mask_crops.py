@@ -158,3 +158,6 @@ def test_config_rules_and_defaults():
         load_config("configs/tiny.yaml", ["input.gt_mask_format=cropped", "data.augment=ssd"])
     with pytest.raises(ConfigError, match="gt_mask_size"):
         load_config("configs/tiny.yaml", ["input.gt_mask_size=1"])
+    with pytest.raises(ConfigError, match="input.gt_mask_format.*sampling_ratio >= 1"):
+        load_config("configs/tiny.yaml", ["input.gt_mask_format=cropped",
+                                          "model.roi_align.sampling_ratio=0"])
