@@ -145,20 +145,28 @@ def _served(outputs, prefix, b):
     return {k[len(prefix):]: v[b] for k, v in outputs.items() if k.startswith(prefix)}
 
 
-def _assert_matches_detect(served, reference, image_shape, box_atol=1e-3):
-    """One image's served outputs == model.detect's result (order, labels, masks...)."""
+def _assert_detections_match(served, reference, image_shape, box_atol):
+    """The outputs both architectures serve == model.detect's: count, sizes, boxes, scores,
+    labels and the full masks on their zero-padded canvas. Returns n."""
     n = int(served["num_detections"])
     assert n == len(reference["scores"]) and n > 0
     np.testing.assert_array_equal(served["original_sizes"], image_shape)
     np.testing.assert_allclose(served["boxes"][:n], reference["boxes"], atol=box_atol, rtol=0)
     np.testing.assert_allclose(served["scores"][:n], reference["scores"], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(served["classes"][:n], reference["labels"])
-    np.testing.assert_allclose(served["keypoints"][:n], reference["keypoints"], atol=box_atol,
-                               rtol=1e-5)
     h, w = image_shape
     full = served["full_masks"][:n]
     np.testing.assert_array_equal(full[:, :h, :w], reference["masks"].astype(np.uint8))
     assert not full[:, h:].any() and not full[:, :, w:].any()  # canvas padding is zero
+    return n
+
+
+def _assert_matches_detect(served, reference, image_shape, box_atol=1e-3):
+    """One image's served outputs == model.detect's result (order, labels, masks...)."""
+    n = _assert_detections_match(served, reference, image_shape, box_atol)
+    np.testing.assert_allclose(served["keypoints"][:n], reference["keypoints"], atol=box_atol,
+                               rtol=1e-5)
+    h, w = image_shape
     pasted = paste_masks(served["masks"][None, :n], served["boxes"][None, :n], h, w)[0]
     mismatch = np.mean((pasted.numpy() > 0.5) != reference["masks"])
     assert mismatch < 1e-3, mismatch  # RoI masks + boxes reproduce the pasted masks
@@ -315,17 +323,9 @@ def yolact_exported(tmp_path_factory):
 
 def _assert_yolact_matches_detect(served, reference, image_shape, box_atol=1e-3):
     """One image's served YOLACT outputs == model.detect's (whole-image masks)."""
-    n = int(served["num_detections"])
-    assert n == len(reference["scores"]) and n > 0
-    np.testing.assert_array_equal(served["original_sizes"], image_shape)
-    np.testing.assert_allclose(served["boxes"][:n], reference["boxes"], atol=box_atol, rtol=0)
-    np.testing.assert_allclose(served["scores"][:n], reference["scores"], atol=1e-5, rtol=0)
-    np.testing.assert_array_equal(served["classes"][:n], reference["labels"])
+    n = _assert_detections_match(served, reference, image_shape, box_atol)
     assert served["masks"].shape[1:] == (PROTO, PROTO)  # prototype resolution
     h, w = image_shape
-    full = served["full_masks"][:n]
-    np.testing.assert_array_equal(full[:, :h, :w], reference["masks"].astype(np.uint8))
-    assert not full[:, h:].any() and not full[:, :, w:].any()  # canvas padding is zero
     resized = tf.image.resize(np.transpose(served["masks"][:n], [1, 2, 0]), (h, w),
                               method="bilinear", antialias=False).numpy()
     mismatch = np.mean((np.transpose(resized, [2, 0, 1]) > 0.5) != reference["masks"])
