@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import keras
-from skimage import data as skdata
-from skimage.transform import resize
 
 from keras_maskrcnn.convert import torchvision as tvconvert
 from keras_maskrcnn.layers import fpn as fpn_module
@@ -17,23 +15,11 @@ from keras_maskrcnn.layers.frozen_batch_norm import FrozenBatchNorm
 from keras_maskrcnn.models import backbones
 from keras_maskrcnn.models.backbones import ResNet, ResNetBlock
 from support.layers import assert_config_round_trip
+from support.photos import photo, relative_error
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 TORCH_NAMES = {"C2": "0", "C3": "1", "C4": "2", "C5": "3",
                "P2": "0", "P3": "1", "P4": "2", "P5": "3", "P6": "pool"}
 _CACHE = {}
-
-
-def _photo(name, hw):
-    """skimage photo resized to hw, normalised as torchvision's detection transform: [1,H,W,3]."""
-    image = getattr(skdata, name)()[..., :3]
-    image = resize(image, hw, anti_aliasing=True).astype(np.float32)  # float in [0, 1]
-    return ((image - MEAN) / STD)[None]
-
-
-def _rel_err(ours, theirs):
-    return np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
 
 
 def _torch_backbone(torch, torchvision, arch, trainable_layers=3, seed=0):
@@ -131,11 +117,11 @@ def test_resnet_fpn_matches_torchvision(torch, torchvision, arch):
     if arch == "resnet18":
         cases.append(("coffee", (37, 61)))  # odd sizes: C5 is 2x2, P6 1x1
     for name, hw in cases:
-        x = _photo(name, hw)
+        x = photo(name, hw)
         theirs, ours = _torch_run(torch, tmodel, x), _our_run(resnet, fpn, x)
         for level, t in theirs.items():
             assert ours[level].shape == t.shape, (name, hw, level)
-            err = _rel_err(ours[level], t)
+            err = relative_error(ours[level], t)
             assert err <= 1e-4, f"{arch} {name} {hw} {level}: rel err {err:.2e}"
 
 
@@ -146,20 +132,20 @@ def test_mutation_spatially_transposed_kernels_fail(torch, torchvision, monkeypa
                         lambda w: np.transpose(w, (3, 2, 1, 0)))
     resnet, fpn = _ours("resnet18")
     tvconvert.load_resnet_fpn_weights(resnet, fpn, tmodel.state_dict(), prefix="")
-    x = _photo("coffee", (64, 96))
-    assert _rel_err(_our_run(resnet, fpn, x)["C2"], _torch_run(torch, tmodel, x)["C2"]) > 1e-2
+    x = photo("coffee", (64, 96))
+    assert relative_error(_our_run(resnet, fpn, x)["C2"], _torch_run(torch, tmodel, x)["C2"]) > 1e-2
 
 
 def test_mutation_asymmetric_padding_fails(torch, torchvision, monkeypatch):
     """Keras-"same"-like asymmetric padding of stride-2 convs (same sizes) must break parity."""
     _, resnet, fpn = _converted(torch, torchvision, "resnet18")
     tmodel = _CACHE["resnet18"][0]
-    x = _photo("coffee", (64, 96))
+    x = photo("coffee", (64, 96))
     monkeypatch.setattr(backbones, "_pad_hw", lambda t, p, value=0.0: tf.pad(
         t, [[0, 0], [0, 2 * p], [0, 2 * p], [0, 0]], constant_values=value))
     ours = _our_run(resnet, fpn, x)
     assert ours["C2"].shape == (1, 16, 24, 64)
-    assert _rel_err(ours["C2"], _torch_run(torch, tmodel, x)["C2"]) > 1e-2
+    assert relative_error(ours["C2"], _torch_run(torch, tmodel, x)["C2"]) > 1e-2
 
 
 # ------------------------------------------------------------------------------ nearest upsample
@@ -200,11 +186,11 @@ def test_mutation_half_pixel_upsample_fails_fpn(torch, torchvision, monkeypatch)
     for layer in (fpn, gather_fpn):
         ours = {k: v.numpy() for k, v in layer(feats).items()}
         for k in fpn_module.OUTPUT_LEVELS:
-            assert _rel_err(ours[k], theirs[k]) <= 1e-5, (layer.upsample_method, k)
+            assert relative_error(ours[k], theirs[k]) <= 1e-5, (layer.upsample_method, k)
     monkeypatch.setattr(fpn_module, "upsample_nearest_like", lambda x, t, m: tf.image.resize(
         x, tf.shape(t)[1:3], method="nearest"))
     mutated = fpn(feats)["P2"].numpy()
-    assert _rel_err(mutated, theirs["P2"]) > 1e-3
+    assert relative_error(mutated, theirs["P2"]) > 1e-3
 
 
 # ------------------------------------------------------------------------------ freezing
@@ -272,7 +258,7 @@ def test_keras_save_load_round_trip(tmp_path):
     model = _tiny_model(freeze_at=3)
     for v in model.weights:  # non-default BN buffers and biases too
         v.assign(np.random.default_rng(len(v.path)).uniform(0.5, 1.5, v.shape).astype(np.float32))
-    x = _photo("coffee", (70, 90))
+    x = photo("coffee", (70, 90))
     before = {k: v.numpy() for k, v in model(x).items()}
     path = str(tmp_path / "backbone.keras")
     model.save(path)

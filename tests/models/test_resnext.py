@@ -10,8 +10,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from skimage import data as skdata
-from skimage.transform import resize
 
 from keras_maskrcnn import accel, build_model
 from keras_maskrcnn.convert import torchvision as tvconvert
@@ -19,21 +17,9 @@ from keras_maskrcnn.layers.frozen_batch_norm import FrozenBatchNorm
 from keras_maskrcnn.models import backbones
 from keras_maskrcnn.models.backbones import ResNet, ResNetBlock, arch_arguments
 from support.models import synthetic_batch, tiny_config
+from support.photos import photo, relative_error
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 RTOL = 1e-4  # tests/models/test_backbones.py: test_resnet_fpn_matches_torchvision
-
-
-def _photo(name, hw):
-    """skimage photo resized to hw, normalised as torchvision's detection transform: [1,H,W,3]."""
-    image = getattr(skdata, name)()[..., :3]
-    image = resize(image, hw, anti_aliasing=True).astype(np.float32)  # float in [0, 1]
-    return ((image - MEAN) / STD)[None]
-
-
-def _rel_err(ours, theirs):
-    return np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
 
 
 def _randomise_bn_(torch, model, small_var=False):
@@ -90,7 +76,7 @@ def _assert_parity(torch, net, resnet, x, tag):
     ours = {k: v.numpy() for k, v in resnet(x).items()}
     for level, t in theirs.items():
         assert ours[level].shape == t.shape, (tag, level)
-        err = _rel_err(ours[level], t)
+        err = relative_error(ours[level], t)
         assert err <= RTOL, f"{tag} {level}: rel err {err:.2e}"
 
 
@@ -118,7 +104,7 @@ def test_resnext50_32x4d_matches_torchvision(torch, torchvision):
     assert resnet.stages[0][0].conv2.groups == 32
     assert tuple(resnet.stages[3][0].conv2.kernel.shape) == (3, 3, 32, 1024)
     for name, hw in (("astronaut", (224, 320)), ("coffee", (75, 101))):  # odd: C5 3x4
-        _assert_parity(torch, net, resnet, _photo(name, hw), f"resnext50 {name} {hw}")
+        _assert_parity(torch, net, resnet, photo(name, hw), f"resnext50 {name} {hw}")
 
 
 def test_resnext101_32x8d_layers_match_torchvision(torch, torchvision):
@@ -131,7 +117,7 @@ def test_resnext101_32x8d_layers_match_torchvision(torch, torchvision):
     assert resnet.count_params() == sum(
         v.numel() for k, v in net.state_dict().items()
         if not k.startswith("fc.") and "num_batches" not in k)
-    _assert_parity(torch, net, resnet, _photo("coffee", (64, 96)), "resnext101_32x8d")
+    _assert_parity(torch, net, resnet, photo("coffee", (64, 96)), "resnext101_32x8d")
 
 
 def test_names_of_the_config_are_the_backbones():
@@ -189,8 +175,8 @@ def test_stride_in_1x1_block_matches_patched_torchvision_bottleneck(torch):
         assert reader.consumed == set(state)
         outputs[stride_in_1x1] = block(x).numpy()
     assert outputs[True].shape == theirs.shape == (2, 8, 9, 128)
-    assert _rel_err(outputs[True], theirs) <= 1e-5
-    assert _rel_err(outputs[False], theirs) > 1e-2  # v1.5 placement is a different network
+    assert relative_error(outputs[True], theirs) <= 1e-5
+    assert relative_error(outputs[False], theirs) > 1e-2  # v1.5 placement is a different network
 
 
 def test_stride_in_1x1_resnet50_matches_patched_torchvision(torch, torchvision):
@@ -198,7 +184,7 @@ def test_stride_in_1x1_resnet50_matches_patched_torchvision(torch, torchvision):
     resnet = _converted(net, depth=50, stride_in_1x1=True)
     assert resnet.stages[1][0].conv1.strides == (2, 2) and resnet.stages[1][0].conv2.strides == (
         1, 1)
-    _assert_parity(torch, net, resnet, _photo("coffee", (75, 101)), "resnet50 stride_in_1x1")
+    _assert_parity(torch, net, resnet, photo("coffee", (75, 101)), "resnet50 stride_in_1x1")
 
 
 # ------------------------------------------------------------------------------ bn_eps
@@ -232,11 +218,11 @@ def test_bn_eps_zero_matches_torchvision_coco_v1_eps(torch, torchvision):
     from torchvision.models.detection._utils import overwrite_eps
     net = _torch_net(torch, torchvision, "resnet18", small_var=True)
     overwrite_eps(net, 0.0)
-    x = _photo("coffee", (64, 96))
+    x = photo("coffee", (64, 96))
     _assert_parity(torch, net, _converted(net, depth=18, bn_eps=0.0), x, "resnet18 eps 0")
     default = _converted(net, depth=18)
     theirs = _torch_features(torch, net, x)["C5"]
-    assert _rel_err(default(x)["C5"].numpy(), theirs) > 1e-2
+    assert relative_error(default(x)["C5"].numpy(), theirs) > 1e-2
 
 
 # ------------------------------------------------------------------------------ Mask R-CNN
