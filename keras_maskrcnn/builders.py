@@ -136,7 +136,9 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         rpn_smooth_l1_beta=r.smooth_l1_beta, box_smooth_l1_beta=m.roi_heads.smooth_l1_beta,
         loss_weights=dataclasses.asdict(m.loss_weights),
         mask_threshold=m.mask_head.threshold, category_ids=category_ids,
-        config_dict=config_dict, **kwargs)
+        config_dict=config_dict, anchor_rounded=m.anchors.rounded,
+        anchor_nominal_strides=m.anchors.nominal_strides, level_mapping=a.level_mapping,
+        **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
         accel.accelerate(model, roi_heads=(model.mask_head, model.keypoint_head))
     return model

@@ -116,6 +116,11 @@ class AnchorConfig(Section):
                                      "sqrt(area) of the anchors, one per level", PAPER)
     aspect_ratios: Tuple[float, ...] = param((0.5, 1.0, 2.0), (non_empty, positive),
                                              "h / w, the same on every level", PAPER)
+    rounded: bool = param(True, None, "cell-anchor corners rounded to integers (torchvision); "
+                          "false: unrounded (detectron2's DefaultAnchorGenerator)", TV)
+    nominal_strides: bool = param(False, None, "stride of level Pl is 2**l (detectron2); false: "
+                                  "padded input size // feature size per axis (torchvision: "
+                                  "61, not 64, for a 13-row P6 of an 800-row input)", TV)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +163,11 @@ class RoIAlignConfig(Section):
 
     aligned: bool = param(True, None, "half-pixel shift (detectron2 too); torchvision's "
                           "models use False", PAPER)
-    sampling_ratio: int = param(2, positive, "samples per bin side (torchvision's adaptive "
-                                "<= 0: unsupported)", TV)
+    sampling_ratio: int = param(2, non_negative, "samples per bin side; 0 = adaptive, "
+                                "ceil(roi side / output side) per bin and RoI (detectron2)", TV)
+    level_mapping: Literal["torchvision", "detectron2"] = param(
+        "torchvision", None, "torchvision: floor(k0 + log2(sqrt(area) / 224) + 1e-6); "
+        "detectron2: floor(k0 + log2(sqrt(area) / 224 + 1e-8))", TV)
     canonical_size: float = param(224.0, positive, "level = floor(canonical_level + "
                                   "log2(sqrt(area) / canonical_size))", PAPER)
     canonical_level: int = param(4, None, "k0: the level of a canonical_size RoI", PAPER)
@@ -220,6 +228,10 @@ class MaskHeadConfig(Section):
     class_agnostic: bool = param(False, None, "true: one mask channel instead of num_classes",
                                  PAPER)
     threshold: float = param(0.5, unit, "binarisation of pasted masks", PAPER)
+    paste: Literal["torchvision", "detectron2"] = param(
+        "torchvision", None, "torchvision: 1-pixel padded mask resized to the integer box, on "
+        "> threshold; detectron2: sampled at pixel centres in the float box, on >= threshold",
+        TV)
 
     @property
     def mask_size(self) -> int:
@@ -381,6 +393,9 @@ class InputConfig(Section):
         "shorter_side", None, "shorter_side: min_size_* / max_size (torchvision); "
         "fixed_square: size x size, aspect ratio not kept (YOLACT)", OURS)
     size: int = param(550, positive, "fixed_square: the square's side", YOLACT)
+    resize_style: Literal["torchvision", "detectron2"] = param(
+        "torchvision", None, "shorter_side at inference: torchvision (floor sizes, float "
+        "bilinear) or detectron2 (int(x + 0.5) sizes, antialiased bilinear on uint8 as PIL)", TV)
 
     min_size_train: Tuple[int, ...] = param((800,), (non_empty, positive), "shorter-side sizes "
                                             "for training scale jitter", TV)

@@ -55,8 +55,12 @@ class MaskRCNN(Detector):
         preprocessor: ``preprocessing.Preprocessor`` (normalisation here; resize in detect).
         feature_levels: pyramid levels the RPN and the anchors use, finest first.
         anchor_sizes: one anchor size per feature level; aspect_ratios: h / w, every level.
+        anchor_rounded: torchvision's rounded cell anchors (False: detectron2's unrounded);
+            anchor_nominal_strides: level "Pl" has stride 2**l (detectron2) instead of the
+            padded input size // feature size (torchvision); ``ops.anchors``.
         roi_levels: (min, max) pyramid levels RoIAlign pools from; canonical_size,
-            canonical_level: the FPN level mapper; sampling_ratio, aligned: RoIAlign's.
+            canonical_level, level_mapping ("torchvision" / "detectron2"): the FPN level
+            mapper; sampling_ratio (0: adaptive), aligned: RoIAlign's (``ops.roi_align``).
         box_pool_size, mask_pool_size, keypoint_pool_size: RoIAlign output sizes.
         mask_size: Sm, the mask targets' size; heatmap_size: Sk, the keypoint targets'.
         rpn_fg_iou_threshold, rpn_bg_iou_threshold, rpn_allow_low_quality_matches,
@@ -86,7 +90,8 @@ class MaskRCNN(Detector):
                  rpn_fg_iou_threshold, rpn_bg_iou_threshold, rpn_allow_low_quality_matches,
                  rpn_batch_size_per_image, rpn_positive_fraction, rpn_box_weights, rpn_seed,
                  rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights, mask_threshold=0.5,
-                 category_ids=None, config_dict=None, **kwargs):
+                 category_ids=None, config_dict=None, anchor_rounded=True,
+                 anchor_nominal_strides=False, level_mapping="torchvision", **kwargs):
         names = list(LOSS_NAMES[:4]) + (["mask"] if mask_head is not None else []) + (
             ["keypoint"] if keypoint_head is not None else [])
         super().__init__(names, loss_weights, preprocessor, mask_threshold=mask_threshold,
@@ -103,6 +108,9 @@ class MaskRCNN(Detector):
         self.roi_levels = (int(roi_levels[0]), int(roi_levels[1]))
         self.canonical_size, self.canonical_level = float(canonical_size), int(canonical_level)
         self.sampling_ratio, self.aligned = int(sampling_ratio), bool(aligned)
+        self.level_mapping = str(level_mapping)
+        self.anchor_rounded, self.anchor_nominal_strides = (bool(anchor_rounded),
+                                                           bool(anchor_nominal_strides))
         self.pool_sizes = {"box": int(box_pool_size), "mask": int(mask_pool_size),
                            "keypoint": int(keypoint_pool_size)}
         self.mask_size, self.heatmap_size = int(mask_size), int(heatmap_size)
@@ -146,12 +154,14 @@ class MaskRCNN(Detector):
         return {level: features[level] for level in self.feature_levels}
 
     def anchors(self, images, features):
-        """(N, 4) anchors of every level, torchvision's order and strides."""
+        """(N, 4) anchors of every level, torchvision's order (strides: see the class)."""
         shape = tf.shape(images)
         sizes = [(tf.shape(f)[1], tf.shape(f)[2]) for f in features.values()]
+        strides = ([2 ** int(name.lstrip("PC")) for name in features]
+                   if self.anchor_nominal_strides else None)  # "P3" -> 8
         per_level = multilevel_anchors(
             shape[1], shape[2], sizes, sizes=[(s,) for s in self.anchor_sizes],
-            aspect_ratios=self.aspect_ratios)
+            aspect_ratios=self.aspect_ratios, rounded=self.anchor_rounded, strides=strides)
         return tf.concat(per_level, axis=0)
 
     def pool(self, features, boxes, head):
@@ -161,7 +171,8 @@ class MaskRCNN(Detector):
         return multilevel_roi_align(
             pooled, boxes, self.pool_sizes[head], sampling_ratio=self.sampling_ratio,
             aligned=self.aligned, min_level=low, max_level=high,
-            canonical_size=self.canonical_size, canonical_level=self.canonical_level)
+            canonical_size=self.canonical_size, canonical_level=self.canonical_level,
+            level_mapping=self.level_mapping)
 
     def box_predictions(self, features, rois):
         """rois (B, R, 4) -> class logits (B, R, K), deltas (B, R, K, 4)."""

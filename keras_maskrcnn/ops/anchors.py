@@ -12,12 +12,20 @@ Conventions pinned here (tests/ops/test_anchors.py checks each one against torch
     * Aspect ratio = height / width. A cell anchor of size s and ratio r has
       w = s / sqrt(r), h = s * sqrt(r), corners (-w/2, -h/2, w/2, h/2) rounded to integers
       (round half to even), computed in float32.
-    * Cell anchors are ordered ratio-major, size-minor: [(r0, s0), (r0, s1), ..., (r1, s0)...].
+    * ``rounded=False`` is detectron2's ``DefaultAnchorGenerator``: w = sqrt(s * s / r),
+      h = r * w and corners (-w/2, -h/2, w/2, h/2) in float64 (Python floats), not rounded,
+      then float32.
+    * Cell anchors are ordered ratio-major, size-minor: [(r0, s0), (r0, s1), ..., (r1, s0)...]
+      in both modes. detectron2 orders them size-major ([(s0, r0), (s0, r1), ...]): the same
+      set, a different order when a level has several sizes (C4: 32..512 on one map), so RPN
+      predictor channels converted from detectron2 must be permuted to this order.
     * Anchor centre offset 0: the anchor at feature cell (i, j) is centred at
       (j * stride_w, i * stride_h). Anchors are ordered row-major over locations (y, then x),
       anchors-per-location minor: index = (i * W + j) * A + a.
     * The stride of a level is ``image_size // feature_size`` (integer floor division, per
       axis), exactly as torchvision: a P6 of 13 rows on an 800-row input has stride 61.
+      ``multilevel_anchors(strides=...)`` gives fixed strides instead (detectron2: the
+      feature's nominal stride 2**l, 64 for that P6).
     * Levels are concatenated in ``feature_keys`` order: the keys of the feature dict sorted
       naturally ("P2" < "P3" < ... < "P10"); ``level_sizes`` gives N_l = H_l * W_l * A per
       level in that order (the RPN head's outputs and ``multilevel_anchors`` for P2..P6 agree;
@@ -44,17 +52,27 @@ DEFAULT_SIZES = ((32,), (64,), (128,), (256,), (512,))
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
-def cell_anchors(sizes, aspect_ratios):
+def cell_anchors(sizes, aspect_ratios, rounded=True):
     """Zero-centred anchors of one level, torchvision's ``generate_anchors``.
 
     Args:
         sizes: sequence of Python numbers (anchor side for ratio 1), e.g. (32,).
         aspect_ratios: sequence of Python numbers, height / width, e.g. (0.5, 1.0, 2.0).
+        rounded: True: torchvision (float32, corners rounded); False: detectron2's
+            ``generate_cell_anchors`` (float64, unrounded), cast to float32.
 
     Returns:
         (A, 4) float32 xyxy, A = len(aspect_ratios) * len(sizes), ratio-major/size-minor,
-        corners rounded half-to-even (w = 45.25 -> x2 = round(22.625) = 23).
+        corners rounded half-to-even (w = 45.25 -> x2 = round(22.625) = 23) when ``rounded``.
     """
+    if not rounded:
+        corners = []
+        for ratio in aspect_ratios:  # ratio-major, as torchvision (detectron2: size-major)
+            for size in sizes:
+                w = math.sqrt(float(size) ** 2.0 / float(ratio))
+                h = float(ratio) * w
+                corners.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return tf.constant(corners, tf.float32)  # (A, 4), float64 values rounded to float32
     scales = tf.constant(sizes, tf.float32)
     ratios = tf.constant(aspect_ratios, tf.float32)
     h_ratios = tf.sqrt(ratios)
@@ -105,6 +123,8 @@ def multilevel_anchors(
     feature_sizes,
     sizes=DEFAULT_SIZES,
     aspect_ratios=DEFAULT_ASPECT_RATIOS,
+    rounded=True,
+    strides=None,
 ):
     """Anchors of every pyramid level for one padded input size.
 
@@ -115,6 +135,9 @@ def multilevel_anchors(
         sizes: per-level sequences of anchor sizes, ((32,), (64,), ...) for P2..P6.
         aspect_ratios: per-level sequences of ratios (h / w), or one flat sequence used for
             every level (torchvision's AnchorGenerator does the same).
+        rounded: ``cell_anchors``' rounding (False: detectron2's unrounded cell anchors).
+        strides: None (torchvision: image size // feature size per axis) or one Python int
+            per level used on both axes (detectron2: the nominal stride, e.g. 4..64).
 
     Returns:
         list of (H_l * W_l * A_l, 4) float32 xyxy anchors, one per level. Concatenated over
@@ -125,11 +148,15 @@ def multilevel_anchors(
     sizes = _per_level(sizes, len(feature_sizes), "sizes")
     aspect_ratios = _per_level(aspect_ratios, len(feature_sizes), "aspect_ratios")
     anchors = []
-    for (height, width), level_anchor_sizes, level_ratios in zip(feature_sizes, sizes,
-                                                                 aspect_ratios):
-        stride_h = image_height // height
-        stride_w = image_width // width
-        cell = cell_anchors(level_anchor_sizes, level_ratios)
+    if strides is not None and len(strides) != len(feature_sizes):
+        raise ValueError(f"{len(strides)} strides for {len(feature_sizes)} feature maps")
+    for index, ((height, width), level_anchor_sizes, level_ratios) in enumerate(
+            zip(feature_sizes, sizes, aspect_ratios)):
+        if strides is None:
+            stride_h, stride_w = image_height // height, image_width // width
+        else:
+            stride_h = stride_w = int(strides[index])
+        cell = cell_anchors(level_anchor_sizes, level_ratios, rounded)
         anchors.append(grid_anchors(cell, height, width, stride_h, stride_w))
     return anchors
 

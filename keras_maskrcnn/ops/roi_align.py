@@ -16,8 +16,13 @@ Conventions pinned here (tests/ops/test_roi_align.py checks each against torchvi
       row H - 1 (torchvision's clamp), bilinear interpolation in between.
     * ``aligned=True`` is detectron2's / the paper's half-pixel convention; torchvision's Mask
       R-CNN uses ``aligned=False``.
-    * Adaptive sampling (torchvision's ``sampling_ratio <= 0``) has data-dependent shapes and is
-      not supported (ValueError).
+    * ``sampling_ratio=0`` (torchvision's / detectron2's adaptive sampling, ceil(roi / output)
+      points per bin and RoI) is accepted by ``multilevel_roi_align`` and ``roi_align_indexed``,
+      which then pool with ``ops.roi_align_adaptive``; ``roi_align`` (one map) takes only
+      G > 0 (call ``roi_align_adaptive`` there). Negative values raise ValueError.
+    * Level mapping (``LEVEL_MAPPINGS``): "torchvision" (``LevelMapper``: floor(k0 +
+      log2(sqrt(area) / 224) + 1e-6)) or "detectron2" (``assign_boxes_to_levels``: floor(k0 +
+      log2(sqrt(area) / 224 + 1e-8))), both clamped to [min_level, max_level].
 
 Implementation: for each of the G x G sub-grids, one ``tf.image.crop_and_resize`` samples one
 point per bin (P by Q points per RoI); the G * G crops are averaged. crop_and_resize
@@ -49,14 +54,18 @@ def output_pair(output_size):
     return out_h, out_w
 
 
-def _check_sampling_ratio(sampling_ratio):
-    """Validate G: a positive Python int (static shapes), else ValueError."""
-    if int(sampling_ratio) != sampling_ratio or sampling_ratio <= 0:
-        raise ValueError(
-            f"sampling_ratio must be a positive int, got {sampling_ratio!r}: torchvision's "
-            "adaptive sampling (sampling_ratio <= 0, ceil(roi_size / output_size) points per bin) "
-            "has data-dependent shapes and is not supported; use e.g. sampling_ratio=2."
-        )
+LEVEL_MAPPINGS = ("torchvision", "detectron2")  # multilevel_roi_align's level_mapping choices
+
+
+def _check_sampling_ratio(sampling_ratio, allow_adaptive=False):
+    """Validate G: a positive Python int, or 0 (adaptive) where ``allow_adaptive``."""
+    lowest = 0 if allow_adaptive else 1
+    if int(sampling_ratio) != sampling_ratio or sampling_ratio < lowest:
+        where = ("0 = adaptive (ceil(roi_size / output_size) points per bin) or a positive int"
+                 if allow_adaptive else "a positive int here: for adaptive sampling "
+                 "(ceil(roi_size / output_size) points per bin) use "
+                 "ops.roi_align_adaptive.roi_align_adaptive")
+        raise ValueError(f"sampling_ratio must be {where}, got {sampling_ratio!r}")
     return int(sampling_ratio)
 
 
@@ -290,6 +299,18 @@ def roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2,
     return _unflatten(pooled, boxes, out_hw, features.shape[-1], features.dtype)
 
 
+def _pool_indexed(images, boxes, box_indices, spatial_scale, out_hw, grid, aligned):
+    """(K, P, Q, C) float32 RoIAlign of flattened boxes on (N, H, W, C) maps: G x G fixed
+    samples per bin, or adaptive sampling when G == 0 (``ops.roi_align_adaptive``)."""
+    if grid == 0:
+        # Imported here: roi_align_adaptive imports this module's helpers at load time.
+        from keras_maskrcnn.ops.roi_align_adaptive import roi_align_adaptive_indexed
+        return roi_align_adaptive_indexed(images, boxes, box_indices, out_hw, spatial_scale,
+                                          aligned)
+    return _crop_and_pool(_pad_map(tf.convert_to_tensor(images)), boxes, box_indices,
+                          spatial_scale, out_hw, grid, aligned)
+
+
 def roi_align_indexed(images, boxes, box_indices, output_size, spatial_scale=1.0,
                       sampling_ratio=2, aligned=True):
     """RoIAlign of flattened RoIs, each on the image ``box_indices`` names.
@@ -297,19 +318,21 @@ def roi_align_indexed(images, boxes, box_indices, output_size, spatial_scale=1.0
     For pooling many single-channel maps (e.g. GT masks, one per RoI) without gathering them.
 
     Args:
-        images: (N, H, W, C) maps; uint8 and float maps are sampled without a copy to float32.
+        images: (N, H, W, C) maps; uint8 and float maps are sampled without a copy to float32
+            (G > 0; adaptive sampling reads them as float32).
         boxes: (K, 4) xyxy boxes in input pixels.
         box_indices: (K,) int32 index into N of the map each box is pooled from.
-        output_size, spatial_scale, sampling_ratio, aligned: as in ``roi_align``.
+        output_size, spatial_scale, aligned: as in ``roi_align``.
+        sampling_ratio: G > 0 sample points per bin and axis, or 0: adaptive sampling
+            (``ops.roi_align_adaptive``, torchvision's ``sampling_ratio=0``).
 
     Returns:
         (K, P, Q, C) float32 pooled maps (``roi_align``'s sampling rules).
     """
-    grid = _check_sampling_ratio(sampling_ratio)
+    grid = _check_sampling_ratio(sampling_ratio, allow_adaptive=True)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
-    return _crop_and_pool(_pad_map(tf.convert_to_tensor(images)), boxes,
-                          tf.cast(box_indices, tf.int32), float(spatial_scale),
-                          output_pair(output_size), grid, aligned)
+    return _pool_indexed(images, boxes, tf.cast(box_indices, tf.int32), float(spatial_scale),
+                         output_pair(output_size), grid, aligned)
 
 
 def assign_fpn_levels(boxes, min_level=2, max_level=5, canonical_size=224, canonical_level=4,
@@ -340,9 +363,45 @@ def assign_fpn_levels(boxes, min_level=2, max_level=5, canonical_size=224, canon
     return tf.cast(levels, tf.int32)
 
 
+def assign_fpn_levels_detectron2(boxes, min_level=2, max_level=5, canonical_size=224,
+                                 canonical_level=4):
+    """FPN level of each RoI by detectron2's ``assign_boxes_to_levels``.
+
+    Args:
+        boxes: (..., 4) xyxy boxes in input pixels.
+        min_level, max_level: levels are clamped to [min_level, max_level].
+        canonical_size, canonical_level: a canonical_size x canonical_size box maps to
+            canonical_level (FPN paper eq. 1: 224 and 4).
+
+    Returns:
+        (...) int32 absolute levels: floor(canonical_level + log2(sqrt(area) / canonical_size
+        + 1e-8)) in float32, area = (x2 - x1) * (y2 - y1) (no +1). The 1e-8 sits inside the
+        log (torchvision's ``LevelMapper`` adds 1e-6 outside it). Zero-area boxes, and inverted
+        ones (negative area, NaN in detectron2), go to ``min_level``.
+    """
+    boxes = tf.cast(tf.convert_to_tensor(boxes), tf.float32)
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # 4 x (...)
+    size = tf.sqrt(tf.maximum((x2 - x1) * (y2 - y1), 0.0))
+    log2 = tf.math.log(size / float(canonical_size) + 1e-8) / tf.math.log(2.0)
+    levels = tf.floor(float(canonical_level) + log2)
+    return tf.cast(tf.clip_by_value(levels, float(min_level), float(max_level)), tf.int32)
+
+
+def fpn_levels(boxes, level_mapping="torchvision", **settings):
+    """``assign_fpn_levels`` ("torchvision") or ``assign_fpn_levels_detectron2``
+    ("detectron2") of (..., 4) boxes; ``settings``: min_level, max_level, canonical_size,
+    canonical_level."""
+    if level_mapping == "torchvision":
+        return assign_fpn_levels(boxes, **settings)
+    if level_mapping == "detectron2":
+        return assign_fpn_levels_detectron2(boxes, **settings)
+    raise ValueError(f"level_mapping must be one of {LEVEL_MAPPINGS}, got {level_mapping!r}")
+
+
 def multilevel_roi_align(features, boxes, output_size, sampling_ratio=2, aligned=True,
-                         min_level=2, max_level=5, canonical_size=224, canonical_level=4):
-    """FPN RoIAlign: each RoI is pooled from its ``assign_fpn_levels`` level only.
+                         min_level=2, max_level=5, canonical_size=224, canonical_level=4,
+                         level_mapping="torchvision"):
+    """FPN RoIAlign: each RoI is pooled from its ``fpn_levels`` level only.
 
     Args:
         features: dict {"P{l}": (B, H_l, W_l, C)} holding at least levels min_level..max_level
@@ -351,20 +410,23 @@ def multilevel_roi_align(features, boxes, output_size, sampling_ratio=2, aligned
             for inputs padded to a multiple of 2**max_level that is exactly 1 / 2**l.
         boxes: (B, R, 4) xyxy boxes in input pixels; R may be 0 or unknown (tf.function).
         output_size: int or (P, Q).
-        sampling_ratio: G > 0 sample points per bin and axis.
+        sampling_ratio: G > 0 sample points per bin and axis, or 0: adaptive sampling
+            (``ops.roi_align_adaptive``; detectron2's ROIAlignV2 with ``aligned``).
         aligned: half-pixel offset (False = torchvision's MultiScaleRoIAlign).
         min_level, max_level: pyramid levels used (torchvision: P2..P5 -> 2, 5).
         canonical_size, canonical_level: level mapping, see ``assign_fpn_levels``.
+        level_mapping: "torchvision" or "detectron2" (``LEVEL_MAPPINGS``, ``fpn_levels``).
 
     Returns:
         (B, R, P, Q, C) pooled features in the dtype of ``features["P{min_level}"]``.
 
-    Convention: equals ``torchvision.ops.MultiScaleRoIAlign`` (with ``aligned=False``). Each
-    level gathers its RoIs (``tf.dynamic_partition``), runs one crop_and_resize with batch
-    indices into that level, and the results are stitched back in RoI order.
+    Convention: equals ``torchvision.ops.MultiScaleRoIAlign`` (with ``aligned=False``), and
+    with (0, True, "detectron2") detectron2's ``ROIPooler`` (ROIAlignV2). Each level gathers
+    its RoIs (``tf.dynamic_partition``), pools them with batch indices into that level, and the
+    results are stitched back in RoI order.
     """
     out_hw = output_pair(output_size)
-    grid = _check_sampling_ratio(sampling_ratio)
+    grid = _check_sampling_ratio(sampling_ratio, allow_adaptive=True)
     names = [f"P{level}" for level in range(min_level, max_level + 1)]
     missing = [name for name in names if name not in features]
     if missing:
@@ -372,14 +434,15 @@ def multilevel_roi_align(features, boxes, output_size, sampling_ratio=2, aligned
     first = tf.convert_to_tensor(features[names[0]])
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     flat, indices = _flatten_rois(boxes)
-    levels = assign_fpn_levels(flat, min_level, max_level, canonical_size, canonical_level)
+    levels = fpn_levels(flat, level_mapping, min_level=min_level, max_level=max_level,
+                        canonical_size=canonical_size, canonical_level=canonical_level)
     positions = tf.range(tf.shape(flat)[0])  # (B * R,) RoI position in the flat order
     part_ids = tf.dynamic_partition(positions, levels - min_level, len(names))  # per level (K_l,)
     pooled = []
     for level, name, ids in zip(range(min_level, max_level + 1), names, part_ids):
         level_boxes = tf.gather(flat, ids)  # (K_l, 4) this level's RoIs
         level_indices = tf.gather(indices, ids)  # (K_l,) their batch indices
-        pooled.append(_crop_and_pool(_pad_map(features[name]), level_boxes, level_indices,
-                                     1.0 / 2**level, out_hw, grid, aligned))  # (K_l, P, Q, C)
+        pooled.append(_pool_indexed(features[name], level_boxes, level_indices,
+                                    1.0 / 2**level, out_hw, grid, aligned))  # (K_l, P, Q, C)
     merged = tf.dynamic_stitch(part_ids, pooled)  # (B * R, P, Q, C) back in RoI order
     return _unflatten(merged, boxes, out_hw, first.shape[-1], first.dtype)

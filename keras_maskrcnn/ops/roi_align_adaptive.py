@@ -1,5 +1,5 @@
 """RoIAlign with adaptive sampling (Mask R-CNN paper section 3, "RoIAlign"; detectron2's
-ROIAlignV2), on one feature map and on an FPN pyramid with detectron2's level rule.
+ROIAlignV2), on one feature map and on flattened RoIs with per-RoI map indices.
 
 Conventions pinned here (tests/ops/test_roi_align_adaptive.py checks each against torchvision):
     * Features are NHWC; boxes are ``xyxy`` float32 pixels of the (padded) input image, mapped
@@ -14,9 +14,9 @@ Conventions pinned here (tests/ops/test_roi_align_adaptive.py checks each agains
       clamped to [0, H - 1] and interpolated bilinearly.
     * Gradients flow to the features (the exact adjoint, as torchvision's backward kernel), not
       to the boxes. Everything runs in float32; the result is cast back to the features' dtype.
-    * ``multilevel_roi_align_adaptive`` uses detectron2's ``assign_boxes_to_levels``:
-      floor(4 + log2(sqrt(area) / 224 + 1e-8)), area = (x2 - x1) * (y2 - y1), clamped to
-      [min_level, max_level]; level l is pooled with scale 1 / 2**l.
+    * The FPN version is ``ops.roi_align.multilevel_roi_align(sampling_ratio=0)``, which pools
+      each level with ``roi_align_adaptive_indexed``; with ``level_mapping="detectron2"`` and
+      ``aligned=True`` it is detectron2's ``ROIPooler`` (ROIAlignV2).
 
 Implementation: the mean of bilinear samples on a regular grid is separable. Bin (p, q) of an
 RoI equals sum_{h, w} Wy[p, h] F[h, w] Wx[q, w], where Wy[p, h] is the mean over the bin's
@@ -330,58 +330,20 @@ def _unflatten(pooled, boxes, features):
     return tf.cast(out, features.dtype)
 
 
-def assign_fpn_levels_detectron2(boxes, min_level=2, max_level=5, canonical_size=224,
-                                 canonical_level=4):
-    """FPN level of each RoI by detectron2's ``assign_boxes_to_levels``.
+def roi_align_adaptive_indexed(images, boxes, box_indices, output_size, spatial_scale=1.0,
+                               aligned=True):
+    """Adaptive RoIAlign of flattened RoIs, each on the map ``box_indices`` names.
 
     Args:
-        boxes: (..., 4) xyxy boxes in input pixels.
-        min_level, max_level: levels are clamped to [min_level, max_level].
-        canonical_size, canonical_level: a canonical_size x canonical_size box maps to
-            canonical_level (FPN paper eq. 1: 224 and 4).
+        images: (N, H, W, C) maps of any real dtype (read as float32).
+        boxes: (K, 4) xyxy boxes in input pixels.  box_indices: (K,) int32 index into N.
+        output_size, spatial_scale, aligned: as in ``roi_align_adaptive``.
 
     Returns:
-        (...) int32 absolute levels: floor(canonical_level + log2(sqrt(area) / canonical_size
-        + 1e-8)) in float32, area = (x2 - x1) * (y2 - y1) (no +1). The 1e-8 sits inside the
-        log (torchvision's ``LevelMapper`` adds 1e-6 outside it). Zero-area boxes, and inverted
-        ones (negative area, NaN in detectron2), go to ``min_level``.
+        (K, P, Q, C) float32: ``roi_align_adaptive``'s sampling (``ops.roi_align``'s
+        ``multilevel_roi_align`` and ``roi_align_indexed`` use it for ``sampling_ratio=0``).
     """
-    boxes = tf.cast(tf.convert_to_tensor(boxes), tf.float32)
-    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # 4 x (...)
-    size = tf.sqrt(tf.maximum((x2 - x1) * (y2 - y1), 0.0))
-    log2 = tf.math.log(size / float(canonical_size) + 1e-8) / tf.math.log(2.0)
-    levels = tf.floor(float(canonical_level) + log2)
-    return tf.cast(tf.clip_by_value(levels, float(min_level), float(max_level)), tf.int32)
-
-
-def multilevel_roi_align_adaptive(features, boxes, output_size, aligned=True, min_level=2,
-                                  max_level=5, canonical_size=224, canonical_level=4):
-    """FPN RoIAlign with adaptive sampling (detectron2's ROIPooler with ROIAlignV2).
-
-    Args:
-        features: dict {"P{l}": (B, H_l, W_l, C)} holding at least levels min_level..max_level
-            (other keys are ignored); level l has spatial scale 1 / 2**l.
-        boxes: (B, R, 4) xyxy boxes in input pixels; R may be 0 or unknown (tf.function).
-        output_size: int or (P, Q).  aligned: half-pixel offset (detectron2: True).
-        min_level, max_level, canonical_size, canonical_level: see
-            ``assign_fpn_levels_detectron2``.
-
-    Returns:
-        (B, R, P, Q, C) pooled features in the dtype of ``features["P{min_level}"]``: each RoI
-        pooled by ``roi_align_adaptive`` from its level only.
-    """
-    out_hw = output_pair(output_size)
-    names = [f"P{level}" for level in range(min_level, max_level + 1)]
-    missing = [name for name in names if name not in features]
-    if missing:
-        raise ValueError(f"features lacks levels {missing}; got keys {sorted(features)}")
-    boxes = tf.cast(tf.convert_to_tensor(boxes), tf.float32)
-    flat, batch_idx = _flatten_rois(boxes)
-    levels = assign_fpn_levels_detectron2(flat, min_level, max_level, canonical_size,
-                                          canonical_level)  # (B * R,)
-    part_ids = tf.dynamic_partition(tf.range(tf.shape(flat)[0]), levels - min_level, len(names))
-    pooled = [_pool_flat(tf.cast(features[name], tf.float32), tf.gather(flat, ids),
-                         tf.gather(batch_idx, ids), 1.0 / 2**level, out_hw, aligned)
-              for level, name, ids in zip(range(min_level, max_level + 1), names, part_ids)]
-    merged = tf.dynamic_stitch(part_ids, pooled)  # (B * R, P, Q, C) back in RoI order
-    return _unflatten(merged, boxes, tf.convert_to_tensor(features[names[0]]))
+    images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    return _pool_flat(images, tf.cast(tf.convert_to_tensor(boxes), tf.float32),
+                      tf.cast(box_indices, tf.int32), float(spatial_scale),
+                      output_pair(output_size), aligned)

@@ -306,7 +306,7 @@ def test_int_is_accepted_for_float_and_normalised():
     (["model.fpn.max_level=7"], "model.fpn.max_level", "[5, 6]"),
     (["model.fpn.min_level=3", "model.anchors.sizes=[1, 2, 3, 4]"], "model.roi_align.min_level",
      "P2 is not an FPN level (P3, P4, P5, P6)"),
-    (["model.roi_align.sampling_ratio=0"], "model.roi_align.sampling_ratio", "must be > 0"),
+    (["model.roi_align.sampling_ratio=-1"], "model.roi_align.sampling_ratio", "must be >= 0"),
     (["model.roi_align.canonical_level=6"], "model.roi_align.canonical_level", "[2, 5]"),
     (["model.backbone.freeze_at=6"], "model.backbone.freeze_at", "[0, 5]"),
     (["model.backbone.width_multiplier=0"], "model.backbone.width_multiplier", "(0, 8]"),

@@ -171,3 +171,64 @@ def test_dynamic_sizes_inside_tf_function(torch, torchvision):
     got = from_feature_shapes(tf.zeros([1, 64, 96, 3]))
     ref = torchvision_anchors(torch, (64, 96), [(16, 24), (8, 12)], SIZES[:2])
     np.testing.assert_array_equal(tf.concat(got, 0).numpy(), ref)
+
+
+# ---------------------------------------------------------------- detectron2 (rounded=False)
+
+
+def d2_cell_anchors(sizes, ratios):
+    """detectron2's DefaultAnchorGenerator.generate_cell_anchors in NumPy: Python float64 maths,
+    size-major order, then float32 (torch.tensor of Python floats)."""
+    rows = []
+    for size in sizes:
+        area = size ** 2.0
+        for ratio in ratios:
+            w = np.sqrt(area / ratio)
+            h = ratio * w
+            rows.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+    return np.array(rows, np.float64).astype(np.float32)
+
+
+def d2_grid_anchors(cell, height, width, stride, offset=0.0):
+    """detectron2's _grid_anchors: float32 arange shifts (offset * stride, step stride), row-major
+    locations, cell anchors minor."""
+    shifts_x = np.arange(offset * stride, width * stride, step=stride, dtype=np.float32)
+    shifts_y = np.arange(offset * stride, height * stride, step=stride, dtype=np.float32)
+    shift_y, shift_x = np.meshgrid(shifts_y, shifts_x, indexing="ij")
+    shifts = np.stack([shift_x.ravel(), shift_y.ravel()] * 2, axis=1)  # (H*W, 4) x, y, x, y
+    return (shifts[:, None, :] + cell[None]).reshape(-1, 4)
+
+
+def test_unrounded_fpn_anchors_equal_detectron2_bit_for_bit():
+    height, width = 800, 1216  # P6 is 13 x 19: nominal stride 64, torchvision's 61 x 64
+    feature_sizes = A.fpn_feature_sizes(height, width)
+    strides = [4, 8, 16, 32, 64]
+    got = A.multilevel_anchors(height, width, feature_sizes, SIZES, RATIOS, rounded=False,
+                               strides=strides)
+    for level, ((h, w), sizes, stride) in enumerate(zip(feature_sizes, SIZES, strides)):
+        want = d2_grid_anchors(d2_cell_anchors(sizes, RATIOS), h, w, stride)
+        np.testing.assert_array_equal(got[level].numpy(), want)  # one size: same order
+    # cell anchors really unrounded, and torchvision's floor-division stride differs on P6
+    assert not np.array_equal(A.cell_anchors((32,), RATIOS, rounded=False).numpy(),
+                              A.cell_anchors((32,), RATIOS).numpy())
+    floor_strides = A.multilevel_anchors(height, width, feature_sizes, SIZES, RATIOS,
+                                         rounded=False)
+    for level in range(4):
+        np.testing.assert_array_equal(floor_strides[level].numpy(), got[level].numpy())
+    assert not np.array_equal(floor_strides[4].numpy(), got[4].numpy())
+    with pytest.raises(ValueError, match="strides"):
+        A.multilevel_anchors(height, width, feature_sizes, SIZES, RATIOS, strides=[4, 8])
+
+
+def test_unrounded_multi_size_level_is_detectron2_reordered_ratio_major():
+    """C4: sizes 32..512 on one stride-16 map. detectron2 orders cell anchors size-major, we
+    keep ratio-major: anchor (r, s) here is detectron2's (s, r)."""
+    sizes, ratios = (32, 64, 128, 256, 512), (0.5, 1.0, 2.0)
+    cell = A.cell_anchors(sizes, ratios, rounded=False).numpy()  # (15, 4)
+    want = d2_cell_anchors(sizes, ratios)  # (15, 4) size-major
+    order = [s * len(ratios) + r for r in range(len(ratios)) for s in range(len(sizes))]
+    np.testing.assert_array_equal(cell, want[order])
+    got = A.multilevel_anchors(800, 1088, [(50, 68)], [sizes], ratios, rounded=False,
+                               strides=[16])[0].numpy().reshape(50 * 68, 15, 4)
+    ref = d2_grid_anchors(want, 50, 68, 16).reshape(50 * 68, 15, 4)
+    np.testing.assert_array_equal(got, ref[:, order])

@@ -427,7 +427,7 @@ def test_multilevel_errors(rng):
     with pytest.raises(ValueError, match="P5"):
         RA.multilevel_roi_align(feats, np.zeros((1, 1, 4), np.float32), 7)
     with pytest.raises(ValueError, match="adaptive"):
-        RA.multilevel_roi_align(feats, np.zeros((1, 1, 4), np.float32), 7, sampling_ratio=0,
+        RA.multilevel_roi_align(feats, np.zeros((1, 1, 4), np.float32), 7, sampling_ratio=-1,
                                 max_level=4)
     out = RA.multilevel_roi_align(feats, np.array([[[0, 0, 64, 64]]], np.float32), 2,
                                   max_level=4)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_maskrcnn.ops import roi_align as RAF
 from keras_maskrcnn.ops import roi_align_adaptive as RA
 
 SCALES = (1.0, 1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -224,12 +225,12 @@ def test_detectron2_levels(torch):
                       7.0 + sides], -1)
     boxes = np.concatenate([boxes, [[5, 5, 5, 9], [0, 0, 0, 0], [10, 10, 20, 30]]]).astype(
         np.float32)
-    got = RA.assign_fpn_levels_detectron2(boxes).numpy()
+    got = RAF.assign_fpn_levels_detectron2(boxes).numpy()
     want = d2_levels(torch, boxes)
     np.testing.assert_array_equal(got, want)
-    inverted = RA.assign_fpn_levels_detectron2(np.array([[10, 10, 5, 30]], np.float32))
+    inverted = RAF.assign_fpn_levels_detectron2(np.array([[10, 10, 5, 30]], np.float32))
     assert inverted.numpy().tolist() == [2]
-    assert RA.assign_fpn_levels_detectron2(boxes[:3], 3, 4).numpy().tolist() == [3, 3, 3]
+    assert RAF.assign_fpn_levels_detectron2(boxes[:3], 3, 4).numpy().tolist() == [3, 3, 3]
 
 
 def fpn_case(rng, batch=2, rois=40, height=128, width=160, channels=4):
@@ -267,7 +268,8 @@ def test_multilevel_matches_detectron2_rule_with_torchvision(torch, torchvision,
     maps = {name: tf.constant(value) for name, value in features.items()}
     with tf.GradientTape() as tape:
         tape.watch(maps)
-        got = RA.multilevel_roi_align_adaptive(maps, boxes, 7)
+        got = RAF.multilevel_roi_align(maps, boxes, 7, sampling_ratio=0,
+                                        level_mapping="detectron2")
         loss = tf.reduce_sum(got * upstream)
     grads = tape.gradient(loss, maps)
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-4)
@@ -278,7 +280,8 @@ def test_multilevel_matches_detectron2_rule_with_torchvision(torch, torchvision,
 
 def test_multilevel_tf_function_unknown_shapes(torch, torchvision, rng):
     spec = {f"P{l}": tf.TensorSpec([None, None, None, 4], tf.float32) for l in range(2, 6)}
-    fn = tf.function(lambda f, b: RA.multilevel_roi_align_adaptive(f, b, (14, 14)),
+    fn = tf.function(lambda f, b: RAF.multilevel_roi_align(f, b, (14, 14), 0,
+                                                       level_mapping="detectron2"),
                      input_signature=[spec, tf.TensorSpec([None, None, 4], tf.float32)])
     for rois in (7, 0):
         features, boxes = fpn_case(rng, batch=1, rois=rois, height=96, width=64)
@@ -289,7 +292,7 @@ def test_multilevel_tf_function_unknown_shapes(torch, torchvision, rng):
             want, _ = fpn_oracle(torch, torchvision, features, boxes, (14, 14))
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="P5"):
-        RA.multilevel_roi_align_adaptive({"P2": tf.zeros([1, 4, 4, 1])}, tf.zeros([1, 1, 4]), 7)
+        RAF.multilevel_roi_align({"P2": tf.zeros([1, 4, 4, 1])}, tf.zeros([1, 1, 4]), 7, 0)
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (1, 7), (5, 1), (2, 2)])
@@ -301,3 +304,28 @@ def test_matches_torchvision_on_tiny_maps(torch, torchvision, rng, height, width
         got = RA.roi_align_adaptive(features, boxes, (3, 2), 1.0, aligned).numpy()
         want = tv_roi_align(torch, torchvision, features, boxes, (3, 2), 1.0, aligned)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_level_mappings_at_power_of_two_boundaries(torch, torchvision):
+    """fpn_levels: "torchvision" = LevelMapper, "detectron2" = assign_boxes_to_levels, on
+    squares exactly at, one float32 step around, 4e-7 below and 1e-5 around each boundary side
+    224 * 2**k; the two rules disagree just below a boundary (eps 1e-6 outside the log vs 1e-8
+    inside it)."""
+    exact = (224.0 * 2.0 ** np.arange(-4, 4)).astype(np.float32)
+    sides = np.concatenate([exact, np.nextafter(exact, np.float32(0)),
+                            np.nextafter(exact, np.float32(np.inf)), exact * np.float32(1 - 4e-7),
+                            exact * np.float32(1 - 1e-5), exact * np.float32(1 + 1e-5)])
+    zeros = np.zeros_like(sides)
+    boxes = np.stack([zeros, zeros, sides, sides], -1).astype(np.float32)
+    mapper = torchvision.ops.poolers.initLevelMapper(2, 5, canonical_scale=224,
+                                                     canonical_level=4)
+    want_tv = mapper([torch.from_numpy(boxes)]).numpy() + 2
+    got_tv = RAF.fpn_levels(boxes, "torchvision", min_level=2, max_level=5).numpy()
+    np.testing.assert_array_equal(got_tv, want_tv)
+    got_d2 = RAF.fpn_levels(boxes, "detectron2", min_level=2, max_level=5).numpy()
+    np.testing.assert_array_equal(got_d2, d2_levels(torch, boxes))
+    below = slice(3 * len(exact), 4 * len(exact))  # 4e-7 below: torchvision rounds up
+    inner = slice(3, 6)  # sides 112, 224, 448: the boundaries inside the clamp range
+    np.testing.assert_array_equal(got_tv[below][inner], got_d2[below][inner] + 1)
+    with pytest.raises(ValueError, match="level_mapping"):
+        RAF.fpn_levels(boxes, "detectron", min_level=2, max_level=5)
