@@ -138,7 +138,9 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         mask_threshold=m.mask_head.threshold, category_ids=category_ids,
         config_dict=config_dict, anchor_rounded=m.anchors.rounded,
         anchor_nominal_strides=m.anchors.nominal_strides, level_mapping=a.level_mapping,
-        **kwargs)
+        keypoint_score=m.keypoint_head.score,
+        keypoint_coordinate_offset=m.keypoint_head.coordinate_offset,
+        keypoint_category_ids=m.keypoint_head.category_ids, **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
         accel.accelerate(model, roi_heads=(model.mask_head, model.keypoint_head))
     return model
@@ -248,6 +250,18 @@ def load_initial_weights(model, model_cfg):
                                ignore_prefixes=("fc.",))
     if model_cfg.weights:
         model.load_weights(model_cfg.weights)
+
+
+def with_dataset_keypoint_categories(cfg, categories):
+    """``cfg`` with ``model.keypoint_head.category_ids`` set to the dataset's categories that
+    declare keypoints (``coco.CategoryMap.keypoint_category_ids``) when the config leaves it
+    null and only some categories have keypoints; otherwise ``cfg`` itself. The saved
+    config.yaml then carries it to evaluation, export and prediction."""
+    head, ids = cfg.model.keypoint_head, categories.keypoint_category_ids
+    if not head.enabled or head.category_ids is not None or ids is None:
+        return cfg
+    return config_lib.apply_overrides(cfg, [f"model.keypoint_head.category_ids={list(ids)}"],
+                                      source="the dataset's keypoint categories")
 
 
 def model_config_dict(cfg):

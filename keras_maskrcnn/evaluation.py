@@ -8,7 +8,10 @@ Conventions pinned here (tests/integration/test_evaluation.py checks them):
       [x, y, w, h] with w = x2 - x1 (no +1), ``segmentation`` compressed RLE (``counts`` a
       str) of the pasted (n, H, W) bool mask, ``keypoints`` [x, y, v] * Kp in original pixels
       with v the keypoint's heatmap score (COCOeval reads only x and y; a detection's score is
-      the box score, as torchvision). No 0.5 shift: our COCO reader adds none either.
+      the box score, as torchvision). No 0.5 shift: our COCO reader adds none either (a
+      model's ``keypoint_coordinate_offset``, e.g. detectron2's -0.5, is applied by
+      ``detect``). Detections whose keypoints are absent (score -inf: their class has none,
+      ``model.keypoint_head.category_ids``) get no ``keypoints`` field.
     * ``run_coco_eval`` gives each iou type only its own field (as torchvision), so the detected
       area COCOeval uses for area ranges is the box area (bbox), the mask area (segm) or the
       keypoints' extent (keypoints).
@@ -85,7 +88,8 @@ def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxe
 
     Returns:
         A list of n dicts: image_id, category_id, score, bbox [x, y, w, h] (w = x2 - x1), and
-        when present segmentation (compressed RLE, counts str) and keypoints [x, y, v] * Kp.
+        when present segmentation (compressed RLE, counts str) and keypoints [x, y, v] * Kp
+        (not for detections whose keypoints all have score -inf: absent).
     """
     boxes = np.asarray(result["boxes"], np.float64).reshape(-1, 4)
     scores = np.asarray(result["scores"], np.float64).reshape(-1)
@@ -109,8 +113,10 @@ def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxe
     if "keypoints" in result:
         keypoints = np.asarray(result["keypoints"], np.float64)[keep]
         flat = keypoints.reshape(len(keypoints), -1 if len(keypoints) else 0)  # (n, 3 Kp)
-        for item, kp in zip(results, flat.tolist()):
-            item["keypoints"] = kp
+        present = np.any(keypoints[..., 2] > -np.inf, axis=-1)  # (n,) class has keypoints
+        for item, kp, keep_kp in zip(results, flat.tolist(), present):
+            if keep_kp:
+                item["keypoints"] = kp
     return results
 
 

@@ -33,7 +33,9 @@ Outputs of both (padding rows beyond ``num_detections`` are all zero):
         ``include_full_masks``. For ``serving_default`` with images of different sizes the
         canvas is the largest (Hm, Wm) of the batch: image b occupies [:H0_b, :W0_b] and is
         zero beyond (crop with ``original_sizes``);
-    keypoints (B, D, Kp, 3) float32 [x, y, score] in original pixels, with a keypoint head.
+    keypoints (B, D, Kp, 3) float32 [x, y, score] in original pixels (plus the model's
+        ``keypoint_coordinate_offset``), with a keypoint head; detections of a class without
+        keypoints get (0, 0, -inf).
 
 Preprocessing and the mapping back are the model's ``preprocessor``
 (``keras_maskrcnn.preprocessing``, the same code as ``model.detect``: torchvision's resize
@@ -50,13 +52,15 @@ import tensorflow as tf
 from keras_maskrcnn import inference, preprocessing
 from keras_maskrcnn.builders import build_model
 from keras_maskrcnn.config import add_override_argument, load_config
+from keras_maskrcnn.ops.keypoints import shift_keypoints
 
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
 PARALLEL_IMAGES = 4  # serving_default: images in flight at once (bounds activation memory)
 
 
-def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mask_kind="box"):
+def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mask_kind="box",
+                    keypoint_offset=0.0):
     """Batched model outputs -> serving outputs in original pixels, padding rows zeroed.
 
     Args:
@@ -67,6 +71,7 @@ def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mas
         category_ids: Python list, dataset id of contiguous class 1..K-1; None = identity.
         mask_kind: "box" (Mask R-CNN) or "image" (YOLACT: boxes then made integer and clamped
             as ``detect`` does, ``preprocessing.integer_boxes``).
+        keypoint_offset: added to keypoint x, y in original pixels, as ``detect``.
 
     Returns:
         dict boxes, scores, classes (dataset ids, int32), num_detections (int32), masks,
@@ -97,7 +102,7 @@ def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mas
     if "masks" in outputs:
         result["masks"] = keep(tf.cast(outputs["masks"], tf.float32))
     if "keypoints" in outputs:
-        result["keypoints"] = keep(scaled["keypoints"])
+        result["keypoints"] = keep(shift_keypoints(scaled["keypoints"], keypoint_offset))
     return result
 
 
@@ -122,6 +127,7 @@ def serving_functions(model, include_full_masks=False):
     """
     preprocessor, threshold = model.preprocessor, model.mask_threshold
     category_ids, kind = model.category_ids, inference.mask_type(model)
+    offset = getattr(model, "keypoint_coordinate_offset", 0.0)
 
     def run_model(images):
         inputs, image_sizes = preprocessor(images)
@@ -129,7 +135,8 @@ def serving_functions(model, include_full_masks=False):
         return outputs, image_sizes
 
     def finish(outputs, image_sizes, original_sizes):
-        result = serving_outputs(outputs, image_sizes, original_sizes, category_ids, kind)
+        result = serving_outputs(outputs, image_sizes, original_sizes, category_ids, kind,
+                                 offset)
         if include_full_masks and kind == "image":
             result["full_masks"] = tf.cast(preprocessing.full_image_masks_from_image_masks(
                 result["masks"], result["original_sizes"], threshold,

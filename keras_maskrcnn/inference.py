@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn import preprocessing
+from keras_maskrcnn.ops.keypoints import shift_keypoints
 
 
 def has_masks(model):
@@ -31,11 +32,14 @@ def mask_type(model):
     return getattr(model, "mask_type", "box")
 
 
-def postprocess(outputs, image_sizes, original_size, mask_threshold, mask_kind="box"):
+def postprocess(outputs, image_sizes, original_size, mask_threshold, mask_kind="box",
+                keypoint_offset=0.0):
     """Batch-of-one model outputs -> the first n detections in original-image pixels.
 
     ``mask_kind`` "box": masks pasted into their boxes; "image": boxes made integer and
     clamped, masks resized from prototype resolution (``preprocessing`` module docstring).
+    ``keypoint_offset``: added to keypoint x, y in original pixels (the model's
+    ``keypoint_coordinate_offset``; ``ops.keypoints.shift_keypoints``).
 
     Returns a dict: boxes (n, 4), scores (n,), classes (n,) contiguous ids, and when present
     masks (n, H0, W0) bool and keypoints (n, Kp, 3) [x, y, score].
@@ -44,6 +48,8 @@ def postprocess(outputs, image_sizes, original_size, mask_threshold, mask_kind="
     keys = [k for k in ("boxes", "scores", "classes", "masks", "keypoints") if k in outputs]
     kept = {k: outputs[k][:, :n] for k in keys}  # (1, n, ...)
     kept = preprocessing.to_original_pixels(kept, image_sizes, original_size[None])
+    if "keypoints" in kept:
+        kept["keypoints"] = shift_keypoints(kept["keypoints"], keypoint_offset)
     if mask_kind == "image":
         kept["boxes"] = preprocessing.integer_boxes(kept["boxes"], original_size[None])
         if "masks" in kept:
@@ -61,12 +67,13 @@ def detection_function(model):
     if fn is not None:
         return fn
     preprocessor, threshold, kind = model.preprocessor, model.mask_threshold, mask_type(model)
+    offset = getattr(model, "keypoint_coordinate_offset", 0.0)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def detect_one(image):
         images, image_sizes = preprocessor(image[None])  # (1, Hp, Wp, 3), (1, 2)
         outputs = model({"images": images, "image_sizes": image_sizes}, training=False)
-        return postprocess(outputs, image_sizes, tf.shape(image)[:2], threshold, kind)
+        return postprocess(outputs, image_sizes, tf.shape(image)[:2], threshold, kind, offset)
 
     model._detect_fn = detect_one
     return detect_one

@@ -15,7 +15,10 @@ validation split (``data.val.annotations``; for the synthetic format
 categories sorted by id are contiguous classes 1..K, as in training. Without a readable json
 (or when its category count does not match ``model.num_classes - 1``) labels are the
 contiguous ids and are written "class N". The keypoint skeleton is
-``model.keypoint_head.skeleton``. Missing files are reported before any model is built.
+``model.keypoint_head.skeleton``; when the config leaves ``model.keypoint_head.category_ids``
+null and only some of the json's categories declare keypoints, only those get keypoints
+drawn (``builders.with_dataset_keypoint_categories``, as in training). Missing files are
+reported before any model is built.
 """
 import argparse
 import json
@@ -69,6 +72,17 @@ def resolve_categories(cfg, annotations=None, log=print):
             "labels are contiguous class ids")
         return None, None
     return ids, names
+
+
+def keypoint_category_map(path, category_ids):
+    """``coco.CategoryMap`` of the json's categories (keypoint declarations included), or None
+    when the categories were not resolved (``category_ids`` None)."""
+    from keras_maskrcnn.data import coco
+
+    if category_ids is None:
+        return None
+    with open(path, encoding="utf-8") as f:  # read_categories has read it already
+        return coco.CategoryMap.from_categories(json.load(f)["categories"])
 
 
 def read_image(path):
@@ -129,6 +143,9 @@ def main(argv=None):
 
     from keras_maskrcnn import builders, visualize  # TensorFlow and PIL, once the args are good
 
+    categories = keypoint_category_map(args.annotations or annotations_path(cfg), category_ids)
+    if categories is not None:
+        cfg = builders.with_dataset_keypoint_categories(cfg, categories)
     model = builders.build_model(cfg, category_ids=category_ids)
     if args.weights:
         try:

@@ -74,13 +74,15 @@ def train(cfg):
 def _train(cfg, strategy, paths, writes, chief):
     os.makedirs(writes["root"], exist_ok=True)
     if chief:
-        config_lib.save_config(cfg, paths["config"])
         source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg))
+        cfg = builders.with_dataset_keypoint_categories(cfg, source.categories)
+        config_lib.save_config(cfg, paths["config"])
         report_annotations(source)
     training.sync_workers(strategy)  # the chief has written the synthetic data, if any
     if not chief:
         source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg),
                                      create_synthetic=False)
+        cfg = builders.with_dataset_keypoint_categories(cfg, source.categories)
     model = build_training_model(cfg, strategy, source.categories.dataset_ids)
     start = training.restore_latest(model, paths["checkpoints"])
     if start:

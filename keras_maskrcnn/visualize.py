@@ -21,9 +21,10 @@ Conventions pinned here (tests/test_visualize.py checks them):
       scores are drawn first, so the highest-scoring instance ends up on top.
     * Keypoints are (n, Kp, 3) [x, y, score]; a keypoint is drawn when score >
       ``keypoint_threshold``: predicted scores are heatmap logits (torchvision's
-      ``keypoints_scores``; default threshold 0.05 as detectron2's visualizer), GT
-      visibilities v are 0/1/2 (drawn when v > 0). A skeleton edge (a, b), 0-based, is drawn
-      when both ends are.
+      ``keypoints_scores``, or detectron2's probabilities; default threshold 0.05 as
+      detectron2's visualizer), GT visibilities v are 0/1/2 (drawn when v > 0). A skeleton
+      edge (a, b), 0-based, is drawn when both ends are. Detections of a class without
+      keypoints have score -inf (``model.keypoint_head.category_ids``): never drawn.
     * ``class_names`` maps a label to its name: a mapping {label: name}, or a sequence indexed
       by the label (torchvision style: entry 0 is the background). Labels without a name are
       written "class N".

@@ -254,6 +254,16 @@ class KeypointHeadConfig(Section):
                                                     "horizontal flip (left/right)", TV)
     skeleton: Tuple[Tuple[int, int], ...] = param(_COCO_SKELETON, None, "0-based edges, for "
                                                   "drawing only")
+    score: Literal["logit", "detectron2"] = param(
+        "logit", None, "keypoint score: the resized heatmap's logit at the peak (torchvision) "
+        "or detectron2's softmax there normalised over the heatmap", TV)
+    coordinate_offset: float = param(
+        0.0, None, "added to predicted x and y in original pixels (detect, export, COCO "
+        "results); -0.5 for detectron2 models, whose COCO evaluator subtracts half a pixel", TV)
+    category_ids: Optional[Tuple[int, ...]] = param(
+        None, None, "dataset category ids (as model.category_ids) of the classes with "
+        "keypoints; null = those whose COCO category has a non-empty keypoints list when only "
+        "some have one (filled in at training), else every class", OURS)
 
     def validate(self):
         k = self.num_keypoints
@@ -266,6 +276,10 @@ class KeypointHeadConfig(Section):
                         f"needs two different indices in [0, {k - 1}], got {(a, b)}")
         flat = [i for pair in self.flip_pairs for i in pair]
         require(len(set(flat)) == len(flat), "flip_pairs", "an index appears in two pairs")
+        if self.category_ids is not None:
+            require(len(self.category_ids) > 0 and len(set(self.category_ids)) == len(
+                self.category_ids), "category_ids", "must be non-empty and unique (null: "
+                "every class)")
 
     @property
     def heatmap_size(self) -> int:
@@ -371,6 +385,10 @@ class ModelConfig(Section):
             require(len(self.category_ids) == self.num_classes - 1, "category_ids",
                     f"needs num_classes - 1 = {self.num_classes - 1} ids, got "
                     f"{len(self.category_ids)}")
+        kp_ids = self.keypoint_head.category_ids
+        if kp_ids is not None and self.category_ids is not None:
+            require(set(kp_ids) <= set(self.category_ids), "keypoint_head.category_ids",
+                    f"{sorted(set(kp_ids) - set(self.category_ids))} not in category_ids")
         num_levels = self.fpn.max_level - self.fpn.min_level + 1
         require(len(self.anchors.sizes) == num_levels, "anchors.sizes",
                 f"needs one size per FPN level P{self.fpn.min_level}..P{self.fpn.max_level} "

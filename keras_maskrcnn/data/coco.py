@@ -7,7 +7,8 @@ Shape shorthand:
 
 Conventions pinned here (tests/data/test_data_coco.py checks them):
     * Category ids: the dataset's ids sorted ascending map to contiguous ids 1..K (0 is the
-      background inside the model); ``CategoryMap`` maps both ways.
+      background inside the model); ``CategoryMap`` maps both ways and records which
+      categories declare keypoints (a non-empty ``keypoints`` list, e.g. only "person").
     * Boxes: COCO ``bbox`` [x, y, w, h] -> xyxy float32, clipped to the image (as torchvision's
       reference ``ConvertCocoPolysToMask``); boxes with width or height < 1 pixel after that are
       dropped and counted in ``stats.num_degenerate``.
@@ -46,16 +47,28 @@ class CategoryMap:
     """Dataset category ids <-> contiguous ids 1..K (0 = background).
 
     ``dataset_ids[i]`` is the dataset id of contiguous id ``i + 1``; ``names`` likewise.
+    ``keypoint_ids``: dataset ids of the categories whose COCO ``keypoints`` list is non-empty
+    (metadata: not compared, the mapping is ids and names).
     """
 
     dataset_ids: Tuple[int, ...]
     names: Tuple[str, ...]
+    keypoint_ids: Tuple[int, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
     def from_categories(cls, categories):
         """From COCO ``categories`` dicts (any order): sorted by dataset id."""
         ordered = sorted(categories, key=lambda c: c["id"])
-        return cls(tuple(c["id"] for c in ordered), tuple(c["name"] for c in ordered))
+        return cls(tuple(c["id"] for c in ordered), tuple(c["name"] for c in ordered),
+                   tuple(c["id"] for c in ordered if c.get("keypoints")))
+
+    @property
+    def keypoint_category_ids(self) -> Optional[Tuple[int, ...]]:
+        """``keypoint_ids`` when only some categories have keypoints (the value of
+        ``model.keypoint_head.category_ids``), else None (all of them, or none declared)."""
+        if self.keypoint_ids and len(self.keypoint_ids) < len(self.dataset_ids):
+            return self.keypoint_ids
+        return None
 
     @property
     def num_classes(self) -> int:

@@ -26,7 +26,9 @@ Conventions pinned here (tests/data/test_data_synthetic.py checks them):
       category fields ``keypoints`` and 1-based ``skeleton``): the extreme points of the whole
       polygon (the mean of tied vertices, e.g. the middle of a horizontal edge); v = 2 visible,
       1 occluded by a later object, 0 outside the image (then x = y = 0, as in COCO). Crowd
-      regions have no keypoints (all zero).
+      regions have no keypoints (all zero). ``keypoint_categories`` (default all) names the
+      categories that have keypoints; the others' category entries and annotations carry no
+      ``keypoints`` (as COCO's non-person categories).
     * Deterministic: image i of a split draws from ``np.random.default_rng([seed, split, i])``.
 
 Run ``python -m keras_maskrcnn.data.synthetic --output DIR --train N --val M --seed S``.
@@ -278,14 +280,16 @@ def split_paths(output_dir, split):
             os.path.join(output_dir, split))
 
 
-def _categories():
+def _categories(keypoint_categories):
     skeleton = [[a + 1, b + 1] for a, b in SKELETON]  # COCO skeletons are 1-based
+    keypoints = {"keypoints": list(KEYPOINT_NAMES), "skeleton": skeleton}
     return [{"id": cid, "name": name, "supercategory": "shape",
-             "keypoints": list(KEYPOINT_NAMES), "skeleton": skeleton}
+             **(keypoints if cid in keypoint_categories else {})}
             for cid, name in CATEGORIES]
 
 
-def _write_split(output_dir, split, num_images, seed, image_size, min_objects, max_objects):
+def _write_split(output_dir, split, num_images, seed, image_size, min_objects, max_objects,
+                 keypoint_categories):
     annotation_file, image_dir = split_paths(output_dir, split)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
@@ -300,10 +304,12 @@ def _write_split(output_dir, split, num_images, seed, image_size, min_objects, m
         images.append({"id": image_id, "file_name": file_name, "height": image_size,
                        "width": image_size})
         for ann in anns:
+            if ann["category_id"] not in keypoint_categories:
+                ann = {k: v for k, v in ann.items() if k not in ("keypoints", "num_keypoints")}
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
     coco = {"info": {"description": "keras-maskrcnn synthetic shapes", "version": "1.0"},
             "licenses": [], "images": images, "annotations": annotations,
-            "categories": _categories()}
+            "categories": _categories(keypoint_categories)}
     _write_json(annotation_file, coco)
     return annotation_file, image_dir
 
@@ -316,7 +322,7 @@ def _write_json(path, data):
 
 
 def write_synthetic_dataset(output_dir, num_train, num_val, seed=0, image_size=256,
-                            min_objects=1, max_objects=4):
+                            min_objects=1, max_objects=4, keypoint_categories=None):
     """Writes the shapes dataset in COCO format (layout in the module docstring).
 
     Args:
@@ -326,6 +332,7 @@ def write_synthetic_dataset(output_dir, num_train, num_val, seed=0, image_size=2
         image_size: square image side in pixels.
         min_objects, max_objects: annotated objects drawn per image (inclusive; fewer when
             an object cannot be placed with enough of it visible). 0 gives negative images.
+        keypoint_categories: dataset ids of the categories with keypoints (None: all).
 
     Returns:
         {"train": (annotation json, image dir), "val": (...)}.
@@ -335,10 +342,17 @@ def write_synthetic_dataset(output_dir, num_train, num_val, seed=0, image_size=2
                          f"{max_objects}")
     params = dict(num_train=num_train, num_val=num_val, seed=seed, image_size=image_size,
                   min_objects=min_objects, max_objects=max_objects)
+    all_ids = [cid for cid, _ in CATEGORIES]
+    if keypoint_categories is not None:
+        unknown = sorted(set(keypoint_categories) - set(all_ids))
+        if unknown:
+            raise ValueError(f"keypoint_categories {unknown} are not category ids {all_ids}")
+        params["keypoint_categories"] = sorted(keypoint_categories)  # info: only when given
+    keypoint_categories = set(all_ids if keypoint_categories is None else keypoint_categories)
     paths = {}
     for split, count in zip(SPLITS, (num_train, num_val)):
         paths[split] = _write_split(output_dir, split, count, seed, image_size, min_objects,
-                                    max_objects)
+                                    max_objects, keypoint_categories)
     _write_json(os.path.join(output_dir, "dataset_info.json"), params)
     return paths
 
@@ -366,10 +380,13 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--min-objects", type=int, default=1)
     parser.add_argument("--max-objects", type=int, default=4)
+    parser.add_argument("--keypoint-categories", type=int, nargs="+", metavar="ID",
+                        help="category ids with keypoints (default: all)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     paths = write_synthetic_dataset(args.output, args.train, args.val, args.seed,
-                                    args.image_size, args.min_objects, args.max_objects)
+                                    args.image_size, args.min_objects, args.max_objects,
+                                    args.keypoint_categories)
     print(f"wrote {args.train} + {args.val} images in {time.perf_counter() - start:.1f} s:")
     for split, (annotations, images) in paths.items():
         print(f"  {split}: {annotations} ({images})")

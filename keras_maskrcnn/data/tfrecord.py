@@ -44,7 +44,8 @@ Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
     * Category map: records carry only per-object ids and names, not the category list. The
       reader takes it from an annotation json's ``categories`` when given (recommended: a
       category absent from a split cannot shift the contiguous ids), else from the labels seen
-      in all the records (one extra pass; names from image/object/class/text, else str(id)).
+      in all the records (one extra pass; names from image/object/class/text, else str(id);
+      which categories have keypoints is then unknown: every class is taken to have them).
     * image_ids: image/source_id when it is a decimal integer (COCO), else a 63-bit hash of it
       (of the image bytes when empty, as Model Garden regenerates one).
     * Order: shards are read round-robin (evaluation: all at once, so records written by this

@@ -30,7 +30,8 @@ from keras_maskrcnn import losses
 from keras_maskrcnn.losses import global_count
 from keras_maskrcnn.models.base import Detector
 from keras_maskrcnn.ops.anchors import level_sizes, multilevel_anchors
-from keras_maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
+from keras_maskrcnn.ops.keypoints import (heatmaps_to_keypoints, keypoints_to_heatmap,
+                                          mask_absent_keypoints)
 from keras_maskrcnn.ops.masks import project_masks_on_boxes
 from keras_maskrcnn.ops.roi_align import multilevel_roi_align
 from keras_maskrcnn.ops.targets import foreground_slots, replica_seed, rpn_targets, used_gt_rows
@@ -69,6 +70,12 @@ class MaskRCNN(Detector):
         rpn_seed: seed of the RPN's anchor sampling.
         rpn_smooth_l1_beta, box_smooth_l1_beta: smooth L1 betas of the two box losses.
         loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
+        keypoint_score: "logit" (torchvision) or "detectron2" (``ops.keypoints``).
+        keypoint_coordinate_offset: added to keypoint x, y in original pixels (``detect``,
+            export; -0.5 for detectron2 models); the model's own outputs are without it.
+        keypoint_category_ids: dataset ids (as ``category_ids``) of the classes that have
+            keypoints; None = every class. Other classes' GT keypoints are not trained and
+            their detections' keypoints are (0, 0, -inf) (``ops.keypoints.ABSENT_SCORE``).
 
     Inputs (dict): images (B, Hp, Wp, 3) float RGB in [0, 255], resized, zero-padded;
         image_sizes (B, 2) int32 resized unpadded (h, w); in training also gt_boxes (B, M, 4),
@@ -76,7 +83,8 @@ class MaskRCNN(Detector):
         gt_keypoints (B, M, Kp, 3).
     Outputs (inference): boxes (B, D, 4) xyxy in input pixels, scores (B, D), classes (B, D)
         int32 contiguous (0 = padding), num_detections (B,), masks (B, D, Sm, Sm) probabilities
-        of the detected class, keypoints (B, D, Kp, 3) [x, y, score] in input pixels.
+        of the detected class, keypoints (B, D, Kp, 3) [x, y, score] in input pixels ((0, 0,
+        -inf) for detections of a class without keypoints).
     """
 
     mask_type = "box"  # masks are Sm x Sm inside each box (YOLACT's: "image")
@@ -91,7 +99,9 @@ class MaskRCNN(Detector):
                  rpn_batch_size_per_image, rpn_positive_fraction, rpn_box_weights, rpn_seed,
                  rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights, mask_threshold=0.5,
                  category_ids=None, config_dict=None, anchor_rounded=True,
-                 anchor_nominal_strides=False, level_mapping="torchvision", **kwargs):
+                 anchor_nominal_strides=False, level_mapping="torchvision",
+                 keypoint_score="logit", keypoint_coordinate_offset=0.0,
+                 keypoint_category_ids=None, **kwargs):
         names = list(LOSS_NAMES[:4]) + (["mask"] if mask_head is not None else []) + (
             ["keypoint"] if keypoint_head is not None else [])
         super().__init__(names, loss_weights, preprocessor, mask_threshold=mask_threshold,
@@ -124,6 +134,12 @@ class MaskRCNN(Detector):
         self.rpn_smooth_l1_beta = float(rpn_smooth_l1_beta)
         self.box_smooth_l1_beta = float(box_smooth_l1_beta)
         self.rpn_seed = keras.random.SeedGenerator(rpn_seed, name="rpn_seed")
+        self.keypoint_score = str(keypoint_score)
+        self.keypoint_coordinate_offset = float(keypoint_coordinate_offset)
+        self.keypoint_category_ids = (None if keypoint_category_ids is None
+                                      else [int(c) for c in keypoint_category_ids])
+        if keypoint_head is not None:
+            self.keypoint_classes()  # unknown ids fail here rather than at the first call
 
     @property
     def num_classes(self):
@@ -133,6 +149,18 @@ class MaskRCNN(Detector):
     @property
     def num_anchors(self):
         return len(self.aspect_ratios)
+
+    def keypoint_classes(self):
+        """(K,) Python bools: which contiguous classes have keypoints (background: False)."""
+        k = self.num_classes
+        if self.keypoint_category_ids is None:
+            return (False,) + (True,) * (k - 1)
+        dataset_ids = self.category_ids or list(range(1, k))  # contiguous class i + 1
+        unknown = sorted(set(self.keypoint_category_ids) - set(dataset_ids))
+        if unknown:
+            raise ValueError(f"keypoint_category_ids {unknown} are not category ids of the "
+                             f"model's classes {dataset_ids}")
+        return (False,) + tuple(d in self.keypoint_category_ids for d in dataset_ids)
 
     # ----------------------------------------------------------------------------- forward
     def call(self, inputs, training=False):
@@ -223,7 +251,9 @@ class MaskRCNN(Detector):
                               tf.maximum(fg_matched, 0), batch_dims=1)  # (B, F, Kp, 3)
             targets, valid = keypoints_to_heatmap(gt_kp, fg_rois, self.heatmap_size)
             outputs["keypoint_targets"] = targets
-            outputs["keypoint_valid"] = tf.logical_and(valid, fg_classes[..., None] > 0)
+            has_keypoints = tf.gather(tf.constant(self.keypoint_classes()),
+                                      tf.maximum(fg_classes, 0))  # (B, F'): False for 0
+            outputs["keypoint_valid"] = tf.logical_and(valid, has_keypoints[..., None])
         return outputs
 
     def compute_losses(self, outputs):
@@ -268,5 +298,9 @@ class MaskRCNN(Detector):
         if self.keypoint_head is not None:
             heatmaps = self.keypoint_logits(features, dets["boxes"])  # (B, D, Sk, Sk, Kp)
             heatmaps = tf.transpose(heatmaps, [0, 1, 4, 2, 3])  # (B, D, Kp, Sk, Sk)
-            outputs["keypoints"] = heatmaps_to_keypoints(heatmaps, dets["boxes"])
+            keypoints = heatmaps_to_keypoints(heatmaps, dets["boxes"], score=self.keypoint_score)
+            if self.keypoint_category_ids is not None:  # (B, D): the class has keypoints
+                present = tf.gather(tf.constant(self.keypoint_classes()), dets["classes"])
+                keypoints = mask_absent_keypoints(keypoints, present)
+            outputs["keypoints"] = keypoints
         return outputs

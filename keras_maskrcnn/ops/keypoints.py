@@ -13,6 +13,12 @@ Conventions pinned here (tests/ops/test_keypoints.py checks each against torchvi
     * Decoding resizes each heatmap to ceil(RoI size) (at least 1 px) with PyTorch's bicubic
       kernel (A = -0.75, align_corners=False, taps clamped to the border), takes the argmax
       (first maximum in row-major order on ties) and maps it back with the +0.5 offset.
+    * Scores: "logit" (torchvision's ``keypoints_scores``): the resized heatmap's value at the
+      argmax; "detectron2" (the score column its ``keypoint_rcnn_inference`` keeps): the
+      resized map's softmax at the argmax, normalised over the S x S heatmap,
+      exp(v - v) / sum exp(h - v) = 1 / sum_ij exp(h_ij - v), v the resized maximum.
+    * Absent keypoints (detections of a class without keypoints) are (0, 0, -inf):
+      ``ABSENT_SCORE`` is below any threshold, and ``shift_keypoints`` leaves them alone.
 
 Shape shorthand:
     B  batch size
@@ -23,6 +29,9 @@ Shape shorthand:
     ...  any number of leading (batch) dims, e.g. (B,); every function here accepts them
 """
 import tensorflow as tf
+
+SCORES = ("logit", "detectron2")  # heatmaps_to_keypoints score choices
+ABSENT_SCORE = float("-inf")  # score of a keypoint a detection's class does not have
 
 
 def keypoints_to_heatmap(keypoints, rois, heatmap_size):
@@ -106,11 +115,12 @@ def bicubic_resize_matrix(out_size, in_size):
     return weights
 
 
-def _decode_one(args, num_keypoints, size):
+def _decode_one(args, num_keypoints, size, score):
     """Argmax of one RoI's K heatmaps after the bicubic resize to (map_h, map_w).
 
     args: maps (K, S, S), map_h, map_w int32 scalars. Returns (x_int, y_int) int32 (K,) and
-    the resized heatmap's maximum (K,).
+    the score (K,): the resized heatmap's maximum v ("logit") or 1 / sum exp(maps - v)
+    ("detectron2").
     """
     maps, map_h, map_w = args
     wy = bicubic_resize_matrix(map_h, size)  # (map_h, S)
@@ -120,11 +130,13 @@ def _decode_one(args, num_keypoints, size):
     resized = tf.matmul(tf.broadcast_to(wy, [num_keypoints, map_h, size]), rows)
     flat = tf.reshape(resized, [num_keypoints, -1])  # (K, map_h, map_w) -> (K, map_h * map_w)
     pos = tf.argmax(flat, axis=1, output_type=tf.int32)  # (K,), first maximum on ties
-    score = tf.reduce_max(flat, axis=1)  # (K,) the value at pos
-    return pos % map_w, pos // map_w, score
+    peak = tf.reduce_max(flat, axis=1)  # (K,) the value at pos
+    if score == "detectron2":  # softmax at the peak, normalised over the S x S logits
+        peak = 1.0 / tf.reduce_sum(tf.exp(maps - peak[:, None, None]), axis=[1, 2])
+    return pos % map_w, pos // map_w, peak
 
 
-def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4):
+def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4, score="logit"):
     """Keypoint locations and scores from heatmap logits (Keypoint R-CNN inference).
 
     Args:
@@ -132,16 +144,21 @@ def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4):
         rois: (..., R, 4) float xyxy RoIs (detections) in image pixels.
         parallel_iterations: RoIs resized concurrently; peak memory is about this many times
             K * ceil(h) * ceil(w) floats of the largest RoIs.
+        score: "logit" or "detectron2" (module docstring).
 
     Returns:
         (..., R, K, 3) float32 [x, y, score]: x = x1 + (j + 0.5) * w / ceil(w) with j the
         argmax column of the heatmap resized to ceil(h) x ceil(w) (w = max(x2 - x1, 1), same
-        for y), and score the resized heatmap's value there (torchvision's ``end_scores``).
+        for y), and score the resized heatmap's value there (torchvision's ``end_scores``) or
+        detectron2's normalised softmax there.
 
-    Matches torchvision's ``heatmaps_to_keypoints`` (x, y, end_scores). The resized map size
+    Matches torchvision's ``heatmaps_to_keypoints`` (x, y, end_scores) and detectron2's (x, y
+    and its 4th column; positions are the same in both). The resized map size
     varies per RoI, so RoIs are processed with ``tf.map_fn`` (dynamic inner shapes: graph mode
     yes, XLA no); the resize is a pair of matrix products with PyTorch's bicubic weights.
     """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     heatmaps = tf.convert_to_tensor(heatmaps, dtype=tf.float32)
     rois = tf.convert_to_tensor(rois, dtype=tf.float32)
     num_keypoints, size = heatmaps.shape[-3], heatmaps.shape[-1]
@@ -154,8 +171,8 @@ def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4):
     heights = tf.maximum(y2 - y1, 1.0)
     map_w = tf.math.ceil(widths)  # (N,) resized heatmap width, >= 1
     map_h = tf.math.ceil(heights)
-    x_int, y_int, score = tf.map_fn(
-        lambda a: _decode_one(a, num_keypoints, size),
+    x_int, y_int, scores = tf.map_fn(
+        lambda a: _decode_one(a, num_keypoints, size, score),
         (flat_maps, tf.cast(map_h, tf.int32), tf.cast(map_w, tf.int32)),
         fn_output_signature=(tf.int32, tf.int32, tf.float32),
         parallel_iterations=parallel_iterations,
@@ -164,8 +181,42 @@ def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4):
     height_correction = (heights / map_h)[:, None]
     x = (tf.cast(x_int, tf.float32) + 0.5) * width_correction + x1[:, None]
     y = (tf.cast(y_int, tf.float32) + 0.5) * height_correction + y1[:, None]
-    keypoints = tf.stack([x, y, score], axis=-1)  # (N, K, 3)
+    keypoints = tf.stack([x, y, scores], axis=-1)  # (N, K, 3)
     out_shape = tf.concat([tf.shape(rois)[:-1], [num_keypoints, 3]], axis=0)
     keypoints = tf.reshape(keypoints, out_shape)  # (N, K, 3) -> (..., R, K, 3)
     keypoints.set_shape(rois.shape[:-1].concatenate([heatmaps.shape[-3], 3]))
     return keypoints
+
+
+def mask_absent_keypoints(keypoints, present):
+    """Keypoints of detections whose class has none set to (0, 0, ``ABSENT_SCORE``).
+
+    Args:
+        keypoints: (..., D, K, 3) float [x, y, score].
+        present: (..., D) bool, True where the detection's class has keypoints.
+
+    Returns:
+        (..., D, K, 3) float32: the rows of ``present`` detections unchanged.
+    """
+    keypoints = tf.convert_to_tensor(keypoints, tf.float32)
+    absent = tf.constant([0.0, 0.0, ABSENT_SCORE], tf.float32)  # (3,) broadcast over D, K
+    return tf.where(present[..., None, None], keypoints, absent)
+
+
+def shift_keypoints(keypoints, offset):
+    """x and y of the present keypoints moved by ``offset`` pixels (absent ones unchanged).
+
+    Args:
+        keypoints: (..., K, 3) float [x, y, score]; absent keypoints have score -inf.
+        offset: Python float, e.g. -0.5 for detectron2 models, whose COCO evaluator subtracts
+            half a pixel from its predictions (their training data adds it to the GT).
+
+    Returns:
+        (..., K, 3) float32; the same tensor when ``offset`` is 0.
+    """
+    keypoints = tf.convert_to_tensor(keypoints, tf.float32)
+    if offset == 0.0:
+        return keypoints
+    present = keypoints[..., 2:] > ABSENT_SCORE  # (..., K, 1)
+    return tf.where(present, keypoints + tf.constant([offset, offset, 0.0], tf.float32),
+                    keypoints)
