@@ -24,24 +24,39 @@ from keras_maskrcnn.layers.rpn import ProposalGenerator, RPNHead
 from keras_maskrcnn.models import base
 from keras_maskrcnn.models.backbones import ResNet, arch_arguments
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
+from keras_maskrcnn.models.res5_head import Res5Head
 from keras_maskrcnn.models.yolact import YOLACT
 from keras_maskrcnn.preprocessing import Preprocessor
 
 
 def build_backbone(model_cfg):
-    """(ResNet or ResNeXt, FPN) from ``model.backbone`` and ``model.fpn``."""
+    """(ResNet or ResNeXt, FPN) from ``model.backbone`` and ``model.fpn``; variant c4: (ResNet
+    res2..res4, None)."""
     b = model_cfg.backbone
+    c4 = b.variant == "c4"
     resnet = ResNet(**arch_arguments(b.name), width_multiplier=b.width_multiplier,
                     freeze_at=b.freeze_at, norm=b.norm, stride_in_1x1=b.stride_in_1x1,
-                    bn_eps=b.bn_eps, name="backbone")
-    return resnet, FPN(channels=model_cfg.fpn.channels, name="fpn")
+                    bn_eps=b.bn_eps, **({"max_level": 4} if c4 else {}), name="backbone")
+    return resnet, None if c4 else FPN(channels=model_cfg.fpn.channels, name="fpn")
+
+
+def build_res5_head(model_cfg):
+    """The shared res5 RoI head of ``model.backbone.variant`` c4 (None for fpn): the stage the
+    backbone leaves out, with its settings."""
+    b = model_cfg.backbone
+    if b.variant != "c4":
+        return None
+    return Res5Head(**arch_arguments(b.name), width_multiplier=b.width_multiplier,
+                    stride_in_1x1=b.stride_in_1x1, bn_eps=b.bn_eps, freeze_at=b.freeze_at,
+                    name="res5_head")
 
 
 def build_rpn(model_cfg):
     """(RPNHead, ProposalGenerator) from ``model.anchors`` and ``model.rpn``."""
-    r = model_cfg.rpn
-    head = RPNHead(num_anchors=len(model_cfg.anchors.aspect_ratios), num_convs=r.num_convs,
-                   name="rpn_head")
+    r, a = model_cfg.rpn, model_cfg.anchors
+    sizes_per_location = len(a.sizes) if model_cfg.backbone.variant == "c4" else 1
+    head = RPNHead(num_anchors=sizes_per_location * len(a.aspect_ratios),
+                   num_convs=r.num_convs, name="rpn_head")
     generator = ProposalGenerator(
         pre_nms_top_n_train=r.pre_nms_top_n_train, pre_nms_top_n_test=r.pre_nms_top_n_test,
         post_nms_top_n_train=r.post_nms_top_n_train, post_nms_top_n_test=r.post_nms_top_n_test,
@@ -71,8 +86,11 @@ def build_detection_generator(model_cfg):
 
 def build_box_head(model_cfg):
     """(BoxHead, BoxPredictor)."""
+    """(BoxHead, BoxPredictor); variant c4: (None, BoxPredictor), the box features are the
+    mean of the res5 head's output."""
     c = model_cfg.box_head
-    return (BoxHead(num_fc=c.num_fc, fc_dim=c.fc_dim, name="box_head"),
+    c4 = model_cfg.backbone.variant == "c4"
+    return (None if c4 else BoxHead(num_fc=c.num_fc, fc_dim=c.fc_dim, name="box_head"),
             BoxPredictor(num_classes=model_cfg.num_classes, name="box_predictor"))
 
 
@@ -117,16 +135,20 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         parts = (backbone, fpn, rpn_head, proposal_generator, build_roi_sampler(m),
                  build_detection_generator(m), *build_box_head(m), *build_mask_head(m),
                  *build_keypoint_head(m))
+        res5_head = build_res5_head(m)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     r, a = m.rpn, m.roi_align
+    c4 = m.backbone.variant == "c4"  # one level, C4 (stride 16), pooled as "P4"
     model = MaskRCNN(
-        *parts, preprocessor=build_preprocessor(settings.input), feature_levels=m.fpn.levels,
+        *parts, roi_feature_head=res5_head, preprocessor=build_preprocessor(settings.input),
+        feature_levels=("C4",) if c4 else m.fpn.levels,
         anchor_sizes=m.anchors.sizes, aspect_ratios=m.anchors.aspect_ratios,
-        roi_levels=(a.min_level, a.max_level), canonical_size=a.canonical_size,
+        roi_levels=(4, 4) if c4 else (a.min_level, a.max_level),
+        canonical_size=a.canonical_size,
         canonical_level=a.canonical_level, sampling_ratio=a.sampling_ratio, aligned=a.aligned,
         box_pool_size=m.box_head.pool_size, mask_pool_size=m.mask_head.pool_size,
-        keypoint_pool_size=m.keypoint_head.pool_size, mask_size=m.mask_head.mask_size,
+        keypoint_pool_size=m.keypoint_head.pool_size, mask_size=m.mask_size,
         heatmap_size=m.keypoint_head.heatmap_size, rpn_fg_iou_threshold=r.fg_iou_threshold,
         rpn_bg_iou_threshold=r.bg_iou_threshold,
         rpn_allow_low_quality_matches=r.allow_low_quality_matches,
@@ -142,6 +164,8 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         keypoint_coordinate_offset=m.keypoint_head.coordinate_offset,
         keypoint_category_ids=m.keypoint_head.category_ids, **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
+        # C4's res5 head swaps its eligible convs like the backbone, without Winograd or
+        # chunks (roi_heads): its maps are 7x7 after a strided first block.
         accel.accelerate(model, roi_heads=(model.mask_head, model.keypoint_head))
     return model
 

@@ -81,6 +81,15 @@ class BackboneConfig(Section):
         "detectron2 uses 1e-5", TV)
     weights: Optional[str] = param(None, None, "backbone weights file (e.g. converted "
                                    "ImageNet); null = random")
+    variant: Literal["fpn", "c4"] = param(
+        "fpn", None, "fpn: C2..C5 -> FPN, RoIs pooled from P2..P5 (model.fpn, model.roi_align "
+        "levels, model.box_head's MLP). c4: Mask R-CNN's ResNet-C4 (section 3; detectron2 "
+        "Res5ROIHeads): res2..res4 only (stride 16, no FPN), the RPN on C4 with every "
+        "anchors.sizes x aspect_ratios at each location, RoIAlign on C4 to box_head.pool_size "
+        "= mask_head.pool_size (14), the res5 stage as a head shared by the box path (mean "
+        "over 7x7, then the box predictor; box_head.num_fc / fc_dim unused) and the mask path "
+        "(mask_head convs, if any, then its 2x2 deconv: masks of mask_head.pool_size, 14); "
+        "no keypoint head", PAPER)
 
     def validate(self):
         # ResNeXt: the narrowest bottleneck (planes 64, scaled) keeps >= 1 channel per group.
@@ -389,6 +398,9 @@ class ModelConfig(Section):
         if kp_ids is not None and self.category_ids is not None:
             require(set(kp_ids) <= set(self.category_ids), "keypoint_head.category_ids",
                     f"{sorted(set(kp_ids) - set(self.category_ids))} not in category_ids")
+        if self.backbone.variant == "c4":
+            self._validate_c4()
+            return
         num_levels = self.fpn.max_level - self.fpn.min_level + 1
         require(len(self.anchors.sizes) == num_levels, "anchors.sizes",
                 f"needs one size per FPN level P{self.fpn.min_level}..P{self.fpn.max_level} "
@@ -397,6 +409,28 @@ class ModelConfig(Section):
             level = getattr(self.roi_align, name)
             require(self.fpn.min_level <= level <= self.fpn.max_level, f"roi_align.{name}",
                     f"P{level} is not an FPN level ({', '.join(self.fpn.levels)})")
+
+    def _validate_c4(self):
+        """backbone.variant c4: one shared 14x14 pooling, res5 halves it (mask size = pool)."""
+        require(not self.keypoint_head.enabled, "keypoint_head.enabled",
+                "backbone.variant c4 has no keypoint head (detectron2 has none either): use "
+                "variant fpn, or keypoint_head.enabled false")
+        size = self.box_head.pool_size
+        require(size % 2 == 0, "box_head.pool_size",
+                f"backbone.variant c4 pools RoIs for the stride-2 res5 head: needs an even "
+                f"size (14), got {size}")
+        if self.mask_head.enabled:
+            require(self.mask_head.pool_size == size, "mask_head.pool_size",
+                    f"backbone.variant c4 shares one RoIAlign size between the box and mask "
+                    f"paths: must equal box_head.pool_size ({size}), got "
+                    f"{self.mask_head.pool_size}")
+
+    @property
+    def mask_size(self) -> int:
+        """Side of the predicted masks and mask targets: 2 * pool_size (FPN, 28), or the pool
+        size itself with C4 (res5 halves the 14x14 RoIs, the 2x2 deconv doubles them)."""
+        pool = self.mask_head.pool_size
+        return pool if self.backbone.variant == "c4" else self.mask_head.mask_size
 
 
 # ----------------------------------------------------------------------------- other sections

@@ -224,6 +224,43 @@ def arch_arguments(name):
     return {"depth": depth, "groups": groups, "width_per_group": width_per_group}
 
 
+def scaled_channels(channels, width_multiplier):
+    """``channels * width_multiplier`` rounded, at least 1 (``ResNet``'s width_multiplier)."""
+    return max(1, int(round(channels * width_multiplier)))
+
+
+def stage_channels(level, depth, width_multiplier=1.0):
+    """Output channels of stage res{level} (planes 64 * 2**(level - 2), scaled, x expansion)."""
+    block_type, _ = _ARCHS[_parse_depth(depth)]
+    return scaled_channels(64 * 2**(level - 2), width_multiplier) * _EXPANSION[block_type]
+
+
+def make_stage(level, in_channels, depth, width_multiplier=1.0, groups=1, width_per_group=64,
+               stride_in_1x1=False, bn_eps=1e-5):
+    """Stage res{level} (2..5) of a ResNet / ResNeXt: its blocks and output channels.
+
+    torchvision's ``_make_layer``: planes 64 * 2**(level - 2) (scaled by ``width_multiplier``),
+    the first block strided (1 in res2, else 2) with a projection shortcut when the stride or
+    the channels change. Blocks are named ``res{level}_{j}``. The backbone (``ResNet``) and
+    the C4 RoI head (``models.res5_head.Res5Head``) both build their stages here.
+
+    Returns:
+        (list of ``ResNetBlock``, output channels of the stage).
+    """
+    block_type, counts = _ARCHS[_parse_depth(depth)]
+    expansion = _EXPANSION[block_type]
+    planes = scaled_channels(64 * 2**(level - 2), width_multiplier)
+    stride, blocks = 1 if level == 2 else 2, []
+    for j in range(counts[level - 2]):
+        s = stride if j == 0 else 1
+        shortcut = j == 0 and (s != 1 or in_channels != planes * expansion)
+        blocks.append(ResNetBlock(
+            planes, s, block_type, shortcut, groups=groups, width_per_group=width_per_group,
+            stride_in_1x1=stride_in_1x1, bn_eps=bn_eps, name=f"res{level}_{j}"))
+        in_channels = planes * expansion
+    return blocks, in_channels
+
+
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class ResNet(keras.layers.Layer):
     """torchvision ResNet v1.5 / ResNeXt body (conv1 .. layer4) returning ``{"C2", .., "C5"}``.
@@ -241,6 +278,8 @@ class ResNet(keras.layers.Layer):
             ``width_per_group``; 1 and 64 = ResNet). Bottleneck depths only.
         stride_in_1x1: the bottleneck stride on the first 1x1 conv (MSRA / detectron2).
         bn_eps: epsilon of every FrozenBatchNorm.
+        max_level: 5 = res2..res5 (C2..C5); 4 = res2..res4 only (C2..C4): the ResNet-C4
+            detector, whose res5 runs per RoI (``models.res5_head.Res5Head``).
         **kwargs: ``keras.layers.Layer`` arguments.
 
     Call:
@@ -248,17 +287,21 @@ class ResNet(keras.layers.Layer):
             RGB in [0, 1], minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224,
             0.225)). H and W may be unknown (None).
     Returns:
-        dict "C2".."C5" -> [B, ceil(H / s), ceil(W / s), out_channels[level]], s = 4, 8, 16, 32.
+        dict "C2".."C{max_level}" -> [B, ceil(H / s), ceil(W / s), out_channels[level]],
+        s = 4, 8, 16, 32.
 
-    Sub-layers: ``stem_conv``, ``stem_bn``, ``stages`` = [res2, res3, res4, res5], each a list of
+    Sub-layers: ``stem_conv``, ``stem_bn``, ``stages`` = [res2, .., res{max_level}], each a list of
     ``ResNetBlock``. Setting ``trainable = True`` re-applies ``freeze_at`` (frozen stages stay
     frozen); build a new backbone with another ``freeze_at`` to unfreeze them.
     """
 
     def __init__(self, depth=50, width_multiplier=1.0, freeze_at=2, norm="frozen_bn", groups=1,
-                 width_per_group=64, stride_in_1x1=False, bn_eps=1e-5, **kwargs):
+                 width_per_group=64, stride_in_1x1=False, bn_eps=1e-5, max_level=5, **kwargs):
         super().__init__(**kwargs)
         self.depth = _parse_depth(depth)
+        self.max_level = int(max_level)
+        if self.max_level not in (4, 5):
+            raise ValueError(f"max_level must be 4 (C2..C4) or 5 (C2..C5), got {max_level!r}")
         self.width_multiplier = float(width_multiplier)
         self.freeze_at = int(freeze_at)
         self.norm = norm
@@ -272,33 +315,22 @@ class ResNet(keras.layers.Layer):
             raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
         if not self.bn_eps >= 0:
             raise ValueError(f"bn_eps must be >= 0, got {bn_eps}")
-        self.stem_conv = _conv(self._scaled(64), 7, 2, "stem_conv")
+        self.stem_conv = _conv(scaled_channels(64, self.width_multiplier), 7, 2, "stem_conv")
         self.stem_bn = FrozenBatchNorm(self.bn_eps, name="stem_bn")
         self.stages, self.out_channels = self._make_stages()
         self._apply_freeze_at()
 
     def _make_stages(self):
-        """res2..res5 as lists of ``ResNetBlock`` and the output channels of each level."""
-        block_type, counts = _ARCHS[self.depth]
-        expansion = _EXPANSION[block_type]
-        in_channels, stages, out_channels = self._scaled(64), [], {}
-        for level, (planes, count) in enumerate(zip((64, 128, 256, 512), counts), start=2):
-            planes, stride = self._scaled(planes), 1 if level == 2 else 2
-            blocks = []
-            for j in range(count):
-                s = stride if j == 0 else 1
-                shortcut = j == 0 and (s != 1 or in_channels != planes * expansion)
-                blocks.append(ResNetBlock(
-                    planes, s, block_type, shortcut, groups=self.groups,
-                    width_per_group=self.width_per_group, stride_in_1x1=self.stride_in_1x1,
-                    bn_eps=self.bn_eps, name=f"res{level}_{j}"))
-                in_channels = planes * expansion
+        """res2..res{max_level} as lists of ``ResNetBlock`` and each level's output channels."""
+        in_channels, stages, out_channels = scaled_channels(64, self.width_multiplier), [], {}
+        for level in range(2, self.max_level + 1):
+            blocks, in_channels = make_stage(
+                level, in_channels, self.depth, self.width_multiplier, groups=self.groups,
+                width_per_group=self.width_per_group, stride_in_1x1=self.stride_in_1x1,
+                bn_eps=self.bn_eps)
             stages.append(blocks)
             out_channels[f"C{level}"] = in_channels
         return stages, out_channels
-
-    def _scaled(self, channels):
-        return max(1, int(round(channels * self.width_multiplier)))
 
     def _apply_freeze_at(self):
         """Marks the stem (freeze_at >= 1) and res2..res{freeze_at} non-trainable."""
@@ -346,7 +378,7 @@ class ResNet(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
         shapes = {}
-        for level in range(2, 6):
+        for level in range(2, self.max_level + 1):
             stride = 2**level
             down = (lambda n, s=stride: None if n is None else -(-n // s))  # ceil(n / s)
             shapes[f"C{level}"] = (b, down(h), down(w), self.out_channels[f"C{level}"])
@@ -357,5 +389,6 @@ class ResNet(keras.layers.Layer):
         config.update({"depth": self.depth, "width_multiplier": self.width_multiplier,
                        "freeze_at": self.freeze_at, "norm": self.norm, "groups": self.groups,
                        "width_per_group": self.width_per_group,
-                       "stride_in_1x1": self.stride_in_1x1, "bn_eps": self.bn_eps})
+                       "stride_in_1x1": self.stride_in_1x1, "bn_eps": self.bn_eps,
+                       "max_level": self.max_level})
         return config

@@ -1,4 +1,5 @@
-"""Mask R-CNN (He et al. 2017, section 3; keypoints: section 5) on Faster R-CNN with FPN.
+"""Mask R-CNN (He et al. 2017, section 3; keypoints: section 5) on Faster R-CNN with FPN, or
+with the ResNet-C4 backbone and the res5 RoI head (section 3, "Network Architecture").
 
 One Keras 3 model, with optional mask and keypoint heads (Faster / Mask / Keypoint R-CNN).
 
@@ -8,7 +9,7 @@ Shape shorthand:
     S  sampled RoIs per image (training);  F  foreground slots (S * positive_fraction)
     F' foreground slots in use: the most positives of an image of the batch (dynamic)
     D  detections per image;  M  GT per image (padded with -1)
-    K  classes incl. background;  Kp keypoints;  Sm mask size (28);  Sk heatmap size (56)
+    K  classes incl. background;  Kp keypoints;  Sm mask size (28; C4: 14);  Sk heatmap (56)
 
 Method, as in He et al. 2017 and torchvision's ``MaskRCNN``:
     1. normalise the image, zero the padding; ResNet -> C2..C5 -> FPN -> P2..P6
@@ -18,6 +19,11 @@ Method, as in He et al. 2017 and torchvision's ``MaskRCNN``:
     5. multi-level RoIAlign 7x7 -> box head -> class logits (B, R, K), deltas (B, R, K, 4)
     6. training: mask / keypoint heads on the foreground slots (F' <= F), with their targets;
        inference: detections (per-class NMS, top D), then mask / keypoint heads on them.
+C4 variant (``fpn`` None, a ``roi_feature_head``: detectron2's ``Res5ROIHeads``): step 1 stops
+at C4 (stride 16); step 2 is one level with every anchor size; steps 5-6 pool 14x14 from C4,
+run the shared res5 head (-> 7x7), average it for the box predictor, and feed it to the mask
+predictor (14x14 masks). In training the mask path runs res5 again on the foreground slots
+(the same values as reusing the box path's, whose slots they are).
 Training returns predictions, targets and weights; ``compute_losses`` is arithmetic over them.
 The model receives built parts and primitive settings (``keras_maskrcnn.builders`` maps a
 config onto them); the Keras machinery (loss tracking, fit, saving, ``detect``) is
@@ -46,20 +52,25 @@ class MaskRCNN(Detector):
     """Mask R-CNN / Faster R-CNN / Keypoint R-CNN, depending on which heads it is given.
 
     Args:
-        backbone: ResNet layer, images -> {"C2".."C5"}. fpn: FPN layer -> {"P2".."P6"}.
+        backbone: ResNet layer, images -> {"C2".."C5"} ({"C2".."C4"} for C4).
+        fpn: FPN layer -> {"P2".."P6"}; None: the C4 variant (features = the backbone's).
         rpn_head: -> objectness logits (B, N), deltas (B, N, 4).
         proposal_generator, roi_sampler, detection_generator: ``layers.rpn`` /
             ``layers.roi_sampler`` / ``layers.detection_generator`` layers.
-        box_head, box_predictor: -> class logits (B, R, K), deltas (B, R, K, 4).
+        box_head, box_predictor: -> class logits (B, R, K), deltas (B, R, K, 4); box_head
+            None with a ``roi_feature_head``: the mean over its output (C4).
         mask_head, mask_predictor: -> mask logits (B, R, Sm, Sm, K or 1); None: no masks.
         keypoint_head, keypoint_predictor: -> heatmap logits (B, R, Sk, Sk, Kp); None: none.
+        roi_feature_head: per-RoI layer shared by the box and mask paths, applied to the
+            pooled RoIs before them (``models.res5_head.Res5Head``, the C4 variant); None: FPN.
         preprocessor: ``preprocessing.Preprocessor`` (normalisation here; resize in detect).
-        feature_levels: pyramid levels the RPN and the anchors use, finest first.
-        anchor_sizes: one anchor size per feature level; aspect_ratios: h / w, every level.
+        feature_levels: pyramid levels the RPN and the anchors use, finest first (C4: "C4").
+        anchor_sizes: one anchor size per feature level; C4: all of them on its one level.
+            aspect_ratios: h / w, every level.
         anchor_rounded: torchvision's rounded cell anchors (False: detectron2's unrounded);
             anchor_nominal_strides: level "Pl" has stride 2**l (detectron2) instead of the
             padded input size // feature size (torchvision); ``ops.anchors``.
-        roi_levels: (min, max) pyramid levels RoIAlign pools from; canonical_size,
+        roi_levels: (min, max) pyramid levels RoIAlign pools from (C4: (4, 4)); canonical_size,
             canonical_level, level_mapping ("torchvision" / "detectron2"): the FPN level
             mapper; sampling_ratio (0: adaptive), aligned: RoIAlign's (``ops.roi_align``).
         box_pool_size, mask_pool_size, keypoint_pool_size: RoIAlign output sizes.
@@ -92,6 +103,7 @@ class MaskRCNN(Detector):
     def __init__(self, backbone, fpn, rpn_head, proposal_generator, roi_sampler,
                  detection_generator, box_head, box_predictor, mask_head=None,
                  mask_predictor=None, keypoint_head=None, keypoint_predictor=None, *,
+                 roi_feature_head=None,  # C4: the shared res5 head
                  preprocessor, feature_levels, anchor_sizes, aspect_ratios, roi_levels,
                  canonical_size, canonical_level, sampling_ratio, aligned, box_pool_size,
                  mask_pool_size, keypoint_pool_size, mask_size, heatmap_size,
@@ -106,7 +118,12 @@ class MaskRCNN(Detector):
             ["keypoint"] if keypoint_head is not None else [])
         super().__init__(names, loss_weights, preprocessor, mask_threshold=mask_threshold,
                          category_ids=category_ids, config_dict=config_dict, **kwargs)
+        if fpn is None and (roi_feature_head is None or keypoint_head is not None
+                            or len(feature_levels) != 1):
+            raise ValueError("fpn None (C4) needs a roi_feature_head, one feature level and no "
+                             "keypoint head")
         self.backbone, self.fpn = backbone, fpn
+        self.roi_feature_head = roi_feature_head
         self.rpn_head, self.proposal_generator = rpn_head, proposal_generator
         self.roi_sampler, self.detection_generator = roi_sampler, detection_generator
         self.box_head, self.box_predictor = box_head, box_predictor
@@ -148,7 +165,9 @@ class MaskRCNN(Detector):
 
     @property
     def num_anchors(self):
-        return len(self.aspect_ratios)
+        """A, anchors per location: one size per level (FPN), or every size (C4)."""
+        sizes = len(self.anchor_sizes) if self.fpn is None else 1
+        return sizes * len(self.aspect_ratios)
 
     def keypoint_classes(self):
         """(K,) Python bools: which contiguous classes have keypoints (background: False)."""
@@ -177,25 +196,37 @@ class MaskRCNN(Detector):
         return self.inference_outputs(features, proposals, image_sizes)
 
     def extract_features(self, images, image_sizes):
-        """Normalised, padding-zeroed images -> {"P2": (B, Hp/4, Wp/4, C), ...}."""
-        features = self.fpn(self.backbone(self.preprocessor.normalize(images, image_sizes)))
+        """Normalised, padding-zeroed images -> {"P2": (B, Hp/4, Wp/4, C), ...} ({"C4": ...})."""
+        features = self.backbone(self.preprocessor.normalize(images, image_sizes))
+        if self.fpn is not None:
+            features = self.fpn(features)
         return {level: features[level] for level in self.feature_levels}
 
     def anchors(self, images, features):
-        """(N, 4) anchors of every level, torchvision's order (strides: see the class)."""
+        """(N, 4) anchors of every level, torchvision's order (strides: see the class).
+
+        C4: every size on the one level, in torchvision's cell order (ratio-major, size-minor:
+        anchor a = ratio index * len(sizes) + size index; detectron2's is size-major).
+        """
         shape = tf.shape(images)
         sizes = [(tf.shape(f)[1], tf.shape(f)[2]) for f in features.values()]
         strides = ([2 ** int(name.lstrip("PC")) for name in features]
-                   if self.anchor_nominal_strides else None)  # "P3" -> 8
+                   if self.anchor_nominal_strides else None)  # "P3" -> 8, "C4" -> 16
+        anchor_sizes = ([self.anchor_sizes] if self.fpn is None
+                        else [(s,) for s in self.anchor_sizes])
         per_level = multilevel_anchors(
-            shape[1], shape[2], sizes, sizes=[(s,) for s in self.anchor_sizes],
-            aspect_ratios=self.aspect_ratios, rounded=self.anchor_rounded, strides=strides)
+            shape[1], shape[2], sizes, sizes=anchor_sizes, aspect_ratios=self.aspect_ratios,
+            rounded=self.anchor_rounded, strides=strides)
         return tf.concat(per_level, axis=0)
 
     def pool(self, features, boxes, head):
-        """Multi-level RoIAlign for ``head``: boxes (B, R, 4) -> (B, R, size, size, C)."""
+        """Multi-level RoIAlign for ``head``: boxes (B, R, 4) -> (B, R, size, size, C).
+
+        C4: the same op on one level, C4 as "P4" (stride 16, every RoI maps to it).
+        """
         low, high = self.roi_levels
-        pooled = {f"P{l}": features[f"P{l}"] for l in range(low, high + 1)}
+        prefix = "C" if self.fpn is None else "P"
+        pooled = {f"P{l}": features[f"{prefix}{l}"] for l in range(low, high + 1)}
         return multilevel_roi_align(
             pooled, boxes, self.pool_sizes[head], sampling_ratio=self.sampling_ratio,
             aligned=self.aligned, min_level=low, max_level=high,
@@ -204,12 +235,20 @@ class MaskRCNN(Detector):
 
     def box_predictions(self, features, rois):
         """rois (B, R, 4) -> class logits (B, R, K), deltas (B, R, K, 4)."""
-        predictions = self.box_predictor(self.box_head(self.pool(features, rois, "box")))
+        pooled = self.pool(features, rois, "box")
+        if self.roi_feature_head is not None:  # C4: res5, then the mean over each RoI
+            hidden = tf.reduce_mean(self.roi_feature_head(pooled), axis=[2, 3])  # (B, R, C5)
+        else:
+            hidden = self.box_head(pooled)
+        predictions = self.box_predictor(hidden)
         return predictions["class_logits"], predictions["box_deltas"]
 
     def mask_logits(self, features, rois):
         """rois (B, R, 4) -> mask logits (B, R, Sm, Sm, K or 1)."""
-        return self.mask_predictor(self.mask_head(self.pool(features, rois, "mask")))
+        pooled = self.pool(features, rois, "mask")
+        if self.roi_feature_head is not None:  # C4: the box path's res5, shared weights
+            pooled = self.roi_feature_head(pooled)
+        return self.mask_predictor(self.mask_head(pooled))
 
     def keypoint_logits(self, features, rois):
         """rois (B, R, 4) -> heatmap logits (B, R, Sk, Sk, Kp)."""
