@@ -4,7 +4,8 @@ detectron2 model zoo: ``model_final_*.pkl``), read without torch.
 The file is a pickle (latin1 for Python 2 era files) of a dict whose ``"model"`` entry maps
 parameter names to numpy arrays (``"__author__"`` and ``"matching_heuristics"`` may sit next to
 it). It is read with a restricted unpickler: only numpy's array reconstruction globals
-(``_ALLOWED``) are resolved; any other global is refused with its name and the file's.
+(``_ALLOWED``) are resolved, and ``_codecs.encode`` with the latin1 codec (how pickle protocol
+2 writes bytes from Python 3); any other global is refused with its name and the file's.
 
 Key table (detectron2 -> ours; ``B = backbone.bottom_up.`` for FPN models, ``backbone.`` for C4):
     B stem.conv1 / stem.conv1.norm             -> backbone.stem_conv / stem_bn
@@ -72,10 +73,17 @@ class _Unpickler(pickle.Unpickler):
         self.path = path
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return self._latin1_encode
         if (module, name) not in _ALLOWED:
             raise Detectron2Error(f"{self.path}: refusing to load global {module}.{name} (a "
                                   f"detectron2 checkpoint holds numpy arrays only)")
         return super().find_class(module, name)
+
+    def _latin1_encode(self, text, encoding="utf-8"):
+        if encoding.replace("-", "").lower() != "latin1":
+            raise Detectron2Error(f"{self.path}: refusing _codecs.encode with codec {encoding!r}")
+        return text.encode("latin1")
 
 
 def load_detectron2_pkl(path):

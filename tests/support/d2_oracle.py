@@ -22,9 +22,6 @@ keras_maskrcnn/convert/detectron2_zoo.py):
       head = the same layer4 + MaskRCNNPredictor(2048, 256, K) (14x14 masks).
 Written out (``to_detectron2``) with background last and foreground-only box / mask rows.
 """
-import pickle
-import re
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -38,7 +35,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.ops import box_ops, roi_align
+from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops, roi_align
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
@@ -70,12 +67,13 @@ class UnroundedAnchors(AnchorGenerator):
         return [anchors for _ in image_list.image_sizes]
 
 
-class D2Pooler(nn.Module):
-    """detectron2's ROIPooler with ROIAlignV2 (aligned, sampling_ratio 0) and its level rule."""
+class D2Pooler(MultiScaleRoIAlign):
+    """detectron2's ROIPooler with ROIAlignV2 (aligned, sampling_ratio 0) and its level rule
+    (a MultiScaleRoIAlign only for torchvision's type checks: ``forward`` is its own)."""
 
     def __init__(self, names, output_size, scales, min_level=2):
-        super().__init__()
-        self.names, self.output_size, self.scales = list(names), output_size, list(scales)
+        super().__init__(list(names), output_size, 0)
+        self.names, self.side, self.scales = list(names), output_size, list(scales)
         self.min_level = min_level
 
     def forward(self, features, boxes, image_shapes=None):
@@ -83,14 +81,14 @@ class D2Pooler(nn.Module):
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1)
                           for i, b in enumerate(boxes)])  # (R, 5) batch index, xyxy
         def align(feature, r, scale):
-            return roi_align(feature, r, self.output_size, spatial_scale=scale,
+            return roi_align(feature, r, self.side, spatial_scale=scale,
                              sampling_ratio=0, aligned=True)
         if len(x) == 1:
             return align(x[0], rois, self.scales[0])
         sizes = torch.sqrt(box_ops.box_area(rois[:, 1:]))
         levels = torch.floor(4 + torch.log2(sizes / 224 + 1e-8))
         levels = levels.clamp(self.min_level, self.min_level + len(x) - 1).long() - self.min_level
-        out = rois.new_zeros((len(rois), x[0].shape[1], self.output_size, self.output_size))
+        out = rois.new_zeros((len(rois), x[0].shape[1], self.side, self.side))
         for level, (feature, scale) in enumerate(zip(x, self.scales)):
             index = torch.where(levels == level)[0]
             out[index] = align(feature, rois[index], scale)
