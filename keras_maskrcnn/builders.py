@@ -115,13 +115,14 @@ def build_keypoint_head(model_cfg):
 
 def build_preprocessor(input_cfg):
     """The ``Preprocessor`` of ``input``: ``input.resize`` "shorter_side" (evaluation sizes
-    ``min_size_test``, ``max_size``) or "fixed_square" (``size``)."""
+    ``min_size_test``, ``max_size``, ``resize_style``) or "fixed_square" (``size``)."""
     normalisation = {"pixel_mean": tuple(input_cfg.pixel_mean),
                      "pixel_std": tuple(input_cfg.pixel_std)}
     if input_cfg.resize == "fixed_square":
         return Preprocessor.fixed_square(input_cfg.size, input_cfg.size_divisor, **normalisation)
     return Preprocessor.shorter_side(input_cfg.min_size_test, input_cfg.max_size,
-                                     input_cfg.size_divisor, **normalisation)
+                                     input_cfg.size_divisor, input_cfg.resize_style,
+                                     **normalisation)
 
 
 def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
@@ -162,7 +163,8 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         anchor_nominal_strides=m.anchors.nominal_strides, level_mapping=a.level_mapping,
         keypoint_score=m.keypoint_head.score,
         keypoint_coordinate_offset=m.keypoint_head.coordinate_offset,
-        keypoint_category_ids=m.keypoint_head.category_ids, **kwargs)
+        keypoint_category_ids=m.keypoint_head.category_ids, mask_paste=m.mask_head.paste,
+        **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
         # C4's res5 head swaps its eligible convs like the backbone, without Winograd or
         # chunks (roi_heads): its maps are 7x7 after a strided first block.

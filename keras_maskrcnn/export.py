@@ -27,8 +27,9 @@ Outputs of both (padding rows beyond ``num_detections`` are all zero):
         (``mask_type == "image"``): (B, D, Hp, Wp) probabilities over the whole resized image
         at prototype resolution (resize them to the original image, e.g. with
         ``keras_maskrcnn.ops.masks_to_image``), and boxes integer-valued as its ``detect``;
-    full_masks (B, D, Hm, Wm) uint8 {0, 1} masks pasted into the image (torchvision's 1-pixel
-        expansion; YOLACT: resized to the image; probability > ``model.mask_threshold``),
+    full_masks (B, D, Hm, Wm) uint8 {0, 1} masks pasted into the image (``model.mask_paste``:
+        torchvision's 1-pixel expansion, probability > ``model.mask_threshold``, or
+        detectron2's pixel-centre sampling, >=; YOLACT: resized to the image, >),
         only when exported with
         ``include_full_masks``. For ``serving_default`` with images of different sizes the
         canvas is the largest (Hm, Wm) of the batch: image b occupies [:H0_b, :W0_b] and is
@@ -60,7 +61,7 @@ PARALLEL_IMAGES = 4  # serving_default: images in flight at once (bounds activat
 
 
 def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mask_kind="box",
-                    keypoint_offset=0.0):
+                    clip=False, keypoint_offset=0.0):
     """Batched model outputs -> serving outputs in original pixels, padding rows zeroed.
 
     Args:
@@ -71,6 +72,7 @@ def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mas
         category_ids: Python list, dataset id of contiguous class 1..K-1; None = identity.
         mask_kind: "box" (Mask R-CNN) or "image" (YOLACT: boxes then made integer and clamped
             as ``detect`` does, ``preprocessing.integer_boxes``).
+        clip: boxes clipped to the original image after scaling (detectron2 style).
         keypoint_offset: added to keypoint x, y in original pixels, as ``detect``.
 
     Returns:
@@ -80,7 +82,7 @@ def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mas
     """
     num = tf.cast(outputs["num_detections"], tf.int32)
     valid = tf.range(tf.shape(outputs["scores"])[1])[None] < num[:, None]  # (B, D)
-    scaled = preprocessing.to_original_pixels(outputs, image_sizes, original_sizes)
+    scaled = preprocessing.to_original_pixels(outputs, image_sizes, original_sizes, clip)
     if mask_kind == "image":
         scaled["boxes"] = preprocessing.integer_boxes(scaled["boxes"], original_sizes)
 
@@ -127,6 +129,7 @@ def serving_functions(model, include_full_masks=False):
     """
     preprocessor, threshold = model.preprocessor, model.mask_threshold
     category_ids, kind = model.category_ids, inference.mask_type(model)
+    paste = inference.mask_paste(model)
     offset = getattr(model, "keypoint_coordinate_offset", 0.0)
 
     def run_model(images):
@@ -136,7 +139,7 @@ def serving_functions(model, include_full_masks=False):
 
     def finish(outputs, image_sizes, original_sizes):
         result = serving_outputs(outputs, image_sizes, original_sizes, category_ids, kind,
-                                 offset)
+                                 preprocessor.detectron2_style, offset)
         if include_full_masks and kind == "image":
             result["full_masks"] = tf.cast(preprocessing.full_image_masks_from_image_masks(
                 result["masks"], result["original_sizes"], threshold,
@@ -144,7 +147,7 @@ def serving_functions(model, include_full_masks=False):
         elif include_full_masks:
             result["full_masks"] = tf.cast(preprocessing.full_image_masks(
                 result["masks"], result["boxes"], result["original_sizes"], threshold,
-                result["num_detections"]), tf.uint8)
+                result["num_detections"], paste), tf.uint8)
         return result
 
     def serve_images(images):

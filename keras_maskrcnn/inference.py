@@ -9,7 +9,9 @@ the model's ``preprocessor`` (``keras_maskrcnn.preprocessing``: torchvision's re
 bilinear without antialias, zero padding; boxes and keypoints scaled per axis by original /
 resized, masks pasted into the original image with torchvision's 1-pixel expansion; YOLACT's
 image-sized masks resized to the original image, its boxes made integer as the reference's
-postprocess), the same code as the SavedModel export.
+postprocess), the same code as the SavedModel export. detectron2 conventions, where configured:
+the preprocessor's ``resize_style`` (its sizes, PIL-like pixels, boxes clipped after scaling)
+and the model's ``mask_paste`` (``ops.masks.paste_masks_detectron2``, on >= threshold).
 """
 import numpy as np
 import tensorflow as tf
@@ -32,14 +34,20 @@ def mask_type(model):
     return getattr(model, "mask_type", "box")
 
 
+def mask_paste(model):
+    """How ``model``'s box masks are pasted: "torchvision" or "detectron2" (``ops.masks``)."""
+    return getattr(model, "mask_paste", "torchvision")
+
+
 def postprocess(outputs, image_sizes, original_size, mask_threshold, mask_kind="box",
-                keypoint_offset=0.0):
+                paste="torchvision", clip=False, keypoint_offset=0.0):
     """Batch-of-one model outputs -> the first n detections in original-image pixels.
 
-    ``mask_kind`` "box": masks pasted into their boxes; "image": boxes made integer and
-    clamped, masks resized from prototype resolution (``preprocessing`` module docstring).
-    ``keypoint_offset``: added to keypoint x, y in original pixels (the model's
-    ``keypoint_coordinate_offset``; ``ops.keypoints.shift_keypoints``).
+    ``mask_kind`` "box": masks pasted into their boxes (``paste``: "torchvision" or
+    "detectron2"); "image": boxes made integer and clamped, masks resized from prototype
+    resolution (``preprocessing`` module docstring). ``clip``: boxes clipped to the original
+    image after scaling (detectron2). ``keypoint_offset``: added to keypoint x, y in original
+    pixels (the model's ``keypoint_coordinate_offset``; ``ops.keypoints.shift_keypoints``).
 
     Returns a dict: boxes (n, 4), scores (n,), classes (n,) contiguous ids, and when present
     masks (n, H0, W0) bool and keypoints (n, Kp, 3) [x, y, score].
@@ -47,7 +55,7 @@ def postprocess(outputs, image_sizes, original_size, mask_threshold, mask_kind="
     n = outputs["num_detections"][0]
     keys = [k for k in ("boxes", "scores", "classes", "masks", "keypoints") if k in outputs]
     kept = {k: outputs[k][:, :n] for k in keys}  # (1, n, ...)
-    kept = preprocessing.to_original_pixels(kept, image_sizes, original_size[None])
+    kept = preprocessing.to_original_pixels(kept, image_sizes, original_size[None], clip)
     if "keypoints" in kept:
         kept["keypoints"] = shift_keypoints(kept["keypoints"], keypoint_offset)
     if mask_kind == "image":
@@ -57,7 +65,8 @@ def postprocess(outputs, image_sizes, original_size, mask_threshold, mask_kind="
                 kept["masks"], original_size[None], mask_threshold)  # (1, n, H0, W0)
     elif "masks" in kept:
         kept["masks"] = preprocessing.full_image_masks(
-            kept["masks"], kept["boxes"], original_size[None], mask_threshold)  # (1, n, H0, W0)
+            kept["masks"], kept["boxes"], original_size[None], mask_threshold,
+            paste=paste)  # (1, n, H0, W0)
     return {k: v[0] for k, v in kept.items()}
 
 
@@ -67,13 +76,15 @@ def detection_function(model):
     if fn is not None:
         return fn
     preprocessor, threshold, kind = model.preprocessor, model.mask_threshold, mask_type(model)
+    paste, clip = mask_paste(model), preprocessor.detectron2_style
     offset = getattr(model, "keypoint_coordinate_offset", 0.0)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def detect_one(image):
         images, image_sizes = preprocessor(image[None])  # (1, Hp, Wp, 3), (1, 2)
         outputs = model({"images": images, "image_sizes": image_sizes}, training=False)
-        return postprocess(outputs, image_sizes, tf.shape(image)[:2], threshold, kind, offset)
+        return postprocess(outputs, image_sizes, tf.shape(image)[:2], threshold, kind, paste,
+                           clip, offset)
 
     model._detect_fn = detect_one
     return detect_one

@@ -14,6 +14,14 @@ Conventions pinned here (tests/test_preprocessing.py checks them):
     * Images are resized as float32 pixels, bilinear with half-pixel centres and no
       antialiasing (``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``),
       then zero-padded bottom/right to a multiple of ``size_divisor``.
+    * ``resize_style="detectron2"`` (shorter_side only; detectron2's test-time
+      ``ResizeShortestEdge`` + ``ResizeTransform``): sizes by ``detectron2_output_size`` (float64,
+      short side set to min_size, long side scaled, capped at max_size, then int(x + 0.5));
+      pixels as PIL's ``Image.resize(BILINEAR)`` on uint8: a triangle filter widened by the
+      scale when shrinking (antialias), horizontal pass then vertical, each rounded and clipped
+      to uint8 values (``resize_image_detectron2``; PIL's fixed-point weights differ by one
+      level on a few pixels, tests/test_preprocessing.py bounds it). Boxes map back with the
+      same per-axis ratios, then are clipped to the original image (``detector_postprocess``).
     * Normalisation (in the model's graph): (pixel - 255 mean) / (255 std) with mean / std in
       [0, 1] RGB units, and the padding set back to zero after it.
     * Back to original pixels: boxes and keypoints are scaled per axis by original / resized
@@ -35,10 +43,11 @@ from typing import Tuple
 
 import tensorflow as tf
 
-from keras_maskrcnn.ops.masks import paste_masks
+from keras_maskrcnn.ops.masks import paste_and_threshold
 from keras_maskrcnn.ops.prototype_masks import masks_to_image
 
 RESIZE_POLICIES = ("shorter_side", "fixed_square")
+RESIZE_STYLES = ("torchvision", "detectron2")  # shorter_side's size rounding and pixels
 
 
 def shorter_side_size(height, width, min_size, max_size):
@@ -61,6 +70,46 @@ def shorter_side_size(height, width, min_size, max_size):
     return new_h, new_w, tf.cast(scale, tf.float32)
 
 
+def detectron2_output_size(height, width, min_size, max_size):
+    """detectron2's ``ResizeShortestEdge`` size rule, float64 as its Python floats.
+
+    Args:
+        height, width: () int input size (Python ints or tensors).
+        min_size: () target short side; max_size: () cap on the long side.
+
+    Returns:
+        (new_height, new_width) () int32: the short side becomes min_size and the long side
+        side * min_size / short; if the long side then exceeds max_size both are multiplied by
+        max_size / long; each is rounded as int(x + 0.5).
+    """
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    size = tf.cast(min_size, tf.float64)
+    scale = size / tf.minimum(h, w)
+    new_h = tf.where(h < w, size, scale * h)
+    new_w = tf.where(h < w, scale * w, size)
+    longest = tf.maximum(new_h, new_w)
+    cap = tf.where(longest > tf.cast(max_size, tf.float64),
+                   tf.cast(max_size, tf.float64) / longest, 1.0)
+    new_h = tf.where(cap < 1.0, new_h * cap, new_h)  # unchanged when not capped
+    new_w = tf.where(cap < 1.0, new_w * cap, new_w)
+    return (tf.cast(tf.floor(new_h + 0.5), tf.int32), tf.cast(tf.floor(new_w + 0.5), tf.int32))
+
+
+def resize_image_detectron2(image, size):
+    """(..., H, W, C) uint8-valued image(s) -> (..., h, w, C) float32 uint8 values, as PIL's
+    bilinear resize: antialiased (when shrinking) width pass, rounded half up and clipped to
+    [0, 255], then the height pass, rounded and clipped again."""
+    def to_uint8_values(x):
+        return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
+
+    image = tf.cast(image, tf.float32)
+    size = tf.convert_to_tensor(size, tf.int32)
+    rows = tf.shape(image)[-3]
+    wide = to_uint8_values(tf.image.resize(image, tf.stack([rows, size[1]]), method="bilinear",
+                                           antialias=True))  # (..., H, w, C)
+    return to_uint8_values(tf.image.resize(wide, size, method="bilinear", antialias=True))
+
+
 def resize_image(image, size):
     """(..., H, W, C) image(s) -> (..., h, w, C) float32, bilinear, half-pixel, no antialias."""
     return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear",
@@ -73,13 +122,14 @@ def padded_size(height, width, size_divisor):
     return (height + d - 1) // d * d, (width + d - 1) // d * d
 
 
-def to_original_pixels(outputs, image_sizes, original_sizes):
+def to_original_pixels(outputs, image_sizes, original_sizes, clip=False):
     """Boxes and keypoints of model outputs in original-image pixels (other keys unchanged).
 
     Args:
         outputs: dict with boxes (B, D, 4) xyxy and optionally keypoints (B, D, Kp, 3)
             [x, y, score], in resized-input pixels.
         image_sizes: (B, 2) int resized (H, W); original_sizes: (B, 2) int (H0, W0).
+        clip: also clip the boxes to [0, W0] x [0, H0] (detectron2's ``detector_postprocess``).
 
     Returns:
         A new dict: boxes and keypoints scaled per axis by H0 / H and W0 / W (float32).
@@ -88,20 +138,28 @@ def to_original_pixels(outputs, image_sizes, original_sizes):
     rh, rw = ratio[:, 0, None, None], ratio[:, 1, None, None]  # each (B, 1, 1)
     result = dict(outputs)
     result["boxes"] = outputs["boxes"] * tf.concat([rw, rh, rw, rh], axis=-1)  # (B, D, 4)
+    if clip:
+        size = tf.cast(original_sizes, tf.float32)
+        upper = tf.stack([size[:, 1], size[:, 0], size[:, 1], size[:, 0]], -1)[:, None]
+        result["boxes"] = tf.clip_by_value(result["boxes"], 0.0, upper)  # (B, 1, 4) bounds
     if "keypoints" in outputs:
         scale = tf.concat([rw, rh, tf.ones_like(rw)], axis=-1)[:, :, None]  # (B, 1, 1, 3)
         result["keypoints"] = outputs["keypoints"] * scale
     return result
 
 
-def full_image_masks(masks, boxes, original_sizes, threshold, num_detections=None):
+def full_image_masks(masks, boxes, original_sizes, threshold, num_detections=None,
+                     paste="torchvision"):
     """RoI mask probabilities -> bool masks pasted on a common (Hm, Wm) canvas.
 
     Args:
         masks: (B, D, S, S) float32 probabilities; boxes: (B, D, 4) xyxy original pixels.
         original_sizes: (B, 2) int32 (H0, W0) per image.
-        threshold: a pixel is on when its pasted probability is > threshold.
+        threshold: a pixel is on when its pasted probability is > threshold ("torchvision"),
+            >= threshold ("detectron2").
         num_detections: (B,) int32 or None (every row is a detection).
+        paste: "torchvision" (``ops.masks.paste_masks``) or "detectron2"
+            (``ops.masks.paste_masks_detectron2``).
 
     Returns:
         (B, D, Hm, Wm) bool, Hm, Wm = max over the batch; image b's masks lie on
@@ -109,11 +167,11 @@ def full_image_masks(masks, boxes, original_sizes, threshold, num_detections=Non
     """
     sizes = tf.concat([original_sizes, tf.zeros([1, 2], original_sizes.dtype)], 0)  # B may be 0
     height, width = tf.unstack(tf.reduce_max(sizes, axis=0))  # scalars Hm, Wm
-    pasted = paste_masks(masks, boxes, height, width)  # (B, D, Hm, Wm)
+    pasted = paste_and_threshold(masks, boxes, height, width, threshold, paste)  # (B, D, Hm, Wm)
     rows = tf.range(height)[None, :] < original_sizes[:, 0, None]  # (B, Hm)
     cols = tf.range(width)[None, :] < original_sizes[:, 1, None]  # (B, Wm)
     inside = tf.logical_and(rows[:, :, None], cols[:, None, :])  # (B, Hm, Wm)
-    on = tf.logical_and(pasted > threshold, inside[:, None])  # (B, D, Hm, Wm)
+    on = tf.logical_and(pasted, inside[:, None])  # (B, D, Hm, Wm)
     if num_detections is not None:
         valid = tf.range(tf.shape(masks)[1])[None] < num_detections[:, None]  # (B, D)
         on = tf.logical_and(on, valid[:, :, None, None])
@@ -183,6 +241,7 @@ class Preprocessor:
     size_divisor: int = 32
     pixel_mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB in [0, 1]
     pixel_std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    resize_style: str = "torchvision"  # shorter_side: "torchvision" or "detectron2"
 
     def __post_init__(self):
         if self.policy not in RESIZE_POLICIES:
@@ -191,12 +250,22 @@ class Preprocessor:
         if self.policy == "fixed_square" and self.min_size != self.max_size:
             raise ValueError(f"fixed_square needs min_size == max_size (the side), got "
                              f"{self.min_size} and {self.max_size}")
+        if self.resize_style not in RESIZE_STYLES:
+            raise ValueError(f"resize_style must be one of {RESIZE_STYLES}, got "
+                             f"{self.resize_style!r}")
+
+    @property
+    def detectron2_style(self):
+        """Whether sizes, pixels and the mapping back follow detectron2 (shorter_side)."""
+        return self.policy == "shorter_side" and self.resize_style == "detectron2"
 
     @classmethod
-    def shorter_side(cls, min_size, max_size, size_divisor=32, **normalisation):
-        """torchvision's policy: short side ``min_size``, long side at most ``max_size``."""
+    def shorter_side(cls, min_size, max_size, size_divisor=32, resize_style="torchvision",
+                     **normalisation):
+        """torchvision's policy: short side ``min_size``, long side at most ``max_size``
+        (``resize_style`` "detectron2": its rounding and PIL-like pixels)."""
         return cls("shorter_side", int(min_size), int(max_size), int(size_divisor),
-                   **normalisation)
+                   resize_style=resize_style, **normalisation)
 
     @classmethod
     def fixed_square(cls, size, size_divisor=1, **normalisation):
@@ -208,6 +277,8 @@ class Preprocessor:
         if self.policy == "fixed_square":
             side = tf.constant(self.min_size, tf.int32)
             return side, side
+        if self.detectron2_style:
+            return detectron2_output_size(height, width, self.min_size, self.max_size)
         new_h, new_w, _ = shorter_side_size(height, width, float(self.min_size),
                                             float(self.max_size))
         return new_h, new_w
@@ -224,7 +295,8 @@ class Preprocessor:
         """
         shape = tf.shape(images)
         new_h, new_w = self.output_size(shape[1], shape[2])
-        resized = resize_image(images, tf.stack([new_h, new_w]))  # (B, H, W, 3)
+        resize = resize_image_detectron2 if self.detectron2_style else resize_image
+        resized = resize(images, tf.stack([new_h, new_w]))  # (B, H, W, 3)
         pad_h, pad_w = padded_size(new_h, new_w, self.size_divisor)
         padded = tf.pad(resized, [[0, 0], [0, pad_h - new_h], [0, pad_w - new_w], [0, 0]])
         image_sizes = tf.tile(tf.stack([new_h, new_w])[None], [shape[0], 1])  # (B, 2)

@@ -112,3 +112,73 @@ def test_full_image_masks_on_a_common_canvas():
     assert full.shape == (2, 1, 20, 40) and full.dtype == bool
     assert full[0, 0, :20, :30].all() and not full[0, 0, :, 30:].any()  # beyond W0 = 30
     assert not full[1].any()  # image 1 has no detections
+
+
+# ------------------------------------------------------------------------- detectron2 style
+def _detectron2_size(h, w, short, longest):
+    """detectron2's ResizeShortestEdge.get_output_shape in Python floats."""
+    scale = short * 1.0 / min(h, w)
+    newh, neww = (short, scale * w) if h < w else (scale * h, short)
+    if max(newh, neww) > longest:
+        scale = longest * 1.0 / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def test_detectron2_sizes_on_a_table(rng):
+    table = [(480, 640, 800, 1333), (427, 640, 800, 1333), (640, 427, 800, 1333),
+             (1000, 100, 800, 1333), (100, 1000, 800, 1333), (800, 1333, 800, 1333),
+             (333, 500, 800, 1333), (375, 500, 800, 1333), (1, 1, 800, 1333),
+             (3000, 4000, 800, 1333), (512, 512, 800, 1333), (1024, 2048, 1024, 2048),
+             (683, 1024, 800, 1333), (7, 9, 5, 6), (333, 500, 224, 320)]
+    table += [(int(h), int(w), 800, 1333) for h, w in rng.integers(50, 1500, (300, 2))]
+    differ = 0
+    for h, w, short, longest in table:
+        want = _detectron2_size(h, w, short, longest)
+        got = tuple(int(v) for v in P.detectron2_output_size(h, w, short, longest))
+        assert got == want, (h, w, short, longest)
+        pre = P.Preprocessor.shorter_side(short, longest, resize_style="detectron2")
+        assert tuple(int(v) for v in pre.output_size(h, w)) == want
+        differ += want != _torchvision_size(h, w, short, longest)[:2]
+    assert differ > 50  # int(x + 0.5) vs floor: the rules really differ
+    assert _detectron2_size(375, 500, 800, 1333) == (800, 1067)  # torchvision: (800, 1066)
+    with pytest.raises(ValueError, match="resize_style"):
+        P.Preprocessor.shorter_side(800, 1333, resize_style="pil")
+
+
+@pytest.mark.parametrize("shape, size", [((480, 640), (800, 1067)), ((427, 640), (800, 1199)),
+                                          ((97, 131), (800, 1080)), ((1200, 1600), (800, 1067)),
+                                          ((2000, 3000), (800, 1200)), ((1000, 700), (800, 560)),
+                                          ((600, 800), (600, 800))])
+def test_detectron2_pixels_match_pil_bilinear(rng, shape, size):
+    """PIL's Image.resize(BILINEAR) on uint8 (detectron2's ResizeTransform): max |diff| <= 1
+    level and >= 99.5% of values equal, except exact 4/5 shrinks (ties of PIL's fixed-point
+    weights): <= 2 levels, >= 95% equal; equal sizes: identical."""
+    from PIL import Image
+
+    image = rng.integers(0, 256, shape + (3,)).astype(np.uint8)
+    want = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR), np.float32)
+    got = P.resize_image_detectron2(tf.constant(image)[None], size).numpy()[0]
+    assert got.shape == want.shape and np.array_equal(got, np.round(got))
+    diff = np.abs(got - want)
+    exact_tie = shape[0] * 4 == size[0] * 5 and shape[1] * 4 == size[1] * 5
+    assert diff.max() <= (2 if exact_tie else 1)
+    assert (diff == 0).mean() >= (0.95 if exact_tie else 0.995)
+    if shape == size:
+        assert diff.max() == 0
+
+
+def test_detectron2_style_preprocessor_and_clipped_mapping_back():
+    pre = P.Preprocessor.shorter_side(800, 1333, resize_style="detectron2")
+    image = tf.fill((1, 375, 500, 3), tf.constant(9, tf.uint8))
+    images, sizes = pre(image)
+    assert sizes.numpy().tolist() == [[800, 1067]] and images.shape == (1, 800, 1088, 3)
+    np.testing.assert_array_equal(images.numpy()[0, :800, :1067], 9.0)
+    assert not images.numpy()[0, 800:].any() and not images.numpy()[0, :, 1067:].any()
+    # fixed_square ignores the style
+    assert not P.Preprocessor.fixed_square(550, resize_style="detectron2").detectron2_style
+    boxes = {"boxes": tf.constant([[[0.0, 0.0, 1067.0, 800.0], [10.0, 20.0, 30.0, 40.0]]])}
+    out = P.to_original_pixels(boxes, sizes, tf.constant([[375, 500]]), clip=True)["boxes"]
+    scale = np.array([500 / 1067, 375 / 800] * 2, np.float32)
+    np.testing.assert_allclose(out.numpy()[0, 1], np.array([10, 20, 30, 40]) * scale, rtol=1e-6)
+    assert out.numpy()[0, 0].tolist() == [0.0, 0.0, 500.0, 375.0]  # clipped, never beyond

@@ -87,6 +87,8 @@ class MaskRCNN(Detector):
         keypoint_category_ids: dataset ids (as ``category_ids``) of the classes that have
             keypoints; None = every class. Other classes' GT keypoints are not trained and
             their detections' keypoints are (0, 0, -inf) (``ops.keypoints.ABSENT_SCORE``).
+        mask_paste: "torchvision" or "detectron2": how ``detect`` and the export paste masks
+            (``ops.masks.paste_and_threshold``).
 
     Inputs (dict): images (B, Hp, Wp, 3) float RGB in [0, 255], resized, zero-padded;
         image_sizes (B, 2) int32 resized unpadded (h, w); in training also gt_boxes (B, M, 4),
@@ -113,7 +115,7 @@ class MaskRCNN(Detector):
                  category_ids=None, config_dict=None, anchor_rounded=True,
                  anchor_nominal_strides=False, level_mapping="torchvision",
                  keypoint_score="logit", keypoint_coordinate_offset=0.0,
-                 keypoint_category_ids=None, **kwargs):
+                 keypoint_category_ids=None, mask_paste="torchvision", **kwargs):
         names = list(LOSS_NAMES[:4]) + (["mask"] if mask_head is not None else []) + (
             ["keypoint"] if keypoint_head is not None else [])
         super().__init__(names, loss_weights, preprocessor, mask_threshold=mask_threshold,
@@ -135,7 +137,7 @@ class MaskRCNN(Detector):
         self.roi_levels = (int(roi_levels[0]), int(roi_levels[1]))
         self.canonical_size, self.canonical_level = float(canonical_size), int(canonical_level)
         self.sampling_ratio, self.aligned = int(sampling_ratio), bool(aligned)
-        self.level_mapping = str(level_mapping)
+        self.level_mapping, self.mask_paste = str(level_mapping), str(mask_paste)
         self.anchor_rounded, self.anchor_nominal_strides = (bool(anchor_rounded),
                                                            bool(anchor_nominal_strides))
         self.pool_sizes = {"box": int(box_pool_size), "mask": int(mask_pool_size),

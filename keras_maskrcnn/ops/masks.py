@@ -15,6 +15,11 @@ Conventions pinned here (tests/ops/test_masks.py checks each against torchvision
       (towards zero), the padded mask is resized bilinearly (``align_corners=False``) to the
       integer box size (x2 - x1 + 1) x (y2 - y1 + 1) and written into pixels x1..x2, y1..y2
       (inclusive) that lie in the image; zero elsewhere.
+    * ``paste_masks_detectron2`` follows detectron2's ``paste_masks_in_image`` (its
+      ``_do_paste_mask``): the unpadded S x S mask is sampled bilinearly (``grid_sample``,
+      ``align_corners=False``, zeros outside the mask) at every image pixel centre (x + 0.5,
+      y + 0.5) mapped into the float box, no expansion and no integer rounding; its masks are
+      on where the probability is >= the threshold (torchvision's: >).
 
 Shape shorthand:
     B  batch size
@@ -26,6 +31,8 @@ Shape shorthand:
 import tensorflow as tf
 
 from keras_maskrcnn.ops.roi_align import roi_align_indexed
+
+PASTE_MODES = ("torchvision", "detectron2")  # model.mask_head.paste choices
 
 def project_masks_on_boxes(gt_masks, boxes, matched_gt, mask_size, sampling_ratio=2,
                            aligned=False):
@@ -39,7 +46,9 @@ def project_masks_on_boxes(gt_masks, boxes, matched_gt, mask_size, sampling_rati
             values (background / ignored RoIs) are clamped to 0 and their targets are
             meaningless (the loss ignores them).
         mask_size: Python int S.
-        sampling_ratio: Python int G > 0, sample points per bin and axis.
+        sampling_ratio: Python int G > 0, sample points per bin and axis; 0: adaptive
+            (ceil(roi_side / S) per bin and axis: torchvision's targets with aligned False,
+            detectron2's ``BitMasks.crop_and_resize`` with aligned True), masks read as float32.
         aligned: half-pixel RoIAlign offset; torchvision uses False.
 
     Returns:
@@ -157,3 +166,68 @@ def paste_masks(masks, boxes, image_height, image_width, padding=1):
     pasted.set_shape(boxes.shape[:2].concatenate([None if v is None else int(v)
                                                   for v in static_hw]))
     return pasted
+
+
+def grid_sample_matrix(start, end, in_size, out_size):
+    """Interpolation matrix of ``grid_sample`` at the pixel centres of a float box side.
+
+    Args:
+        start, end: (...) float32 box edges (x1, x2 or y1, y2) in image pixels.
+        in_size: Python int, the mask side S.  out_size: int scalar, the image side.
+
+    Returns:
+        (..., out_size, in_size) float32 A with ``A @ v`` = v sampled as PyTorch's
+        ``grid_sample(align_corners=False, padding_mode="zeros")`` at g = (j + 0.5 - start) /
+        (end - start) * 2 - 1, i.e. mask coordinate u = ((g + 1) * S - 1) / 2: weight
+        (floor(u) + 1 - u) on row floor(u) and (u - floor(u)) on the next, rows outside
+        [0, S) dropped. Zero for boxes with end <= start (detectron2 never pastes those).
+    """
+    length = end - start
+    valid = length > 0.0
+    safe = tf.where(valid, length, 1.0)[..., None]  # (..., 1)
+    centres = tf.range(out_size, dtype=tf.float32) + 0.5  # (out,)
+    grid = (centres - start[..., None]) / safe * 2.0 - 1.0  # (..., out) detectron2's order
+    u = ((grid + 1.0) * in_size - 1.0) / 2.0  # grid_sample's unnormalisation
+    u = tf.clip_by_value(u, -2.0, in_size + 1.0)  # beyond: no tap inside (keeps int32 safe)
+    low = tf.floor(u)
+    index = tf.cast(low, tf.int32)
+    weights = (tf.one_hot(index, in_size) * (low + 1.0 - u)[..., None]
+               + tf.one_hot(index + 1, in_size) * (u - low)[..., None])  # out-of-range: 0
+    return weights * tf.cast(valid, tf.float32)[..., None, None]
+
+
+def paste_masks_detectron2(masks, boxes, image_height, image_width):
+    """Paste per-box mask probabilities into full-image masks the detectron2 way.
+
+    Args:
+        masks: (B, R, S, S) float mask probabilities; S must be static.
+        boxes: (B, R, 4) float xyxy boxes in pixels of the (image_height, image_width) image.
+        image_height, image_width: Python ints or int32 scalars.
+
+    Returns:
+        (B, R, image_height, image_width) float32 probabilities: detectron2's
+        ``_do_paste_mask`` (module docstring); binarise with >= threshold. Separable, as
+        ``paste_masks``: out = Ay @ mask @ Ax^T with ``grid_sample_matrix`` rows.
+    """
+    masks = tf.convert_to_tensor(masks, dtype=tf.float32)
+    boxes = tf.convert_to_tensor(boxes, dtype=tf.float32)
+    size = masks.shape[-1]
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # each (B, R)
+    ay = grid_sample_matrix(y1, y2, size, image_height)  # (B, R, H, S)
+    ax = grid_sample_matrix(x1, x2, size, image_width)  # (B, R, W, S)
+    pasted = tf.matmul(ay, tf.matmul(masks, ax, transpose_b=True))  # (B, R, H, W)
+    static_hw = [tf.get_static_value(v) for v in (image_height, image_width)]  # None if dynamic
+    pasted.set_shape(boxes.shape[:2].concatenate([None if v is None else int(v)
+                                                  for v in static_hw]))
+    return pasted
+
+
+def paste_and_threshold(masks, boxes, image_height, image_width, threshold,
+                        paste="torchvision"):
+    """Pasted bool masks (B, R, H, W): ``paste_masks`` > threshold ("torchvision") or
+    ``paste_masks_detectron2`` >= threshold ("detectron2")."""
+    if paste == "torchvision":
+        return paste_masks(masks, boxes, image_height, image_width) > threshold
+    if paste == "detectron2":
+        return paste_masks_detectron2(masks, boxes, image_height, image_width) >= threshold
+    raise ValueError(f"paste must be one of {PASTE_MODES}, got {paste!r}")

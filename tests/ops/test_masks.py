@@ -5,6 +5,7 @@ import tensorflow as tf
 from skimage.draw import ellipse, polygon
 
 from keras_maskrcnn.ops.masks import bilinear_paste_matrix, paste_masks, project_masks_on_boxes
+from keras_maskrcnn.ops import masks as M
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -203,3 +204,84 @@ def test_paste_outside_empty_and_tf_function():
     assert out[0, 2, 0, 0] > 0.0 and out[0, 2].sum() == out[0, 2, 0, 0]  # one pixel
     empty = fn(tf.zeros([2, 0, 28, 28]), tf.zeros([2, 0, 4]), 40, 60)
     assert empty.shape == (2, 0, 40, 60)
+
+
+# ---------------------------------------------------------------- detectron2's paste
+
+
+def d2_paste_boxes(rng, height, width):
+    """(R, 4) float boxes: random fractional, tiny, border-crossing, out-of-image, whole."""
+    xy = rng.uniform(-10, [width, height], size=(12, 2))
+    wh = rng.uniform(1.0, 0.8 * max(height, width), size=(12, 2))
+    random = np.concatenate([xy, xy + wh], 1)
+    special = np.array([
+        [3.3, 4.7, 3.9, 5.2],  # tiny, inside one pixel
+        [10.5, 2.25, 10.75, 30.0],  # thin
+        [-7.4, -3.1, 12.6, 9.9],  # crosses the top-left border
+        [width - 5.5, height - 9.2, width + 20.3, height + 4.1],  # crosses bottom-right
+        [width + 3.0, 2.0, width + 30.0, 40.0],  # entirely outside (right)
+        [-40.0, -30.0, -2.0, -1.0],  # entirely outside (top-left)
+        [0.0, 0.0, width, height],  # the whole image
+        [-20.0, -20.0, width + 20.0, height + 20.0],  # larger than the image
+    ])
+    return np.concatenate([random, special]).astype(np.float32)
+
+
+def test_paste_detectron2_matches_grid_sample_transcription(torch, rng):
+    from support import d2_masks
+
+    height, width, size = 61, 83, 28
+    boxes = d2_paste_boxes(rng, height, width)
+    probs = rng.uniform(0.0, 1.0, size=(2, len(boxes), size, size)).astype(np.float32)
+    got = M.paste_masks_detectron2(probs, np.stack([boxes, boxes[::-1]]), height, width).numpy()
+    for b, image_boxes in enumerate((boxes, boxes[::-1])):
+        want = d2_masks.d2_do_paste_mask(probs[b], image_boxes, height, width)
+        np.testing.assert_allclose(got[b], want, rtol=0, atol=1e-5)
+        on = M.paste_and_threshold(probs[b:b + 1], image_boxes[None], height, width, 0.5,
+                                   "detectron2").numpy()[0]
+        want_on = d2_masks.d2_paste_masks_in_image(probs[b], image_boxes, (height, width))
+        np.testing.assert_array_equal(on, want_on)
+    assert got[:, -4].max() > 0 and got[0, len(boxes) - 4].sum() == 0  # outside: empty
+    with pytest.raises(ValueError, match="paste"):
+        M.paste_and_threshold(probs, np.stack([boxes] * 2), height, width, 0.5, "d2")
+
+
+def test_paste_detectron2_binary_and_degenerate_boxes(torch):
+    from support import d2_masks
+
+    mask = np.ones((1, 1, 4, 4), np.float32)
+    boxes = np.array([[[2.0, 1.0, 6.0, 3.0]]], np.float32)
+    got = M.paste_and_threshold(mask, boxes, 5, 8, 0.5, "detectron2").numpy()[0, 0]
+    want = np.zeros((5, 8), bool)
+    want[1:3, 2:6] = True  # pixel centres inside the box, nothing more (no 1-pixel expansion)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        got, d2_masks.d2_paste_masks_in_image(mask[0], boxes[0], (5, 8))[0])
+    # pixel centres on the mask's cell centres: values exactly the mask's, and >= keeps ties
+    ties = np.array([[[[0.5, 0.49, 0.51, 0.5]] * 4]], np.float32)
+    on = M.paste_and_threshold(ties, np.array([[[0, 0, 4, 4]]], np.float32), 4, 4, 0.5,
+                               "detectron2").numpy()[0, 0]
+    np.testing.assert_array_equal(on, ties[0, 0] >= 0.5)
+    np.testing.assert_array_equal(
+        on, d2_masks.d2_paste_masks_in_image(ties[0], [[0, 0, 4, 4]], (4, 4))[0])
+    empty = np.array([[[4.0, 1.0, 4.0, 3.0]]], np.float32)  # zero width: zeros, no NaN
+    assert M.paste_masks_detectron2(mask, empty, 5, 8).numpy().max() == 0.0
+
+
+def test_project_adaptive_equals_torchvision_and_detectron2_targets(torch, torchvision, rng):
+    """sampling_ratio=0: torchvision's own targets (aligned False) exactly, and detectron2's
+    BitMasks.crop_and_resize (ROIAlign(S, 1.0, 0, aligned=True)) with aligned True."""
+    b, m, r, size = 2, 3, 30, 28
+    gt, _ = _shape_masks(rng, b, m, 96, 128)
+    boxes = _paste_boxes(rng, (b, r), 96, 128)
+    matched = rng.integers(-1, m, (b, r)).astype(np.int32)
+    out = project_masks_on_boxes(gt, boxes, matched, size, sampling_ratio=0).numpy()
+    np.testing.assert_allclose(out, _tv_targets(torch, torchvision, gt, boxes, matched, size),
+                               rtol=0, atol=1e-4)
+    out = project_masks_on_boxes(gt, boxes, matched, size, 0, aligned=True).numpy()
+    for i in range(b):
+        maps = torch.from_numpy(gt[i][np.maximum(matched[i], 0)].astype(np.float32))[:, None]
+        rois = torch.cat([torch.arange(r, dtype=torch.float32)[:, None],
+                          torch.from_numpy(boxes[i])], 1)
+        want = torchvision.ops.roi_align(maps, rois, size, 1.0, 0, True)[:, 0].numpy()
+        np.testing.assert_allclose(out[i], want, rtol=0, atol=1e-4)
