@@ -11,14 +11,12 @@ pastes them (support.d2_masks), keypoints as it decodes them plus its COCO offse
 
 Shape shorthand: n oracle detections, m ours, H0 x W0 photo, Kp keypoints.
 """
-import pickle
 import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from integration.test_parity import (SCORE_THRESHOLD, check_bars, compare, photos, randomise_,
                                      run_ours)
@@ -200,7 +198,8 @@ def run_case(torch, tmp_path, case):
         first = index == 0 and not case["c4"]  # the backbone alone on the oracle's tensor
         ours = run_ours(model, image, reference["images"].copy() if first else None)
         results.append(compare_case(f"{case['config']}/{name}", reference, ours))
-    return {"results": results, "model": model, "state": state, "checkpoint": checkpoint}
+    return {"results": results, "model": model, "state": state, "checkpoint": checkpoint,
+            "overrides": overrides}
 
 
 CASES = {
@@ -227,7 +226,40 @@ def test_r50_fpn_mask_rcnn_parity(r50_fpn):
     assert all(r["distinct_labels"] >= 10 for r in r50_fpn["results"])
 
 
-@pytest.mark.parametrize("name", ["r50_c4", "x101_fpn", "keypoint_r50_fpn"])
+def test_conversion_errors_name_the_key(r50_fpn, tmp_path):
+    """Missing, left-over and mis-shaped keys and a head the entry lacks are errors naming them,
+    raised before any file is written."""
+    from keras_maskrcnn.convert.detectron2 import from_detectron2
+    state = r50_fpn["state"]
+    name = "mask_rcnn_R_50_FPN_3x"
+    key = "backbone.bottom_up.res3.0.conv2.norm.running_var"
+    with pytest.raises(KeyError, match=re.escape(f"missing key in state_dict: '{key}'")):
+        from_detectron2({k: v for k, v in state.items() if k != key}, name)
+    with pytest.raises(ValueError, match=re.escape("not used by the model: ['roi_heads.extra']")):
+        from_detectron2({**state, "roi_heads.extra": np.zeros(3, np.float32)}, name)
+    key = "roi_heads.box_predictor.bbox_pred.weight"
+    with pytest.raises(ValueError, match=re.escape(f"shape mismatch for '{key}'")):
+        from_detectron2({**state, key: state[key][4:]}, name)
+    with pytest.raises(ValueError, match="does not look like .*faster_rcnn_R_50_FPN_3x.*mask"):
+        from_detectron2(state, "faster_rcnn_R_50_FPN_3x")
+    with pytest.raises(ValueError, match="unsupported detectron2 config 'mask_rcnn_R_50_DC5_3x'"):
+        convert_cli(r50_fpn["checkpoint"], tmp_path / "out", "mask_rcnn_R_50_DC5_3x", ())
+    assert not (tmp_path / "out").exists()
+
+
+def test_converted_config_is_the_zoo_config(r50_fpn):
+    """The written config.yaml (the converted model's recipe) is the zoo entry's config for the
+    checkpoint's 20 classes with the CLI's overrides: contiguous ids, not COCO's."""
+    from keras_maskrcnn.builders import model_config_dict
+    from keras_maskrcnn.convert import detectron2_zoo as zoo
+    expected = zoo.zoo_config(CASES["r50_fpn"]["config"], 21, r50_fpn["overrides"])
+    assert r50_fpn["model"].config_dict == model_config_dict(expected)
+    assert r50_fpn["model"].category_ids is None
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param("r50_c4", marks=pytest.mark.slow),
+    pytest.param("x101_fpn", marks=pytest.mark.slow), "keypoint_r50_fpn"])
 def test_parity(name, torch, tmp_path):
     case = CASES[name]
     results = run_case(torch, tmp_path, case)["results"]
