@@ -61,7 +61,8 @@ def build_rpn(model_cfg):
         pre_nms_top_n_train=r.pre_nms_top_n_train, pre_nms_top_n_test=r.pre_nms_top_n_test,
         post_nms_top_n_train=r.post_nms_top_n_train, post_nms_top_n_test=r.post_nms_top_n_test,
         nms_threshold=r.nms_threshold, min_size=r.min_size, score_threshold=r.score_threshold,
-        box_weights=tuple(r.box_weights), scale_clip=r.scale_clip, name="proposal_generator")
+        box_weights=tuple(r.box_weights), scale_clip=r.scale_clip,
+        proposal_filter=r.proposal_filter, name="proposal_generator")
     return head, generator
 
 

@@ -27,7 +27,8 @@ Conventions pinned here (tests/test_preprocessing.py checks them):
     * Back to original pixels: boxes and keypoints are scaled per axis by original / resized
       (H0 / H, W0 / W), torchvision's ``resize_boxes`` / ``resize_keypoints``: for the square
       policy this is the inverse of its per-axis scale. Masks are pasted into the original
-      image with ``ops.masks.paste_masks`` (torchvision's 1-pixel expansion), on > threshold.
+      image with ``ops.masks.paste_masks`` (torchvision's 1-pixel expansion), on > threshold,
+      or with ``paste="detectron2"`` by ``ops.masks.paste_masks_detectron2``, on >= threshold.
     * Image-sized masks (YOLACT, ``mask_type == "image"``: (D, Hp, Wp) probabilities at
       prototype resolution, already cropped): resized bilinearly (half-pixel, no antialias)
       to the original (H0, W0), which also undoes the square resize, then > threshold

@@ -148,6 +148,9 @@ class RPNConfig(Section):
     min_size: float = param(1e-3, non_negative, "proposals with a side smaller than this "
                             "(pixels) are removed", TV)
     score_threshold: float = param(0.0, unit, "on sigmoid(objectness)", TV)
+    proposal_filter: Literal["torchvision", "detectron2"] = param(
+        "torchvision", None, "detectron2: sides > min_size (use min_size 0), NMS ranked by "
+        "logits, no score threshold; torchvision: sides >= min_size, sigmoid scores", TV)
     fg_iou_threshold: float = param(0.7, unit, "anchors with IoU >= this are positive", PAPER)
     bg_iou_threshold: float = param(0.3, unit, "anchors with IoU < this are negative", PAPER)
     allow_low_quality_matches: bool = param(True, None, "each GT's best anchors are positive "

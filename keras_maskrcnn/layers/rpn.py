@@ -83,8 +83,8 @@ class ProposalGenerator(keras.layers.Layer):
     Args:
         pre_nms_top_n_train, pre_nms_top_n_test: top logits kept per level and image.
         post_nms_top_n_train, post_nms_top_n_test: P, proposals per image after NMS.
-        nms_threshold, min_size, score_threshold, box_weights, scale_clip, nms_method: see
-            ``ops.proposals.generate_proposals``.
+        nms_threshold, min_size, score_threshold, box_weights, scale_clip, nms_method,
+            proposal_filter: see ``ops.proposals.generate_proposals``.
 
     Call:
         objectness_logits (B, N), box_deltas (B, N, 4), anchors (N, 4), level_counts (list of
@@ -99,7 +99,8 @@ class ProposalGenerator(keras.layers.Layer):
     def __init__(self, pre_nms_top_n_train=2000, pre_nms_top_n_test=1000,
                  post_nms_top_n_train=2000, post_nms_top_n_test=1000, nms_threshold=0.7,
                  min_size=1e-3, score_threshold=0.0, box_weights=box_ops.RPN_BOX_WEIGHTS,
-                 scale_clip=box_ops.DEFAULT_DELTA_CLIP, nms_method="offset", **kwargs):
+                 scale_clip=box_ops.DEFAULT_DELTA_CLIP, nms_method="offset",
+                 proposal_filter="torchvision", **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self._allow_non_tensor_positional_args = True  # level_counts: a list of Python ints
@@ -115,6 +116,7 @@ class ProposalGenerator(keras.layers.Layer):
         self.box_weights = tuple(float(w) for w in box_weights)
         self.scale_clip = float(scale_clip)
         self.nms_method = nms_method
+        self.proposal_filter = str(proposal_filter)
 
     def call(self, objectness_logits, box_deltas, anchors, level_counts, image_sizes,
              training=False):
@@ -125,7 +127,8 @@ class ProposalGenerator(keras.layers.Layer):
             post_nms_top_n=self.post_nms_top_n_train if training else self.post_nms_top_n_test,
             nms_threshold=self.nms_threshold, min_size=self.min_size,
             score_threshold=self.score_threshold, box_weights=self.box_weights,
-            scale_clip=self.scale_clip, nms_method=self.nms_method)
+            scale_clip=self.scale_clip, nms_method=self.nms_method,
+            proposal_filter=self.proposal_filter)
 
     def get_config(self):
         config = super().get_config()
@@ -137,5 +140,6 @@ class ProposalGenerator(keras.layers.Layer):
             "nms_threshold": self.nms_threshold, "min_size": self.min_size,
             "score_threshold": self.score_threshold, "box_weights": list(self.box_weights),
             "scale_clip": self.scale_clip, "nms_method": self.nms_method,
+            "proposal_filter": self.proposal_filter,
         })
         return config

@@ -10,6 +10,7 @@ and pinning its conventions against torchvision:
     ``targets``      anchor and RoI labels, sampling, box targets (Mask R-CNN §3.1)
     ``roi_align``    RoIAlign and FPN level assignment (Mask R-CNN §3; FPN §4.2)
     ``roi_align_adaptive``  RoIAlign with adaptive sampling (detectron2's ROIAlignV2)
+    ``roi_bins``     RoIAlign's bin geometry shared by both samplers
     ``nms``          batched, class-aware NMS (Faster R-CNN §3.3)
     ``postprocess``  detections from the box head (Mask R-CNN §3.1 "Inference")
     ``masks``        mask targets and pasting (Mask R-CNN §3, §3.1)

@@ -190,20 +190,23 @@ def decode_boxes(deltas, anchors, weights=RPN_BOX_WEIGHTS, clip=DEFAULT_DELTA_CL
     return tf.concat([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
 
 
-def small_box_mask(boxes, min_size):
+def small_box_mask(boxes, min_size, strict=False):
     """Which boxes are big enough to keep.
 
     Args:
         boxes: (..., 4) xyxy boxes.
         min_size: Python number or tensor broadcastable to ``boxes[..., 0]``.
+        strict: compare with > (detectron2's ``Boxes.nonempty(threshold)``) instead of >=.
 
     Returns:
         (...) bool, True where width >= min_size and height >= min_size: the boxes
         ``torchvision.ops.remove_small_boxes`` keeps (as a mask instead of indices, so the
-        shape stays static).
+        shape stays static); with ``strict``, width > min_size and height > min_size.
     """
     boxes = tf.convert_to_tensor(boxes)
     min_size = tf.cast(min_size, boxes.dtype)
     widths = boxes[..., 2] - boxes[..., 0]
     heights = boxes[..., 3] - boxes[..., 1]
+    if strict:
+        return tf.logical_and(widths > min_size, heights > min_size)
     return tf.logical_and(widths >= min_size, heights >= min_size)

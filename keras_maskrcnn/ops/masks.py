@@ -8,8 +8,8 @@ Conventions pinned here (tests/ops/test_masks.py checks each against torchvision
 ``roi_heads.project_masks_on_boxes`` and ``paste_masks_in_image``):
     * Boxes are xyxy float32 absolute pixels; width = x2 - x1 (no +1).
     * Targets are RoIAlign of the matched GT mask over the RoI (spatial scale 1); torchvision
-      uses an adaptive sampling ratio there, we use a fixed one (static shapes), see
-      ``project_masks_on_boxes``.
+      uses an adaptive sampling ratio there, we use a fixed one by default (static shapes) and
+      the adaptive one with ``sampling_ratio=0``, see ``project_masks_on_boxes``.
     * Pasting follows torchvision exactly: the S x S mask is padded by ``padding`` zero pixels,
       the box is scaled by (S + 2 * padding) / S about its centre and truncated to integers
       (towards zero), the padded mask is resized bilinearly (``align_corners=False``) to the

@@ -17,6 +17,10 @@ Conventions pinned here (tests/layers/test_rpn.py checks each against
       < ``min_size``, drop sigmoid probabilities < ``score_threshold`` (``>=`` keeps, as
       torchvision), class-aware NMS with the level as the class, keep the first
       ``post_nms_top_n``. Logits and deltas are detached (no gradient through proposals).
+    * ``proposal_filter="detectron2"`` (``find_top_rpn_proposals``): sides must be > min_size
+      (``Boxes.nonempty``; detectron2's min size is 0) and NMS ranks by the logits, which keep
+      the order sigmoid loses where it saturates to 1.0 in float32 (logits above ~17); the
+      score threshold is not applied (detectron2 has none; 0 never removes anything).
 
 Shape shorthand:
     B  batch size
@@ -31,6 +35,8 @@ import tensorflow as tf
 
 from keras_maskrcnn.ops import boxes as box_ops
 from keras_maskrcnn.ops import nms as nms_ops
+
+PROPOSAL_FILTERS = ("torchvision", "detectron2")  # generate_proposals' proposal_filter
 
 
 def top_k_per_level(logits, level_counts, pre_nms_top_n):
@@ -67,7 +73,8 @@ def top_k_per_level(logits, level_counts, pre_nms_top_n):
 def generate_proposals(objectness_logits, box_deltas, anchors, level_counts, image_sizes,
                        pre_nms_top_n, post_nms_top_n, nms_threshold, min_size=1e-3,
                        score_threshold=0.0, box_weights=box_ops.RPN_BOX_WEIGHTS,
-                       scale_clip=box_ops.DEFAULT_DELTA_CLIP, nms_method="offset"):
+                       scale_clip=box_ops.DEFAULT_DELTA_CLIP, nms_method="offset",
+                       proposal_filter="torchvision"):
     """torchvision's ``RegionProposalNetwork.filter_proposals`` with static output sizes.
 
     Args:
@@ -84,6 +91,7 @@ def generate_proposals(objectness_logits, box_deltas, anchors, level_counts, ima
         box_weights, scale_clip: ``decode_boxes`` weights and dw/dh clip.
         nms_method: ``ops.nms.batched_nms`` method; "offset" is torchvision's GPU path (and its
             CPU path up to 1000 candidates), "torchvision_cpu" is bit-exact with torchvision CPU.
+        proposal_filter: "torchvision" or "detectron2" (module docstring).
 
     Returns:
         dict with proposals (B, P, 4) float32 xyxy (zeros after the kept ones), scores (B, P)
@@ -103,11 +111,17 @@ def generate_proposals(objectness_logits, box_deltas, anchors, level_counts, ima
     image_sizes = tf.cast(image_sizes, tf.float32)
     boxes = box_ops.clip_boxes(boxes, image_sizes[:, 0:1], image_sizes[:, 1:2])  # sizes (B, 1)
     scores = tf.sigmoid(top_logits)  # (B, C)
-    valid = candidate_valid & box_ops.small_box_mask(boxes, min_size)
-    valid &= scores >= tf.cast(score_threshold, tf.float32)
+    if proposal_filter not in PROPOSAL_FILTERS:
+        raise ValueError(f"proposal_filter must be one of {PROPOSAL_FILTERS}, got "
+                         f"{proposal_filter!r}")
+    detectron2 = proposal_filter == "detectron2"
+    valid = candidate_valid & box_ops.small_box_mask(boxes, min_size, strict=detectron2)
+    if not detectron2:
+        valid &= scores >= tf.cast(score_threshold, tf.float32)
     classes = tf.broadcast_to(levels[None, :], tf.shape(top))  # (C,) -> (B, C)
-    keep, _ = nms_ops.batched_nms(boxes, scores, classes, nms_threshold, post_nms_top_n,
-                                  valid=valid, method=nms_method)  # (B, P), -1 padded
+    keep, _ = nms_ops.batched_nms(boxes, top_logits if detectron2 else scores, classes,
+                                  nms_threshold, post_nms_top_n, valid=valid,
+                                  method=nms_method)  # (B, P), -1 padded
     kept = keep >= 0  # (B, P)
     safe = tf.maximum(keep, 0)  # (B, P) gatherable
     proposals = tf.where(kept[..., None], tf.gather(boxes, safe, batch_dims=1), 0.0)  # (B, P, 4)

@@ -43,15 +43,8 @@ Shape shorthand:
 """
 import tensorflow as tf
 
-
-def output_pair(output_size):
-    """``int`` or ``(P, Q)`` -> ``(P, Q)`` Python ints, validated."""
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    out_h, out_w = (int(s) for s in output_size)
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"output_size must be positive, got {output_size}")
-    return out_h, out_w
+from keras_maskrcnn.ops.roi_align_adaptive import roi_align_adaptive_indexed
+from keras_maskrcnn.ops.roi_bins import output_pair, roi_extent
 
 
 LEVEL_MAPPINGS = ("torchvision", "detectron2")  # multilevel_roi_align's level_mapping choices
@@ -67,18 +60,6 @@ def _check_sampling_ratio(sampling_ratio, allow_adaptive=False):
                  "ops.roi_align_adaptive.roi_align_adaptive")
         raise ValueError(f"sampling_ratio must be {where}, got {sampling_ratio!r}")
     return int(sampling_ratio)
-
-
-def roi_extent(start, end, aligned):
-    """torchvision's RoI extent along one axis, box edges in feature pixels -> (roi_start,
-    roi_size): ``aligned`` shifts by half a pixel; otherwise the size is at least one pixel
-    (torchvision's legacy rule)."""
-    offset = 0.5 if aligned else 0.0
-    roi_start = start - offset
-    roi_size = (end - offset) - roi_start
-    if not aligned:
-        roi_size = tf.maximum(roi_size, 1.0)
-    return roi_start, roi_size
 
 
 def _sample_spans(start, end, num_bins, grid, aligned):
@@ -303,8 +284,6 @@ def _pool_indexed(images, boxes, box_indices, spatial_scale, out_hw, grid, align
     """(K, P, Q, C) float32 RoIAlign of flattened boxes on (N, H, W, C) maps: G x G fixed
     samples per bin, or adaptive sampling when G == 0 (``ops.roi_align_adaptive``)."""
     if grid == 0:
-        # Imported here: roi_align_adaptive imports this module's helpers at load time.
-        from keras_maskrcnn.ops.roi_align_adaptive import roi_align_adaptive_indexed
         return roi_align_adaptive_indexed(images, boxes, box_indices, out_hw, spatial_scale,
                                           aligned)
     return _crop_and_pool(_pad_map(tf.convert_to_tensor(images)), boxes, box_indices,

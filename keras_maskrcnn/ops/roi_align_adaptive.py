@@ -39,7 +39,7 @@ Shape shorthand:
 """
 import tensorflow as tf
 
-from keras_maskrcnn.ops.roi_align import output_pair, roi_extent
+from keras_maskrcnn.ops.roi_bins import output_pair, roi_extent
 
 # Window sides (feature pixels) below the whole map, per axis: a 1.5x ladder keeps the gathered
 # window within 2.25x of the area an RoI touches.

@@ -308,3 +308,79 @@ def test_symbolic_shapes_and_tensor_level_counts():
     np.testing.assert_allclose(out["proposals"].numpy()[0, :2], [[80, 80, 90, 90],
                                                                  [60, 60, 70, 70]])
     assert out["valid"].numpy().tolist() == [[True, True, False]]  # top 1 of each level
+
+
+def _d2_find_top_rpn_proposals(torch, torchvision, logits, boxes, counts, image_size, pre,
+                               post, nms, min_size=0.0):
+    """detectron2's find_top_rpn_proposals for one image, restated: top ``pre`` logits per
+    level, clip, keep sides > min_size (Boxes.nonempty), NMS per level ranked by logits."""
+    logits, boxes = torch.from_numpy(logits), torch.from_numpy(boxes)
+    scores, picked, levels, start = [], [], [], 0
+    for level, count in enumerate(counts):
+        top_scores, top = logits[start:start + count].topk(min(pre, count))
+        scores.append(top_scores)
+        picked.append(boxes[start:start + count][top])
+        levels.append(torch.full((len(top),), level))
+        start += count
+    scores, picked, levels = torch.cat(scores), torch.cat(picked), torch.cat(levels)
+    h, w = image_size
+    picked = torch.stack([picked[:, 0].clamp(0, w), picked[:, 1].clamp(0, h),
+                          picked[:, 2].clamp(0, w), picked[:, 3].clamp(0, h)], 1)
+    keep = ((picked[:, 2] - picked[:, 0]) > min_size) & ((picked[:, 3] - picked[:, 1]) > min_size)
+    picked, scores, levels = picked[keep], scores[keep], levels[keep]
+    kept = torchvision.ops.batched_nms(picked, scores, levels, nms)[:post]
+    return picked[kept].numpy(), scores[kept].numpy()
+
+
+def test_detectron2_proposal_filter_matches_find_top_rpn_proposals(torch, torchvision):
+    """Saturated logits (sigmoid 1.0 in float32, ranked apart only by the logits) on
+    overlapping boxes and on two levels, and boxes that clip to zero width outside the image
+    (kept by torchvision's >= 0, dropped by detectron2's > 0)."""
+    rng = np.random.default_rng(7)
+    counts = [60, 30]
+    anchors = np.concatenate([rng.uniform(0, 60, (90, 2)), rng.uniform(0, 60, (90, 2))], 1)
+    anchors = np.concatenate([anchors[:, :2], anchors[:, :2] + 4 + anchors[:, 2:] / 3], 1)
+    anchors[:10] = [[20.0, 20.0, 40.0, 40.0]] * 10  # a cluster, with jittered deltas below
+    anchors[10:15] = [[85.0, 10.0, 95.0, 20.0]] * 5  # right of the 80-wide image
+    anchors = anchors.astype(np.float32)
+    logits = rng.normal(0, 3, (1, 90)).astype(np.float32)
+    logits[0, :10] = 20.0 + np.arange(10, dtype=np.float32)[::-1] * 0.5  # all sigmoid 1.0
+    logits[0, 10:15] = 25.0  # outside boxes score highest
+    logits[0, 60:63] = 30.0 + np.arange(3)  # level 2: above level 1's saturated scores
+    deltas = rng.normal(0, 0.05, (1, 90, 4)).astype(np.float32)
+    deltas[0, :10, :2] = rng.normal(0, 0.12, (10, 2))
+    image_size = (70, 80)
+    out = generate_proposals(logits, deltas, anchors, counts, [image_size], pre_nms_top_n=40,
+                             post_nms_top_n=20, nms_threshold=0.5, min_size=0.0,
+                             nms_method="torchvision_cpu", proposal_filter="detectron2")
+    decoded = anchor_ops_decode(deltas[0], anchors)
+    want, want_logits = _d2_find_top_rpn_proposals(torch, torchvision, logits[0], decoded,
+                                                    counts, image_size, 40, 20, 0.5)
+    n = int(out["valid"].numpy().sum())
+    assert n == len(want)
+    np.testing.assert_allclose(out["proposals"].numpy()[0, :n], want, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(out["scores"].numpy()[0, :n], 1 / (1 + np.exp(-want_logits)),
+                               rtol=1e-6)
+    torchvision_rule = generate_proposals(logits, deltas, anchors, counts, [image_size], 40, 20,
+                                          0.5, 0.0, nms_method="torchvision_cpu")
+    kept = torchvision_rule["proposals"].numpy()[0][torchvision_rule["valid"].numpy()[0]]
+    assert ((kept[:, 2] - kept[:, 0]) == 0).any()  # zero-width boxes survive >= 0
+    sigmoid_ranked = generate_proposals(logits, deltas, anchors, counts, [image_size], 40, 20,
+                                        0.5, 1e-30, nms_method="torchvision_cpu")
+    assert not np.array_equal(sigmoid_ranked["proposals"].numpy()[0, :n], want)  # ties
+    with pytest.raises(ValueError, match="proposal_filter"):
+        generate_proposals(logits, deltas, anchors, counts, [image_size], 40, 20, 0.5,
+                           proposal_filter="d2")
+    layer = ProposalGenerator(proposal_filter="detectron2", min_size=0.0)
+    assert ProposalGenerator.from_config(layer.get_config()).proposal_filter == "detectron2"
+
+
+def anchor_ops_decode(deltas, anchors):
+    """detectron2's Box2BoxTransform.apply_deltas with weights (1, 1, 1, 1), in NumPy float32."""
+    widths, heights = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ctr_x, ctr_y = anchors[:, 0] + 0.5 * widths, anchors[:, 1] + 0.5 * heights
+    clip = np.float32(np.log(1000.0 / 16))
+    dw, dh = np.minimum(deltas[:, 2], clip), np.minimum(deltas[:, 3], clip)
+    x, y = deltas[:, 0] * widths + ctr_x, deltas[:, 1] * heights + ctr_y
+    w, h = np.exp(dw) * widths, np.exp(dh) * heights
+    return np.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], 1).astype(np.float32)
