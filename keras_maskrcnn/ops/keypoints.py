@@ -16,13 +16,15 @@ Conventions pinned here (tests/ops/test_keypoints.py checks each against torchvi
     * Scores: "logit" (torchvision's ``keypoints_scores``): the resized heatmap's value at the
       argmax; "detectron2" (the score column its ``keypoint_rcnn_inference`` keeps): the
       resized map's softmax at the argmax, normalised over the S x S heatmap,
-      exp(v - v) / sum exp(h - v) = 1 / sum_ij exp(h_ij - v), v the resized maximum.
+      exp(v - v) / sum exp(h - v) = 1 / sum_ij exp(h_ij - v), h the S x S logits and v the
+      resized maximum (tests/ops/test_keypoints_detectron2.py, against a torch transcription
+      of detectron2's decoding in tests/support/d2_keypoints.py).
     * Absent keypoints (detections of a class without keypoints) are (0, 0, -inf):
       ``ABSENT_SCORE`` is below any threshold, and ``shift_keypoints`` leaves them alone.
 
 Shape shorthand:
     B  batch size
-    R  RoIs per image
+    R  RoIs per image;  D  detections per image
     M  GT instances per image
     K  keypoints per instance (17 for COCO persons; here K never means classes)
     S  heatmap size (56 in Keypoint R-CNN)
