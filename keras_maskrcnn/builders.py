@@ -86,7 +86,6 @@ def build_detection_generator(model_cfg):
 
 
 def build_box_head(model_cfg):
-    """(BoxHead, BoxPredictor)."""
     """(BoxHead, BoxPredictor); variant c4: (None, BoxPredictor), the box features are the
     mean of the res5 head's output."""
     c = model_cfg.box_head

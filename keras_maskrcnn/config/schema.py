@@ -247,6 +247,8 @@ class MaskHeadConfig(Section):
 
     @property
     def mask_size(self) -> int:
+        """2 * pool_size, the FPN head's; the model reads ``ModelConfig.mask_size`` (C4: the
+        pool size)."""
         return 2 * self.pool_size
 
 
@@ -403,7 +405,11 @@ class ModelConfig(Section):
                     f"{sorted(set(kp_ids) - set(self.category_ids))} not in category_ids")
         if self.backbone.variant == "c4":
             self._validate_c4()
-            return
+        else:
+            self._validate_fpn_levels()
+
+    def _validate_fpn_levels(self):
+        """backbone.variant fpn: one anchor size per level, RoIs pooled from FPN levels."""
         num_levels = self.fpn.max_level - self.fpn.min_level + 1
         require(len(self.anchors.sizes) == num_levels, "anchors.sizes",
                 f"needs one size per FPN level P{self.fpn.min_level}..P{self.fpn.max_level} "

@@ -86,6 +86,7 @@ class Res5Head(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
+        # the heads' RoI folding, with its guard for no RoI at all (oneDNN's empty batch)
         return _apply_to_rois(lambda x: self._stage(x, training), inputs)
 
     def _stage(self, x, training):

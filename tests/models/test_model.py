@@ -200,7 +200,9 @@ def test_every_config_file_builds_its_model(name):
     assert (m.keypoint_head is not None) == cfg.model.keypoint_head.enabled
     assert m.preprocessor.min_size == cfg.input.min_size_test
     assert m.preprocessor.max_size == cfg.input.max_size
-    assert m.feature_levels == cfg.model.fpn.levels
+    c4 = cfg.model.backbone.variant == "c4"  # one level, no FPN (tests/models/test_c4.py)
+    assert m.feature_levels == (("C4",) if c4 else cfg.model.fpn.levels)
+    assert (m.fpn is None) == c4 and (m.roi_feature_head is not None) == c4
     assert m.config_dict["model"] == config.config_to_dict(cfg)["model"]
     assert not any(hasattr(m, a) for a in ("model_settings", "input_settings"))
 
