@@ -13,8 +13,9 @@ Conventions pinned here (tests/convert/test_detectron2_zoo.py):
   written RGB / 255; FrozenBN eps 1e-5; shorter side 800 (Cityscapes 1024), longer at most
   1333 (2048), ``resize_style`` detectron2; padding to a multiple of 32 for FPN, none for C4
   (its backbone's size_divisibility is 0); anchors unrounded at nominal strides; RPN pre/post-
-  NMS top-k 1000/1000 per image (FPN: pre per level) or 6000/1000 (C4), NMS 0.7, proposals of
-  width and height > 0 kept (MIN_SIZE 0, strict; ``min_size`` 1e-6 with our >= rule); RoIAlign
+  NMS top-k 1000/1000 per image (FPN: pre per level) or 6000/1000 (C4), NMS 0.7 ranked by
+  logits, proposals of width and height > 0 kept (``rpn.proposal_filter`` detectron2 with
+  ``min_size`` 0: its MIN_SIZE 0, strict); RoIAlign
   aligned, sampling_ratio 0, detectron2's level mapping; score > 0.05, NMS 0.5, 100
   detections, no minimum box size; masks pasted as detectron2; keypoint scores and the -0.5
   COCO offset as detectron2.
@@ -146,12 +147,14 @@ def _rpn_items(entry):
     sizes = "[32, 64, 128, 256, 512]"
     return [f"model.anchors.sizes={sizes}", "model.anchors.aspect_ratios=[0.5, 1.0, 2.0]",
             "model.anchors.rounded=false", "model.anchors.nominal_strides=true",
-            f"model.rpn.pre_nms_top_n_train={pre_train}", f"model.rpn.pre_nms_top_n_test={pre_test}",
+            f"model.rpn.pre_nms_top_n_train={pre_train}",
+            f"model.rpn.pre_nms_top_n_test={pre_test}",
             f"model.rpn.post_nms_top_n_train={post_train}", "model.rpn.post_nms_top_n_test=1000",
-            "model.rpn.nms_threshold=0.7", "model.rpn.min_size=1e-6",
-            "model.rpn.score_threshold=0.0", "model.rpn.fg_iou_threshold=0.7",
-            "model.rpn.bg_iou_threshold=0.3", "model.rpn.batch_size_per_image=256",
-            "model.rpn.positive_fraction=0.5", "model.rpn.smooth_l1_beta=0.0"]
+            "model.rpn.nms_threshold=0.7", "model.rpn.min_size=0.0",
+            "model.rpn.proposal_filter=detectron2", "model.rpn.score_threshold=0.0",
+            "model.rpn.fg_iou_threshold=0.7", "model.rpn.bg_iou_threshold=0.3",
+            "model.rpn.batch_size_per_image=256", "model.rpn.positive_fraction=0.5",
+            "model.rpn.smooth_l1_beta=0.0"]
 
 
 def _roi_items(entry):

@@ -117,6 +117,7 @@ def test_zoo_configs_reproduce_detectron2():
                                                                                   "fpn")
     assert (m.rpn.pre_nms_top_n_test, m.rpn.post_nms_top_n_test) == (1000, 1000)
     assert (m.rpn.post_nms_top_n_train, m.rpn.smooth_l1_beta) == (1000, 0.0)
+    assert (m.rpn.proposal_filter, m.rpn.min_size) == ("detectron2", 0.0)
     assert (m.roi_align.sampling_ratio, m.roi_align.aligned,
             m.roi_align.level_mapping) == (0, True, "detectron2")
     assert (m.anchors.rounded, m.anchors.nominal_strides) == (False, True)
