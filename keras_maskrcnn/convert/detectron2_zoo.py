@@ -168,7 +168,7 @@ def _roi_items(entry):
              "model.roi_heads.min_size=0.0", "model.roi_heads.detections_per_image=100",
              f"model.box_head.pool_size={14 if c4 else 7}",
              f"model.mask_head.enabled={'true' if entry.mask else 'false'}",
-             f"model.mask_head.pool_size=14", f"model.mask_head.num_convs={0 if c4 else 4}",
+             "model.mask_head.pool_size=14", f"model.mask_head.num_convs={0 if c4 else 4}",
              "model.mask_head.paste=detectron2",
              f"model.keypoint_head.enabled={'true' if entry.keypoint else 'false'}"]
     if entry.keypoint:

@@ -23,7 +23,6 @@ keras_maskrcnn/convert/detectron2_zoo.py):
 Written out (``to_detectron2``) with background last and foreground-only box / mask rows.
 """
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
