@@ -20,7 +20,8 @@ keras_maskrcnn/convert/detectron2_zoo.py):
     * C4 (``build_c4_oracle``): torchvision's layer1..layer3 as the one-level backbone, RPN
       with 5 sizes x 3 ratios, 14x14 pooling at 1/16, the box head = layer4 + mean, the mask
       head = the same layer4 + MaskRCNNPredictor(2048, 256, K) (14x14 masks).
-Written out by ``support.d2_layout.to_detectron2`` (background last, foreground-only box / mask rows).
+Written out by ``support.d2_layout.to_detectron2`` (background last, foreground-only box and
+mask rows).
 """
 
 import torch
