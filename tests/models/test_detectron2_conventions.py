@@ -129,3 +129,20 @@ def test_detect_and_serving_use_detectron2_resize_and_paste(torch, d2_model):
     np.testing.assert_allclose(served["boxes"].numpy()[0, :n], result["boxes"], atol=1e-4)
     np.testing.assert_array_equal(served["full_masks"].numpy()[0, :n].astype(bool),
                                   result["masks"])
+
+
+@pytest.mark.slow  # about two minutes: export, load, two signatures
+def test_saved_model_follows_the_detectron2_settings(d2_model, tmp_path):
+    image = np.random.default_rng(6).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    reference = d2_model.detect([image])[0]
+    n = len(reference["scores"])
+    export.export_model(d2_model, str(tmp_path / "saved"), include_full_masks=True)
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    for served in (loaded.signatures["serving_images"](images=tf.constant(image)[None]),
+                   loaded.signatures["serving_default"](
+                       image_bytes=tf.io.encode_png(image)[None])):
+        assert int(served["num_detections"][0]) == n > 0
+        np.testing.assert_allclose(served["boxes"].numpy()[0, :n], reference["boxes"],
+                                   rtol=0, atol=1e-3)
+        np.testing.assert_array_equal(served["full_masks"].numpy()[0, :n].astype(bool),
+                                      reference["masks"])
