@@ -7,7 +7,9 @@ Reads and validates the config (strict, before any work), finds the validation d
 (``data.val.annotations`` / ``data.val.images`` for format coco; for format synthetic
 ``<data.synthetic.output_dir>/annotations/instances_val.json`` and ``<output_dir>/val``),
 builds the model with the annotations' category mapping (sorted category ids -> contiguous
-1..K) and loads the weights (``.weights.h5``; a ``.keras`` file brings its own architecture).
+1..K; keypoints only for the categories declaring them when only some do and
+``model.keypoint_head.category_ids`` is null) and loads the weights (``.weights.h5``; a
+``.keras`` file brings its own architecture).
 Prints COCOeval's standard tables and a one-line summary; writes results.json (COCO results)
 and metrics.json to ``--output`` (default ``<train.output_dir>/eval``). Exit status 2 with a
 message naming the path or key on a bad config or a missing file.
@@ -86,7 +88,8 @@ def main(argv=None):
         cfg = config_lib.load_config(args.config, overrides=args.set)  # strict: fails fast
         annotations, images = val_split_paths(cfg.data)
         # lenient by default: defective annotations are listed (data.strict: an error)
-        print(coco_json.read_coco_json(annotations, strict=cfg.data.strict).report.summary())
+        parsed = coco_json.read_coco_json(annotations, strict=cfg.data.strict)
+        print(parsed.report.summary())
         if not os.path.isfile(args.weights):
             raise FileNotFoundError(f"weights file not found: {args.weights}")
         if not args.weights.endswith((".weights.h5", ".keras")):
@@ -96,7 +99,12 @@ def main(argv=None):
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
 
-    from keras_maskrcnn import evaluation  # imports TensorFlow: after the inputs are known good
+    from keras_maskrcnn import builders, evaluation  # TensorFlow: once the inputs are good
+    from keras_maskrcnn.data.coco import CategoryMap
+
+    if category_ids is not None:  # keypoints only for the json's keypoint categories
+        categories = CategoryMap.from_categories(parsed.categories.values())
+        cfg = builders.with_dataset_keypoint_categories(cfg, categories)
 
     model = load_model(cfg, args.weights, category_ids)
     max_images = args.max_images if args.max_images is not None else cfg.eval.max_images

@@ -6,7 +6,10 @@ The model with keypoint categories [1] and the same weights with every class hav
 is switched off.
 """
 import json
+import os
+import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +17,7 @@ import tensorflow as tf
 from keras_maskrcnn import build_model, builders, config, evaluation, export, predict, visualize
 from keras_maskrcnn.data import coco, synthetic
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
+from support import ROOT
 from support.models import synthetic_batch, tiny_config
 
 IDS = [1, 3, 7]  # the synthetic dataset's category ids; only 1 has keypoints here
@@ -26,8 +30,12 @@ def _config(**extra):
 
 @pytest.fixture(scope="module")
 def models():
-    """{"person": keypoint categories [1], "all": every class, same weights}."""
+    """{"person": keypoint categories [1], "all": every class, same weights (seeded; a
+    class-score layer of unit-variance weights, so detections are of several classes)}."""
+    keras.utils.set_random_seed(0)
     person = build_model(_config(**{"model.keypoint_head.category_ids": [1]}))
+    kernel = person.box_predictor.cls_score.kernel
+    kernel.assign(np.random.default_rng(0).normal(size=kernel.shape).astype(np.float32))
     every = build_model(_config())
     every.set_weights(person.get_weights())
     return {"person": person, "all": every}
@@ -135,11 +143,11 @@ def test_coco_results_and_drawings_hold_keypoints_of_person_only(models, shapes,
         assert np.array_equal(drawn[0], drawn[1]) == (name == "person")
 
 
-def test_predict_takes_keypoint_categories_from_the_json(shapes, tmp_path, monkeypatch, capsys):
+def test_predict_takes_keypoint_categories_from_the_json(models, shapes, tmp_path, monkeypatch):
     root, paths = shapes
     cfg_overrides = [f"{k}={v}" for k, v in OVERRIDES.items() if k != "model.category_ids"]
     weights = str(tmp_path / "w.weights.h5")
-    build_model(_config()).save_weights(weights)
+    models["all"].save_weights(weights)
     built, build = [], builders.build_model
 
     def build_and_keep(*args, **kwargs):
@@ -155,6 +163,26 @@ def test_predict_takes_keypoint_categories_from_the_json(shapes, tmp_path, monke
     assert built[0].keypoint_category_ids == [1] and built[0].category_ids == IDS
     other = result["labels"] != 1
     assert other.any() and np.all(result["keypoints"][other][..., 2] == -np.inf)
+
+
+def test_evaluate_cli_takes_keypoint_categories_from_the_json(models, shapes, tmp_path):
+    sys.path.insert(0, ROOT)
+    try:
+        import evaluate as cli
+    finally:
+        sys.path.remove(ROOT)
+    root, _ = shapes
+    weights = str(tmp_path / "w.weights.h5")
+    models["all"].save_weights(weights)
+    path = str(tmp_path / "c.yaml")
+    config.save_config(tiny_config(), path)
+    argv = ["--config", path, "--weights", weights, "--output", str(tmp_path / "eval"),
+            "--set", f"data.synthetic.output_dir={root}", "model.roi_heads.score_threshold=0"]
+    assert cli.main(argv) == 0
+    with open(os.path.join(tmp_path, "eval", "results.json")) as f:
+        results = json.load(f)
+    assert len({r["category_id"] for r in results}) > 1
+    assert {r["category_id"] for r in results if "keypoints" in r} == {1}
 
 
 def test_detectron2_score_and_coordinate_offset(models):
