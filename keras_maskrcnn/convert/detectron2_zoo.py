@@ -25,7 +25,8 @@ Conventions pinned here (tests/convert/test_detectron2_zoo.py):
   16 at lr 0.02 (Cityscapes 8 at 0.01), schedules 1x = 90k (60k, 80k), 3x = 270k (210k, 250k),
   Cityscapes 24k (18k); shorter sides (640..800) by choice (Cityscapes 800..1024).
 - ``model.category_ids``: the COCO ids of the 80 classes for COCO detection entries, (1,)
-  (person) for keypoint entries; a checkpoint with another class count keeps contiguous ids.
+  (person) for keypoint entries (also their ``keypoint_head.category_ids``); a checkpoint with
+  another class count keeps contiguous ids.
 """
 import dataclasses
 import os
@@ -225,7 +226,9 @@ def zoo_config(entry, num_classes=None, overrides=()):
     category_ids = None
     if k == default_num_classes(entry) and not entry.cityscapes:
         category_ids = [1] if entry.keypoint else list(COCO_CATEGORY_IDS)
+    keypoint_ids = [1] if entry.keypoint and category_ids else None  # COCO person
     items = [f"model.num_classes={k}", f"model.category_ids={category_ids or 'null'}",
+             f"model.keypoint_head.category_ids={keypoint_ids or 'null'}",
              *_backbone_items(entry), *_rpn_items(entry), *_roi_items(entry),
              *_input_items(entry), *_train_items(entry), *_data_items(entry)]
     return config_lib.apply_overrides(config_lib.Config(), [*items, *overrides],

@@ -141,6 +141,7 @@ def test_zoo_configs_reproduce_detectron2():
     kp = zoo.zoo_config("keypoint_rcnn_R_50_FPN_3x").model
     assert (kp.num_classes, kp.category_ids, kp.keypoint_head.score,
             kp.keypoint_head.coordinate_offset) == (2, (1,), "detectron2", -0.5)
+    assert kp.keypoint_head.category_ids == (1,)
     assert (kp.rpn.post_nms_top_n_train, kp.roi_heads.smooth_l1_beta) == (1500, 0.5)
     city = zoo.zoo_config("mask_rcnn_R_50_FPN")
     assert (city.model.num_classes, city.model.category_ids) == (9, None)
