@@ -4,6 +4,8 @@
         --checkpoint maskrcnn_resnet50_fpn_coco.pth --output converted/
     python -m keras_maskrcnn.convert yolact --checkpoint yolact_base_54_800000.pth \
         --output converted/ [--arch yolact_base|yolact_resnet50]
+    python -m keras_maskrcnn.convert detectron2 --checkpoint model_final_f10217.pkl \
+        --config-name mask_rcnn_R_50_FPN_3x --output converted/
 
 write ``converted/model.weights.h5`` and ``converted/config.yaml`` (the config that reproduces
 the source's inference), which ``model.detect``, ``evaluate.py`` and export then use.
@@ -12,13 +14,13 @@ import argparse
 import os
 
 from keras_maskrcnn import config as config_lib
-from keras_maskrcnn.convert import yolact
+from keras_maskrcnn.convert import detectron2, detectron2_zoo, yolact
 from keras_maskrcnn.convert.torchvision_models import (ARCHITECTURES, converted_config,
                                                      from_torchvision)
 
 
 def _add_common(parser):
-    parser.add_argument("--checkpoint", required=True, help=".pth state_dict")
+    parser.add_argument("--checkpoint", required=True, help=".pth state_dict (detectron2: .pkl)")
     parser.add_argument("--output", required=True, help="output directory")
     config_lib.add_override_argument(parser, "model.roi_heads.score_threshold=0.3")
 
@@ -35,17 +37,31 @@ def main(argv=None):
     yl.add_argument("--arch", default=None, choices=tuple(yolact.ARCHITECTURES),
                     help="default: inferred from the checkpoint (ResNet depth)")
     _add_common(yl)
+    d2 = sub.add_parser("detectron2", help="a detectron2 model-zoo checkpoint (.pkl), read "
+                                           "without torch")
+    d2.add_argument("--config-name", required=True,
+                    help="detectron2 config name, full (COCO-InstanceSegmentation/"
+                         "mask_rcnn_R_50_FPN_3x) or short (mask_rcnn_R_50_FPN_3x); one of: "
+                         + ", ".join(e.short_name for e in detectron2_zoo.MODEL_ZOO.values()))
+    _add_common(d2)
     args = parser.parse_args(argv)
 
     if args.source == "yolact":
         model = yolact.from_yolact(args.checkpoint, args.arch, overrides=args.set, progress=True)
+    elif args.source == "detectron2":
+        model = detectron2.from_detectron2(args.checkpoint, args.config_name,
+                                           overrides=args.set, progress=True)
     else:
         model = from_torchvision(args.checkpoint, args.arch, overrides=args.set)
     os.makedirs(args.output, exist_ok=True)
     weights = os.path.join(args.output, "model.weights.h5")
     model.save_weights(weights)
     config_path = os.path.join(args.output, "config.yaml")
-    config_lib.save_config(converted_config(model), config_path)
+    if args.source == "detectron2":  # its training settings too, for fine-tuning
+        cfg = detectron2_zoo.zoo_config(args.config_name, model.num_classes, args.set)
+    else:
+        cfg = converted_config(model)
+    config_lib.save_config(cfg, config_path)
     print(f"wrote {weights} and {config_path}")
 
 
