@@ -600,10 +600,11 @@ class TFRecordSource:
         files = tf.data.Dataset.from_tensor_slices(paths)
         if shuffle and max_images is None:
             files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-        read = tf.data.TFRecordDataset
-        if by_record and max_images is None:  # the same records of each file in every epoch
-            def read(path):
-                return tf.data.TFRecordDataset(path).shard(num_shards, shard_index)
+        per_file = by_record and max_images is None  # the same records of each file, every epoch
+
+        def read(path):
+            file_records = tf.data.TFRecordDataset(path)
+            return file_records.shard(num_shards, shard_index) if per_file else file_records
         cycle = min(len(paths), 16) if shuffle else len(paths)
         records = files.interleave(read, cycle_length=cycle, block_length=1,
                                    num_parallel_calls=parallel, deterministic=True)
