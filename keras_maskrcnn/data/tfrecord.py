@@ -22,6 +22,12 @@ image::
     image/object/keypoint/{x,y}  float x / W, y / H, flattened over objects (M * Kp)
     image/object/keypoint/visibility  int64 (M * Kp); keypoint/num (visible per object) and
                               keypoint/text (names, M * Kp) as the Object Detection API writes
+    image/object/mask_crop   this package's own, only with ``mask_crop_size`` C (off by
+                              default): one PNG per object, its (C, C) uint8 0/1 crop
+                              (``coco.segmentation_crop`` in the frame ``ops.masks.
+                              mask_crop_boxes`` gives the written box); Model Garden's
+                              decoder parses only the keys it names and ignores these
+    image/object/mask_crop/size  int64 C (with the crops)
 
 Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
     * Writing (``write_tfrecords``, ``python -m keras_maskrcnn.data.tfrecord``): images in id
@@ -32,13 +38,15 @@ Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
       written). Boxes are clipped to the image; objects whose clipped box is under 1 pixel
       wide or high are not written (the COCO loader drops them too). Crowd regions ARE
       written (is_crowd 1). An annotation without segmentation gets its box as the PNG mask,
-      as ``CocoDataset.instance_masks``.
+      as ``CocoDataset.instance_masks``. ``mask_crop_size`` C also writes each object's crop
+      (the COCO path's ``instance_mask_crops`` of the same annotation, bit for bit).
     * Reading (``load_tfrecords``; ``TFRecordSource.record_dataset`` then ``decode_stage``,
       which ``pipeline.build_dataset`` puts together) yields the examples of the COCO path's
       Python stage: boxes x * W, y * H (float32 xyxy pixels), crowd regions and
       boxes under 1 pixel left out (``stats.num_crowd``, ``stats.num_degenerate``, counted on
       the first pass), labels mapped to 1..K, masks PNG -> (M', H, W) uint8 (pixel > 0), or
-      with ``mask_size`` C each PNG decoded and sampled into its (C, C) crop
+      with ``mask_size`` C the record's stored crops when they are C x C (no full-size PNG
+      inflated), else each PNG decoded and sampled into its (C, C) crop
       (``coco.sample_mask_crop``; no (M', H, W) array), a
       record without masks gets box masks (``stats.num_box_masks``), one without keypoints
       gets v = 0; asked ``with_crowd``, the crowd regions' boxes (those of >= 1 pixel) as
@@ -111,7 +119,18 @@ def _feature(values, kind):
         values, np.float32).ravel()))
 
 
-def _object_features(image, anns, names, num_keypoints, keypoint_names, stats):
+def _mask_crop_features(anns, boxes, size, height, width):
+    """image/object/mask_crop{,/size}: the (C, C) crops of ``coco.segmentation_crop``."""
+    frames = mask_crop_boxes(boxes)
+    crops = [encode_mask_png(coco.segmentation_crop(a.get("segmentation") or None, frame, size,
+                                                    height, width, box))
+             for a, frame, box in zip(anns, frames, boxes)]
+    return {"image/object/mask_crop": _feature(crops, "bytes"),
+            "image/object/mask_crop/size": _feature([size], "int")}
+
+
+def _object_features(image, anns, names, num_keypoints, keypoint_names, stats,
+                     mask_crop_size=None):
     """Per-object features of one image's annotations (file order); updates ``stats``."""
     h, w = image["height"], image["width"]
     boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
@@ -143,6 +162,8 @@ def _object_features(image, anns, names, num_keypoints, keypoint_names, stats):
         "image/object/area": _feature([a.get("area", (b[2] - b[0]) * (b[3] - b[1]))
                                        for a, b in zip(anns, boxes)], "float"),
         "image/object/mask": _feature(masks, "bytes")})
+    if mask_crop_size:
+        features.update(_mask_crop_features(anns, boxes, mask_crop_size, h, w))
     if num_keypoints:
         zeros = [0.0] * 3 * num_keypoints
         kps = [(not c and a.get("keypoints")) or zeros for a, c in zip(anns, crowd)]
@@ -171,7 +192,7 @@ def _image_features(image, encoded):
 
 
 def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_keypoints=0,
-                    progress=True, strict=False):
+                    progress=True, strict=False, mask_crop_size=None):
     """Converts a COCO json and its images to sharded TFRecords (schema in the module doc).
 
     Prints the annotation report's summary (``coco_json.AnnotationReport.summary``) first.
@@ -185,6 +206,8 @@ def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_k
         progress: show a tqdm progress bar.
         strict: False: annotations with a defect are not written (listed in the report);
             True: the first one raises ``coco_json.CocoFormatError`` before anything is written.
+        mask_crop_size: C also writes image/object/mask_crop (C x C crops, read instead of the
+            full-size PNGs by ``input.gt_mask_size`` C); None (default): not written.
 
     Returns:
         dict: files, num_images, num_objects, num_crowd, num_degenerate (not written),
@@ -195,6 +218,8 @@ def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_k
 
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if mask_crop_size is not None and mask_crop_size < 1:
+        raise ValueError(f"mask_crop_size must be >= 1, got {mask_crop_size}")
     parsed = coco_json.read_coco_json(os.fspath(annotation_file), num_keypoints, strict)
     print(parsed.report.summary(), flush=True)
     images = [parsed.images[i] for i in sorted(parsed.images)]
@@ -218,7 +243,8 @@ def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_k
                 continue
             features = _image_features(image, encoded)
             features.update(_object_features(image, per_image[image["id"]], names,
-                                             num_keypoints, keypoint_names, stats))
+                                             num_keypoints, keypoint_names, stats,
+                                             mask_crop_size))
             example = tf.train.Example(features=tf.train.Features(feature=features))
             writers[stats["num_images"] % num_shards].write(example.SerializeToString())
             stats["num_images"] += 1
@@ -260,6 +286,16 @@ def _decode_png_masks(pngs, height, width, frames=None, size=None):
     return masks
 
 
+def _stored_crops(f, mask_size, num_objects):
+    """The record's image/object/mask_crop PNGs when they are ``mask_size`` x ``mask_size``,
+    one per object; else None (then the full-size PNGs are cropped)."""
+    crops = f.get("image/object/mask_crop", ())
+    if mask_size is None or int(f.get("image/object/mask_crop/size", 0)) != mask_size \
+            or len(crops) != num_objects:
+        return None
+    return crops
+
+
 def _box_masks(boxes, height, width):
     """(M, H, W) uint8 masks filling the integer-rounded boxes (as CocoDataset)."""
     masks = np.zeros((len(boxes), height, width), np.uint8)
@@ -268,8 +304,9 @@ def _box_masks(boxes, height, width):
     return masks
 
 
-def _feature_spec(with_masks, num_keypoints):
-    """tf.io.parse_single_example spec; every feature optional but image/encoded."""
+def _feature_spec(with_masks, num_keypoints, mask_crops=False):
+    """tf.io.parse_single_example spec; every feature optional but image/encoded.
+    ``mask_crops``: the stored crops too (image/object/mask_crop{,/size}; absent: (0,), 0)."""
     fixed, var = tf.io.FixedLenFeature, tf.io.VarLenFeature
     spec = {key: fixed((), tf.string, b"") for key in (
         "image/encoded", "image/source_id", "image/filename")}
@@ -279,6 +316,9 @@ def _feature_spec(with_masks, num_keypoints):
     spec.update({key: var(tf.float32) for key in _BOX_KEYS})
     if with_masks:
         spec["image/object/mask"] = var(tf.string)
+    if with_masks and mask_crops:
+        spec.update({"image/object/mask_crop": var(tf.string),
+                     "image/object/mask_crop/size": fixed((), tf.int64, 0)})
     if num_keypoints:
         spec.update({"image/object/keypoint/x": var(tf.float32),
                      "image/object/keypoint/y": var(tf.float32),
@@ -496,7 +536,8 @@ class TFRecordSource:
         boxes, labels, crowd = objects
         degenerate = (boxes[:, 2] - boxes[:, 0] < 1) | (boxes[:, 3] - boxes[:, 1] < 1)
         keep = np.flatnonzero(~crowd & ~degenerate)
-        no_masks = with_masks and len(f["image/object/mask"]) == 0
+        stored = _stored_crops(f, mask_size, len(labels)) if with_masks else None
+        no_masks = with_masks and stored is None and len(f["image/object/mask"]) == 0
         truncated = max_instances is not None and len(keep) > max_instances
         kept = keep[:max_instances]
         try:
@@ -507,21 +548,10 @@ class TFRecordSource:
         example = {"image": image, "boxes": boxes[kept], "classes": classes,
                    "image_id": image_id}
         if with_masks:
-            pngs = f["image/object/mask"]
-            frames = None if mask_size is None else mask_crop_boxes(boxes[kept])
-            if no_masks and frames is not None:
-                example["masks"] = np.stack(
-                    [coco.segmentation_crop(None, fr, mask_size, *size, box=b)
-                     for fr, b in zip(frames, boxes[kept])]).reshape(-1, mask_size, mask_size)
-            elif no_masks:
-                example["masks"] = _box_masks(boxes[kept], *size)
-            elif len(pngs) != len(labels):
-                return self.skip(image_id, name, f"{len(pngs)} masks for {len(labels)} objects")
-            else:
-                try:
-                    example["masks"] = _decode_png_masks(pngs[kept], *size, frames, mask_size)
-                except Exception as e:  # noqa: BLE001 - a corrupt PNG: skip the record
-                    return self.skip(image_id, name, f"mask: {type(e).__name__}: {e}")
+            masks = self._masks(f, stored, kept, boxes[kept], size, mask_size, no_masks)
+            if isinstance(masks, str):
+                return self.skip(image_id, name, masks)
+            example["masks"] = masks
         if self.num_keypoints:
             example["keypoints"] = self._keypoints(f, name, size, len(labels))[kept]
         if with_crowd:
@@ -531,6 +561,25 @@ class TFRecordSource:
                          num_box_masks=len(keep) if no_masks else 0,
                          num_truncated_images=truncated)
         return example
+
+    @staticmethod
+    def _masks(f, stored, kept, boxes, size, mask_size, no_masks):
+        """(M', H, W) masks or (M', C, C) crops of the kept objects, or a reason to skip."""
+        pngs = f["image/object/mask"]
+        frames = None if mask_size is None else mask_crop_boxes(boxes)
+        if no_masks and frames is not None:
+            return np.stack([coco.segmentation_crop(None, fr, mask_size, *size, box=b)
+                             for fr, b in zip(frames, boxes)]).reshape(-1, mask_size, mask_size)
+        if no_masks:
+            return _box_masks(boxes, *size)
+        if stored is None and len(pngs) != len(f["image/object/class/label"]):
+            return f"{len(pngs)} masks for {len(f['image/object/class/label'])} objects"
+        try:
+            if stored is not None:  # written by the writer's mask_crop_size: as they are
+                return _decode_png_masks(stored[kept], mask_size, mask_size)
+            return _decode_png_masks(pngs[kept], *size, frames, mask_size)
+        except Exception as e:  # noqa: BLE001 - a corrupt PNG: skip the record
+            return f"mask: {type(e).__name__}: {e}"
 
     def _keypoints(self, f, name, size, m):
         """(M, Kp, 3) float32 keypoints in pixels (zeros when the record has none)."""
@@ -547,7 +596,7 @@ class TFRecordSource:
     def decode_stage(self, max_instances, with_masks, mask_size=None, with_crowd=False):
         """tf.data map function: serialized record -> the pipeline's Python-stage dict."""
         kp = self.num_keypoints
-        spec = _feature_spec(with_masks, kp)
+        spec = _feature_spec(with_masks, kp, mask_crops=mask_size is not None)
         keys = sorted(spec)
         names, dtypes, shapes, empty = coco.example_schema(kp, with_masks, mask_size, with_crowd)
 
@@ -648,6 +697,11 @@ def main(argv=None):
     parser.add_argument("--shards", type=int, default=32, help="number of files (default 32)")
     parser.add_argument("--keypoints", type=int, default=0,
                         help="keypoints per object to write (0: none; 17 for COCO persons)")
+    parser.add_argument("--mask-crop-size", type=int, default=None, metavar="C",
+                        help="also write each object's C x C mask crop (image/object/mask_crop,"
+                             " ignored by Model Garden's decoder), read by training with "
+                             "input.gt_mask_format: cropped and gt_mask_size C instead of the "
+                             "full-size PNGs (default: not written)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first annotation with a defect (a box of size <= 0 "
@@ -658,7 +712,7 @@ def main(argv=None):
     try:
         stats = write_tfrecords(args.annotations, args.images, args.output, args.shards,
                                 args.keypoints, progress=not args.no_progress,
-                                strict=args.strict)
+                                strict=args.strict, mask_crop_size=args.mask_crop_size)
     except ValueError as e:  # coco_json.CocoFormatError among them
         parser.exit(2, f"error: {e}\n")
     left_out = [f"{stats['num_degenerate']} boxes under 1 pixel"]

@@ -1,6 +1,8 @@
 """Cropped GT masks (``input.gt_mask_format: cropped``) through the data pipeline: the crops of
 the COCO, TFRecord and synthetic sources, their resize / flip against crops of the full
 masks, the config rules, and one fit step of a model trained on them."""
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -79,6 +81,72 @@ def test_tfrecord_crops_are_crops_of_the_png_masks(shapes):
             np.testing.assert_array_equal(got[:n], _crops_of(full["masks"], full["boxes"]))
             seen += 1
     assert seen == len(a)
+
+
+@pytest.fixture(scope="module")
+def stored(shapes, tmp_path_factory):
+    """The shapes set with one annotation's segmentation removed (a box mask), written with
+    (``mask_crop_size`` CROP) and without stored crops."""
+    root = tmp_path_factory.mktemp("stored")
+    d = json.loads(open(shapes[0]).read())
+    del d["annotations"][0]["segmentation"]
+    ann_file = str(root / "edited.json")
+    with open(ann_file, "w") as f:
+        json.dump(d, f)
+    out = {"annotations": ann_file, "images": shapes[1]}
+    for name, size in (("plain", None), ("crops", CROP)):
+        out[name] = tfrecord.write_tfrecords(ann_file, shapes[1], str(root / name / "train"), 2,
+                                             progress=False, mask_crop_size=size)["files"]
+    return out
+
+
+def _gt_masks(source, mask_size):
+    """{image id: its unpadded gt_masks} of an evaluation pass (no flip, no resize of crops)."""
+    out = {}
+    for batch in pipeline.build_dataset(source, INPUT, 2, False, gt_mask_size=mask_size):
+        for i, image_id in enumerate(batch["image_ids"].numpy()):
+            n = int((batch["gt_classes"].numpy()[i] > 0).sum())
+            h, w = batch["image_sizes"].numpy()[i]
+            masks = batch["gt_masks"].numpy()[i, :n]
+            out[int(image_id)] = masks if mask_size else masks[:, :h, :w]
+    return out
+
+
+def test_stored_crops_equal_the_coco_crops(stored):
+    """Records written with crops give exactly the COCO json path's crops (polygons, RLE, a
+    box mask); without them, the PNG path's crops, which differ for coarse polygon crops."""
+    a = coco.load_coco(stored["annotations"], stored["images"])
+    from_crops = _gt_masks(tfrecord.load_tfrecords(stored["crops"], stored["annotations"]), CROP)
+    from_pngs = _gt_masks(tfrecord.load_tfrecords(stored["plain"], stored["annotations"]), CROP)
+    assert len(from_crops) == len(from_pngs) == len(a)
+    assert any(r.segmentations[:1] == [None] for r in a.images)
+    differ = 0
+    for index, record in enumerate(a.images):
+        want = a.load_example(index, mask_size=CROP)["masks"]
+        np.testing.assert_array_equal(from_crops[record.image_id], want)
+        differ += int((from_pngs[record.image_id] != want).any())
+    assert differ  # the stored crops were read, not the PNGs
+
+
+def test_stored_crops_leave_the_model_garden_keys_and_other_sizes_alone(stored):
+    """The crop features are only added; full masks and another crop size come from the PNGs
+    exactly as from records without crops (a size mismatch falls back, it is no error)."""
+    for plain, crops in zip(stored["plain"], stored["crops"]):
+        for x, y in zip(*(tf.data.TFRecordDataset(p) for p in (plain, crops))):
+            x, y = (tf.train.Example.FromString(r.numpy()) for r in (x, y))
+            extra = {"image/object/mask_crop", "image/object/mask_crop/size"}
+            assert set(y.features.feature) - set(x.features.feature) == extra
+            assert y.features.feature["image/object/mask_crop/size"].int64_list.value == [CROP]
+            for key in extra:
+                del y.features.feature[key]
+            assert x.SerializeToString(deterministic=True) == \
+                y.SerializeToString(deterministic=True)
+    for size in (None, CROP // 2):
+        got, want = (_gt_masks(tfrecord.load_tfrecords(stored[k], stored["annotations"]), size)
+                     for k in ("crops", "plain"))
+        assert got.keys() == want.keys()
+        for image_id in want:
+            np.testing.assert_array_equal(got[image_id], want[image_id])
 
 
 def test_training_crops_follow_resize_and_flip(shapes):

@@ -448,3 +448,22 @@ def test_cli_lenient_prints_the_summary_and_strict_exits_with_the_message(tmp_pa
     source = tfrecord.load_tfrecords(str(tmp_path / "lenient" / "r-*"), files["bad"], KP)
     assert source.report is None  # the records hold only the good annotations
     assert sum(len(b["image_ids"]) for b in _eval_batches(source)) == 10
+
+
+def test_cli_mask_crop_size_keeps_the_report_and_writes_the_crops(tmp_path, capsys):
+    files = write_defective_file(tmp_path)
+    args = ["--annotations", files["bad"], "--images", files["images"], "--shards", "2",
+            "--keypoints", str(KP), "--no-progress"]
+    assert tfrecord.main(args + ["--output", str(tmp_path / "plain" / "r")]) == 0
+    plain = capsys.readouterr().out
+    assert tfrecord.main(args + ["--output", str(tmp_path / "crops" / "r"),
+                                 "--mask-crop-size", "28"]) == 0
+    assert capsys.readouterr().out == plain.replace("plain", "crops")  # the same summary
+    written = [ex.features.feature for shard in _examples(
+        tfrecord.shard_paths(str(tmp_path / "crops" / "r"), 2)) for ex in shard]
+    assert sum(len(f["image/object/mask_crop"].bytes_list.value) for f in written) == 15
+    assert {tuple(f["image/object/mask_crop/size"].int64_list.value) for f in written} == {(28,)}
+    with pytest.raises(SystemExit):
+        tfrecord.main(args + ["--output", str(tmp_path / "strict" / "r"), "--strict",
+                              "--mask-crop-size", "28"])
+    assert "annotation 1000: bbox: width -3 must be > 0" in capsys.readouterr().err
