@@ -2,7 +2,7 @@
 against cropped ones (``input.gt_mask_format``), at COCO size.
 
     python bench/gt_masks.py [--images 32] [--batches 12] [--batch-size 2] [--workdir DIR]
-                             [--source coco|tfrecord]
+                             [--source coco|tfrecord] [--stored-crops]
 
 Writes (once, into ``--workdir``) a COCO-format dataset of 800 x 1333 JPEGs, each with
 ``--min-instances``..``--max-instances`` (default 1..50, uniform) star-shaped polygon
@@ -15,7 +15,8 @@ size, gt_masks separately), the process' RSS growth while iterating (VmRSS after
 minus before the first, and VmHWM - VmRSS before: the peak growth), and images/s over
 ``--batches`` batches after 2 warm-up batches; then the full / cropped ratios. ``--source
 tfrecord`` first writes the set as 2 TFRecord shards (PNG masks, ``data.tfrecord``) and reads
-those instead.
+those instead; with ``--stored-crops`` the shards also hold each object's ``--crop-size`` crop
+(``write_tfrecords(mask_crop_size=...)``), which the cropped format reads instead of the PNGs.
 """
 import argparse
 import json
@@ -87,7 +88,12 @@ def _status_kib(field):
     raise KeyError(field)
 
 
-def run_format(root, mask_format, batches, batch_size, crop_size, source_kind="coco"):
+def _records_dir(root, crop_size, stored_crops):
+    return os.path.join(root, f"records-crops{crop_size}" if stored_crops else "records")
+
+
+def run_format(root, mask_format, batches, batch_size, crop_size, source_kind="coco",
+               stored_crops=False):
     """Child process: iterate the pipeline; print one JSON line of figures."""
     import tensorflow as tf
 
@@ -98,7 +104,8 @@ def run_format(root, mask_format, batches, batch_size, crop_size, source_kind="c
     tf.config.threading.set_intra_op_parallelism_threads(2)
     ann_file = os.path.join(root, "annotations.json")
     source = coco.load_coco(ann_file, root) if source_kind == "coco" else \
-        tfrecord.load_tfrecords(os.path.join(root, "records", "train-*.tfrecord"), ann_file)
+        tfrecord.load_tfrecords(os.path.join(_records_dir(root, crop_size, stored_crops),
+                                             "train-*.tfrecord"), ann_file)
     input_config = InputConfig(min_size_train=(640, 672, 704, 736, 768, 800), max_size=1333,
                                max_instances=100)
     dataset = pipeline.build_dataset(
@@ -137,24 +144,28 @@ def main(argv=None):
     parser.add_argument("--workdir", default="/tmp/keras_maskrcnn_bench_gt_masks")
     parser.add_argument("--formats", nargs="+", default=["full", "cropped"])
     parser.add_argument("--source", choices=("coco", "tfrecord"), default="coco")
+    parser.add_argument("--stored-crops", action="store_true",
+                        help="tfrecord: records with the crops stored (--mask-crop-size)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return run_format(args.workdir, args.child, args.batches, args.batch_size,
-                          args.crop_size, args.source)
+                          args.crop_size, args.source, args.stored_crops)
     ann_file = write_dataset(args.workdir, args.images, args.min_instances, args.max_instances)
-    records = os.path.join(args.workdir, "records")
+    records = _records_dir(args.workdir, args.crop_size, args.stored_crops)
     if args.source == "tfrecord" and not os.path.isdir(records):
         from keras_maskrcnn.data import tfrecord
         tfrecord.write_tfrecords(ann_file, args.workdir, os.path.join(records, "train"), 2,
-                                 progress=False)
+                                 progress=False,
+                                 mask_crop_size=args.crop_size if args.stored_crops else None)
     print(f"load average before: {os.getloadavg()}, {os.cpu_count()} cores")
     results = {}
     for mask_format in args.formats:
         out = subprocess.run(
             [sys.executable, __file__, "--child", mask_format, "--workdir", args.workdir,
              "--batches", str(args.batches), "--batch-size", str(args.batch_size),
-             "--crop-size", str(args.crop_size), "--source", args.source],
+             "--crop-size", str(args.crop_size), "--source", args.source]
+            + ["--stored-crops"] * args.stored_crops,
             check=True, capture_output=True, text=True, env=dict(os.environ,
                                                                  TF_CPP_MIN_LOG_LEVEL="2"))
         results[mask_format] = json.loads(out.stdout.strip().splitlines()[-1])
