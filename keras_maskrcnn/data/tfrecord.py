@@ -22,11 +22,11 @@ image::
     image/object/keypoint/{x,y}  float x / W, y / H, flattened over objects (M * Kp)
     image/object/keypoint/visibility  int64 (M * Kp); keypoint/num (visible per object) and
                               keypoint/text (names, M * Kp) as the Object Detection API writes
-    image/object/mask_crop   this package's own, only with ``mask_crop_size`` C (off by
-                              default): one PNG per object, its (C, C) uint8 0/1 crop
-                              (``coco.segmentation_crop`` in the frame ``ops.masks.
-                              mask_crop_boxes`` gives the written box); Model Garden's
-                              decoder parses only the keys it names and ignores these
+    image/object/mask_crop   not in FEATURE_KEYS: this package's own, written only with
+                              ``mask_crop_size`` C (off by default): one PNG per object, its
+                              (C, C) uint8 0/1 crop (``coco.segmentation_crop`` in the frame
+                              ``ops.masks.mask_crop_boxes`` gives the written box); Model
+                              Garden's decoder parses only the keys it names, not these
     image/object/mask_crop/size  int64 C (with the crops)
 
 Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
