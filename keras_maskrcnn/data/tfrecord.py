@@ -279,7 +279,7 @@ def _decode_png_masks(pngs, height, width, frames=None, size=None):
         if mask.ndim == 3:  # an RGB(A) mask: its first channel
             mask = mask[..., 0]
         if mask.shape != (height, width):
-            raise ValueError(f"mask {i} is {mask.shape[0]}x{mask.shape[1]}, the image "
+            raise ValueError(f"mask {i} is {mask.shape[0]}x{mask.shape[1]}, expected "
                              f"{height}x{width}")
         mask = (mask > 0).astype(np.uint8)
         masks[i] = mask if frames is None else coco.sample_mask_crop(mask, frames[i], size)

@@ -149,6 +149,19 @@ def test_stored_crops_leave_the_model_garden_keys_and_other_sizes_alone(stored):
             np.testing.assert_array_equal(got[image_id], want[image_id])
 
 
+def test_a_stored_crop_of_another_shape_skips_the_record(stored, tmp_path):
+    record = next(iter(tf.data.TFRecordDataset(stored["crops"][0])))
+    example = tf.train.Example.FromString(record.numpy())
+    example.features.feature["image/object/mask_crop"].bytes_list.value[0] = \
+        tfrecord.encode_mask_png(np.ones((CROP, CROP + 1), np.uint8))
+    with tf.io.TFRecordWriter(str(tmp_path / "bad.tfrecord")) as w:
+        w.write(example.SerializeToString())
+    source = tfrecord.load_tfrecords(str(tmp_path / "bad.tfrecord"), stored["annotations"])
+    assert _gt_masks(source, CROP) == {}
+    [(name, reason)] = source.stats.skipped_images
+    assert reason == f"mask: ValueError: mask 0 is {CROP}x{CROP + 1}, expected {CROP}x{CROP}"
+
+
 def test_training_crops_follow_resize_and_flip(shapes):
     """Same seed, full vs cropped: equal images and boxes (the mask format takes no random
     draw), and each crop agrees with the crop of the resized, flipped full mask; the RoI
