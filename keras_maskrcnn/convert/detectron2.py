@@ -259,16 +259,7 @@ def load_detectron2_weights(model, state_dict, progress=False):
     kept = {k: v for k, v in state_dict.items() if not ignored(k)}
     reader = tv.StateDictReader(kept)
     read_detectron2(reader, model)
-    unused = sorted(set(kept) - reader.consumed)
-    if unused:
-        raise ValueError(f"unexpected key(s) in the checkpoint not used by the model: "
-                         f"{unused[:10]}{' ...' if len(unused) > 10 else ''}")
-    return reader.commit(progress=_progress_bar if progress else None)
-
-
-def _progress_bar(pending):
-    from tqdm import tqdm
-    return tqdm(pending, desc="assigning weights", unit="key")
+    return reader.commit_all(progress)
 
 
 def infer_num_classes(state_dict):

@@ -110,6 +110,26 @@ class StateDictReader:
         self._pending = []
         return set(self.consumed)
 
+    def commit_all(self, progress=False, ignore=None):
+        """``commit`` once every key of the state_dict was read (``ignore(key)`` ones excepted);
+        a tqdm bar when ``progress``. Returns the consumed keys."""
+        check_all_used(set(self.state_dict), self.consumed, ignore)
+        return self.commit(progress=progress_bar if progress else None)
+
+
+def check_all_used(keys, consumed, ignore=None):
+    """Raises naming the first keys of ``keys`` neither consumed nor ``ignore``d."""
+    unused = sorted(k for k in keys - consumed if not (ignore and ignore(k)))
+    if unused:
+        raise ValueError(f"unexpected key(s) in the checkpoint not used by the model: "
+                         f"{unused[:10]}{' ...' if len(unused) > 10 else ''}")
+
+
+def progress_bar(pending):
+    """tqdm over the weights being assigned (the converters' progress)."""
+    from tqdm import tqdm  # only when asked for
+    return tqdm(pending, desc="assigning weights", unit="key")
+
 
 def read_conv(reader, conv, key_prefix):
     """Queues a keras Conv2D from ``{key_prefix}weight`` (+ ``bias`` when the conv has one)."""

@@ -59,10 +59,7 @@ def load_torchvision_weights(model, state_dict):
     if model.keypoint_head is not None:
         consumed |= tv.load_keypoint_head_weights(model.keypoint_head, model.keypoint_predictor,
                                                   state_dict)
-    unused = sorted(set(state_dict) - consumed)
-    if unused:
-        raise ValueError(f"unexpected key(s) in the checkpoint not used by the model: "
-                         f"{unused[:10]}{' ...' if len(unused) > 10 else ''}")
+    tv.check_all_used(set(state_dict), consumed)
 
 
 def infer_num_classes(state_dict):

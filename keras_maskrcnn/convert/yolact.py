@@ -199,17 +199,7 @@ def load_yolact_weights(model, state_dict, progress=False):
     kept = {k: v for k, v in state_dict.items() if not reference_dropped(k)}
     reader = tv.StateDictReader(kept)
     read_yolact(reader, model)
-    unused = sorted(k for k in set(kept) - reader.consumed
-                    if not k.endswith(".num_batches_tracked"))
-    if unused:
-        raise ValueError(f"unexpected key(s) in the checkpoint not used by the model: "
-                         f"{unused[:10]}{' ...' if len(unused) > 10 else ''}")
-    return reader.commit(progress=_progress_bar if progress else None)
-
-
-def _progress_bar(pending):
-    from tqdm import tqdm
-    return tqdm(pending, desc="assigning weights", unit="key")
+    return reader.commit_all(progress, ignore=lambda k: k.endswith(".num_batches_tracked"))
 
 
 def from_yolact(checkpoint, arch=None, overrides=(), progress=False):
