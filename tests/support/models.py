@@ -58,3 +58,19 @@ def synthetic_batch(num_gt=(2, 0), size=SIZE, num_keypoints=4, max_gt=3, seed=0)
     if num_keypoints:
         batch["gt_keypoints"] = keypoints
     return batch
+
+
+def assert_every_weight_gets_a_gradient(model, batch):
+    """The summed training losses of ``batch`` give every trainable weight a gradient that is
+    present and not all zero (names the weights that fail)."""
+    import tensorflow as tf  # test support only; the module's other helpers need no TF
+
+    with tf.GradientTape() as tape:
+        outputs = model(batch, training=True)
+        total = tf.add_n(list(model.compute_losses(outputs).values()))
+    grads = tape.gradient(total, model.trainable_variables)
+    missing = [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
+    assert not missing, missing
+    zero = [v.path for v, g in zip(model.trainable_variables, grads)
+            if float(tf.reduce_max(tf.abs(g))) == 0.0]
+    assert not zero, zero
