@@ -261,8 +261,28 @@ def make_stage(level, in_channels, depth, width_multiplier=1.0, groups=1, width_
     return blocks, in_channels
 
 
+class FreezeAtLayer(keras.layers.Layer):
+    """A layer whose ``freeze_at`` parts stay frozen when it is set trainable again.
+
+    Subclasses define ``_apply_freeze_at`` and name the attribute holding those parts in
+    ``_frozen_parts`` (before it exists, during Keras' own __init__, nothing is re-frozen).
+    """
+
+    _frozen_parts = "stages"
+
+    @property
+    def trainable(self):
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        keras.layers.Layer.trainable.fset(self, value)  # propagates to every sub-layer
+        if value and hasattr(self, self._frozen_parts):
+            self._apply_freeze_at()
+
+
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
-class ResNet(keras.layers.Layer):
+class ResNet(FreezeAtLayer):
     """torchvision ResNet v1.5 / ResNeXt body (conv1 .. layer4) returning ``{"C2", .., "C5"}``.
 
     Args:
@@ -341,16 +361,6 @@ class ResNet(keras.layers.Layer):
             if self.freeze_at >= level:
                 for block in blocks:
                     block.trainable = False
-
-    @property
-    def trainable(self):
-        return self._trainable
-
-    @trainable.setter
-    def trainable(self, value):
-        keras.layers.Layer.trainable.fset(self, value)  # propagates to every sub-layer
-        if value and hasattr(self, "stages"):
-            self._apply_freeze_at()
 
     def build(self, input_shape):
         in_channels = input_shape[-1]

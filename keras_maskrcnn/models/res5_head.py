@@ -21,11 +21,11 @@ Shape shorthand: B batch, R RoIs per image, P pooled RoI size (14), C input chan
 import keras
 
 from keras_maskrcnn.layers.heads import _apply_to_rois
-from keras_maskrcnn.models.backbones import make_stage, stage_channels
+from keras_maskrcnn.models.backbones import FreezeAtLayer, make_stage, stage_channels
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
-class Res5Head(keras.layers.Layer):
+class Res5Head(FreezeAtLayer):
     """ResNet's res5 stage applied to each RoI: [B, R, P, P, C] -> [B, R, P / 2, P / 2, C5].
 
     Args:
@@ -44,6 +44,8 @@ class Res5Head(keras.layers.Layer):
     ``out_channels`` = C5 (the box predictor's input after the mean over the RoI).
     """
 
+    _frozen_parts = "blocks"  # a frozen head stays frozen when set trainable, as ResNet's stages
+
     def __init__(self, depth=50, width_multiplier=1.0, groups=1, width_per_group=64,
                  stride_in_1x1=False, bn_eps=1e-5, freeze_at=2, **kwargs):
         super().__init__(**kwargs)
@@ -61,16 +63,6 @@ class Res5Head(keras.layers.Layer):
     def _apply_freeze_at(self):
         if self.freeze_at >= 5:
             keras.layers.Layer.trainable.fset(self, False)
-
-    @property
-    def trainable(self):
-        return self._trainable
-
-    @trainable.setter
-    def trainable(self, value):
-        keras.layers.Layer.trainable.fset(self, value)  # propagates to every sub-layer
-        if value and hasattr(self, "blocks"):
-            self._apply_freeze_at()  # a frozen head stays frozen, as ResNet's stages
 
     def build(self, input_shape):
         if len(input_shape) != 5 or input_shape[-1] is None:
