@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_maskrcnn import accel, build_model
 from keras_maskrcnn.accel.layers import CpuConv2D, CpuConv2DTranspose, CpuDense
+from support.accel import assert_same_inference_outputs
 from support.models import synthetic_batch, tiny_config
 
 CPU_CLASSES = (CpuConv2D, CpuConv2DTranspose, CpuDense)
@@ -103,13 +104,7 @@ def test_switch_off_builds_plain_keras_and_on_swaps_the_model(models):
 
 def test_switch_gives_the_same_outputs(models):
     plain, fast = models
-    batch = synthetic_batch(num_gt=(1, 1))
-    inputs = {"images": batch["images"], "image_sizes": batch["image_sizes"]}
-    expected, got = plain(inputs), fast(inputs)
-    assert int(tf.reduce_sum(expected["num_detections"])) > 0
-    for key in ("boxes", "scores", "classes", "masks", "keypoints", "num_detections"):
-        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4,
-                                   atol=1e-5, err_msg=key)
+    assert_same_inference_outputs(plain, fast, synthetic_batch(num_gt=(1, 1)))
 
 
 def test_weight_files_are_the_same_with_and_without(models, tmp_path):

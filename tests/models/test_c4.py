@@ -12,6 +12,7 @@ from keras_maskrcnn.config import ConfigError
 from keras_maskrcnn.convert.torchvision import StateDictReader, read_conv, read_frozen_bn
 from keras_maskrcnn.models.backbones import ResNet
 from keras_maskrcnn.models.res5_head import Res5Head
+from support.accel import assert_same_inference_outputs
 from support.models import synthetic_batch, tiny_config
 
 C4 = {"model.backbone.variant": "c4", "model.backbone.name": "resnet50",
@@ -208,12 +209,7 @@ def test_accel_on_gives_the_same_outputs(model):
     res5 = list(fast.roi_feature_head._flatten_layers())
     assert any(type(layer) is CpuConv2D for layer in res5)
     assert not any(getattr(layer, "winograd", False) for layer in res5)
-    inputs = _inputs(synthetic_batch(num_gt=(1, 1), num_keypoints=0))
-    expected, got = plain(inputs), fast(inputs)
-    assert int(tf.reduce_sum(expected["num_detections"])) > 0
-    for key in ("boxes", "scores", "classes", "masks", "num_detections"):
-        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4,
-                                   atol=1e-5, err_msg=key)
+    assert_same_inference_outputs(plain, fast, synthetic_batch(num_gt=(1, 1), num_keypoints=0))
 
 
 def test_export_serving_output_equals_detect(model, tmp_path):

@@ -16,6 +16,7 @@ from keras_maskrcnn.convert import torchvision as tvconvert
 from keras_maskrcnn.layers.frozen_batch_norm import FrozenBatchNorm
 from keras_maskrcnn.models import backbones
 from keras_maskrcnn.models.backbones import ResNet, ResNetBlock, arch_arguments
+from support.accel import assert_same_inference_outputs
 from support.models import synthetic_batch, tiny_config
 from support.photos import photo, relative_error
 
@@ -257,10 +258,4 @@ def test_accel_keeps_grouped_convs_keras_and_outputs_equal(resnext_models):
         assert type(block.conv2) is keras.layers.Conv2D  # grouped: not eligible
         assert type(block.conv3) is CpuConv2D  # the 1x1 convs are
     assert not accel.accelerate(fast.backbone)  # nothing eligible left
-    batch = synthetic_batch(num_gt=(1, 1))
-    inputs = {"images": batch["images"], "image_sizes": batch["image_sizes"]}
-    expected, got = plain(inputs), fast(inputs)
-    assert int(tf.reduce_sum(expected["num_detections"])) > 0
-    for key in ("boxes", "scores", "classes", "masks", "keypoints", "num_detections"):
-        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4,
-                                   atol=1e-5, err_msg=key)
+    assert_same_inference_outputs(plain, fast, synthetic_batch(num_gt=(1, 1)))
