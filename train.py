@@ -1,58 +1,9 @@
-"""Train a Mask R-CNN: ``python train.py --config configs/shapes.yaml [--set key=value ...]``.
-
-Reads and validates the config (before any work), picks the tf.distribute strategy, makes the
-synthetic dataset when the config uses it and it is absent, builds the tf.data pipeline and the
-model, and trains with ``model.fit``: checkpoints every ``train.checkpoint_every`` steps, and
-a rerun of the same command resumes from the newest checkpoint. Then, unless told not to, it
-evaluates with COCOeval, exports a SavedModel and draws predictions of validation images.
-
-Output directory (``train.output_dir``):
-    config.yaml              the config used (with overrides applied)
-    checkpoints/             ckpt-<step>.weights.h5 (model + optimizer), newest few kept
-    logs/                    TensorBoard: losses, learning rate, evaluation AP, prediction images
-    model.weights.h5         final weights
-    eval/                    results.json (COCO results), metrics.json
-    saved_model/             SavedModel for TF Serving (serving_default: encoded images)
-    predictions/             PNGs of predictions on validation images
-"""
-import argparse
-import os
+"""``python train.py --config C [--set key=value ...]``: the same as ``kmr train`` (see
+``keras_maskrcnn/cli/train.py``), kept for a checkout without the package installed."""
 import sys
 
-from keras_maskrcnn import config as config_lib  # import-light: no TensorFlow
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train keras-maskrcnn.")
-    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
-    config_lib.add_override_argument(parser, "train.batch_size=4 train.seed=1")
-    parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
-    parser.add_argument("--low-memory", action="store_true",
-                        help="CPU training: system malloc with 1 MiB mmap threshold and "
-                             "transparent huge pages instead of oneDNN's pool (lower peak "
-                             "memory, slower steps; see keras_maskrcnn/accel/memory.py)")
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    cfg = config_lib.load_config(args.config, overrides=args.set)  # strict: fails fast
-    # TensorFlow leaves its oneDNN kernels off by default on some x86 CPUs (on the 2-core AVX2
-    # AMD EPYC this was tuned on); turning them on made a training step ~1.6x faster there
-    # (mostly conv backprop). Must be set before TensorFlow is imported; an explicit
-    # TF_ENABLE_ONEDNN_OPTS=0 in the environment still wins.
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    if args.low_memory:
-        from keras_maskrcnn.accel import memory
-        if argv is None:  # the command line: restart once with huge pages for malloc's mmaps
-            memory.restart_with_huge_pages()
-        memory.use_lean_allocator()
-    from keras_maskrcnn import run  # imports TensorFlow: after the config is known good
-
-    return run.train_and_evaluate(cfg, run_evaluation=not args.no_eval,
-                                  run_export=not args.no_export)
-
+from keras_maskrcnn.cli.main import run
+from keras_maskrcnn.cli.train import main, parse_args  # noqa: F401  (tests import them from here)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("train", sys.argv[1:], prog="train.py"))

@@ -1,4 +1,8 @@
-"""keras-maskrcnn: Mask R-CNN and Keypoint R-CNN for TensorFlow 2 / Keras 3.
+"""keras-maskrcnn: Mask R-CNN, Keypoint R-CNN and YOLACT for TensorFlow 2 / Keras 3.
+
+Distribution name ``keras3-maskrcnn`` (the unrelated ``keras-maskrcnn`` on the package index is
+another project with the same import name: not to be installed beside it); command line
+``kmr`` / ``python -m keras_maskrcnn`` (``keras_maskrcnn.cli``).
 
 Public API: ``build_model(config)``, ``MaskRCNN``, ``YOLACT``, ``load_config``, and the submodules
 ``ops`` (tensor functions), ``layers``, ``preprocessing``, ``convert``
@@ -11,7 +15,7 @@ allocated little) before TensorFlow loads, so these names are imported on first 
 needs: ``from keras_maskrcnn import MaskRCNN`` (or ``YOLACT``) is enough to load a ``.keras``
 file in a fresh process.
 """
-__version__ = "0.1.0.dev0"
+__version__ = "0.2.0"
 
 
 def build_model(config, category_ids=None, build=True):
@@ -22,7 +26,8 @@ def build_model(config, category_ids=None, build=True):
 
 
 def load_config(path, overrides=None):
-    """Strict YAML config loading (see ``keras_maskrcnn.config.load_config``)."""
+    """Strict YAML config loading from a path or a packaged config's name (``"shapes"``; see
+    ``keras_maskrcnn.config.load_config``)."""
     from keras_maskrcnn.config import load_config as _load  # yaml: on first use
     return _load(path, overrides=overrides)
 

@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 import yaml
 
 from .fields import ConfigError, field_types, is_section
+from .packaged import resolve_config
 from .schema import Config
 
 
@@ -188,7 +189,8 @@ def load_config(path: str, overrides: Optional[Iterable[str]] = None) -> Config:
     """Loads and validates a YAML config.
 
     Args:
-      path: YAML file. A top-level ``base: other.yaml`` (relative to this file) is deep-merged
+      path: YAML file, or the name of a packaged config (``"shapes"``,
+        ``"detectron2/mask_rcnn_R_50_FPN_3x"``; a path that exists wins). A top-level ``base: other.yaml`` (relative to this file) is deep-merged
         under it; the base may not have a ``base`` itself (one level of inheritance).
       overrides: strings ``"dotted.key=value"``, value parsed as YAML (``"a.b=[1, 2]"``),
         applied in order after the merge.
@@ -198,7 +200,7 @@ def load_config(path: str, overrides: Optional[Iterable[str]] = None) -> Config:
       ConfigError: unknown key (with the closest valid key), wrong type or bad value; the message
         names the file (or override) and the dotted key.
     """
-    path = os.fspath(path)
+    path = resolve_config(path)
     data, origins = _read_yaml(path), {}
     base = data.pop("base", None)
     if base is not None:
@@ -263,9 +265,14 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(list, _Dumper.represent_list)
 
 
+def config_to_yaml(cfg: Config) -> str:
+    """Every field (defaults included) as YAML text, as ``save_config`` writes it."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, width=100)
+
+
 def save_config(cfg: Config, path: str) -> None:
     """Writes every field (defaults included) as YAML; ``load_config(path) == cfg``."""
-    text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, width=100)
+    text = config_to_yaml(cfg)
     directory = os.path.dirname(os.fspath(path))
     if directory:
         os.makedirs(directory, exist_ok=True)
