@@ -2,7 +2,7 @@
 ``keras_maskrcnn/cli/train.py``), kept for a checkout without the package installed."""
 import sys
 
-from keras_maskrcnn.cli.main import run
+from keras_maskrcnn.cli.dispatch import run
 from keras_maskrcnn.cli.train import main, parse_args  # noqa: F401  (tests import them from here)
 
 if __name__ == "__main__":

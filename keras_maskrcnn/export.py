@@ -6,7 +6,7 @@ Shape shorthand:
     Hp, Wp  resized, padded model input;  D  detections per image (static)
     S  RoI mask size (28);  Kp  keypoints
 
-    python -m keras_maskrcnn.export --config C --weights W.weights.h5 --output DIR \
+    kmr export --config C [--weights W.weights.h5] --output DIR \
         [--full-masks] [--category-ids 1,2,3 | --category-ids instances.json] [--set k=v]
 
 Signatures (batch dimension first everywhere; TF Serving needs ``serving_default``):
@@ -47,6 +47,8 @@ session-based loader (``saved_model_cli run``, TF Serving).
 """
 import argparse
 import json
+import sys
+import time
 
 import keras
 import tensorflow as tf
@@ -245,7 +247,9 @@ def main(argv=None):
         prog="python -m keras_maskrcnn.export",
         description="Export a keras-maskrcnn model as a SavedModel for TF Serving.")
     parser.add_argument("--config", required=True, help="YAML config of the model")
-    parser.add_argument("--weights", required=True, help=".weights.h5 file")
+    parser.add_argument("--weights", default=None,
+                        help=".weights.h5 file (default: model.weights.h5 next to --config, as "
+                             "in a run directory or a `kmr convert` output)")
     parser.add_argument("--output", required=True, help="SavedModel directory to write")
     parser.add_argument("--full-masks", action="store_true",
                         help="also output masks pasted into the image (export.include_full_masks)")
@@ -254,12 +258,23 @@ def main(argv=None):
                              "(default: identity)")
     add_override_argument(parser, "model.roi_heads.score_threshold=0.3")
     args = parser.parse_args(argv)
+    from keras_maskrcnn.cli.weights import resolve_weights
 
     cfg = load_config(args.config, args.set)
+    weights = resolve_weights(args.config, args.weights)
+    start = time.perf_counter()
+
+    def progress(message):  # the stages, on stderr (tracing the signatures takes longest)
+        print(f"[{time.perf_counter() - start:5.1f} s] {message}", file=sys.stderr, flush=True)
+
+    progress(f"building the model of {args.config}")
     model = build_model(cfg, category_ids=parse_category_ids(args.category_ids))
-    model.load_weights(args.weights)
+    progress(f"loading {weights}")
+    model.load_weights(weights)
     full_masks = args.full_masks or cfg.export.include_full_masks
+    progress(f"tracing the serving signatures and writing {args.output}")
     export_model(model, args.output, include_full_masks=full_masks)
+    progress("done")
     print(f"wrote SavedModel to {args.output}: signatures {BYTES_SIGNATURE} (image_bytes: "
           f"string [None]) and {IMAGES_SIGNATURE} (images: uint8 [None, None, None, 3])"
           + ("; with full_masks" if full_masks else ""))

@@ -114,8 +114,10 @@ def _parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m keras_maskrcnn.predict",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML config of the model")
-    parser.add_argument("--weights", help=".weights.h5 file (omit: random weights, a warning)")
-    parser.add_argument("--image", required=True, help="input image (jpg, png, ...)")
+    parser.add_argument("--weights", help=".weights.h5 file (default: model.weights.h5 next to "
+                        "--config when there, else random weights with a warning)")
+    parser.add_argument("--image", "--input", dest="image", required=True,
+                        help="input image (jpg, png, ...)")
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="draw and print detections with score >= this (default 0.5; the "
@@ -124,6 +126,14 @@ def _parse_args(argv):
                         "config's validation annotations)")
     config_lib.add_override_argument(parser, "model.roi_heads.score_threshold=0.3")
     args = parser.parse_args(argv)
+    if args.config is not None and not os.path.isfile(args.config):
+        try:  # a packaged config's name
+            args.config = config_lib.resolve_config(args.config)
+        except config_lib.ConfigError as e:
+            parser.error(f"--config {e}")
+    if args.weights is None:
+        from keras_maskrcnn.cli.weights import weights_beside
+        args.weights = weights_beside(args.config)
     for flag in ("config", "weights", "image", "annotations"):
         path = getattr(args, flag)
         if path is not None and not os.path.isfile(path):

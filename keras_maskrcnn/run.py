@@ -127,8 +127,10 @@ def _train(cfg, strategy, paths, writes, chief):
     for initial, epochs, steps in training.fit_schedule(start, cfg.train.total_steps,
                                                         cfg.train.steps_per_epoch):
         dataset, source = train_dataset(cfg, step, strategy)
+        # shuffle=False: the pipeline shuffles (seeded, resumable); Keras' flag cannot apply
+        # to a tf.data.Dataset and only warned that it was ignored
         model.fit(dataset, initial_epoch=initial, epochs=epochs, steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=1)
+                  callbacks=callbacks, verbose=1, shuffle=False)
         if guard.failed:
             kept = training.list_checkpoints(paths["checkpoints"])
             raise RuntimeError(f"training stopped: {guard.failed}; last good checkpoint: "

@@ -5,6 +5,6 @@ Not a paper section. ``main`` dispatches a subcommand to its module's ``main(arg
 wrappers over them), the others where their code is (``keras_maskrcnn.predict``, ``export``,
 ``convert``, ``data.tfrecord``, ``data.synthetic``, ``demo``). Import-light: no TensorFlow.
 """
-from .main import COMMANDS, main, run
+from .dispatch import COMMANDS, main, run
 
 __all__ = ["COMMANDS", "main", "run"]

@@ -22,6 +22,7 @@ import os
 import sys
 
 from keras_maskrcnn import config as config_lib  # import-light: no TensorFlow
+from keras_maskrcnn.cli.weights import resolve_weights
 from keras_maskrcnn.data import coco_json  # json and pycocotools only
 
 
@@ -30,8 +31,10 @@ def parse_args(argv=None):
     parser.add_argument("--config", required=True,
                         help="a packaged config's name (kmr train --list-configs) or a YAML "
                              "file's path")
-    parser.add_argument("--weights", required=True,
-                        help="model weights: a .weights.h5 file or a whole .keras model")
+    parser.add_argument("--weights", default=None,
+                        help="model weights: a .weights.h5 file or a whole .keras model "
+                             "(default: model.weights.h5 next to --config, as in a run "
+                             "directory or a `kmr convert` output)")
     config_lib.add_override_argument(parser, "eval.max_images=50")
     parser.add_argument("--max-images", type=int, default=None,
                         help="evaluate the first N images (default: eval.max_images)")
@@ -94,6 +97,8 @@ def main(argv=None):
         # lenient by default: defective annotations are listed (data.strict: an error)
         parsed = coco_json.read_coco_json(annotations, strict=cfg.data.strict)
         print(parsed.report.summary())
+        if args.weights is None:
+            args.weights = resolve_weights(args.config)
         if not os.path.isfile(args.weights):
             raise FileNotFoundError(f"weights file not found: {args.weights}")
         if not args.weights.endswith((".weights.h5", ".keras")):

@@ -289,11 +289,14 @@ def _categories(keypoint_categories):
 
 
 def _write_split(output_dir, split, num_images, seed, image_size, min_objects, max_objects,
-                 keypoint_categories):
+                 keypoint_categories, progress=False):
+    from tqdm import tqdm
+
     annotation_file, image_dir = split_paths(output_dir, split)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
-    for index in range(num_images):
+    for index in tqdm(range(num_images), desc=f"writing {split}", unit="image",
+                      disable=not progress):
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
         image, anns = make_image(rng, image_size, min_objects, max_objects)
         image_id = index + 1
@@ -322,7 +325,8 @@ def _write_json(path, data):
 
 
 def write_synthetic_dataset(output_dir, num_train, num_val, seed=0, image_size=256,
-                            min_objects=1, max_objects=4, keypoint_categories=None):
+                            min_objects=1, max_objects=4, keypoint_categories=None,
+                            progress=False):
     """Writes the shapes dataset in COCO format (layout in the module docstring).
 
     Args:
@@ -333,6 +337,7 @@ def write_synthetic_dataset(output_dir, num_train, num_val, seed=0, image_size=2
         min_objects, max_objects: annotated objects drawn per image (inclusive; fewer when
             an object cannot be placed with enough of it visible). 0 gives negative images.
         keypoint_categories: dataset ids of the categories with keypoints (None: all).
+        progress: show a tqdm progress bar per split (on stderr).
 
     Returns:
         {"train": (annotation json, image dir), "val": (...)}.
@@ -352,7 +357,7 @@ def write_synthetic_dataset(output_dir, num_train, num_val, seed=0, image_size=2
     paths = {}
     for split, count in zip(SPLITS, (num_train, num_val)):
         paths[split] = _write_split(output_dir, split, count, seed, image_size, min_objects,
-                                    max_objects, keypoint_categories)
+                                    max_objects, keypoint_categories, progress)
     _write_json(os.path.join(output_dir, "dataset_info.json"), params)
     return paths
 
@@ -382,11 +387,12 @@ def main(argv=None):
     parser.add_argument("--max-objects", type=int, default=4)
     parser.add_argument("--keypoint-categories", type=int, nargs="+", metavar="ID",
                         help="category ids with keypoints (default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     paths = write_synthetic_dataset(args.output, args.train, args.val, args.seed,
                                     args.image_size, args.min_objects, args.max_objects,
-                                    args.keypoint_categories)
+                                    args.keypoint_categories, progress=not args.no_progress)
     print(f"wrote {args.train} + {args.val} images in {time.perf_counter() - start:.1f} s:")
     for split, (annotations, images) in paths.items():
         print(f"  {split}: {annotations} ({images})")

@@ -177,7 +177,8 @@ def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4, score="logit"):
         lambda a: _decode_one(a, num_keypoints, size, score),
         (flat_maps, tf.cast(map_h, tf.int32), tf.cast(map_w, tf.int32)),
         fn_output_signature=(tf.int32, tf.int32, tf.float32),
-        parallel_iterations=parallel_iterations,
+        # eagerly map_fn runs one RoI at a time anyway, and warns when asked for more
+        parallel_iterations=None if tf.executing_eagerly() else parallel_iterations,
     )  # each (N, K)
     width_correction = (widths / map_w)[:, None]  # (N,) -> (N, 1)
     height_correction = (heights / map_h)[:, None]

@@ -119,7 +119,9 @@ def downsample_gt_masks(masks, size):
         return tf.cast(_resize_channels(image_masks, size) > 0.5, tf.float32)
 
     # one image at a time: only its float copy of the full-size masks is alive at once
-    return tf.map_fn(one_image, masks, fn_output_signature=tf.float32, parallel_iterations=2)
+    parallel = None if tf.executing_eagerly() else 2  # eagerly: one at a time, no warning
+    return tf.map_fn(one_image, masks, fn_output_signature=tf.float32,
+                     parallel_iterations=parallel)
 
 
 def masks_to_image(masks, size, threshold=0.5):
