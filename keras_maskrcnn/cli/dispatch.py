@@ -75,6 +75,8 @@ def run(command: str, argv: Sequence[str], prog: Optional[str] = None) -> int:
 
     prog = prog or f"kmr {command}"
     module = importlib.import_module(COMMANDS[command][0])
+    if not hasattr(module, "main"):  # a package whose command line is its __main__ module
+        module = importlib.import_module(COMMANDS[command][0] + ".__main__")
     saved = sys.argv[0]
     sys.argv[0] = prog  # argparse's default prog (modules that set none)
     try:
