@@ -65,8 +65,8 @@ def unrelated_distribution() -> Optional[str]:
         return None
     return (f"the unrelated distribution '{OLD_DISTRIBUTION}' {version} (a Keras 2 package with "
             "the same import name keras_maskrcnn) is installed in this environment; its files "
-            "and keras3-maskrcnn's overwrite each other. Remove both, then reinstall this one: "
-            f"pip uninstall -y {OLD_DISTRIBUTION} keras3-maskrcnn && pip install keras3-maskrcnn")
+            "and keras3-maskrcnn's overwrite each other. Remove both (pip uninstall -y "
+            f"{OLD_DISTRIBUTION} keras3-maskrcnn), then install keras3-maskrcnn again")
 
 
 def run(command: str, argv: Sequence[str], prog: Optional[str] = None) -> int:

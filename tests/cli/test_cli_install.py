@@ -44,8 +44,14 @@ def _make_venv(tmp_path):
     with open(os.path.join(site, "_test_environment.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "runs", "data", "__pycache__", "tests", "bench"))
+    top_level = {".git", "build", "runs", "data", "tests", "bench", "dist"}
+
+    def ignore(directory, names):  # outputs and other folders of the checkout's top level
+        top = os.path.samefile(directory, ROOT)
+        return [n for n in names if (top and n in top_level) or n == "__pycache__"
+                or n.endswith(".egg-info")]
+
+    shutil.copytree(ROOT, source, symlinks=True, ignore=ignore)
     proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps",
                            "--no-build-isolation", "--no-index", str(source)], env=_env(),
                           capture_output=True, text=True, timeout=600)
