@@ -29,14 +29,21 @@ from keras_maskrcnn.models.yolact import YOLACT
 from keras_maskrcnn.preprocessing import Preprocessor
 
 
+def build_resnet(backbone_cfg, max_level=5):
+    """The ResNet / ResNeXt body of ``model.backbone`` (name, width_multiplier, freeze_at, norm,
+    stride_in_1x1, bn_eps), the same for every architecture; ``max_level`` 4 stops at res4
+    (the C4 variant)."""
+    b = backbone_cfg
+    return ResNet(**arch_arguments(b.name), width_multiplier=b.width_multiplier,
+                  freeze_at=b.freeze_at, norm=b.norm, stride_in_1x1=b.stride_in_1x1,
+                  bn_eps=b.bn_eps, max_level=max_level, name="backbone")
+
+
 def build_backbone(model_cfg):
     """(ResNet or ResNeXt, FPN) from ``model.backbone`` and ``model.fpn``; variant c4: (ResNet
     res2..res4, None)."""
-    b = model_cfg.backbone
-    c4 = b.variant == "c4"
-    resnet = ResNet(**arch_arguments(b.name), width_multiplier=b.width_multiplier,
-                    freeze_at=b.freeze_at, norm=b.norm, stride_in_1x1=b.stride_in_1x1,
-                    bn_eps=b.bn_eps, **({"max_level": 4} if c4 else {}), name="backbone")
+    c4 = model_cfg.backbone.variant == "c4"
+    resnet = build_resnet(model_cfg.backbone, max_level=4 if c4 else 5)
     return resnet, None if c4 else FPN(channels=model_cfg.fpn.channels, name="fpn")
 
 
@@ -175,9 +182,8 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
 
 def build_yolact_parts(model_cfg):
     """(ResNet, FPN, Protonet, DenseHead, semantic Conv2D) of YOLACT (YOLACT_CONTRACT names)."""
-    b, y, k = model_cfg.backbone, model_cfg.yolact, model_cfg.num_classes
-    resnet = ResNet(depth=b.name, width_multiplier=b.width_multiplier, freeze_at=b.freeze_at,
-                    norm=b.norm, name="backbone")
+    y, k = model_cfg.yolact, model_cfg.num_classes
+    resnet = build_resnet(model_cfg.backbone)
     channels = model_cfg.fpn.channels
     fpn = FPN(channels=channels, input_levels=("C3", "C4", "C5"), max_level=7,
               extra_levels="conv", top_down="bilinear", output_relu=True, name="fpn")
