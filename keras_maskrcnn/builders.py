@@ -226,6 +226,51 @@ def build_yolact(settings, category_ids=None, config_dict=None, **kwargs):
 ARCHITECTURE_BUILDERS = {"mask_rcnn": build_mask_rcnn, "yolact": build_yolact}
 
 
+@dataclasses.dataclass(frozen=True)
+class DataRequirements:
+    """What a model's training batches carry (``data_requirements``), for the data pipeline.
+
+    Attributes:
+        masks: gt_masks (B, M, Hp, Wp), or crops (B, M, C, C) with gt_mask_format "cropped".
+        crowd_boxes: gt_crowd_boxes (B, C, 4), the crowd regions (YOLACT's matching).
+        keypoint_config: the ``model.keypoint_head`` whose keypoints (and flip pairs) the data
+            carries as gt_keypoints; None: no keypoints.
+        gt_mask_format: "full" or "cropped" (``input.gt_mask_format``).
+    """
+    masks: bool
+    crowd_boxes: bool
+    keypoint_config: object
+    gt_mask_format: str
+
+    @property
+    def num_keypoints(self):
+        """Kp of the GT (0: no keypoints)."""
+        return self.keypoint_config.num_keypoints if self.keypoint_config is not None else 0
+
+
+def _mask_rcnn_data(cfg):
+    m = cfg.model
+    return DataRequirements(masks=m.mask_head.enabled, crowd_boxes=False,
+                            keypoint_config=m.keypoint_head if m.keypoint_head.enabled else None,
+                            gt_mask_format=cfg.input.gt_mask_format)
+
+
+def _yolact_data(cfg):
+    """Masks always (prototype and semantic losses); crowd boxes neutralise anchors."""
+    return DataRequirements(masks=True, crowd_boxes=True, keypoint_config=None,
+                            gt_mask_format=cfg.input.gt_mask_format)
+
+
+ARCHITECTURE_DATA = {"mask_rcnn": _mask_rcnn_data, "yolact": _yolact_data}
+
+
+def data_requirements(cfg):
+    """The ``DataRequirements`` of the ``model.architecture`` model of a Config: what the
+    training (and evaluation) data must carry for it. The job asks this, never the
+    architecture."""
+    return ARCHITECTURE_DATA[cfg.model.architecture](cfg)
+
+
 def build_model(cfg, category_ids=None, build=True, **kwargs):
     """The ``model.architecture`` model (``MaskRCNN`` or ``YOLACT``) for ``cfg`` (a Config, a
     dict or a YAML path).
