@@ -29,14 +29,21 @@ from keras_maskrcnn.models.yolact import YOLACT
 from keras_maskrcnn.preprocessing import Preprocessor
 
 
+def build_resnet(backbone_cfg, max_level=5):
+    """The ResNet / ResNeXt body of ``model.backbone`` (name, width_multiplier, freeze_at, norm,
+    stride_in_1x1, bn_eps), the same for every architecture; ``max_level`` 4 stops at res4
+    (the C4 variant)."""
+    b = backbone_cfg
+    return ResNet(**arch_arguments(b.name), width_multiplier=b.width_multiplier,
+                  freeze_at=b.freeze_at, norm=b.norm, stride_in_1x1=b.stride_in_1x1,
+                  bn_eps=b.bn_eps, max_level=max_level, name="backbone")
+
+
 def build_backbone(model_cfg):
     """(ResNet or ResNeXt, FPN) from ``model.backbone`` and ``model.fpn``; variant c4: (ResNet
     res2..res4, None)."""
-    b = model_cfg.backbone
-    c4 = b.variant == "c4"
-    resnet = ResNet(**arch_arguments(b.name), width_multiplier=b.width_multiplier,
-                    freeze_at=b.freeze_at, norm=b.norm, stride_in_1x1=b.stride_in_1x1,
-                    bn_eps=b.bn_eps, **({"max_level": 4} if c4 else {}), name="backbone")
+    c4 = model_cfg.backbone.variant == "c4"
+    resnet = build_resnet(model_cfg.backbone, max_level=4 if c4 else 5)
     return resnet, None if c4 else FPN(channels=model_cfg.fpn.channels, name="fpn")
 
 
@@ -175,9 +182,8 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
 
 def build_yolact_parts(model_cfg):
     """(ResNet, FPN, Protonet, DenseHead, semantic Conv2D) of YOLACT (YOLACT_CONTRACT names)."""
-    b, y, k = model_cfg.backbone, model_cfg.yolact, model_cfg.num_classes
-    resnet = ResNet(depth=b.name, width_multiplier=b.width_multiplier, freeze_at=b.freeze_at,
-                    norm=b.norm, name="backbone")
+    y, k = model_cfg.yolact, model_cfg.num_classes
+    resnet = build_resnet(model_cfg.backbone)
     channels = model_cfg.fpn.channels
     fpn = FPN(channels=channels, input_levels=("C3", "C4", "C5"), max_level=7,
               extra_levels="conv", top_down="bilinear", output_relu=True, name="fpn")
@@ -218,6 +224,51 @@ def build_yolact(settings, category_ids=None, config_dict=None, **kwargs):
 
 
 ARCHITECTURE_BUILDERS = {"mask_rcnn": build_mask_rcnn, "yolact": build_yolact}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRequirements:
+    """What a model's training batches carry (``data_requirements``), for the data pipeline.
+
+    Attributes:
+        masks: gt_masks (B, M, Hp, Wp), or crops (B, M, C, C) with gt_mask_format "cropped".
+        crowd_boxes: gt_crowd_boxes (B, C, 4), the crowd regions (YOLACT's matching).
+        keypoint_config: the ``model.keypoint_head`` whose keypoints (and flip pairs) the data
+            carries as gt_keypoints; None: no keypoints.
+        gt_mask_format: "full" or "cropped" (``input.gt_mask_format``).
+    """
+    masks: bool
+    crowd_boxes: bool
+    keypoint_config: object
+    gt_mask_format: str
+
+    @property
+    def num_keypoints(self):
+        """Kp of the GT (0: no keypoints)."""
+        return self.keypoint_config.num_keypoints if self.keypoint_config is not None else 0
+
+
+def _mask_rcnn_data(cfg):
+    m = cfg.model
+    return DataRequirements(masks=m.mask_head.enabled, crowd_boxes=False,
+                            keypoint_config=m.keypoint_head if m.keypoint_head.enabled else None,
+                            gt_mask_format=cfg.input.gt_mask_format)
+
+
+def _yolact_data(cfg):
+    """Masks always (prototype and semantic losses); crowd boxes neutralise anchors."""
+    return DataRequirements(masks=True, crowd_boxes=True, keypoint_config=None,
+                            gt_mask_format=cfg.input.gt_mask_format)
+
+
+ARCHITECTURE_DATA = {"mask_rcnn": _mask_rcnn_data, "yolact": _yolact_data}
+
+
+def data_requirements(cfg):
+    """The ``DataRequirements`` of the ``model.architecture`` model of a Config: what the
+    training (and evaluation) data must carry for it. The job asks this, never the
+    architecture."""
+    return ARCHITECTURE_DATA[cfg.model.architecture](cfg)
 
 
 def build_model(cfg, category_ids=None, build=True, **kwargs):

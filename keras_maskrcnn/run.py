@@ -29,8 +29,9 @@ def _paths_under(out):
 
 
 def train_dataset(cfg, start_step, strategy=None):
-    """The training pipeline positioned after the ``start_step`` batches already consumed
-    (YOLACT's carries the crowd regions' boxes, ``gt_crowd_boxes``, for its matching).
+    """The training pipeline positioned after the ``start_step`` batches already consumed,
+    carrying what the model needs (``builders.data_requirements``: masks, crowd boxes,
+    keypoints).
 
     One process (default, mirrored, TPU strategies): one pipeline of global batches, which
     ``fit`` splits between the replicas. Multi-worker: one pipeline per worker
@@ -42,13 +43,15 @@ def train_dataset(cfg, start_step, strategy=None):
         (dataset, source): a ``tf.data.Dataset``, or a ``tf.distribute.DistributedDataset``
         that ``fit`` takes as it is; source as ``pipeline.dataset_from_config``.
     """
+    needs = builders.data_requirements(cfg)
+
     def build(batch_size, batches_per_step, num_shards=1, shard_index=0):
         return pipeline.dataset_from_config(
             cfg.data, cfg.input, "train", batch_size, training=True,
-            keypoint_config=cfg.model.keypoint_head, seed=cfg.train.seed,
-            with_masks=cfg.model.mask_head.enabled,
+            keypoint_config=needs.keypoint_config, seed=cfg.train.seed,
+            with_masks=needs.masks,
             skip_examples=start_step * batches_per_step * batch_size, num_shards=num_shards,
-            shard_index=shard_index, with_crowd=cfg.model.architecture == "yolact")
+            shard_index=shard_index, with_crowd=needs.crowd_boxes)
 
     if strategy is None or not training.is_multi_worker(strategy):
         return build(cfg.train.batch_size, 1)
@@ -142,8 +145,7 @@ def _train(cfg, strategy, paths, writes, chief):
 
 
 def _num_keypoints(cfg):
-    k = cfg.model.keypoint_head
-    return k.num_keypoints if k.enabled else 0
+    return builders.data_requirements(cfg).num_keypoints
 
 
 def report_annotations(source):

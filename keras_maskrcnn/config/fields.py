@@ -12,6 +12,9 @@ Conventions pinned here:
 - A rule is a function ``value -> reason or None``; range rules check each element of a tuple.
   ``None`` (an optional field left empty) is never passed to a rule.
 - ``ConfigError`` keys are relative to the section raising them; loading.py prefixes the path.
+- A section with ``validated_by_parent = True`` leaves its ``validate()`` to the section holding
+  it (``ModelConfig`` runs the cross-field rules of the active architecture's sections only);
+  its fields' types and rules are checked in any case.
 """
 from __future__ import annotations
 
@@ -173,7 +176,9 @@ def coerce(value, tp, key: str):
 class Section:
     """Base of every config dataclass: type-checks and normalises the fields after __init__
     (also for configs built in Python), applies each field's rules, then the section's
-    ``validate``."""
+    ``validate`` (unless ``validated_by_parent``: then the parent calls ``validate_section``)."""
+
+    validated_by_parent = False  # class attribute, not a field
 
     def __post_init__(self):
         fields = dataclasses.fields(self)
@@ -190,7 +195,15 @@ class Section:
                 reason = rule(value)
                 if reason:
                     raise ConfigError(reason, f.name)
-        self.validate()
+        if not self.validated_by_parent:
+            self.validate()
+
+    def validate_section(self, name: str) -> None:
+        """Runs the cross-field rules of the sub-section ``name``; errors keyed ``name.key``."""
+        try:
+            getattr(self, name).validate()
+        except ConfigError as e:
+            raise ConfigError(e.reason, f"{name}.{e.key}" if e.key else name) from None
 
     def validate(self) -> None:
         """Cross-field checks; raise ConfigError with the field name (relative to this

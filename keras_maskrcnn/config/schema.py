@@ -17,6 +17,8 @@ Conventions pinned here:
 - ``model.architecture: yolact`` (Bolya et al. 2019, "YOLACT") reads ``model.yolact``,
   ``model.backbone`` and ``model.fpn.channels``; its FPN (C3..C5 -> P3..P7), prototype net and
   prediction head are fixed by the architecture, and the Mask R-CNN sections are ignored.
+- Only the active architecture's sections (``ARCHITECTURE_SECTIONS``) have their cross-field
+  rules checked; every field's type and range is checked whatever the architecture.
   Source ``YOLACT``: the paper or its reference code (``yolact_base_config``).
 """
 from __future__ import annotations
@@ -33,6 +35,13 @@ TV = TORCHVISION
 ARCHITECTURES = ("mask_rcnn", "yolact")  # model.architecture choices
 RESIZE_POLICIES = ("shorter_side", "fixed_square")  # input.resize choices (preprocessing.py)
 ACCEL_MODES = ("auto", "on", "off")  # model.accel choices
+# model.architecture -> the model sections it reads (their cross-field rules are checked)
+ARCHITECTURE_SECTIONS = {
+    "mask_rcnn": ("backbone", "fpn", "anchors", "rpn", "roi_align", "roi_heads", "box_head",
+                  "mask_head", "keypoint_head", "loss_weights"),
+    "yolact": ("backbone", "fpn", "yolact"),
+}
+GT_MASK_FORMATS = {"mask_rcnn": ("full", "cropped"), "yolact": ("full",)}  # per architecture
 
 _COCO_KEYPOINT_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -136,6 +145,8 @@ class AnchorConfig(Section):
 class RPNConfig(Section):
     """Region Proposal Network (Faster R-CNN section 3.1; FPN section 4.1)."""
 
+    validated_by_parent = True  # by ModelConfig, for its architecture
+
     num_convs: int = param(1, at_least(1), "shared 3x3 conv + ReLU layers before the 1x1 "
                            "predictors", PAPER)
     pre_nms_top_n_train: int = param(2000, positive, "proposals kept per level and image "
@@ -173,6 +184,8 @@ class RPNConfig(Section):
 class RoIAlignConfig(Section):
     """RoIAlign (Mask R-CNN section 3) and the FPN level of a RoI (FPN section 4.2, eq. 1)."""
 
+    validated_by_parent = True  # by ModelConfig, for its architecture
+
     aligned: bool = param(True, None, "half-pixel shift (detectron2 too); torchvision's "
                           "models use False", PAPER)
     sampling_ratio: int = param(2, non_negative, "samples per bin side; 0 = adaptive, "
@@ -195,6 +208,8 @@ class RoIAlignConfig(Section):
 @dataclasses.dataclass(frozen=True)
 class RoIHeadsConfig(Section):
     """RoI sampling and detection post-processing (Mask R-CNN section 3.1)."""
+
+    validated_by_parent = True  # by ModelConfig, for its architecture
 
     fg_iou_threshold: float = param(0.5, unit, "RoIs with IoU >= this are positive", PAPER)
     bg_iou_threshold: float = param(0.5, unit, "RoIs with IoU < this are negative", PAPER)
@@ -255,6 +270,8 @@ class MaskHeadConfig(Section):
 @dataclasses.dataclass(frozen=True)
 class KeypointHeadConfig(Section):
     """Keypoint head (Mask R-CNN section 5, "Implementation Details")."""
+
+    validated_by_parent = True  # by ModelConfig, for its architecture
 
     enabled: bool = param(False, None, "true: Keypoint R-CNN")
     pool_size: int = param(14, positive, "RoIAlign output; heatmaps are 4 * pool_size (56)",
@@ -324,6 +341,8 @@ class LossWeightsConfig(Section):
 class YolactConfig(Section):
     """YOLACT (Bolya et al. 2019, sections 3 and 4): prototypes, anchors, matching, losses and
     Fast NMS; read only with ``model.architecture: yolact``."""
+
+    validated_by_parent = True  # by ModelConfig, for its architecture
 
     num_prototypes: int = param(32, positive, "k prototype masks (and coefficients per "
                                 "anchor)", YOLACT)
@@ -395,10 +414,25 @@ class ModelConfig(Section):
         "80 COCO ids)", OURS)
 
     def validate(self):
+        for name in ARCHITECTURE_SECTIONS[self.architecture]:
+            if getattr(self, name).validated_by_parent:
+                self.validate_section(name)
         if self.category_ids is not None:
             require(len(self.category_ids) == self.num_classes - 1, "category_ids",
                     f"needs num_classes - 1 = {self.num_classes - 1} ids, got "
                     f"{len(self.category_ids)}")
+        {"mask_rcnn": self._validate_mask_rcnn, "yolact": self._validate_yolact}[
+            self.architecture]()
+
+    def _validate_yolact(self):
+        """YOLACT: one FPN (C3..C5 -> P3..P7), no C4 variant, no keypoint head."""
+        require(self.backbone.variant == "fpn", "backbone.variant",
+                f"YOLACT's prototypes and head run on its FPN: needs fpn, got "
+                f"{self.backbone.variant!r}")
+        require(not self.keypoint_head.enabled, "keypoint_head.enabled",
+                "YOLACT has no keypoint head: set it false (or model.architecture mask_rcnn)")
+
+    def _validate_mask_rcnn(self):
         kp_ids = self.keypoint_head.category_ids
         if kp_ids is not None and self.category_ids is not None:
             require(set(kp_ids) <= set(self.category_ids), "keypoint_head.category_ids",
@@ -635,10 +669,12 @@ class Config(Section):
     export: ExportConfig = section(ExportConfig)
 
     def validate(self):
+        formats = GT_MASK_FORMATS[self.model.architecture]
+        require(self.input.gt_mask_format in formats, "input.gt_mask_format",
+                f"{self.model.architecture!r} takes {' or '.join(formats)} GT masks, got "
+                f"{self.input.gt_mask_format!r} (cropped GT masks are for Mask R-CNN; YOLACT's "
+                "losses read the masks at prototype resolution)")
         if self.input.gt_mask_format == "cropped":  # crops live in each GT box's frame
-            require(self.model.architecture == "mask_rcnn", "input.gt_mask_format",
-                    f"cropped GT masks are for Mask R-CNN; {self.model.architecture!r} needs "
-                    "full (its losses read the masks at prototype resolution)")
             require(self.data.augment == "none", "input.gt_mask_format",
                     f"cropped GT masks cannot go through data.augment {self.data.augment!r} "
                     "(its crop clips boxes without their masks): use full")

@@ -30,6 +30,8 @@ reference in tests/support/yolact_torch_reference.py):
 - Inferred from the checkpoint: ResNet depth from the blocks of ``backbone.layers.2`` (6: 50,
   23: 101); A anchors per location = bbox_layer rows / 4 (3: one scale, ratios 1, 1/2, 2);
   K classes incl. background = conf_layer rows / A; k prototypes = mask_layer rows / A.
+  A grouped first 3x3 conv (a ResNeXt backbone, which the reference does not have) is
+  refused (``refuse_grouped_backbone``).
   The architecture (``ARCHITECTURES``: depth, input size, anchor sides) is ``arch`` when
   given, else the file name's model name as the reference's ``eval.py`` takes it
   (``{name}_{epoch}_{iteration}.pth``, e.g. ``yolact_im700_54_800000.pth``) when it is a known
@@ -107,6 +109,22 @@ def infer_depth(state_dict):
     return depth
 
 
+def refuse_grouped_backbone(state_dict):
+    """Raises ValueError for a checkpoint whose first bottleneck's 3x3 conv is grouped (a
+    ResNeXt backbone): the reference YOLACT has ResNet backbones only, and reading grouped
+    kernels as a ResNet's would be wrong."""
+    first = "backbone.layers.0.0."
+    if first + "conv1.weight" not in state_dict or first + "conv2.weight" not in state_dict:
+        return
+    width = int(tv.to_numpy(state_dict[first + "conv1.weight"]).shape[0])  # conv1 out channels
+    per_group = int(tv.to_numpy(state_dict[first + "conv2.weight"]).shape[1])  # conv2 in / g
+    if per_group != width:
+        raise ValueError(
+            f"{first}conv2.weight takes {per_group} input channels of conv1's {width}: a "
+            f"grouped (ResNeXt, {width // max(per_group, 1)} groups) backbone; the YOLACT "
+            f"converter reads the reference's ResNet-50 / ResNet-101 checkpoints only")
+
+
 def arch_from_filename(path):
     """The known architecture a checkpoint's file name names (reference ``SavePath``), or None."""
     stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
@@ -126,6 +144,7 @@ def infer_settings(state_dict, arch=None):
     if arch is not None and arch not in ARCHITECTURES:
         raise ValueError(f"unknown YOLACT architecture {arch!r}; expected one of "
                          f"{', '.join(ARCHITECTURES)}")
+    refuse_grouped_backbone(state_dict)
     depth, size, sides = (ARCHITECTURES[arch] if arch else
                           (infer_depth(state_dict), REFERENCE_SIZE, ANCHOR_SIDES))
     box_rows = _rows(state_dict, HEAD + "bbox_layer.weight")  # A * 4

@@ -580,8 +580,10 @@ def test_yolact_section_defaults_are_the_reference(tmp_path):
     i = Config().input
     assert (i.resize, i.size) == ("shorter_side", 550)
     assert Config().data.augment == "none"
-    path = write(tmp_path, "y.yaml", "model:\n  yolact:\n    neg_threshold: 0.6\n")
-    assert error_of(load_config, path).endswith("must be <= pos_threshold (0.5), got 0.6")
+    path = write(tmp_path, "y.yaml", "model:\n  architecture: yolact\n  yolact:\n"
+                                     "    neg_threshold: 0.6\n")
+    assert error_of(load_config, path).endswith(
+        "model.yolact.neg_threshold: must be <= pos_threshold (0.5), got 0.6")
     path = write(tmp_path, "r.yaml", "input:\n  resize: letterbox\n")
     assert "input.resize: expected one of 'shorter_side', 'fixed_square'" in error_of(
         load_config, path)
@@ -650,3 +652,48 @@ def test_model_fields_say_what_they_mean_and_where_they_come_from(cls):
             assert f.metadata["source"] in (fields.PAPER, fields.TORCHVISION, fields.DETECTRON,
                                             fields.OURS, fields.YOLACT), \
                 f"{cls.__name__}.{f.name}"
+
+
+# ------------------------------------------------------------------ architecture-aware rules
+@pytest.mark.parametrize("architecture,overrides,key,expect", [
+    ("yolact", ["model.yolact.neg_threshold=0.6"], "model.yolact.neg_threshold",
+     "must be <= pos_threshold"),
+    ("yolact", ["model.yolact.anchor_scales=[24, 48]"], "model.yolact.anchor_scales",
+     "one scale per level P3..P7 (5), got 2"),
+    ("mask_rcnn", ["model.rpn.bg_iou_threshold=0.8"], "model.rpn.bg_iou_threshold",
+     "must be <= fg_iou_threshold (0.7)"),
+    ("mask_rcnn", ["model.roi_heads.fg_iou_threshold=0.4"], "model.roi_heads.bg_iou_threshold",
+     "<="),
+    ("mask_rcnn", ["model.roi_align.max_level=1"], "model.roi_align.max_level", ">= min_level"),
+    ("mask_rcnn", ["model.keypoint_head.num_keypoints=4"], "model.keypoint_head.keypoint_names",
+     "has 17 names"),
+    ("mask_rcnn", ["model.anchors.sizes=[32, 64]"], "model.anchors.sizes", "one size per FPN"),
+])
+def test_only_the_active_architectures_sections_are_validated(architecture, overrides, key,
+                                                              expect):
+    """A section's cross-field rules run for the architecture that reads it, and only then:
+    the other architecture loads the same values (it ignores the section)."""
+    other = {"mask_rcnn": "yolact", "yolact": "mask_rcnn"}[architecture]
+    msg = error_of(apply_overrides, Config(), [f"model.architecture={architecture}", *overrides])
+    assert f"{key}: " in msg and expect in msg, msg
+    cfg = apply_overrides(Config(), [f"model.architecture={other}", *overrides])
+    assert cfg.model.architecture == other
+    assert config_lib.schema.ARCHITECTURE_SECTIONS[other]  # what it reads instead
+
+
+def test_field_rules_hold_whatever_the_architecture():
+    """Types and ranges are checked in every section (a value must parse)."""
+    msg = error_of(apply_overrides, Config(), ["model.architecture=yolact",
+                                               "model.rpn.nms_threshold=1.5"])
+    assert "model.rpn.nms_threshold: must be in [0, 1]" in msg
+
+
+@pytest.mark.parametrize("overrides,key,expect", [
+    (["model.backbone.variant=c4"], "model.backbone.variant", "needs fpn, got 'c4'"),
+    (["model.keypoint_head.enabled=true"], "model.keypoint_head.enabled", "no keypoint head"),
+    (["input.gt_mask_format=cropped", "input.gt_mask_size=28"], "input.gt_mask_format",
+     "'yolact' takes full GT masks, got 'cropped'"),
+])
+def test_yolact_refuses_what_it_has_no_part_for(overrides, key, expect):
+    msg = error_of(apply_overrides, Config(), ["model.architecture=yolact", *overrides])
+    assert f"{key}: " in msg and expect in msg, msg
