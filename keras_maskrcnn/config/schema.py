@@ -456,7 +456,8 @@ class InputConfig(Section):
     size: int = param(550, positive, "fixed_square: the square's side", YOLACT)
     resize_style: Literal["torchvision", "detectron2"] = param(
         "torchvision", None, "shorter_side at inference: torchvision (floor sizes, float "
-        "bilinear) or detectron2 (int(x + 0.5) sizes, antialiased bilinear on uint8 as PIL)", TV)
+        "bilinear) or detectron2 (int(x + 0.5) sizes, pixels equal to PIL's bilinear on "
+        "uint8)", TV)
 
     min_size_train: Tuple[int, ...] = param((800,), (non_empty, positive), "shorter-side sizes "
                                             "for training scale jitter", TV)
