@@ -8,9 +8,11 @@ Conventions pinned here (tests/integration/test_evaluation.py checks them):
       [x, y, w, h] with w = x2 - x1 (no +1), ``segmentation`` compressed RLE (``counts`` a
       str) of the pasted (n, H, W) bool mask, ``keypoints`` [x, y, v] * Kp in original pixels
       with v the keypoint's heatmap score (COCOeval reads only x and y; a detection's score is
-      the box score, as torchvision). No 0.5 shift: our COCO reader adds none either (a
-      model's ``keypoint_coordinate_offset``, e.g. detectron2's -0.5, is applied by
-      ``detect``). Detections whose keypoints are absent (score -inf: their class has none,
+      the box score, as torchvision). The model's ``keypoint_coordinate_offset`` (e.g.
+      detectron2's -0.5: its COCO evaluator subtracts half a pixel, the convention its
+      training data adds) is added to x and y here, in the results only; ``detect`` and the
+      exports return the predictor's coordinates (0 by default: our COCO reader adds no
+      shift). Detections whose keypoints are absent (score -inf: their class has none,
       ``model.keypoint_head.category_ids``) get no ``keypoints`` field.
     * ``run_coco_eval`` gives each iou type only its own field (as torchvision), so the detected
       area COCOeval uses for area ranges is the box area (bbox), the mask area (segm) or the
@@ -73,7 +75,8 @@ def encode_masks(masks):
     return rles
 
 
-def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxes=False):
+def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxes=False,
+                               keypoint_offset=0.0):
     """COCO result dicts for the detections of one image.
 
     Args:
@@ -85,6 +88,8 @@ def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxe
             dataset id of contiguous label i + 1.
         drop_empty_boxes: leave out detections whose box area (x2 - x1) * (y2 - y1) is not
             > 0 (YOLACT's evaluation, on its integer boxes).
+        keypoint_offset: added to keypoint x and y (the model's ``keypoint_coordinate_offset``;
+            -0.5 for detectron2 models, as detectron2's COCO evaluator).
 
     Returns:
         A list of n dicts: image_id, category_id, score, bbox [x, y, w, h] (w = x2 - x1), and
@@ -114,6 +119,8 @@ def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxe
         keypoints = np.asarray(result["keypoints"], np.float64)[keep]
         flat = keypoints.reshape(len(keypoints), -1 if len(keypoints) else 0)  # (n, 3 Kp)
         present = np.any(keypoints[..., 2] > -np.inf, axis=-1)  # (n,) class has keypoints
+        flat[:, 0::3] += keypoint_offset  # x
+        flat[:, 1::3] += keypoint_offset  # y
         for item, kp, keep_kp in zip(results, flat.tolist(), present):
             if keep_kp:
                 item["keypoints"] = kp
@@ -328,7 +335,8 @@ def evaluate_model(model, annotations_json, images_dir, max_images=None, output_
         detections = model.detect([image])[0]
         results.extend(detections_to_coco_results(
             info["id"], detections, label_map,
-            drop_empty_boxes=inference.mask_type(model) == "image"))
+            drop_empty_boxes=inference.mask_type(model) == "image",
+            keypoint_offset=getattr(model, "keypoint_coordinate_offset", 0.0)))
         evaluated.append(info["id"])
     if skipped:
         names = ", ".join(skipped[:10]) + (", ..." if len(skipped) > 10 else "")

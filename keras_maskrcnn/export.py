@@ -35,8 +35,9 @@ Outputs of both (padding rows beyond ``num_detections`` are all zero):
         ``include_full_masks``. For ``serving_default`` with images of different sizes the
         canvas is the largest (Hm, Wm) of the batch: image b occupies [:H0_b, :W0_b] and is
         zero beyond (crop with ``original_sizes``);
-    keypoints (B, D, Kp, 3) float32 [x, y, score] in original pixels (plus the model's
-        ``keypoint_coordinate_offset``), with a keypoint head; detections of a class without
+    keypoints (B, D, Kp, 3) float32 [x, y, score] in original pixels (the predictor's
+        coordinates, as ``detect``: the model's ``keypoint_coordinate_offset`` belongs to
+        COCO results only), with a keypoint head; detections of a class without
         keypoints get (0, 0, -inf).
 
 Preprocessing and the mapping back are the model's ``preprocessor``
@@ -56,7 +57,6 @@ import tensorflow as tf
 from keras_maskrcnn import inference, preprocessing
 from keras_maskrcnn.builders import build_model
 from keras_maskrcnn.config import add_override_argument, load_config
-from keras_maskrcnn.ops.keypoints import shift_keypoints
 
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
@@ -64,7 +64,7 @@ PARALLEL_IMAGES = 4  # serving_default: images in flight at once (bounds activat
 
 
 def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mask_kind="box",
-                    clip=False, keypoint_offset=0.0):
+                    clip=False):
     """Batched model outputs -> serving outputs in original pixels, padding rows zeroed.
 
     Args:
@@ -76,7 +76,6 @@ def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mas
         mask_kind: "box" (Mask R-CNN) or "image" (YOLACT: boxes then made integer and clamped
             as ``detect`` does, ``preprocessing.integer_boxes``).
         clip: boxes clipped to the original image after scaling (detectron2 style).
-        keypoint_offset: added to keypoint x, y in original pixels, as ``detect``.
 
     Returns:
         dict boxes, scores, classes (dataset ids, int32), num_detections (int32), masks,
@@ -107,7 +106,7 @@ def serving_outputs(outputs, image_sizes, original_sizes, category_ids=None, mas
     if "masks" in outputs:
         result["masks"] = keep(tf.cast(outputs["masks"], tf.float32))
     if "keypoints" in outputs:
-        result["keypoints"] = keep(shift_keypoints(scaled["keypoints"], keypoint_offset))
+        result["keypoints"] = keep(scaled["keypoints"])
     return result
 
 
@@ -147,7 +146,6 @@ def serving_functions(model, include_full_masks=False):
     preprocessor, threshold = model.preprocessor, model.mask_threshold
     category_ids, kind = model.category_ids, inference.mask_type(model)
     paste = inference.mask_paste(model)
-    offset = getattr(model, "keypoint_coordinate_offset", 0.0)
 
     mask_shape = _image_mask_shape(model)  # (D, Hp, Wp) or None
 
@@ -160,7 +158,7 @@ def serving_functions(model, include_full_masks=False):
 
     def finish(outputs, image_sizes, original_sizes):
         result = serving_outputs(outputs, image_sizes, original_sizes, category_ids, kind,
-                                 preprocessor.detectron2_style, offset)
+                                 preprocessor.detectron2_style)
         if include_full_masks and kind == "image":
             result["full_masks"] = tf.cast(preprocessing.full_image_masks_from_image_masks(
                 result["masks"], result["original_sizes"], threshold,

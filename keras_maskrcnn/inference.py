@@ -17,7 +17,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn import preprocessing
-from keras_maskrcnn.ops.keypoints import shift_keypoints
 
 
 def has_masks(model):
@@ -40,14 +39,14 @@ def mask_paste(model):
 
 
 def postprocess(outputs, image_sizes, original_size, mask_threshold, mask_kind="box",
-                paste="torchvision", clip=False, keypoint_offset=0.0):
+                paste="torchvision", clip=False):
     """Batch-of-one model outputs -> the first n detections in original-image pixels.
 
     ``mask_kind`` "box": masks pasted into their boxes (``paste``: "torchvision" or
     "detectron2"); "image": boxes made integer and clamped, masks resized from prototype
     resolution (``preprocessing`` module docstring). ``clip``: boxes clipped to the original
-    image after scaling (detectron2). ``keypoint_offset``: added to keypoint x, y in original
-    pixels (the model's ``keypoint_coordinate_offset``; ``ops.keypoints.shift_keypoints``).
+    image after scaling (detectron2). Keypoints stay in the predictor's coordinates: the
+    model's ``keypoint_coordinate_offset`` is applied only to COCO results (``evaluation``).
 
     Returns a dict: boxes (n, 4), scores (n,), classes (n,) contiguous ids, and when present
     masks (n, H0, W0) bool and keypoints (n, Kp, 3) [x, y, score].
@@ -56,8 +55,6 @@ def postprocess(outputs, image_sizes, original_size, mask_threshold, mask_kind="
     keys = [k for k in ("boxes", "scores", "classes", "masks", "keypoints") if k in outputs]
     kept = {k: outputs[k][:, :n] for k in keys}  # (1, n, ...)
     kept = preprocessing.to_original_pixels(kept, image_sizes, original_size[None], clip)
-    if "keypoints" in kept:
-        kept["keypoints"] = shift_keypoints(kept["keypoints"], keypoint_offset)
     if mask_kind == "image":
         kept["boxes"] = preprocessing.integer_boxes(kept["boxes"], original_size[None])
         if "masks" in kept:
@@ -77,14 +74,13 @@ def detection_function(model):
         return fn
     preprocessor, threshold, kind = model.preprocessor, model.mask_threshold, mask_type(model)
     paste, clip = mask_paste(model), preprocessor.detectron2_style
-    offset = getattr(model, "keypoint_coordinate_offset", 0.0)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def detect_one(image):
         images, image_sizes = preprocessor(image[None])  # (1, Hp, Wp, 3), (1, 2)
         outputs = model({"images": images, "image_sizes": image_sizes}, training=False)
         return postprocess(outputs, image_sizes, tf.shape(image)[:2], threshold, kind, paste,
-                           clip, offset)
+                           clip)
 
     model._detect_fn = detect_one
     return detect_one

@@ -17,11 +17,11 @@ Conventions pinned here (tests/test_preprocessing.py checks them):
     * ``resize_style="detectron2"`` (shorter_side only; detectron2's test-time
       ``ResizeShortestEdge`` + ``ResizeTransform``): sizes by ``detectron2_output_size`` (float64,
       short side set to min_size, long side scaled, capped at max_size, then int(x + 0.5));
-      pixels as PIL's ``Image.resize(BILINEAR)`` on uint8: a triangle filter widened by the
-      scale when shrinking (antialias), horizontal pass then vertical, each rounded and clipped
-      to uint8 values (``resize_image_detectron2``; PIL's fixed-point weights differ by one
-      level on a few pixels, tests/test_preprocessing.py bounds it). Boxes map back with the
-      same per-axis ratios, then are clipped to the original image (``detector_postprocess``).
+      pixels equal to PIL's ``Image.resize(BILINEAR)`` on uint8, bit for bit
+      (``resize_image_detectron2`` = ``ops.pil_resize.resize_bilinear_pil``: Pillow's
+      fixed-point taps, horizontal pass then vertical; tests/ops/test_pil_resize.py compares
+      with PIL). Boxes map back with the same per-axis ratios, then are clipped to the
+      original image (``detector_postprocess``).
     * Normalisation (in the model's graph): (pixel - 255 mean) / (255 std) with mean / std in
       [0, 1] RGB units, and the padding set back to zero after it.
     * Back to original pixels: boxes and keypoints are scaled per axis by original / resized
@@ -45,6 +45,7 @@ from typing import Tuple
 import tensorflow as tf
 
 from keras_maskrcnn.ops.masks import paste_and_threshold
+from keras_maskrcnn.ops.pil_resize import resize_bilinear_pil
 from keras_maskrcnn.ops.prototype_masks import masks_to_image
 
 RESIZE_POLICIES = ("shorter_side", "fixed_square")
@@ -97,18 +98,9 @@ def detectron2_output_size(height, width, min_size, max_size):
 
 
 def resize_image_detectron2(image, size):
-    """(..., H, W, C) uint8-valued image(s) -> (..., h, w, C) float32 uint8 values, as PIL's
-    bilinear resize: antialiased (when shrinking) width pass, rounded half up and clipped to
-    [0, 255], then the height pass, rounded and clipped again."""
-    def to_uint8_values(x):
-        return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
-
-    image = tf.cast(image, tf.float32)
-    size = tf.convert_to_tensor(size, tf.int32)
-    rows = tf.shape(image)[-3]
-    wide = to_uint8_values(tf.image.resize(image, tf.stack([rows, size[1]]), method="bilinear",
-                                           antialias=True))  # (..., H, w, C)
-    return to_uint8_values(tf.image.resize(wide, size, method="bilinear", antialias=True))
+    """(..., H, W, C) uint8-valued image(s) -> (..., h, w, C) float32 uint8 values, equal to
+    PIL's ``Image.resize((w, h), BILINEAR)`` (``ops.pil_resize.resize_bilinear_pil``)."""
+    return tf.cast(resize_bilinear_pil(image, size), tf.float32)
 
 
 def resize_image(image, size):

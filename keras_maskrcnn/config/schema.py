@@ -289,8 +289,9 @@ class KeypointHeadConfig(Section):
         "logit", None, "keypoint score: the resized heatmap's logit at the peak (torchvision) "
         "or detectron2's softmax there normalised over the heatmap", TV)
     coordinate_offset: float = param(
-        0.0, None, "added to predicted x and y in original pixels (detect, export, COCO "
-        "results); -0.5 for detectron2 models, whose COCO evaluator subtracts half a pixel", TV)
+        0.0, None, "added to predicted x and y in COCO results only (evaluation's "
+        "results.json; detect and exports return the predictor's coordinates); -0.5 for "
+        "detectron2 models, whose COCO evaluator subtracts half a pixel", TV)
     category_ids: Optional[Tuple[int, ...]] = param(
         None, None, "dataset category ids (as model.category_ids) of the classes with "
         "keypoints; null = those whose COCO category has a non-empty keypoints list when only "
@@ -490,7 +491,8 @@ class InputConfig(Section):
     size: int = param(550, positive, "fixed_square: the square's side", YOLACT)
     resize_style: Literal["torchvision", "detectron2"] = param(
         "torchvision", None, "shorter_side at inference: torchvision (floor sizes, float "
-        "bilinear) or detectron2 (int(x + 0.5) sizes, antialiased bilinear on uint8 as PIL)", TV)
+        "bilinear) or detectron2 (int(x + 0.5) sizes, pixels equal to PIL's bilinear on "
+        "uint8)", TV)
 
     min_size_train: Tuple[int, ...] = param((800,), (non_empty, positive), "shorter-side sizes "
                                             "for training scale jitter", TV)

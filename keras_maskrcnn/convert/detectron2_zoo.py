@@ -17,8 +17,9 @@ Conventions pinned here (tests/convert/test_detectron2_zoo.py):
   logits, proposals of width and height > 0 kept (``rpn.proposal_filter`` detectron2 with
   ``min_size`` 0: its MIN_SIZE 0, strict); RoIAlign
   aligned, sampling_ratio 0, detectron2's level mapping; score > 0.05, NMS 0.5, 100
-  detections, no minimum box size; masks pasted as detectron2; keypoint scores and the -0.5
-  COCO offset as detectron2.
+  detections, no minimum box size; masks pasted as detectron2; keypoint scores as detectron2,
+  and its -0.5 keypoint offset in COCO results only (``keypoint_head.coordinate_offset``,
+  applied by ``evaluation`` as detectron2's COCO evaluator; its predictor has none).
 - Training as detectron2 too: smooth L1 beta 0 for the RPN and the box head (keypoint models:
   0.5 for the box head), RPN post-NMS top-k 1000 (FPN), 1500 (keypoints) or 2000 (C4) per
   image, pre-NMS 2000 per level (FPN) or 12000 (C4); 256 anchors / 512 RoIs per image; batch
@@ -251,6 +252,10 @@ def config_file_text(entry):
               f"its weights with\n#   python -m keras_maskrcnn.convert detectron2 --checkpoint "
               f"model_final_{entry.suffix}.pkl \\\n#       --config-name {entry.short_name} "
               f"--output converted/\n# ({entry.url})\n")
+    if entry.keypoint:
+        header += ("# model.keypoint_head.coordinate_offset (-0.5) is added to keypoints in COCO "
+                   "results only\n# (detectron2's COCO evaluator); detect and the exports "
+                   "return its predictor's keypoints.\n")
     return header + body
 
 

@@ -82,8 +82,9 @@ class MaskRCNN(Detector):
         rpn_smooth_l1_beta, box_smooth_l1_beta: smooth L1 betas of the two box losses.
         loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
         keypoint_score: "logit" (torchvision) or "detectron2" (``ops.keypoints``).
-        keypoint_coordinate_offset: added to keypoint x, y in original pixels (``detect``,
-            export; -0.5 for detectron2 models); the model's own outputs are without it.
+        keypoint_coordinate_offset: added to keypoint x, y in COCO results only
+            (``evaluation``; -0.5 for detectron2 models, as its COCO evaluator); ``detect``,
+            the exports and the model's own outputs are without it.
         keypoint_category_ids: dataset ids (as ``category_ids``) of the classes that have
             keypoints; None = every class. Other classes' GT keypoints are not trained and
             their detections' keypoints are (0, 0, -inf) (``ops.keypoints.ABSENT_SCORE``).

@@ -185,7 +185,10 @@ def test_evaluate_cli_takes_keypoint_categories_from_the_json(models, shapes, tm
     assert {r["category_id"] for r in results if "keypoints" in r} == {1}
 
 
-def test_detectron2_score_and_coordinate_offset(models):
+def test_detectron2_score_and_coordinate_offset(models, tmp_path):
+    """detectron2's keypoint score; its -0.5 offset only in COCO results (its COCO evaluator's
+    convention): ``detect`` and the export give the predictor's keypoints (no offset), and
+    ``evaluate_model``'s results.json carries the offset."""
     d2 = build_model(_config(**{"model.keypoint_head.score": "detectron2",
                                 "model.keypoint_head.coordinate_offset": -0.5}))
     d2.set_weights(models["all"].get_weights())
@@ -193,15 +196,31 @@ def test_detectron2_score_and_coordinate_offset(models):
     image = np.random.default_rng(3).integers(0, 255, (96, 150, 3), dtype=np.uint8)
     ours, ref = d2.detect([image])[0], models["all"].detect([image])[0]
     assert len(ref["scores"]) > 0
-    np.testing.assert_allclose(ours["keypoints"][..., :2], ref["keypoints"][..., :2] - 0.5,
-                               atol=1e-4)
+    np.testing.assert_array_equal(ours["keypoints"][..., :2], ref["keypoints"][..., :2])
     assert np.all((ours["keypoints"][..., 2] > 0) & (ours["keypoints"][..., 2] <= 1))
     assert not np.allclose(ours["keypoints"][..., 2], ref["keypoints"][..., 2])
-    # The export applies the same offset, in original pixels, and leaves absent ones alone.
+    # COCO results: x and y shifted by the model's offset (score unchanged)
+    import PIL.Image
+    PIL.Image.fromarray(image).save(tmp_path / "a.png")
+    gt = {"images": [{"id": 5, "file_name": "a.png", "height": 96, "width": 150}],
+          "annotations": [], "categories": [{"id": i, "name": str(i), "keypoints": (
+              [f"k{k}" for k in range(17)] if i == 1 else [])} for i in IDS]}
+    evaluation.evaluate_model(d2, gt, str(tmp_path), output_dir=str(tmp_path / "eval"),
+                              iou_types=("bbox",), progress=False, verbose=False)
+    with open(tmp_path / "eval" / "results.json") as f:
+        results = json.load(f)
+    assert len(results) == len(ours["scores"])
+    with_kp = [(r, k) for r, k in zip(results, ours["keypoints"]) if "keypoints" in r]
+    assert with_kp
+    for r, kp in with_kp:
+        written = np.asarray(r["keypoints"]).reshape(-1, 3)
+        np.testing.assert_allclose(written[:, :2], kp[:, :2] - 0.5, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(written[:, 2], kp[:, 2], rtol=1e-6)
+    # The export returns the predictor's keypoints too, and leaves absent ones alone.
     outputs = {"boxes": tf.zeros([1, 2, 4]), "scores": tf.ones([1, 2]),
                "classes": tf.constant([[1, 2]]), "num_detections": tf.constant([2]),
                "keypoints": tf.constant([[[[10.0, 20.0, 0.5]], [[0.0, 0.0, -np.inf]]]])}
-    served = export.serving_outputs(outputs, tf.constant([[50, 50]]), tf.constant([[100, 200]]),
-                                    keypoint_offset=-0.5)["keypoints"].numpy()
-    np.testing.assert_allclose(served[0, 0, 0], [10.0 * 4 - 0.5, 20.0 * 2 - 0.5, 0.5])
+    served = export.serving_outputs(outputs, tf.constant([[50, 50]]),
+                                    tf.constant([[100, 200]]))["keypoints"].numpy()
+    np.testing.assert_allclose(served[0, 0, 0], [10.0 * 4, 20.0 * 2, 0.5])
     np.testing.assert_array_equal(served[0, 1, 0], [0.0, 0.0, -np.inf])
