@@ -43,8 +43,8 @@ def packaged_config_path(name: str) -> str:
         return os.path.join(CONFIG_DIR, *key.split("/")) + ".yaml"
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"no such file, and no packaged config of that name{hint} (names: "
-                      "`kmr train --list-configs`)", source=name)
+    raise ConfigError(f"cannot read config file: no such file, and no packaged config of that "
+                      f"name{hint} (names: `kmr train --list-configs`)", source=name)
 
 
 def resolve_config(name_or_path) -> str:
@@ -61,6 +61,7 @@ def resolve_config(name_or_path) -> str:
         parent = os.path.basename(os.path.dirname(path))
         for candidate in (f"{parent}/{stem}", stem):
             if candidate in list_configs():
-                raise ConfigError(f"no such file (the packaged config {candidate!r} is loaded by "
-                                  f"that name: --config {candidate})", source=path) from None
+                raise ConfigError(f"cannot read config file: no such file (the packaged config "
+                                  f"{candidate!r} is loaded by that name: --config {candidate})",
+                                  source=path) from None
         raise
