@@ -194,3 +194,13 @@ def test_no_parallel_iterations_warning_when_keypoints_decode_eagerly():
         logger.removeHandler(handler)
     assert not any("parallel_iterations" in m for m in ours), ours
     assert any("parallel_iterations" in m for m in control), control
+
+
+def test_print_config_writes_a_loadable_whole_config(tmp_path, capsys):
+    from keras_maskrcnn.config import load_config
+
+    assert cli.main(["train", "--config", "shapes", "--print-config", "--set",
+                     "train.seed=3"]) == 0
+    path = tmp_path / "mine.yaml"
+    path.write_text(capsys.readouterr().out)
+    assert load_config(str(path)) == load_config("shapes", ["train.seed=3"])
