@@ -24,7 +24,8 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 
 def list_configs() -> List[str]:
-    """Sorted names of the packaged configs (``"shapes"``, ``"detectron2/mask_rcnn_R_50_FPN_3x"``)."""
+    """Sorted names of the packaged configs (``"shapes"``,
+    ``"detectron2/mask_rcnn_R_50_FPN_3x"``, ...)."""
     names = []
     for root, _, files in os.walk(CONFIG_DIR, followlinks=True):
         rel = os.path.relpath(root, CONFIG_DIR)

@@ -54,7 +54,8 @@ def test_unknown_names_and_missing_paths_are_errors_that_help(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as e:
         load_config("shapez")
-    assert str(e.value).startswith("shapez: cannot read config file: no such file") and "'shapes'" in str(e.value)
+    assert str(e.value).startswith("shapez: cannot read config file: no such file")
+    assert "'shapes'" in str(e.value)
     with pytest.raises(ConfigError) as e:
         load_config("configs/yolact_shapes.yaml")  # the checkout's path, from elsewhere
     assert "--config yolact_shapes" in str(e.value)
