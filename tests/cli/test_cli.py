@@ -204,3 +204,16 @@ def test_print_config_writes_a_loadable_whole_config(tmp_path, capsys):
     path = tmp_path / "mine.yaml"
     path.write_text(capsys.readouterr().out)
     assert load_config(str(path)) == load_config("shapes", ["train.seed=3"])
+
+
+def test_low_memory_restarts_only_a_command_line_process(monkeypatch):
+    """``--low-memory`` re-executes the process (huge pages) only when its arguments are the
+    process' own command line (``kmr train ...`` / ``python train.py ...``), not when a caller
+    passes them to ``main`` in Python."""
+    from keras_maskrcnn.cli.train import is_process_command_line
+
+    args = ["--config", "tiny", "--low-memory"]
+    monkeypatch.setattr(sys, "orig_argv", ["python", "/venv/bin/kmr", "train", *args])
+    assert is_process_command_line(args) and is_process_command_line(None)
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "pytest", "tests"])
+    assert not is_process_command_line(args) and not is_process_command_line([])
