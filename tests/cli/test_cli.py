@@ -217,3 +217,11 @@ def test_low_memory_restarts_only_a_command_line_process(monkeypatch):
     assert is_process_command_line(args) and is_process_command_line(None)
     monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "pytest", "tests"])
     assert not is_process_command_line(args) and not is_process_command_line([])
+
+
+def test_train_py_refuses_beside_the_unrelated_distribution_too(monkeypatch, capsys):
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.2.2"
+                        if name == dispatch.OLD_DISTRIBUTION else real(name))
+    assert cli.run("train", ["--list-configs"], prog="train.py") == 2
+    assert capsys.readouterr().err.startswith("train.py: error: the unrelated distribution")
