@@ -74,6 +74,10 @@ def run(command: str, argv: Sequence[str], prog: Optional[str] = None) -> int:
     from keras_maskrcnn.config import ConfigError
 
     prog = prog or f"kmr {command}"
+    conflict = unrelated_distribution()
+    if conflict:
+        print(f"{prog}: error: {conflict}", file=sys.stderr)
+        return 2
     module = importlib.import_module(COMMANDS[command][0])
     if not hasattr(module, "main"):  # a package whose command line is its __main__ module
         module = importlib.import_module(COMMANDS[command][0] + ".__main__")
@@ -106,9 +110,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"kmr: error: unknown subcommand {command!r}{hint}; one of: "
               f"{', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    conflict = unrelated_distribution()
-    if conflict:
-        print(f"kmr: error: {conflict}", file=sys.stderr)
         return 2
     return run(command, argv[1:])

@@ -9,7 +9,8 @@ and the dotted key, before any work starts.
 
 Conventions pinned here:
 - YAML is ``safe_load`` plus: "1e-5" is a float (YAML 1.1 wants "1.0e-5"), duplicate keys are
-  errors. ``base:`` paths are relative to the YAML file.
+  errors. ``base:`` paths are relative to the YAML file; one that is not there names a packaged
+  config (``base: maskrcnn_r50_fpn_coco``).
 - Origins: each dotted key remembers the file or override that wrote it; an error is reported
   against the longest recorded prefix of its key.
 - An unknown key suggests the closest key of its section, else the same name elsewhere.
@@ -190,7 +191,8 @@ def load_config(path: str, overrides: Optional[Iterable[str]] = None) -> Config:
 
     Args:
       path: YAML file, or the name of a packaged config (``"shapes"``,
-        ``"detectron2/mask_rcnn_R_50_FPN_3x"``; a path that exists wins). A top-level ``base: other.yaml`` (relative to this file) is deep-merged
+        ``"detectron2/mask_rcnn_R_50_FPN_3x"``; a path that exists wins). A top-level
+        ``base: other.yaml`` (relative to this file, else a packaged config's name) is deep-merged
         under it; the base may not have a ``base`` itself (one level of inheritance).
       overrides: strings ``"dotted.key=value"``, value parsed as YAML (``"a.b=[1, 2]"``),
         applied in order after the merge.
@@ -207,6 +209,11 @@ def load_config(path: str, overrides: Optional[Iterable[str]] = None) -> Config:
         if not isinstance(base, str):
             raise ConfigError(f"expected a file path, got {base!r}", "base", path)
         base_path = os.path.join(os.path.dirname(path), base)
+        if not os.path.exists(base_path):  # a packaged config's name ("maskrcnn_r50_fpn_coco")
+            try:
+                base_path = resolve_config(base)
+            except ConfigError as e:
+                raise ConfigError(f"{base_path}: {e.reason}", "base", path) from None
         base_data = _read_yaml(base_path)
         if "base" in base_data:
             raise ConfigError(f"{base!r} is itself based on {base_data['base']!r}: only one "

@@ -24,7 +24,8 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 
 def list_configs() -> List[str]:
-    """Sorted names of the packaged configs (``"shapes"``, ``"detectron2/mask_rcnn_R_50_FPN_3x"``)."""
+    """Sorted names of the packaged configs (``"shapes"``,
+    ``"detectron2/mask_rcnn_R_50_FPN_3x"``, ...)."""
     names = []
     for root, _, files in os.walk(CONFIG_DIR, followlinks=True):
         rel = os.path.relpath(root, CONFIG_DIR)
@@ -43,8 +44,8 @@ def packaged_config_path(name: str) -> str:
         return os.path.join(CONFIG_DIR, *key.split("/")) + ".yaml"
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"no such file, and no packaged config of that name{hint} (names: "
-                      "`kmr train --list-configs`)", source=name)
+    raise ConfigError(f"cannot read config file: no such file, and no packaged config of that "
+                      f"name{hint} (names: `kmr train --list-configs`)", source=name)
 
 
 def resolve_config(name_or_path) -> str:
@@ -61,6 +62,7 @@ def resolve_config(name_or_path) -> str:
         parent = os.path.basename(os.path.dirname(path))
         for candidate in (f"{parent}/{stem}", stem):
             if candidate in list_configs():
-                raise ConfigError(f"no such file (the packaged config {candidate!r} is loaded by "
-                                  f"that name: --config {candidate})", source=path) from None
+                raise ConfigError(f"cannot read config file: no such file (the packaged config "
+                                  f"{candidate!r} is loaded by that name: --config {candidate})",
+                                  source=path) from None
         raise

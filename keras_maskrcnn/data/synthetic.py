@@ -362,9 +362,10 @@ def write_synthetic_dataset(output_dir, num_train, num_val, seed=0, image_size=2
     return paths
 
 
-def ensure_synthetic_dataset(synthetic_config):
+def ensure_synthetic_dataset(synthetic_config, progress=True):
     """Writes the dataset of a ``SyntheticConfig`` unless ``output_dir`` already holds one
-    written with the same parameters. Returns the paths as ``write_synthetic_dataset``."""
+    written with the same parameters (with a progress bar on stderr unless ``progress`` is
+    False). Returns the paths as ``write_synthetic_dataset``."""
     c = synthetic_config
     params = dict(num_train=c.num_train, num_val=c.num_val, seed=c.seed,
                   image_size=c.image_size, min_objects=c.min_objects, max_objects=c.max_objects)
@@ -373,7 +374,7 @@ def ensure_synthetic_dataset(synthetic_config):
         with open(info, encoding="utf-8") as f:
             if json.load(f) == params:
                 return {s: split_paths(c.output_dir, s) for s in SPLITS}
-    return write_synthetic_dataset(c.output_dir, **params)
+    return write_synthetic_dataset(c.output_dir, **params, progress=progress)
 
 
 def main(argv=None):

@@ -194,3 +194,34 @@ def test_no_parallel_iterations_warning_when_keypoints_decode_eagerly():
         logger.removeHandler(handler)
     assert not any("parallel_iterations" in m for m in ours), ours
     assert any("parallel_iterations" in m for m in control), control
+
+
+def test_print_config_writes_a_loadable_whole_config(tmp_path, capsys):
+    from keras_maskrcnn.config import load_config
+
+    assert cli.main(["train", "--config", "shapes", "--print-config", "--set",
+                     "train.seed=3"]) == 0
+    path = tmp_path / "mine.yaml"
+    path.write_text(capsys.readouterr().out)
+    assert load_config(str(path)) == load_config("shapes", ["train.seed=3"])
+
+
+def test_low_memory_restarts_only_a_command_line_process(monkeypatch):
+    """``--low-memory`` re-executes the process (huge pages) only when its arguments are the
+    process' own command line (``kmr train ...`` / ``python train.py ...``), not when a caller
+    passes them to ``main`` in Python."""
+    from keras_maskrcnn.cli.train import is_process_command_line
+
+    args = ["--config", "tiny", "--low-memory"]
+    monkeypatch.setattr(sys, "orig_argv", ["python", "/venv/bin/kmr", "train", *args])
+    assert is_process_command_line(args) and is_process_command_line(None)
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "pytest", "tests"])
+    assert not is_process_command_line(args) and not is_process_command_line([])
+
+
+def test_train_py_refuses_beside_the_unrelated_distribution_too(monkeypatch, capsys):
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.2.2"
+                        if name == dispatch.OLD_DISTRIBUTION else real(name))
+    assert cli.run("train", ["--list-configs"], prog="train.py") == 2
+    assert capsys.readouterr().err.startswith("train.py: error: the unrelated distribution")

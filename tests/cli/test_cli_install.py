@@ -1,6 +1,7 @@
 """Done-when of issue 19's command line: a fresh venv with the checkout installed NOT editable,
 then, from an empty directory, ``kmr synthetic``, ``kmr train --config shapes --set ...``,
-``kmr evaluate``, ``kmr predict`` and ``kmr export`` (slow: several TensorFlow processes).
+``kmr evaluate``, ``kmr predict``, ``kmr export``, then ``kmr tfrecord`` and ``kmr demo`` (slow:
+several TensorFlow processes).
 
 The venv sees the test environment's site-packages through a ``.pth`` file (TensorFlow is not
 downloaded again) after its own, so ``keras_maskrcnn`` comes from the installed wheel: the test
@@ -116,5 +117,10 @@ def test_fresh_venv_non_editable_install_runs_the_whole_journey(tmp_path):
     proc = _kmr(venv, work, "export", "--config", config, "--output", "exported")
     assert (work / "exported" / "saved_model.pb").is_file()
     assert "tracing the serving signatures" in proc.stderr  # progress
+
+    _kmr(venv, work, "tfrecord", "--annotations", "data/shapes/annotations/instances_val.json",
+         "--images", "data/shapes/val", "--output", "records/val", "--shards", "1")
+    assert len(list((work / "records").iterdir())) == 1
+    assert "detect: first call" in _kmr(venv, work, "demo").stdout  # the bundled photo
     assert sorted(p.name for p in work.iterdir()) == ["data", "exported", "predicted.png",
-                                                      "runs"]
+                                                      "records", "runs"]

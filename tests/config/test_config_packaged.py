@@ -54,7 +54,8 @@ def test_unknown_names_and_missing_paths_are_errors_that_help(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as e:
         load_config("shapez")
-    assert str(e.value).startswith("shapez: no such file") and "'shapes'" in str(e.value)
+    assert str(e.value).startswith("shapez: cannot read config file: no such file")
+    assert "'shapes'" in str(e.value)
     with pytest.raises(ConfigError) as e:
         load_config("configs/yolact_shapes.yaml")  # the checkout's path, from elsewhere
     assert "--config yolact_shapes" in str(e.value)
@@ -70,3 +71,18 @@ def test_config_to_yaml_round_trips(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(config_lib.config_to_yaml(cfg))
     assert load_config(str(path)) == cfg
+
+
+def test_base_may_name_a_packaged_config(tmp_path, monkeypatch):
+    """A config of one's own, anywhere, on top of a packaged one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("base: shapes\ntrain: {seed: 4}\n")
+    cfg = load_config("mine.yaml")
+    assert cfg.train.seed == 4 and cfg == load_config("shapes", ["train.seed=4"])
+    (tmp_path / "local_base.yaml").write_text("train: {seed: 8}\n")
+    (tmp_path / "shapes.yaml").write_text("base: local_base.yaml\n")  # a file still wins
+    assert load_config("shapes.yaml").train.seed == 8
+    (tmp_path / "bad.yaml").write_text("base: shapez\n")
+    with pytest.raises(ConfigError) as e:
+        load_config("bad.yaml")
+    assert "bad.yaml: base:" in str(e.value) and "'shapes'" in str(e.value)
