@@ -239,13 +239,8 @@ def draw_predictions(cfg, model, count=None):
 
 def train_and_evaluate(cfg, run_evaluation=True, run_export=True):
     """The main job; returns a process exit code. The output directory stays locked from
-    training to export; a failed training is one ``ERROR:`` line and exit code 1.
-
-    When HDF5 failed in the middle of writing a checkpoint (a disk that filled during the
-    write), the process ends here with ``os._exit(1)`` after the message: HDF5's state is then
-    broken and freeing its objects at interpreter exit prints pages of errors and can crash
-    (h5py issue #914). The lock is released first.
-    """
+    training to export; a failed training is one ``ERROR:`` line and exit code 1
+    (``report_failure``)."""
     failure = None
     try:
         with _output_dir_lock(cfg.train.output_dir,
@@ -258,8 +253,19 @@ def train_and_evaluate(cfg, run_evaluation=True, run_export=True):
                 return _evaluate_and_export(cfg, model, run_evaluation, run_export)
     except lock_lib.OutputDirInUse as e:
         failure = e
-    print(f"ERROR: {failure}")
-    if getattr(failure, "hdf5_damaged", False):
+    return report_failure(failure)  # the lock is released by now
+
+
+def report_failure(error):
+    """Prints ``ERROR: <error>`` and returns exit code 1.
+
+    When HDF5 failed in the middle of writing a checkpoint (``error.hdf5_damaged``: a disk
+    that filled during the write), the process ends here with ``os._exit(1)``: HDF5's state is
+    then broken, and freeing its objects at interpreter exit prints pages of errors and can
+    crash (h5py issue #914).
+    """
+    print(f"ERROR: {error}")
+    if getattr(error, "hdf5_damaged", False):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
