@@ -1,8 +1,10 @@
 """The main job behind ``train.py``: train (resumable), evaluate, export, draw predictions."""
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import keras
@@ -12,6 +14,7 @@ from keras_maskrcnn import builders, config as config_lib, evaluation, training
 from keras_maskrcnn import export as export_lib
 from keras_maskrcnn.accel import callbacks as accel_callbacks, memory as accel_memory
 from keras_maskrcnn.data import pipeline
+from keras_maskrcnn.training import lock as lock_lib
 
 log = logging.getLogger("keras_maskrcnn")
 
@@ -83,7 +86,12 @@ def train(cfg):
 
     Multi-worker (TF_CONFIG): every worker runs this; only the chief writes ``output_dir``
     (config, checkpoints, logs, weights), which every worker reads to resume, so it must be on
-    a file system they share. Raises RuntimeError when a non-finite loss stopped training.
+    a file system they share, and only the chief locks it (``training.lock``).
+
+    Raises:
+      RuntimeError: a non-finite loss or non-finite weights stopped training, a checkpoint
+        could not be written (``training.CheckpointError``), no checkpoint is usable, or
+        another live run holds ``output_dir`` (``training.lock.OutputDirInUse``).
     """
     if cfg.train.deterministic:
         training.enable_determinism(cfg.train.seed)
@@ -96,7 +104,8 @@ def train(cfg):
     # temporary directory (removed at the end) and read the chief's data and checkpoints.
     writes = paths if chief else _paths_under(tempfile.mkdtemp(prefix="keras_maskrcnn_worker_"))
     try:
-        return _train(cfg, strategy, paths, writes, chief)
+        with _output_dir_lock(paths["root"], chief):
+            return _train(cfg, strategy, paths, writes, chief)
     finally:
         if not chief:
             shutil.rmtree(writes["root"], ignore_errors=True)
@@ -116,7 +125,10 @@ def _train(cfg, strategy, paths, writes, chief):
         cfg = builders.with_dataset_keypoint_categories(cfg, source.categories)
     model = build_training_model(cfg, strategy, source.categories.dataset_ids)
     start = training.restore_latest(model, paths["checkpoints"])
-    if start:
+    if start >= cfg.train.total_steps:
+        print(f"training already finished: {paths['checkpoints']} holds step {start}, "
+              f"train.total_steps is {cfg.train.total_steps}; nothing to train")
+    elif start:
         print(f"resuming from step {start} ({paths['checkpoints']})")
     guard = training.CheckpointAndGuard(writes["checkpoints"], cfg.train.checkpoint_every,
                                         cfg.train.keep_checkpoints, cfg.train.total_steps)
@@ -136,12 +148,21 @@ def _train(cfg, strategy, paths, writes, chief):
                   callbacks=callbacks, verbose=1, shuffle=False)
         if guard.failed:
             kept = training.list_checkpoints(paths["checkpoints"])
-            raise RuntimeError(f"training stopped: {guard.failed}; last good checkpoint: "
-                               f"{kept[-1][1] if kept else 'none'}")
+            message = (f"training stopped: {guard.failed}; last good checkpoint: "
+                       f"{kept[-1][1] if kept else 'none'}")
+            if guard.error is not None:
+                raise training.CheckpointError(message, guard.error.hdf5_damaged)
+            raise RuntimeError(message)
         step = int(model.optimizer.iterations.numpy())
-    model.save_weights(writes["weights"])
+    if start < cfg.train.total_steps or not os.path.exists(writes["weights"]):
+        training.write_weights(model, writes["weights"])
     _report_skipped(source)
     return model, source
+
+
+def _output_dir_lock(directory, owner):
+    """The output directory's lock when this process writes it (``owner``), else nothing."""
+    return lock_lib.output_dir_lock(directory) if owner else contextlib.nullcontext()
 
 
 def _num_keypoints(cfg):
@@ -221,12 +242,41 @@ def draw_predictions(cfg, model, count=None):
 
 
 def train_and_evaluate(cfg, run_evaluation=True, run_export=True):
-    """The main job; returns a process exit code."""
+    """The main job; returns a process exit code. The output directory stays locked from
+    training to export; a failed training is one ``ERROR:`` line and exit code 1
+    (``report_failure``)."""
+    failure = None
     try:
-        model, _ = train(cfg)
-    except RuntimeError as e:
-        print(f"ERROR: {e}")
-        return 1
+        with _output_dir_lock(cfg.train.output_dir,
+                              training.will_write_outputs(cfg.train.strategy)):
+            try:
+                model, _ = train(cfg)
+            except RuntimeError as e:
+                failure = e
+            else:
+                return _evaluate_and_export(cfg, model, run_evaluation, run_export)
+    except lock_lib.OutputDirInUse as e:
+        failure = e
+    return report_failure(failure)  # the lock is released by now
+
+
+def report_failure(error):
+    """Prints ``ERROR: <error>`` and returns exit code 1.
+
+    When HDF5 failed in the middle of writing a checkpoint (``error.hdf5_damaged``: a disk
+    that filled during the write), the process ends here with ``os._exit(1)``: HDF5's state is
+    then broken, and freeing its objects at interpreter exit prints pages of errors and can
+    crash (h5py issue #914).
+    """
+    print(f"ERROR: {error}")
+    if getattr(error, "hdf5_damaged", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    return 1
+
+
+def _evaluate_and_export(cfg, model, run_evaluation, run_export):
     if not training.is_chief(model.distribute_strategy):
         return 0  # evaluation, export and pictures are the chief's
     paths = _paths(cfg)

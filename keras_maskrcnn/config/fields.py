@@ -15,12 +15,16 @@ Conventions pinned here:
 - A section with ``validated_by_parent = True`` leaves its ``validate()`` to the section holding
   it (``ModelConfig`` runs the cross-field rules of the active architecture's sections only);
   its fields' types and rules are checked in any case.
+- Messages show values through ``brief`` (at most ~80 characters): a huge value never floods
+  the terminal.
+- Every int lies in int64 (TensorFlow's and NumPy's widest); a field's rule bounds it further.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
+import reprlib
 import typing
 from typing import Any, Callable, Dict, Literal, Optional, Tuple, Union
 
@@ -40,6 +44,20 @@ class ConfigError(ValueError):
     def __init__(self, reason: str, key: Optional[str] = None, source: Optional[str] = None):
         self.reason, self.key, self.source = reason, key, source
         super().__init__(": ".join(p for p in (source, key, reason) if p))
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 3
+_REPR.maxlevel = 2
+INT64_MAX = 2**63 - 1
+
+
+def brief(value) -> str:
+    """``repr(value)`` cut to about 80 characters (nested and long values elided with ...)."""
+    if type(value) is int and value.bit_length() > 4000:  # repr would be slow or fail
+        return f"<an int of {value.bit_length()} bits>"
+    return _REPR.repr(value)
 
 
 # ----------------------------------------------------------------------------- declaring fields
@@ -78,7 +96,7 @@ def in_range(lo, hi=math.inf, lo_open: bool = False, hi_open: bool = False) -> R
             bad = v <= lo if lo_open else v < lo
             bad = bad or (v >= hi if hi_open else v > hi)
             if bad:
-                return f"must be {interval}, got {v!r}"
+                return f"must be {interval}, got {brief(v)}"
         return None
 
     rule.__doc__ = f"must be {interval}"
@@ -149,7 +167,7 @@ def coerce(value, tp, key: str):
             if e.key != key:  # an element of a list: keep the inner message
                 raise
             raise ConfigError(f"expected {type_name(tp)}, got {type(value).__name__} "
-                              f"{value!r}", key) from None
+                              f"{brief(value)}", key) from None
     if origin is tuple and isinstance(value, (list, tuple)):
         if len(args) == 2 and args[1] is Ellipsis:
             types = [args[0]] * len(value)
@@ -167,9 +185,12 @@ def coerce(value, tp, key: str):
         ok, value = math.isfinite(value), float(value)
     elif tp in (bool, int, str):
         ok = type(value) is tp
+        if tp is int and ok and abs(value) > INT64_MAX:
+            raise ConfigError(f"expected an int in int64 (at most {INT64_MAX} in size), "
+                              f"got {brief(value)}", key)
     if not ok:
         kind = "a finite float" if tp is float and type(value) is float else type_name(tp)
-        raise ConfigError(f"expected {kind}, got {type(value).__name__} {value!r}", key)
+        raise ConfigError(f"expected {kind}, got {type(value).__name__} {brief(value)}", key)
     return value
 
 

@@ -9,8 +9,10 @@ and the dotted key, before any work starts.
 
 Conventions pinned here:
 - YAML is ``safe_load`` plus: "1e-5" is a float (YAML 1.1 wants "1.0e-5"), duplicate keys are
-  errors. ``base:`` paths are relative to the YAML file; one that is not there names a packaged
-  config (``base: maskrcnn_r50_fpn_coco``).
+  errors, aliases (``*name``, ``<<: *name``) are refused (a 1 KB file of nested aliases would
+  expand to gigabytes, a self-referencing one never ends), and so is nesting deeper than
+  ``MAX_DEPTH`` levels. ``base:`` paths are relative to the YAML file; one that is not there
+  names a packaged config (``base: maskrcnn_r50_fpn_coco``).
 - Origins: each dotted key remembers the file or override that wrote it; an error is reported
   against the longest recorded prefix of its key.
 - An unknown key suggests the closest key of its section, else the same name elsewhere.
@@ -28,21 +30,43 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
 
-from .fields import ConfigError, field_types, is_section
+from .fields import ConfigError, brief, field_types, is_section
 from .packaged import resolve_config
 from .schema import Config
 
 
 # ----------------------------------------------------------------------------- YAML loading
+#: Deepest nesting of lists and mappings a config may have (the schema needs 4).
+MAX_DEPTH = 32
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """safe_load plus: "1e-5" is a float (YAML 1.1 wants "1.0e-5"), duplicate keys are errors."""
+    """safe_load plus: "1e-5" is a float (YAML 1.1 wants "1.0e-5"), duplicate keys are errors,
+    no aliases, at most ``MAX_DEPTH`` levels."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"YAML aliases are not supported (*{event.anchor[:40]} on line "
+                              f"{event.start_mark.line + 1}): write the value out")
+        if self._depth >= MAX_DEPTH:
+            raise ConfigError(f"nested deeper than {MAX_DEPTH} levels (line "
+                              f"{self.peek_event().start_mark.line + 1})")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+                raise ConfigError(f"duplicate key {brief(key)} (line "
+                                  f"{key_node.start_mark.line + 1})")
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -58,7 +82,9 @@ def _parse_yaml(text: str, source: str):
     except ConfigError as e:
         raise ConfigError(e.reason, source=source) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML: {e}", source=source) from None
+        raise ConfigError(f"invalid YAML: {str(e)[:500]}", source=source) from None
+    except (ValueError, RecursionError) as e:  # e.g. an int of more than 4300 digits
+        raise ConfigError(f"invalid YAML: {str(e).splitlines()[0][:200]}", source=source) from None
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
@@ -131,7 +157,7 @@ def _from_mapping(cls, data, prefix: str = ""):
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a mapping, got {type(data).__name__} {data!r}",
+        raise ConfigError(f"expected a mapping, got {type(data).__name__} {brief(data)}",
                           prefix[:-1] or None)
     hints = field_types(cls)
     kwargs = {}
@@ -152,9 +178,9 @@ def _set_override(data: Dict[str, Any], item: str, origins: Dict[str, str], sour
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"override {item!r} is not of the form section.key=value",
+        raise ConfigError(f"override {brief(item)} is not of the form section.key=value",
                           source=source)
-    where = f"{source} (override {item!r})"
+    where = f"{source} (override {brief(item)})"
     cls, node, parts = Config, data, key.split(".")
     for i, part in enumerate(parts):
         if cls is None:
@@ -207,7 +233,7 @@ def load_config(path: str, overrides: Optional[Iterable[str]] = None) -> Config:
     base = data.pop("base", None)
     if base is not None:
         if not isinstance(base, str):
-            raise ConfigError(f"expected a file path, got {base!r}", "base", path)
+            raise ConfigError(f"expected a file path, got {brief(base)}", "base", path)
         base_path = os.path.join(os.path.dirname(path), base)
         if not os.path.exists(base_path):  # a packaged config's name ("maskrcnn_r50_fpn_coco")
             try:

@@ -28,8 +28,9 @@ import math
 import re
 from typing import Literal, Optional, Tuple
 
-from .fields import (DETECTRON, OURS, PAPER, TORCHVISION, YOLACT, Section, at_least, check,
-                     in_range, non_empty, non_negative, param, positive, require, section, unit)
+from .fields import (DETECTRON, OURS, PAPER, TORCHVISION, YOLACT, Section, at_least, brief,
+                     check, in_range, non_empty, non_negative, param, positive, require, section,
+                     unit)
 
 TV = TORCHVISION
 ARCHITECTURES = ("mask_rcnn", "yolact")  # model.architecture choices
@@ -551,7 +552,7 @@ class SyntheticConfig(Section):
 
     num_train: int = param(2000, positive, "training images")
     num_val: int = param(200, positive, "validation images")
-    seed: int = param(0, non_negative)
+    seed: int = param(0, in_range(0, 2**32 - 1), "NumPy's seeds are 32-bit")
     image_size: int = param(256, positive, "square image side")
     min_objects: int = param(1, positive, "objects per image, at least")
     max_objects: int = param(4, None, "objects per image, at most")
@@ -592,19 +593,24 @@ class DataConfig(Section):
         "(keras_maskrcnn.data.coco_json)", OURS)
 
 
+#: Upper bound of the step counts (a billion steps: ~6000 x the paper's 160k schedule).
+MAX_STEPS = 10**9
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Section):
     """Optimisation (Mask R-CNN section 3.1, "Training"; schedule: Detectron's 1x)."""
 
-    batch_size: int = param(16, positive, "global, over all replicas", PAPER)
+    batch_size: int = param(16, in_range(1, 2**16), "global, over all replicas", PAPER)
     optimizer: Literal["sgd", "adamw"] = param("sgd", None, "sgd: momentum SGD", PAPER)
     base_learning_rate: float = param(0.02, positive, "for reference_batch_size; see "
                                       "learning_rate", PAPER)
-    reference_batch_size: int = param(16, positive, "batch the base rate is for", PAPER)
+    reference_batch_size: int = param(16, in_range(1, 2**16), "batch the base rate is for",
+                                     PAPER)
     momentum: float = param(0.9, in_range(0, 1, hi_open=True), "sgd momentum (adamw: beta_1)",
                             PAPER)
     weight_decay: float = param(1e-4, non_negative, "L2 on the trainable weights", PAPER)
-    total_steps: int = param(90000, positive, "the paper's is 160k", DETECTRON)
+    total_steps: int = param(90000, in_range(1, MAX_STEPS), "the paper's is 160k", DETECTRON)
     lr_decay_steps: Tuple[int, ...] = param((60000, 80000), None, "lr *= lr_decay_factor at "
                                             "each step (the paper's: 120k)", DETECTRON)
     lr_decay_factor: float = param(0.1, in_range(0, 1, lo_open=True), "lr multiplier at each "
@@ -614,14 +620,14 @@ class TrainConfig(Section):
                                  "fraction of lr", DETECTRON)
     clip_gradient_norm: Optional[float] = param(None, positive, "global norm; null = no "
                                                 "clipping")
-    checkpoint_every: int = param(1000, positive, "steps")
-    keep_checkpoints: int = param(5, positive)
-    log_every: int = param(20, positive, "steps")
-    steps_per_epoch: int = param(1000, positive, "Keras fit \"epoch\" length (callbacks run per "
-                                 "epoch)")
+    checkpoint_every: int = param(1000, in_range(1, MAX_STEPS), "steps")
+    keep_checkpoints: int = param(5, in_range(1, 10**6))
+    log_every: int = param(20, in_range(1, MAX_STEPS), "steps")
+    steps_per_epoch: int = param(1000, in_range(1, MAX_STEPS), "Keras fit \"epoch\" length "
+                                 "(callbacks run per epoch)")
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = param(
         "auto", None, "tf.distribute strategy")
-    seed: int = param(0, non_negative)
+    seed: int = param(0, in_range(0, 2**32 - 1), "NumPy's seeds are 32-bit")
     deterministic: bool = param(
         False, None, "true: two runs with the same seed give bit-identical weights on a CPU, "
         "and a resumed run the uninterrupted run's (training.enable_determinism; slower, see "
@@ -633,7 +639,7 @@ class TrainConfig(Section):
         check(self, "lr_decay_steps", in_range(1, self.total_steps))
         steps = self.lr_decay_steps
         require(all(a < b for a, b in zip(steps, steps[1:])), "lr_decay_steps",
-                f"must be strictly increasing, got {list(steps)}")
+                f"must be strictly increasing, got {brief(list(steps))}")
 
     @property
     def learning_rate(self) -> float:

@@ -201,9 +201,12 @@ class _FakeModel:
 
 
 def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
+    """ckpt-2 is kept once step 3's loss (computed from its weights) is finite; a NaN loss at
+    step 4 stops training and leaves it the newest (tests/reliability: the diverged update)."""
     guard = training.CheckpointAndGuard(str(tmp_path), every=2, keep=2, total_steps=10)
-    guard.set_model(_FakeModel(step=2))
-    guard.on_train_batch_end(0, {"loss": 1.0, "mask_loss": 0.5})
+    for step in (2, 3):
+        guard.set_model(_FakeModel(step=step))
+        guard.on_train_batch_end(0, {"loss": 1.0, "mask_loss": 0.5})
     assert [s for s, _ in training.list_checkpoints(str(tmp_path))] == [2]
     guard.set_model(_FakeModel(step=4))
     guard.on_train_batch_end(1, {"loss": float("nan"), "mask_loss": 0.5})
@@ -214,7 +217,7 @@ def test_nan_loss_stops_without_overwriting_the_last_good_checkpoint(tmp_path):
 
 def test_checkpoints_keep_only_the_newest(tmp_path):
     guard = training.CheckpointAndGuard(str(tmp_path), every=1, keep=2, total_steps=10)
-    for step in (1, 2, 3):
+    for step in (1, 2, 3, 4):  # ckpt-4 waits for step 5's loss
         guard.set_model(_FakeModel(step=step))
         guard.on_train_batch_end(0, {"loss": 1.0})
     assert [s for s, _ in training.list_checkpoints(str(tmp_path))] == [2, 3]

@@ -7,25 +7,29 @@ previous run consumed (the pipeline is deterministic for a seed; multi-worker: e
 within its own share, ``run.train_dataset``) and continues at that step.
 A checkpoint also holds the state of the model's random seed generators (the RPN's and the RoI
 sampler's draws), which Keras' weight files leave out, so a resumed run draws what the
-uninterrupted one drew. A non-finite loss stops training with a message; the last good
-checkpoint is kept. ``enable_determinism`` makes two runs of a seed bit-identical on a CPU.
+uninterrupted one drew. A checkpoint is kept only when sound (finite weights that give a
+finite loss), resume falls back over damaged ones (``training.checkpoints``); a non-finite loss
+stops training with a message (``training.callbacks``); the output directory of a live run is
+locked (``training.lock``). ``enable_determinism`` makes two runs of a seed bit-identical on a
+CPU.
 """
-import glob
 import json
 import math
 import os
-import re
 
-import h5py
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn.accel.optimizer import UpdateAfterGradient
+from keras_maskrcnn.training.callbacks import CheckpointAndGuard
+from keras_maskrcnn.training.checkpoints import (CHECKPOINT_PATTERN, RNG_GROUP, CheckpointError,
+                                                 list_checkpoints, restore_latest,
+                                                 seed_generator_states, write_checkpoint,
+                                                 write_weights)
 
-CHECKPOINT_PATTERN = re.compile(r"ckpt-(\d+)\.weights\.h5$")
-#: h5 group of a checkpoint holding the seed generators' states (Keras' loader ignores it).
-RNG_GROUP = "keras_maskrcnn_seed_generators"
+__all__ = ["CHECKPOINT_PATTERN", "RNG_GROUP", "CheckpointAndGuard", "CheckpointError",
+           "list_checkpoints", "restore_latest", "seed_generator_states", "write_checkpoint",
+           "write_weights"]  # re-exported: checkpoints and the guard live in their modules
 
 
 # --------------------------------------------------------------------------- determinism
@@ -45,11 +49,6 @@ def enable_determinism(seed):
     """
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-
-
-def seed_generator_states(model):
-    """The state variables of the model's ``keras.random.SeedGenerator``s, in model order."""
-    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
 # ------------------------------------------------------------------------------- strategy
@@ -84,10 +83,27 @@ def is_chief(strategy):
     task_type = getattr(resolver, "task_type", None)
     if task_type is None:
         return True
-    if task_type == "chief":
+    return _is_chief_task(task_type, resolver.task_id, resolver.cluster_spec().jobs)
+
+
+def will_write_outputs(strategy_name):
+    """``is_chief`` of the strategy ``select_strategy(strategy_name)`` would make, decided from
+    TF_CONFIG before any strategy exists (``run`` locks the output directory first)."""
+    if strategy_name == "auto":
+        multi = bool(os.environ.get("TF_CONFIG")
+                     and json.loads(os.environ["TF_CONFIG"]).get("cluster"))
+    else:
+        multi = strategy_name == "multi_worker"
+    if not multi:
         return True
-    jobs = resolver.cluster_spec().jobs
-    return task_type == "worker" and int(resolver.task_id or 0) == 0 and "chief" not in jobs
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    return _is_chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec().jobs)
+
+
+def _is_chief_task(task_type, task_id, jobs):
+    if task_type is None or task_type == "chief":
+        return True
+    return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in jobs
 
 
 def is_multi_worker(strategy):
@@ -200,90 +216,6 @@ def build_optimizer(train_cfg):
     return SGD(momentum=train_cfg.momentum, **common)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-def list_checkpoints(directory):
-    """[(step, path)] of the checkpoints in ``directory``, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(directory, "ckpt-*.weights.h5")):
-        match = CHECKPOINT_PATTERN.search(os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def restore_latest(model, directory):
-    """Loads the newest checkpoint into a built model + optimizer; returns its step (0: none)."""
-    checkpoints = list_checkpoints(directory)
-    if not checkpoints:
-        return 0
-    step, path = checkpoints[-1]
-    model.load_weights(path)
-    _load_seed_generator_states(model, path)
-    restored = int(model.optimizer.iterations.numpy())
-    if restored != step:
-        raise RuntimeError(f"{path}: optimizer step {restored} does not match the file name")
-    return step
-
-
-def _save_seed_generator_states(model, path):
-    """Adds the seed generators' states to a weights file (Keras' own leave them out)."""
-    with h5py.File(path, "a") as f:
-        group = f.require_group(RNG_GROUP)
-        for i, variable in enumerate(seed_generator_states(model)):
-            group.create_dataset(str(i), data=variable.numpy())
-            group[str(i)].attrs["path"] = variable.path
-
-
-def _load_seed_generator_states(model, path):
-    """Restores the states ``_save_seed_generator_states`` wrote (a file without them, e.g.
-    one written before they were saved, leaves the generators at their seeds)."""
-    with h5py.File(path, "r") as f:
-        if RNG_GROUP not in f:
-            return
-        group = f[RNG_GROUP]
-        variables = seed_generator_states(model)
-        if len(group) != len(variables):
-            raise RuntimeError(f"{path}: {len(group)} seed generator states for a model with "
-                               f"{len(variables)}")
-        for i, variable in enumerate(variables):
-            variable.assign(group[str(i)][()])
-
-
-class CheckpointAndGuard(keras.callbacks.Callback):
-    """Every ``every`` steps: stop on a non-finite loss, else write ``ckpt-<step>`` atomically.
-
-    Keeps the newest ``keep`` checkpoints. A non-finite loss sets ``self.failed`` and stops
-    training without writing, so the last checkpoint on disk is the last good one.
-    """
-
-    def __init__(self, directory, every, keep, total_steps):
-        super().__init__()
-        self.directory, self.every, self.keep = directory, int(every), int(keep)
-        self.total_steps = int(total_steps)
-        self.failed = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        bad = {k: v for k, v in (logs or {}).items()
-               if k.endswith("loss") and not np.isfinite(v)}
-        if bad:
-            self.failed = f"non-finite loss at step {step}: {bad}"
-            self.model.stop_training = True
-            return
-        if step % self.every == 0 or step == self.total_steps:
-            self.save(step)
-
-    def save(self, step):
-        os.makedirs(self.directory, exist_ok=True)
-        path = os.path.join(self.directory, f"ckpt-{step:08d}.weights.h5")
-        partial = path + ".partial.weights.h5"
-        self.model.save_weights(partial)
-        _save_seed_generator_states(self.model, partial)
-        os.replace(partial, path)  # atomic: a kill never leaves a half-written checkpoint
-        for _, old in list_checkpoints(self.directory)[:-self.keep]:
-            os.remove(old)
-
-
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds the current learning rate to the logs (so TensorBoard and the bar show it)."""
 
@@ -298,34 +230,23 @@ class LearningRateLogger(keras.callbacks.Callback):
 def fit_schedule(start_step, total_steps, steps_per_epoch):
     """The fit calls that take training from ``start_step`` to ``total_steps``.
 
-    Returns [(initial_epoch, epochs, steps_per_epoch)]: first the rest of a partly done epoch
-    (after a resume), then whole epochs; the last epoch may be shorter.
+    Returns [(initial_epoch, epochs, steps_per_epoch)], at most three calls whatever the
+    counts: the rest of a partly done epoch (after a resume), the whole epochs in one call,
+    then a last shorter epoch. Empty when ``start_step >= total_steps`` (a finished run).
     """
-    calls = []
-    epoch, done = divmod(start_step, steps_per_epoch)
-    step = start_step
-    if done:
+    calls, step = [], start_step
+    epoch, done = divmod(step, steps_per_epoch)
+    if done and step < total_steps:
         n = min(steps_per_epoch - done, total_steps - step)
         calls.append((epoch, epoch + 1, n))
-        step += n
-        epoch += 1
-    while step < total_steps:
-        n = min(steps_per_epoch, total_steps - step)
-        calls.append((epoch, epoch + 1, n))
-        step += n
-        epoch += 1
-    return _merge_full_epochs(calls, steps_per_epoch)
-
-
-def _merge_full_epochs(calls, steps_per_epoch):
-    """Joins consecutive full-length epochs into one fit call (one progress bar per epoch)."""
-    merged = []
-    for initial, end, n in calls:
-        if merged and n == steps_per_epoch and merged[-1][2] == steps_per_epoch:
-            merged[-1] = (merged[-1][0], end, n)
-        else:
-            merged.append((initial, end, n))
-    return merged
+        step, epoch = step + n, epoch + 1
+    whole = max(total_steps - step, 0) // steps_per_epoch
+    if whole:
+        calls.append((epoch, epoch + whole, steps_per_epoch))
+        step, epoch = step + whole * steps_per_epoch, epoch + whole
+    if step < total_steps:
+        calls.append((epoch, epoch + 1, total_steps - step))
+    return calls
 
 
 def epochs_for(total_steps, steps_per_epoch):
