@@ -130,7 +130,10 @@ def read_image(source, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, expected_size=None, 
         raise ImageTooLargeError(f"{name}: {e}") from None
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file (no format PIL reads recognises it)") \
+            from None
+    except (OSError, ValueError, SyntaxError) as e:
         if isinstance(e, ImageError):
             raise
         raise ImageError(f"{name}: cannot decode the image ({type(e).__name__}: {e})") from None
