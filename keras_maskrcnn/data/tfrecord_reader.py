@@ -40,7 +40,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.data import coco, coco_json, images
+from keras_maskrcnn.data import coco, coco_json, images, tfrecord_framing
 from keras_maskrcnn.data.tfrecord_schema import BOX_KEYS
 from keras_maskrcnn.ops.masks import mask_crop_boxes
 
@@ -199,11 +199,35 @@ def _category_map_from_json(path):
     return coco.CategoryMap.from_categories(categories), names, skeleton
 
 
-def _category_map_from_records(files):
+def intact_records(files, counts):
+    """Serialized records of ``files``, each read only up to its intact prefix
+    (``counts[i]`` records; -1: the whole file), as one dataset, file after file."""
+    pairs = tf.data.Dataset.from_tensor_slices((list(files), np.array(counts, np.int64)))
+    return pairs.interleave(lambda path, n: tf.data.TFRecordDataset(path).take(n),
+                            cycle_length=min(len(files), 8), block_length=1,
+                            num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def scan_shards(files):
+    """{file: its intact record count, -1 for a whole file}, each truncated or corrupt local
+    shard named in a warning with the records kept and the bytes lost
+    (``tfrecord_framing.scan_shard``)."""
+    counts = {}
+    for path in files:
+        scan = tfrecord_framing.scan_shard(path) if tfrecord_framing.is_local(path) else None
+        counts[path] = -1 if scan is None or scan.problem is None else scan.num_records
+        if scan is not None and scan.problem is not None:
+            logger.warning("TFRecord shard %s is damaged: %s; reading its %d intact records "
+                           "and leaving out the last %d of its %d bytes", path, scan.problem,
+                           scan.num_records, scan.lost_bytes, scan.file_bytes)
+    return counts
+
+
+def _category_map_from_records(files, counts):
     """CategoryMap of the labels seen in all records (names from class/text, else str(id))."""
     spec = {"image/object/class/label": tf.io.RaggedFeature(tf.int64),
             "image/object/class/text": tf.io.RaggedFeature(tf.string)}
-    records = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
+    records = intact_records(files, [counts[f] for f in files])
 
     def flat(serialized):  # (values, row lengths) of labels and texts of 256 records
         parsed = tf.io.parse_example(serialized, spec)
@@ -246,6 +270,7 @@ class TFRecordSource:
         self.files = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
         if not self.files:
             raise FileNotFoundError(f"no TFRecord file matches {file_pattern!r}")
+        self.record_counts = scan_shards(self.files)  # damaged shards: intact prefix
         self.annotation_file = os.fspath(annotation_file) if annotation_file else None
         self.image_dir = None
         self.num_keypoints = num_keypoints
@@ -254,7 +279,7 @@ class TFRecordSource:
             self.categories, self.keypoint_names, self.skeleton = _category_map_from_json(
                 self.annotation_file)
         else:
-            self.categories = _category_map_from_records(self.files)
+            self.categories = _category_map_from_records(self.files, self.record_counts)
             logger.info("%s: categories from the labels of the records: %s", file_pattern,
                         dict(zip(self.categories.dataset_ids, self.categories.names)))
         self.stats = coco.LoadStats()
@@ -433,13 +458,14 @@ class TFRecordSource:
                            " and max_images" if max_images is not None else "", num_shards,
                            num_shards)
         paths = self.files[shard_index::num_shards] if by_file else self.files
-        files = tf.data.Dataset.from_tensor_slices(paths)
+        counts = np.array([self.record_counts[p] for p in paths], np.int64)
+        files = tf.data.Dataset.from_tensor_slices((paths, counts))
         if shuffle and max_images is None:
             files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         per_file = by_record and max_images is None  # the same records of each file, every epoch
 
-        def read(path):
-            file_records = tf.data.TFRecordDataset(path)
+        def read(path, count):  # a damaged shard: its intact prefix only (-1: all)
+            file_records = tf.data.TFRecordDataset(path).take(count)
             return file_records.shard(num_shards, shard_index) if per_file else file_records
         cycle = min(len(paths), 16) if shuffle else len(paths)
         records = files.interleave(read, cycle_length=cycle, block_length=1,
