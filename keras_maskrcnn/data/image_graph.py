@@ -6,9 +6,9 @@ Conventions pinned here (tests/data/test_data_images.py, tests/reliability/test_
     * ``decode_image_tensor``: JPEG with ``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")``
       (what PIL decodes), everything else ``tf.io.decode_image(channels=3, dtype=uint8)``
       (16-bit samples keep their high byte; alpha dropped; EXIF orientation ignored).
-    * ``header_size``: (H, W) from the first bytes only: JPEG's SOF (``tf.io.extract_jpeg_shape``),
-      PNG's IHDR, GIF's logical screen, BMP's info header, WebP's VP8 / VP8L / VP8X header.
-      (-1, -1) for anything else.
+    * ``header_size``: (H, W) from the headers only, never failing: JPEG's first SOF segment
+      (markers walked by their lengths), PNG's IHDR, GIF's logical screen, BMP's info header,
+      WebP's VP8 / VP8L / VP8X header; (-1, -1) for anything else.
     * ``check_image_batch``: for a (B,) string batch, an InvalidArgumentError naming the first
       index ``i`` as ``image_bytes[i]`` whose header is unreadable, whose H * W exceeds
       ``max_pixels`` (nothing decoded yet), or which does not decode. The decodability check
@@ -25,7 +25,9 @@ _HEAD = 32  # header bytes read by header_size
 
 
 def _is(data, magic, offset=0):
-    return tf.equal(tf.strings.substr(data, offset, len(magic)), magic)
+    """() bool: ``data`` holds ``magic`` at ``offset`` (False when shorter)."""
+    padded = data + b"\0" * (offset + len(magic))  # substr fails beyond the end
+    return tf.equal(tf.strings.substr(padded, offset, len(magic)), magic)
 
 
 def _uint(b, start, count, big_endian):
@@ -55,6 +57,40 @@ def _webp_size(b):
     return vp8x, vp8l, vp8
 
 
+def _jpeg_size(data):
+    """(H, W) from a JPEG's first SOF segment: markers walked from byte 2 by their lengths
+    (nothing decoded; (-1, -1) when the walk leaves the data or finds no SOF)."""
+    size = tf.cast(tf.strings.length(data), tf.int64)
+
+    def segment(pos):  # (9,) int64 bytes at pos: FF, marker, length (2), precision, H, W
+        return tf.cast(tf.io.decode_raw(tf.strings.substr(data + b"\0" * 9, pos, 9),
+                                        tf.uint8), tf.int64)
+
+    def is_sof(marker):  # SOF0..SOF15 but DHT (C4), JPG (C8), DAC (CC)
+        return (marker >= 0xC0) & (marker <= 0xCF) & (marker != 0xC4) & (marker != 0xC8) \
+            & (marker != 0xCC)
+
+    def searching(pos, found):
+        return tf.logical_not(found) & (pos + 9 <= size)
+
+    def step(pos, found):
+        b = segment(pos)
+        valid = tf.equal(b[0], 0xFF)
+        sof = valid & is_sof(b[1])
+        standalone = (b[1] == 0x01) | ((b[1] >= 0xD0) & (b[1] <= 0xD7)) | (b[1] == 0xFF)
+        length = tf.where(standalone, tf.constant(0, tf.int64), b[2] * 256 + b[3])
+        next_pos = tf.where(b[1] == 0xFF, pos + 1, pos + 2 + length)  # FF fill bytes
+        stop = sof | tf.logical_not(valid)
+        return [tf.where(stop, pos, next_pos), stop]
+
+    pos, _ = tf.while_loop(searching, step, [tf.constant(2, tf.int64), tf.constant(False)],
+                           maximum_iterations=100_000)
+    b = segment(pos)
+    ok = (pos + 9 <= size) & tf.equal(b[0], 0xFF) & is_sof(b[1])
+    return tf.where(ok, tf.stack([b[5] * 256 + b[6], b[7] * 256 + b[8]]),
+                    tf.constant([-1, -1], tf.int64))
+
+
 def header_size(data):
     """() string encoded image -> (2,) int64 (H, W) from its header; (-1, -1) when it is not a
     JPEG / PNG / GIF / BMP / WebP header (JPEG: raises when its markers are unreadable)."""
@@ -67,16 +103,13 @@ def header_size(data):
     bmp = tf.where(tf.equal(dib, 12), tf.stack([_uint(b, 20, 2, False), _uint(b, 18, 2, False)]),
                    tf.stack([bmp_height, _uint(b, 18, 4, False)]))
     vp8x, vp8l, vp8 = _webp_size(b)
-    fourcc = tf.strings.substr(data, 12, 4)
+    fourcc = tf.strings.substr(data + b"\0" * 16, 12, 4)
     webp = tf.where(tf.equal(fourcc, b"VP8X"), tf.stack(vp8x),
                     tf.where(tf.equal(fourcc, b"VP8L"), tf.stack(vp8l), tf.stack(vp8)))
     is_webp = _is(data, b"RIFF") & _is(data, b"WEBP", 8)
     unknown = tf.constant([-1, -1], tf.int64)
 
-    def jpeg():
-        return tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)
-
-    return tf.case([(_is(data, b"\xff\xd8\xff"), jpeg),
+    return tf.case([(_is(data, b"\xff\xd8\xff"), lambda: _jpeg_size(data)),
                     (_is(data, b"\x89PNG\r\n\x1a\n"), lambda: png),
                     (_is(data, b"GIF8"), lambda: gif),
                     (_is(data, b"BM"), lambda: bmp),
@@ -107,6 +140,10 @@ def _surviving(image_bytes, fn):
     n = tf.shape(image_bytes, out_type=tf.int64)[0]
     ds = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
     ds = ds.map(lambda i, data: (i, fn(data))).ignore_errors()
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False  # per request: cheap
+    options.autotune.enabled = False
+    ds = ds.with_options(options)
     return ds.reduce(tf.zeros([n], tf.bool), lambda ok, x: tf.tensor_scatter_nd_update(
         ok, x[0][None, None], [True]))
 
@@ -130,19 +167,13 @@ def check_image_batch(image_bytes, max_pixels):
     Returns:
         (B, 2) int64 header sizes (H, W); run the decoding under a control dependency on it.
     """
-    def checked_size(data):
-        size = header_size(data)
-        with tf.control_dependencies([tf.debugging.assert_positive(size)]):
-            return tf.identity(size)
-
-    readable = _surviving(image_bytes, lambda d: tf.size(checked_size(d)))
-    bad = tf.logical_not(readable)
+    sizes = tf.map_fn(header_size, image_bytes, fn_output_signature=tf.int64)  # (B, 2)
+    sizes = tf.reshape(sizes, [-1, 2])  # B = 0: (0, 2)
+    bad = tf.reduce_any(sizes <= 0, axis=1)
     assert_header = _assert_none(bad, "image_bytes[{}]: not a readable " + GRAPH_FORMATS
                                  + " image header", [_first(bad)])
     with tf.control_dependencies([assert_header]):
-        sizes = tf.map_fn(header_size, image_bytes, fn_output_signature=tf.int64)  # (B, 2)
-    sizes = tf.reshape(sizes, [-1, 2])  # (B, 2)
-    pixels = tf.reduce_prod(sizes, axis=1)  # (B,)
+        pixels = tf.reduce_prod(sizes, axis=1)  # (B,)
     over = pixels > max_pixels
     i = _first(over)
     padded = tf.concat([sizes, [[0, 0]]], 0)  # index B (none over) stays gatherable

@@ -6,8 +6,9 @@ reader, the in-graph decoder and the TFRecord reader give the same pixels):
     * Python (``read_image``: PIL) and the graph (``decode_image_tensor``: tf.io) decode the
       same file to the same array. JPEG: libjpeg's accurate integer IDCT in both (PIL's
       default; the graph asks ``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")``, since
-      TensorFlow's default fast IDCT differs by up to 6 levels); CMYK / YCCK JPEG as both
-      libraries convert it.
+      TensorFlow's default fast IDCT differs by up to 6 levels); CMYK (and YCCK) as
+      TensorFlow converts it: R = floor((255 - C) * (255 - K) / 255) (PIL rounds: 1 level
+      apart), on the CMYK values PIL reads (Adobe-inverted files un-inverted).
     * Channels: gray and bilevel are replicated to RGB; an alpha channel (gray + alpha, RGBA,
       a palette with transparency) is dropped, not composited (as ``tf.io.decode_image``).
     * 16-bit samples (PNG, TIFF) are scaled to 8 bits by keeping the high byte (v >> 8, what
@@ -97,6 +98,10 @@ def _to_rgb(image):
         values = np.asarray(image).astype(np.int64)
         gray = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)  # 16 -> 8 bits: high byte
         return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode == "CMYK":  # as TensorFlow's JPEG decoder: floor((255 - c)(255 - k) / 255)
+        cmyk = np.asarray(image).astype(np.int32)  # (H, W, 4)
+        white = 255 - cmyk[..., 3:]
+        return ((255 - cmyk[..., :3]) * white // 255).astype(np.uint8)
     if image.mode in ("F", "I;32", "I;32B", "I;32L"):
         raise ValueError(f"samples of mode {image.mode} (floating-point or 32-bit) have no "
                          "8-bit meaning")
