@@ -136,8 +136,8 @@ def read_image(source, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, expected_size=None, 
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file (no format PIL reads recognises it)") \
-            from None
+        raise ImageError(f"{name}: cannot decode the image: not an image file (no format PIL "
+                         "reads recognises it)") from None
     except (OSError, ValueError, SyntaxError) as e:
         if isinstance(e, ImageError):
             raise

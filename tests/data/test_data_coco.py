@@ -225,7 +225,7 @@ ANNOTATION_DEFECTS = [
     (("annotations", 1, "segmentation", "size"), [30, 20], r"RLE size \[30, 20\] differs",
      J.BAD_SEGMENTATION, 2),
     (("annotations", 2, "segmentation", "counts"), [1, 2], r"annotation 3: segmentation: "
-     r"uncompressed RLE counts sum to 3", J.BAD_SEGMENTATION, 3),
+     r"uncompressed RLE counts cover 3 pixels", J.BAD_SEGMENTATION, 3),
     (("annotations", 1, "segmentation", "counts"), None,
      r"annotation 2: segmentation: missing field 'counts'", J.BAD_SEGMENTATION, 2),
     (("annotations", 1, "id"), None, r"annotations\[1\] \(no id\): bbox: width -3",
