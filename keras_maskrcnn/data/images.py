@@ -37,6 +37,7 @@ import numpy as np
 
 DEFAULT_MAX_IMAGE_PIXELS = 80_000_000  # a 64 MP phone photo fits; COCO images are < 0.4 MP
 GRAPH_FORMATS = "JPEG, PNG, GIF, BMP or WebP"
+_NOT_AN_IMAGE = "cannot decode the image: not an image file (no format PIL reads recognises it)"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -79,7 +80,9 @@ def image_size(source, name=None):
             return image.height, image.width
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{name}: {e}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: {_NOT_AN_IMAGE}") from None
+    except (OSError, ValueError) as e:
         raise ImageError(f"{name}: cannot read the image header ({e})") from None
 
 
@@ -136,8 +139,7 @@ def read_image(source, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, expected_size=None, 
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: cannot decode the image: not an image file (no format PIL "
-                         "reads recognises it)") from None
+        raise ImageError(f"{name}: {_NOT_AN_IMAGE}") from None
     except (OSError, ValueError, SyntaxError) as e:
         if isinstance(e, ImageError):
             raise

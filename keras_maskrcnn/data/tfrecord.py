@@ -50,6 +50,9 @@ def main(argv=None):
         left_out.append(f"{stats['report'].total} annotations with a defect (listed above)")
     if stats["missing_images"]:
         left_out.append(f"{len(stats['missing_images'])} missing images")
+    if stats["bad_images"]:
+        left_out.append(f"{len(stats['bad_images'])} unreadable or mis-sized images (first: "
+                        f"{stats['bad_images'][0][0]}: {stats['bad_images'][0][1]})")
     print(f"wrote {stats['num_images']} images, {stats['num_objects']} objects "
           f"({stats['num_crowd']} crowd) to {len(stats['files'])} files "
           f"{stats['files'][0]} ...; left out {', '.join(left_out)}")

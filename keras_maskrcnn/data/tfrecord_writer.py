@@ -7,7 +7,8 @@ Conventions pinned here (tests/data/test_data_tfrecord.py checks them):
       The json is read as ``coco.load_coco`` reads it (``coco_json``): annotations with a
       defect are not written and are listed in a summary printed first (``--strict``: the
       first one is an error naming the file, the annotation id and the field; nothing is
-      written). Boxes are clipped to the image; objects whose clipped box is under 1 pixel
+      written). An image whose header is unreadable or gives another size than the json is
+      not written (``bad_images``, named in a warning). Boxes are clipped to the image; objects whose clipped box is under 1 pixel
       wide or high are not written (the COCO loader drops them too). Crowd regions ARE
       written (is_crowd 1). An annotation without segmentation gets its box as the PNG mask,
       as ``CocoDataset.instance_masks``. ``mask_crop_size`` C also writes each object's crop
@@ -24,7 +25,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.data import coco, coco_json
+from keras_maskrcnn.data import coco, coco_json, images
 from keras_maskrcnn.data.tfrecord_schema import BOX_KEYS, shard_paths
 from keras_maskrcnn.ops.masks import mask_crop_boxes
 
@@ -122,6 +123,19 @@ def _image_features(image, encoded):
         "image/key/sha256": _feature([hashlib.sha256(encoded).hexdigest().encode()], "bytes")}
 
 
+def _header_problem(encoded, image):
+    """None when the image bytes' header reads and gives the json's height x width, else
+    the problem (nothing decoded: ``images.image_size``)."""
+    try:
+        size = images.image_size(encoded, name=image["file_name"])
+    except images.ImageError as e:
+        return str(e).removeprefix(f"{image['file_name']}: ")
+    if size != (image["height"], image["width"]):
+        return (f"its header says {size[0]}x{size[1]} (height x width), the json "
+                f"{image['height']}x{image['width']}")
+    return None
+
+
 def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_keypoints=0,
                     progress=True, strict=False, mask_crop_size=None):
     """Converts a COCO json and its images to sharded TFRecords (schema in the module doc).
@@ -142,7 +156,9 @@ def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_k
 
     Returns:
         dict: files, num_images, num_objects, num_crowd, num_degenerate (not written),
-        num_box_masks, missing_images (file names not found: not written), report (the
+        num_box_masks, missing_images (file names not found: not written), bad_images
+        ((file name, reason) of images whose header is unreadable or gives another size than
+        the json: not written), report (the
         ``coco_json.AnnotationReport``).
     """
     from tqdm import tqdm
@@ -159,7 +175,7 @@ def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_k
     with_kp = [c for c in categories if c.get("keypoints")]
     keypoint_names = tuple(with_kp[0]["keypoints"]) if with_kp else ()
     stats = dict(num_images=0, num_objects=0, num_crowd=0, num_degenerate=0, num_box_masks=0)
-    missing, paths = [], shard_paths(os.fspath(output_prefix), num_shards)
+    missing, bad, paths = [], [], shard_paths(os.fspath(output_prefix), num_shards)
     os.makedirs(os.path.dirname(os.path.abspath(paths[0])), exist_ok=True)
     writers = [tf.io.TFRecordWriter(p) for p in paths]
     try:
@@ -171,6 +187,11 @@ def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_k
             except OSError as e:
                 logger.warning("not writing image %s: %s", image["file_name"], e)
                 missing.append(image["file_name"])
+                continue
+            problem = _header_problem(encoded, image)
+            if problem:
+                logger.warning("not writing image %s: %s", image["file_name"], problem)
+                bad.append((image["file_name"], problem))
                 continue
             features = _image_features(image, encoded)
             features.update(_object_features(image, per_image[image["id"]], names,
@@ -185,5 +206,6 @@ def write_tfrecords(annotation_file, image_dir, output_prefix, num_shards, num_k
     if missing and not stats["num_images"]:
         raise ValueError(f"none of the {len(missing)} images is in {image_dir} (first: "
                          f"{missing[0]})")
-    return dict(stats, files=paths, missing_images=missing, report=parsed.report)
+    return dict(stats, files=paths, missing_images=missing, bad_images=bad,
+                report=parsed.report)
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_maskrcnn import predict
-from keras_maskrcnn.data import coco, image_graph, images, tfrecord
+from keras_maskrcnn.data import coco, image_graph, images, synthetic, tfrecord
 from support import CONFIGS
 
 
@@ -101,3 +101,21 @@ def test_loaders_skip_images_over_the_cap_and_name_them(tmp_path, caplog):
     assert "exceeds max_image_pixels 1999" in source.stats.skipped_images[0][1]
     fresh = coco.load_coco(ann, image_dir)  # (a skipped image stays skipped in its dataset)
     assert fresh.load_example(0, max_pixels=2000)["image"].shape == (40, 50, 3)
+
+
+def test_writer_leaves_out_unreadable_and_mis_sized_images(tmp_path, caplog):
+    ann_file, image_dir = synthetic.write_synthetic_dataset(
+        str(tmp_path / "shapes"), 3, 0, seed=4, image_size=40)["train"]
+    with open(ann_file) as f:
+        files = [im["file_name"] for im in sorted(json.load(f)["images"], key=lambda i: i["id"])]
+    with open(os.path.join(image_dir, files[0]), "wb") as f:
+        f.write(b"garbage, not an image")
+    Image.fromarray(np.zeros((41, 40, 3), np.uint8)).save(os.path.join(image_dir, files[1]),
+                                                          format="JPEG")
+    stats = tfrecord.write_tfrecords(ann_file, image_dir, str(tmp_path / "rec" / "r"), 1,
+                                     progress=False)
+    assert stats["num_images"] == 1  # main: 3 written, 2 of them unusable by every reader
+    assert [name for name, _ in stats["bad_images"]] == files[:2]
+    assert "not an image file" in stats["bad_images"][0][1]
+    assert "header says 41x40 (height x width), the json 40x40" in stats["bad_images"][1][1]
+    assert f"not writing image {files[1]}" in caplog.text
