@@ -9,8 +9,8 @@ import argparse
 import json
 import os
 
-from keras_maskrcnn.data.tfrecord_reader import (  # noqa: F401 - public names
-    TFRecordSource, load_tfrecords, record_orientation, _image_id)
+from keras_maskrcnn.data.tfrecord_reader import TFRecordSource, load_tfrecords  # noqa: F401
+from keras_maskrcnn.data.tfrecord_records import _image_id, record_orientation  # noqa: F401
 from keras_maskrcnn.data.tfrecord_schema import FEATURE_KEYS, shard_paths  # noqa: F401
 from keras_maskrcnn.data.tfrecord_writer import encode_mask_png, write_tfrecords  # noqa: F401
 
