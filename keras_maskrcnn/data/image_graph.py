@@ -42,6 +42,7 @@ def _uint(b, start, count, big_endian):
 
 
 def _bytes(data):
+    """() string -> (32,) int64: its first 32 bytes, zero-padded."""
     padded = tf.strings.substr(data + b"\0" * _HEAD, 0, _HEAD)
     return tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)  # (32,)
 
@@ -93,7 +94,8 @@ def _jpeg_size(data):
 
 def header_size(data):
     """() string encoded image -> (2,) int64 (H, W) from its header; (-1, -1) when it is not a
-    JPEG / PNG / GIF / BMP / WebP header (JPEG: raises when its markers are unreadable)."""
+    JPEG / PNG / GIF / BMP / WebP header or a JPEG whose markers lead to no SOF. Never
+    raises (no decoding op), so a bad request is named by index before anything fails."""
     b = _bytes(data)
     png = tf.stack([_uint(b, 20, 4, True), _uint(b, 16, 4, True)])
     gif = tf.stack([_uint(b, 8, 2, False), _uint(b, 6, 2, False)])
