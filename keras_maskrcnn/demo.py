@@ -10,9 +10,9 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from keras_maskrcnn import builders, config
+from keras_maskrcnn.data import images
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 DEMO_OVERRIDES = (
@@ -39,8 +39,7 @@ def main(argv=None):
     model = builders.build_model(cfg)
     if args.weights:
         model.load_weights(args.weights)
-    image = tf.io.decode_image(tf.io.read_file(args.image), channels=3,
-                               expand_animations=False).numpy()
+    image = images.read_image(args.image, cfg.input.max_image_pixels)  # the training reader
     start = time.perf_counter()
     result = model.detect([image])[0]
     first = time.perf_counter() - start

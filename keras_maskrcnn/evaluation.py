@@ -281,18 +281,18 @@ def label_map_for(model, coco_gt):
     return None
 
 
-def read_image(path, image_info):
-    """(H, W, 3) uint8 RGB of ``path`` (tf.io.decode_image), or (None, reason)."""
-    try:
-        data = tf.io.read_file(path)
-        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-    except (tf.errors.OpError, ValueError) as e:
-        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    image = image.numpy()
+def read_image(path, image_info, max_pixels=None):
+    """(H, W, 3) uint8 RGB of ``path`` (``data.images.read_image``, the training reader), or
+    (None, reason) when unreadable, over ``max_pixels`` (default
+    ``images.DEFAULT_MAX_IMAGE_PIXELS``) or of another size than ``image_info``'s."""
+    from keras_maskrcnn.data import images
+
     expected = (image_info.get("height"), image_info.get("width"))
-    if None not in expected and image.shape[:2] != tuple(expected):
-        return None, (f"decoded size {image.shape[0]}x{image.shape[1]} differs from the "
-                      f"annotation's {expected[0]}x{expected[1]}")
+    try:
+        image = images.read_image(path, images.DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None
+                                  else max_pixels, None if None in expected else expected)
+    except images.ImageError as e:
+        return None, str(e).removeprefix(f"{path}: ")
     return image, None
 
 
@@ -303,7 +303,8 @@ def _write_json(path, data):
 
 
 def evaluate_model(model, annotations_json, images_dir, max_images=None, output_dir=None,
-                   iou_types=None, kpt_oks_sigmas=None, progress=True, verbose=True):
+                   iou_types=None, kpt_oks_sigmas=None, progress=True, verbose=True,
+                   max_image_pixels=None):
     """Runs ``model.detect`` on the images of a COCO JSON and evaluates with COCOeval.
 
     Args:
@@ -314,6 +315,8 @@ def evaluate_model(model, annotations_json, images_dir, max_images=None, output_
         output_dir: if given, results.json (COCO results) and metrics.json are written there.
         iou_types: None = ``default_iou_types(model)``.
         kpt_oks_sigmas, verbose: see ``run_coco_eval``; progress: tqdm progress bar.
+        max_image_pixels: images over it are skipped (``read_image``; None: the default of
+            ``input.max_image_pixels``).
 
     Returns:
         ``run_coco_eval``'s metrics, with "info": num_images (evaluated), num_skipped,
@@ -327,7 +330,8 @@ def evaluate_model(model, annotations_json, images_dir, max_images=None, output_
     images = images[:max_images] if max_images is not None else images
     results, evaluated, skipped = [], [], []
     for info in tqdm(images, desc="evaluating", unit="img", disable=not progress):
-        image, reason = read_image(os.path.join(images_dir, info["file_name"]), info)
+        image, reason = read_image(os.path.join(images_dir, info["file_name"]), info,
+                                   max_image_pixels)
         if image is None:
             skipped.append(info["file_name"])
             logger.warning("skipping image %s: %s", info["file_name"], reason)

@@ -57,6 +57,7 @@ import tensorflow as tf
 from keras_maskrcnn import inference, preprocessing
 from keras_maskrcnn.builders import build_model
 from keras_maskrcnn.config import add_override_argument, load_config
+from keras_maskrcnn.data import image_graph, images
 
 BYTES_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "serving_images"
@@ -135,8 +136,12 @@ def _image_mask_shape(model):
     return tuple(outputs["masks"].shape[1:])
 
 
-def serving_functions(model, include_full_masks=False):
+def serving_functions(model, include_full_masks=False,
+                      max_image_pixels=images.DEFAULT_MAX_IMAGE_PIXELS):
     """The two signature bodies (plain Python functions; ``export_model`` traces them).
+    ``serve_image_bytes`` decodes as ``data.images`` (``data.image_graph``) and refuses a
+    request naming the index of an image that is unreadable, over ``max_image_pixels``
+    (from its header, before decoding) or undecodable.
 
     Returns:
         (serve_image_bytes, serve_images): ``serve_image_bytes(image_bytes)`` takes tf.string
@@ -181,13 +186,15 @@ def serving_functions(model, include_full_masks=False):
         signature["masks"] = tf.TensorSpec(mask_shape, tf.float32)
 
     def one_image(data):
-        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-        image = tf.ensure_shape(image, [None, None, 3])  # (H0, W0, 3)
+        image = image_graph.decode_image_tensor(data)  # (H0, W0, 3) as data.images reads it
         outputs, image_sizes = run_model(image[None])
         outputs = dict(outputs, image_sizes=image_sizes, original_sizes=tf.shape(image)[None, :2])
         return {k: tf.cast(outputs[k][0], dtype) for k, dtype in dtypes.items()}  # drop B = 1
 
     def serve_image_bytes(image_bytes):
+        checked = image_graph.check_image_batch(image_bytes, max_image_pixels)  # names index
+        with tf.control_dependencies([checked]):
+            image_bytes = tf.identity(image_bytes)
         per_image = tf.map_fn(one_image, image_bytes, fn_output_signature=signature,
                               parallel_iterations=PARALLEL_IMAGES)  # dict of (B, ...)
         image_sizes = per_image.pop("image_sizes")
@@ -197,7 +204,8 @@ def serving_functions(model, include_full_masks=False):
     return serve_image_bytes, serve_images
 
 
-def export_model(model, output_dir, include_full_masks=False):
+def export_model(model, output_dir, include_full_masks=False,
+                 max_image_pixels=images.DEFAULT_MAX_IMAGE_PIXELS):
     """Writes a SavedModel with the ``serving_default`` and ``serving_images`` signatures.
 
     Args:
@@ -205,6 +213,7 @@ def export_model(model, output_dir, include_full_masks=False):
         output_dir: SavedModel directory to write.
         include_full_masks: also output ``full_masks`` (B, D, Hm, Wm) uint8 (needs a mask
             head; large: D full-size masks per image).
+        max_image_pixels: ``serving_default`` refuses larger images (``input.max_image_pixels``).
 
     Returns:
         ``output_dir``. The SavedModel loads with ``tf.saved_model.load`` without keras or
@@ -217,7 +226,8 @@ def export_model(model, output_dir, include_full_masks=False):
     if ids is not None and len(ids) != num_classes - 1:
         raise ValueError(f"category_ids has {len(ids)} ids; the model has {num_classes - 1} "
                          "classes besides the background")
-    serve_image_bytes, serve_images = serving_functions(model, include_full_masks)
+    serve_image_bytes, serve_images = serving_functions(model, include_full_masks,
+                                                        max_image_pixels)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(BYTES_SIGNATURE, serve_image_bytes,
@@ -271,7 +281,8 @@ def main(argv=None):
     model.load_weights(weights)
     full_masks = args.full_masks or cfg.export.include_full_masks
     progress(f"tracing the serving signatures and writing {args.output}")
-    export_model(model, args.output, include_full_masks=full_masks)
+    export_model(model, args.output, include_full_masks=full_masks,
+                 max_image_pixels=cfg.input.max_image_pixels)
     progress("done")
     print(f"wrote SavedModel to {args.output}: signatures {BYTES_SIGNATURE} (image_bytes: "
           f"string [None]) and {IMAGES_SIGNATURE} (images: uint8 [None, None, None, 3])"

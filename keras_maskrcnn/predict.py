@@ -85,15 +85,28 @@ def keypoint_category_map(path, category_ids):
         return coco.CategoryMap.from_categories(json.load(f)["categories"])
 
 
-def read_image(path):
-    """(H, W, 3) uint8 RGB of an image file (EXIF orientation applied)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def read_image(path, max_pixels=None):
+    """(H, W, 3) uint8 RGB of an image file: ``keras_maskrcnn.data.images.read_image``, the
+    reader of training and evaluation (16-bit scaled, alpha dropped, EXIF orientation
+    ignored as in training and serving). ``max_pixels`` (default
+    ``images.DEFAULT_MAX_IMAGE_PIXELS``, the default of ``input.max_image_pixels``): larger
+    images are refused from their header. Raises ``images.ImageError`` (a ValueError) naming
+    the file."""
+    from keras_maskrcnn.data import images
 
-    try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot decode the image ({e})") from None
+    return images.read_image(path, images.DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None
+                             else max_pixels)
+
+
+def exif_note(path):
+    """A note when ``path`` carries an EXIF orientation other than 1 (ignored), else None."""
+    from keras_maskrcnn.data import images
+
+    orientation = images.exif_orientation(path)
+    if orientation == 1:
+        return None
+    return (f"note: {path} has EXIF orientation {orientation}; it is ignored (the pixels are "
+            "used as stored, as in training and serving)")
 
 
 def format_detections(result, class_names, score_threshold):
@@ -147,9 +160,12 @@ def main(argv=None):
     try:
         cfg = config_lib.load_config(args.config, args.set)
         category_ids, class_names = resolve_categories(cfg, args.annotations)
-        image = read_image(args.image)
-    except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
+        image = read_image(args.image, cfg.input.max_image_pixels)
+    except (ValueError, FileNotFoundError) as e:  # ConfigError and ImageError are ValueErrors
         parser.error(str(e))
+    note = exif_note(args.image)
+    if note:
+        print(note, file=sys.stderr)
 
     from keras_maskrcnn import builders, visualize  # TensorFlow and PIL, once the args are good
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras_maskrcnn import builders, config as config_lib, evaluation, training
 from keras_maskrcnn import export as export_lib
 from keras_maskrcnn.accel import callbacks as accel_callbacks, memory as accel_memory
-from keras_maskrcnn.data import pipeline
+from keras_maskrcnn.data import images, pipeline
 from keras_maskrcnn.training import lock as lock_lib
 
 log = logging.getLogger("keras_maskrcnn")
@@ -203,7 +203,8 @@ def evaluate(cfg, model):
     report_annotations(val)
     metrics = evaluation.evaluate_model(model, val.annotation_file, val.image_dir,
                                         max_images=cfg.eval.max_images,
-                                        output_dir=paths["eval"])
+                                        output_dir=paths["eval"],
+                                        max_image_pixels=cfg.input.max_image_pixels)
     writer = tf.summary.create_file_writer(os.path.join(paths["logs"], "eval"))
     with writer.as_default():
         step = int(model.optimizer.iterations.numpy()) if model.optimizer else 0
@@ -225,8 +226,7 @@ def draw_predictions(cfg, model, count=None):
     names.update({d: n for d, n in zip(val.categories.dataset_ids, val.categories.names)})
     drawn = []
     for record in val.images[:count or cfg.eval.num_visualizations]:
-        image = tf.io.decode_image(tf.io.read_file(record.path), channels=3,
-                                   expand_animations=False).numpy()
+        image = images.read_image(record.path, cfg.input.max_image_pixels)
         result = model.detect([image])[0]
         picture = visualize.draw_detections(
             image, result, names, keypoint_skeleton=cfg.model.keypoint_head.skeleton,
@@ -287,7 +287,8 @@ def _evaluate_and_export(cfg, model, run_evaluation, run_export):
         draw_predictions(cfg, model)
     if run_export:
         export_lib.export_model(model, paths["saved_model"],
-                                include_full_masks=cfg.export.include_full_masks)
+                                include_full_masks=cfg.export.include_full_masks,
+                                max_image_pixels=cfg.input.max_image_pixels)
         print(f"exported {paths['saved_model']}")
     print(f"outputs in {paths['root']}")
     return 0

@@ -513,6 +513,11 @@ class InputConfig(Section):
         "(M, S, S) crops of each GT box widened by 1/16 per side, host memory independent of "
         "the image size (Mask R-CNN only; not with data.augment ssd)", TV)
     gt_mask_size: int = param(112, at_least(2), "S, the crops' side (cropped format)", OURS)
+    max_image_pixels: int = param(
+        80_000_000, positive, "images whose header declares more than H x W = this many "
+        "pixels are refused before decoding (training and evaluation skip them, predict and "
+        "serving_default refuse them; keras_maskrcnn.data.images): 80 MP fits a 64 MP phone "
+        "photo", OURS)
 
     def validate(self):
         if self.min_size_train_sampling == "range":

@@ -21,7 +21,7 @@ Conventions pinned here (tests/data/test_data_coco.py checks them):
     * Masks: polygons, compressed RLE (``counts`` a string) and uncompressed RLE (``counts`` a
       list) are decoded with pycocotools. An annotation without a ``segmentation`` key gets
       its box as the mask (``stats.num_box_masks``). Full masks are (M, H, W); cropped masks
-      (``mask_size`` C) are (M, C, C) crops of the frames ``ops.masks.mask_crop_boxes`` gives
+      (``gt_mask_size`` C) are (M, C, C) crops of the frames ``ops.masks.mask_crop_boxes`` gives
       (``segmentation_crop``): polygons are rasterised in the crop frame (no full-image mask),
       RLE is decoded and sampled at the crop pixel centres; the parts of a crop outside the
       image are 0, as the full mask is there.
@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 from pycocotools import mask as mask_utils
 
-from keras_maskrcnn.data import coco_json
+from keras_maskrcnn.data import coco_json, images
 from keras_maskrcnn.ops.masks import mask_crop_boxes
 
 logger = logging.getLogger(__name__)
@@ -346,13 +346,15 @@ class CocoDataset:
         logger.warning("skipping image %s (id %d): %s", record.path, record.image_id, reason)
 
     def load_example(self, index: int, max_instances: Optional[int] = None,
-                     with_masks: bool = True, mask_size: Optional[int] = None,
-                     with_crowd: bool = False):
-        """Reads image ``index`` and its GT. Returns None (after ``skip``) if unreadable.
+                     with_masks: bool = True, gt_mask_size: Optional[int] = None,
+                     with_crowd: bool = False,
+                     max_pixels: Optional[int] = images.DEFAULT_MAX_IMAGE_PIXELS):
+        """Reads image ``index`` and its GT. Returns None (after ``skip``) if unreadable or
+        over ``max_pixels`` (``images.read_image``; ``input.max_image_pixels``).
 
         Returns:
             dict: image (H, W, 3) uint8 RGB, boxes (M, 4) float32 xyxy, classes (M,) int32,
-            masks (M, H, W) uint8, or (M, C, C) crops when ``mask_size`` is C (absent when
+            masks (M, H, W) uint8, or (M, C, C) crops when ``gt_mask_size`` is C (absent when
             ``with_masks`` is False), keypoints (M, Kp, 3) float32 (when Kp > 0), crowd_boxes
             (C, 4) float32 xyxy (only when ``with_crowd``), image_id int; M <= max_instances
             (the first ones in file order are kept, counted in ``stats.num_truncated_images``).
@@ -360,7 +362,7 @@ class CocoDataset:
         record = self.images[index]
         if record.image_id in self._skipped_ids:
             return None
-        image = read_image(record, self.skip)
+        image = read_image(record, self.skip, max_pixels)
         if image is None:
             return None
         count = len(record.classes)
@@ -372,8 +374,8 @@ class CocoDataset:
                    "classes": record.classes[:count], "image_id": record.image_id}
         if with_masks:
             try:
-                example["masks"] = self.instance_masks(record, count) if mask_size is None \
-                    else self.instance_mask_crops(record, mask_size, count)
+                example["masks"] = self.instance_masks(record, count) if gt_mask_size is None \
+                    else self.instance_mask_crops(record, gt_mask_size, count)
             except Exception as e:  # noqa: BLE001 - e.g. a corrupt compressed RLE string
                 self.skip(record, f"cannot decode a segmentation: {type(e).__name__}: {e}")
                 return None
@@ -384,30 +386,23 @@ class CocoDataset:
         return example
 
 
-def read_image(record: ImageRecord, on_error):
-    """Decodes an image file to (H, W, 3) uint8 RGB with PIL; calls ``on_error(record,
-    reason)`` and returns None when it is missing, unreadable, truncated or of another size
-    than the annotation file says."""
-    from PIL import Image  # PIL decodes with the GIL released: fine in tf.data threads
-
-    try:
-        with Image.open(record.path) as im:
-            image = np.asarray(im.convert("RGB"))
-    except Exception as e:  # noqa: BLE001 - any decoding problem means "skip this image"
-        on_error(record, f"{type(e).__name__}: {e}")
+def read_image(record: ImageRecord, on_error, max_pixels=images.DEFAULT_MAX_IMAGE_PIXELS):
+    """Decodes an image file to (H, W, 3) uint8 RGB with ``images.read_image`` (the one
+    reader); calls ``on_error(record, reason)`` and returns None when it is missing,
+    unreadable, truncated, over ``max_pixels`` (checked from the header, before decoding) or
+    of another size than the annotation file says."""
+    try:  # PIL decodes with the GIL released: fine in tf.data threads
+        return images.read_image(record.path, max_pixels, (record.height, record.width))
+    except images.ImageError as e:
+        on_error(record, str(e).removeprefix(f"{record.path}: "))
         return None
-    if image.shape[:2] != (record.height, record.width):
-        on_error(record, f"decoded size {image.shape[0]}x{image.shape[1]} differs from the "
-                         f"annotation's {record.height}x{record.width}")
-        return None
-    return image
 
 
-def example_schema(num_keypoints, with_masks, mask_size=None, with_crowd=False):
+def example_schema(num_keypoints, with_masks, gt_mask_size=None, with_crowd=False):
     """The Python decoding stage's output: (names, tf dtypes, shapes, stand-in when skipped).
 
     Shared by the COCO and TFRecord readers so both feed the pipeline the same structure.
-    ``mask_size`` C: masks are (M, C, C) crops; None: (M, H, W) full masks.
+    ``gt_mask_size`` C: masks are (M, C, C) crops; None: (M, H, W) full masks.
     """
     kp = num_keypoints
     names = ["image", "boxes", "classes", "image_id"] + ["masks"] * with_masks \
@@ -416,9 +411,9 @@ def example_schema(num_keypoints, with_masks, mask_size=None, with_crowd=False):
               "image_id": tf.int64, "masks": tf.uint8, "keypoints": tf.float32,
               "crowd_boxes": tf.float32}
     shapes = {"image": [None, None, 3], "boxes": [None, 4], "classes": [None],
-              "image_id": [], "masks": [None, mask_size, mask_size],
+              "image_id": [], "masks": [None, gt_mask_size, gt_mask_size],
               "keypoints": [None, kp, 3], "crowd_boxes": [None, 4]}
-    crop = mask_size or 1
+    crop = gt_mask_size or 1
     empty = {"image": np.zeros((1, 1, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
              "classes": np.zeros((0,), np.int32), "image_id": np.int64(-1),
              "masks": np.zeros((0, crop, crop), np.uint8), "keypoints": np.zeros((0, kp, 3),

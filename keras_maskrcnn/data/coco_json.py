@@ -27,8 +27,6 @@ import json
 import math
 from typing import Dict, List
 
-from pycocotools import mask as mask_utils
-
 # Reasons an annotation is left out (lenient) or rejected (strict), in the order checked.
 NOT_AN_OBJECT = "annotation: not an object"
 BAD_IMAGE_ID = "image_id: missing or malformed"
@@ -258,6 +256,38 @@ def _check_polygons(segm):
             raise _Defect(SHORT_POLYGON, f"polygon {j} has {len(poly) // 2} points, needs >= 3")
 
 
+def compressed_rle_counts(counts):
+    """Run lengths of a compressed RLE ``counts`` string (pycocotools' ``rleFrString``
+    encoding: each count in 5-bit groups, low first, as characters 48 + group with bit 0x20
+    meaning "more groups follow" and bit 0x10 of the last group the sign; counts after the
+    second are stored as the difference to the count two before).
+
+    Returns:
+        list of int run lengths (0s, 1s, 0s, ...). Raises ValueError for a character outside
+        '0'..'o', a count cut off mid-way or a negative run.
+    """
+    runs, value, shift = [], 0, 0
+    for position, char in enumerate(counts):
+        group = ord(char) - 48
+        if not 0 <= group < 64:
+            raise ValueError(f"character {char!r} at {position} is not in '0'..'o'")
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value -= 1 << shift  # sign-extend
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise ValueError(f"run {len(runs)} is negative ({value})")
+        runs.append(value)
+        value, shift = 0, 0
+    if shift:
+        raise ValueError("the string ends inside a count")
+    return runs
+
+
 def _check_rle(segm, image):
     counts = _get(segm, "counts", (str, list), BAD_SEGMENTATION)
     size = _get(segm, "size", list, BAD_SEGMENTATION)
@@ -265,15 +295,20 @@ def _check_rle(segm, image):
     if list(size) != hw:
         raise _Defect(BAD_SEGMENTATION, f"RLE size {size} differs from the image's "
                                         f"[height, width] = {hw}")
+    kind = "uncompressed"
     if isinstance(counts, list):
-        if not _all_numbers(counts):
-            raise _Defect(BAD_SEGMENTATION, "uncompressed RLE counts must be numbers")
-        if sum(counts) != hw[0] * hw[1]:
-            raise _Defect(BAD_SEGMENTATION, f"uncompressed RLE counts sum to {sum(counts)}, "
-                                            f"expected height * width = {hw[0] * hw[1]}")
-        if not any(counts[1::2]):  # runs alternate 0s, 1s: no run of 1s
-            raise _Defect(EMPTY_SEGMENTATION, "an RLE without foreground pixels")
-    elif mask_utils.area({"size": hw, "counts": counts.encode("ascii", "replace")}) == 0:
+        if not _all_numbers(counts) or any(v < 0 or v != int(v) for v in counts):
+            raise _Defect(BAD_SEGMENTATION, "uncompressed RLE counts must be integers >= 0")
+    else:
+        kind = "compressed"
+        try:
+            counts = compressed_rle_counts(counts)
+        except ValueError as e:
+            raise _Defect(BAD_SEGMENTATION, f"compressed RLE counts: {e}") from None
+    if sum(counts) != hw[0] * hw[1]:
+        raise _Defect(BAD_SEGMENTATION, f"{kind} RLE counts cover {sum(counts)} pixels, "
+                                        f"expected height * width = {hw[0] * hw[1]}")
+    if not any(counts[1::2]):  # runs alternate 0s, 1s: no run of 1s
         raise _Defect(EMPTY_SEGMENTATION, "an RLE without foreground pixels")
 
 

@@ -95,14 +95,16 @@ def load_split(data_config, split, num_keypoints=0, create_synthetic=True):
                               "keras_maskrcnn.data.pipeline")
 
 
-def _python_stage(source, max_instances, with_masks, mask_size=None, with_crowd=False):
-    """A tf.data map function running ``source.load_example`` in Python; adds ``valid``."""
+def _python_stage(source, max_instances, with_masks, gt_mask_size=None, with_crowd=False,
+                  max_pixels=None):
+    """A tf.data map function running ``source.load_example`` in Python; adds ``valid``.
+    ``max_pixels``: images over it are skipped before decoding (``input.max_image_pixels``)."""
     names, dtypes, shapes, empty = coco.example_schema(source.num_keypoints, with_masks,
-                                                       mask_size, with_crowd)
+                                                       gt_mask_size, with_crowd)
 
     def load(index):
-        example = source.load_example(int(index), max_instances, with_masks, mask_size,
-                                      with_crowd)
+        example = source.load_example(int(index), max_instances, with_masks, gt_mask_size,
+                                      with_crowd, max_pixels)
         valid = example is not None
         if not valid and source.stats.num_skipped >= len(source):
             raise RuntimeError(f"{source.annotation_file}: no image of the split is readable "
@@ -146,17 +148,17 @@ def _orientation(example):
 
 
 def _tf_stage(input_config, training, flip_probability, flip_indices, mask_method,
-              fixed_size, mask_size=None):
+              fixed_size, gt_mask_size=None):
     """The TF map function: resize, flip, pad. ``fixed_size``: (Hp, Wp) ints, or None: each
     example is padded to its size rounded up to size_divisor, and the batching pads on to the
-    batch's largest image. ``mask_size``: masks are (M, C, C) crops (not resized, not padded
+    batch's largest image. ``gt_mask_size``: masks are (M, C, C) crops (not resized, not padded
     spatially)."""
     max_instances = input_config.max_instances
 
     def stage(example, seed=None):
         example = dict(example)
         example.pop("valid")
-        crops = example.pop("masks") if mask_size and "masks" in example else None
+        crops = example.pop("masks") if gt_mask_size and "masks" in example else None
         original_size = tf.shape(example["image"])[:2]
         min_size = input_config.min_size_test
         if training:
@@ -205,7 +207,7 @@ def _tf_stage(input_config, training, flip_probability, flip_indices, mask_metho
         if fixed_size is not None:  # one static shape for the whole training run
             out["images"] = tf.ensure_shape(out["images"], [pad_h, pad_w, 3])
             if "gt_masks" in out:
-                mask_hw = [mask_size, mask_size] if crops is not None else [pad_h, pad_w]
+                mask_hw = [gt_mask_size, gt_mask_size] if crops is not None else [pad_h, pad_w]
                 out["gt_masks"] = tf.ensure_shape(out["gt_masks"], [max_instances] + mask_hw)
         return out
 
@@ -331,8 +333,8 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
     dataset = examples(source, input_config.max_instances, training, with_masks=with_masks,
                        shuffle_buffer=shuffle_buffer,
                        filter_empty_images=filter_empty_images, max_images=max_images,
-                       cache=cache, num_parallel_calls=parallel, mask_size=gt_mask_size,
-                       with_crowd=with_crowd,
+                       cache=cache, num_parallel_calls=parallel, gt_mask_size=gt_mask_size,
+                       with_crowd=with_crowd, max_pixels=input_config.max_image_pixels,
                        position=stream.Position(seed, skip_examples,
                                                 batch_size if grouped else 0, num_shards,
                                                 shard_index))
@@ -354,7 +356,7 @@ def build_dataset(source, input_config, batch_size, training, *, flip_probabilit
 
 def _index_examples(source, max_instances, training, *, with_masks, shuffle_buffer,
                     filter_empty_images, max_images, cache, num_parallel_calls, position,
-                    mask_size=None, with_crowd=False):
+                    gt_mask_size=None, with_crowd=False, max_pixels=None):
     """Decoded examples of a ``CocoDataset``; training: (example, seed) pairs, shuffled,
     repeated and positioned by ``stream.position_stream``. Sharded (index-level) before any
     image is read: pipeline k of N keeps the image indices k, k + N, ... of the split."""
@@ -372,14 +374,15 @@ def _index_examples(source, max_instances, training, *, with_masks, shuffle_buff
     if training and shuffle_buffer > 0 and not cache:  # indices are cheap: shuffle them all
         dataset = dataset.shuffle(len(indices), seed=position.seed,
                                   reshuffle_each_iteration=True)
-    load = _python_stage(source, max_instances, with_masks, mask_size, with_crowd)
+    load = _python_stage(source, max_instances, with_masks, gt_mask_size, with_crowd,
+                         max_pixels)
     return stream.decoded_examples(dataset, load, _index_orientation(source), training,
                                    cache, shuffle_buffer, position, num_parallel_calls)
 
 
 def _record_examples(source, max_instances, training, *, with_masks, shuffle_buffer,
                      filter_empty_images, max_images, cache, num_parallel_calls, position,
-                     mask_size=None, with_crowd=False):
+                     gt_mask_size=None, with_crowd=False, max_pixels=None):
     """``_index_examples`` of a ``TFRecordSource``: its share of serialized records
     (``record_dataset``: file- or record-level sharding), positioned before decoding with
     the orientation from the records' image size (``tfrecord.record_orientation``)."""
@@ -388,7 +391,7 @@ def _record_examples(source, max_instances, training, *, with_masks, shuffle_buf
         filter_empty_images=filter_empty_images, max_images=max_images,
         num_parallel_calls=num_parallel_calls, num_shards=position.num_shards,
         shard_index=position.shard_index)
-    load = source.decode_stage(max_instances, with_masks, mask_size, with_crowd)
+    load = source.decode_stage(max_instances, with_masks, gt_mask_size, with_crowd, max_pixels)
     return stream.decoded_examples(records, load, tfrecord.record_orientation, training,
                                    cache, shuffle_buffer, position, num_parallel_calls)
 

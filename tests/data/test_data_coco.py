@@ -225,7 +225,7 @@ ANNOTATION_DEFECTS = [
     (("annotations", 1, "segmentation", "size"), [30, 20], r"RLE size \[30, 20\] differs",
      J.BAD_SEGMENTATION, 2),
     (("annotations", 2, "segmentation", "counts"), [1, 2], r"annotation 3: segmentation: "
-     r"uncompressed RLE counts sum to 3", J.BAD_SEGMENTATION, 3),
+     r"uncompressed RLE counts cover 3 pixels", J.BAD_SEGMENTATION, 3),
     (("annotations", 1, "segmentation", "counts"), None,
      r"annotation 2: segmentation: missing field 'counts'", J.BAD_SEGMENTATION, 2),
     (("annotations", 1, "id"), None, r"annotations\[1\] \(no id\): bbox: width -3",
@@ -320,14 +320,17 @@ def test_unreadable_images_are_skipped_counted_and_named(tmp_path, caplog):
     assert fresh.load_example(2) is not None
 
 
-def test_corrupt_rle_string_skips_the_image(tmp_path, caplog):
+def test_corrupt_rle_string_is_left_out_when_loaded(tmp_path):
+    """A compressed RLE string pycocotools cannot read is a defect of its annotation, found
+    when the file is loaded (``coco_json.compressed_rle_counts``), not when its image is."""
     data = _tiny(tmp_path)
     data["annotations"][1]["segmentation"]["counts"] = "zz!!"
     ds = C.load_coco(_write(tmp_path, data), str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="keras_maskrcnn.data.coco"):
-        assert ds.load_example(2) is None
-    assert ds.stats.num_skipped == 1 and "cannot decode a segmentation" in caplog.text
-    assert ds.load_example(2, with_masks=False) is None  # known bad: skipped from now on
+    assert ds.report.dropped == {J.BAD_SEGMENTATION: [2]}
+    assert "annotation 2: segmentation: compressed RLE counts: character 'z' at 0" in \
+        ds.report.first_problem[J.BAD_SEGMENTATION]
+    example = ds.load_example(2)  # image 10 keeps its other annotation
+    assert example is not None and len(example["masks"]) == 1 and ds.stats.num_skipped == 0
 
 
 # ----------------------------------------------------------------------------- 28 annotations

@@ -40,7 +40,7 @@ def test_coco_crops_equal_crops_of_the_full_masks(shapes):
     kinds, fine_agree, coarse_agree = set(), [], []
     for index in range(len(source)):
         full = source.load_example(index)
-        cropped = source.load_example(index, mask_size=CROP)
+        cropped = source.load_example(index, gt_mask_size=CROP)
         assert cropped["masks"].shape == (len(full["boxes"]), CROP, CROP)
         assert cropped["masks"].dtype == np.uint8
         expected = _crops_of(full["masks"], full["boxes"])
@@ -122,7 +122,7 @@ def test_stored_crops_equal_the_coco_crops(stored):
     assert any(r.segmentations[:1] == [None] for r in a.images)
     differ = 0
     for index, record in enumerate(a.images):
-        want = a.load_example(index, mask_size=CROP)["masks"]
+        want = a.load_example(index, gt_mask_size=CROP)["masks"]
         np.testing.assert_array_equal(from_crops[record.image_id], want)
         differ += int((from_pngs[record.image_id] != want).any())
     assert differ  # the stored crops were read, not the PNGs

@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_maskrcnn.config import InputConfig, load_config
-from keras_maskrcnn.data import coco, coco_json, pipeline, synthetic, tfrecord
+from keras_maskrcnn.data import coco, coco_json, pipeline, synthetic, tfrecord, tfrecord_reader
 from support.data import write_defective_file
 
 KP = len(synthetic.KEYPOINT_NAMES)
@@ -186,7 +186,7 @@ def test_tfrecord_examples_equal_the_coco_path(data):
 
 def test_mutation_swapped_box_axes_are_caught(data, monkeypatch):
     a = coco.load_coco(data["annotations"], data["images"], num_keypoints=KP)
-    monkeypatch.setattr(tfrecord, "_BOX_KEYS", tuple(
+    monkeypatch.setattr(tfrecord_reader, "BOX_KEYS", tuple(
         f"image/object/bbox/{k}" for k in ("ymin", "xmin", "ymax", "xmax")))
     b = tfrecord.load_tfrecords(data["pattern"], data["annotations"], num_keypoints=KP)
     with pytest.raises(AssertionError, match="gt_boxes"):
@@ -375,7 +375,7 @@ def test_corrupt_images_are_skipped_and_counted(data, tmp_path, caplog, monkeypa
     assert [i for b in no_masks for i in b["image_ids"].numpy()] == [1, 5, 2, 6]  # PNG unread
     _write(tmp_path / "all-bad.tfrecord", examples[1:2])  # only image 3 (corrupt)
     hopeless = tfrecord.load_tfrecords(str(tmp_path / "all-bad.tfrecord"), data["annotations"])
-    monkeypatch.setattr(tfrecord, "_MAX_FAILURES_IN_A_ROW", 50)
+    monkeypatch.setattr(tfrecord_reader, "_MAX_FAILURES_IN_A_ROW", 50)
     with pytest.raises(Exception, match="records in a row are unreadable"):
         next(iter(pipeline.build_dataset(hopeless, INPUT, 1, True)))
     wrong_kp = tfrecord.load_tfrecords(data["pattern"], data["annotations"], num_keypoints=3)

@@ -373,7 +373,7 @@ def test_read_image(tmp_path):
     image, reason = evaluation.read_image(str(tmp_path / "g.png"), {"height": 10, "width": 12})
     assert image is None and "differs" in reason
     image, reason = evaluation.read_image(str(tmp_path / "none.png"), {})
-    assert image is None and "NotFound" in reason
+    assert image is None and "no such file" in reason
 
 
 def test_cli_loads_a_keras_file(tiny_model, tmp_path):

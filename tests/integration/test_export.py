@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras_maskrcnn import build_model, load_config
 from keras_maskrcnn import export as export_lib
 from keras_maskrcnn import preprocessing
+from keras_maskrcnn.data import images as images_lib
 from keras_maskrcnn.ops.masks import paste_masks
 from support import CONFIGS
 from support import models as models_support
@@ -130,7 +131,7 @@ def _export_and_serve(tmp, config, overrides):
                      for k, v in inputs.items()})
     served, cli_show = _run_in_fresh_processes(src, str(tmp / "served.npz"), model_dir)
     return {"model": model, "dir": model_dir, "images": images, "inputs": inputs,
-            "jpeg_image": tf.io.decode_jpeg(jpeg).numpy(),
+            "jpeg_image": images_lib.read_image(jpeg),  # the pixels serving decodes
             "served": served, "cli_show": cli_show}
 
 
