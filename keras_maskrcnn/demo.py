@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn import builders, config
+from keras_maskrcnn.convert import weights
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 DEMO_OVERRIDES = (
@@ -38,7 +39,9 @@ def main(argv=None):
         cfg = config.apply_overrides(config.Config(), DEMO_OVERRIDES, source="demo")
     model = builders.build_model(cfg)
     if args.weights:
-        model.load_weights(args.weights)
+        weights.load_weights(model, args.weights)
+    else:
+        weights.load_initial_weights(model, cfg.model)
     image = tf.io.decode_image(tf.io.read_file(args.image), channels=3,
                                expand_animations=False).numpy()
     start = time.perf_counter()

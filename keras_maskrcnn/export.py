@@ -54,6 +54,7 @@ import tensorflow as tf
 from keras_maskrcnn import inference, preprocessing
 from keras_maskrcnn.builders import build_model
 from keras_maskrcnn.config import add_override_argument, load_config
+from keras_maskrcnn.convert import weights as weights_lib
 from keras_maskrcnn.ops.keypoints import shift_keypoints
 
 BYTES_SIGNATURE = "serving_default"
@@ -257,7 +258,10 @@ def main(argv=None):
 
     cfg = load_config(args.config, args.set)
     model = build_model(cfg, category_ids=parse_category_ids(args.category_ids))
-    model.load_weights(args.weights)
+    try:  # another class count: the class layers are skipped, logged
+        weights_lib.load_weights(model, args.weights)
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
     full_masks = args.full_masks or cfg.export.include_full_masks
     export_model(model, args.output, include_full_masks=full_masks)
     print(f"wrote SavedModel to {args.output}: signatures {BYTES_SIGNATURE} (image_bytes: "
