@@ -10,9 +10,10 @@ Conventions pinned here (tests/convert/test_weights.py):
   ignored; read without torch). ``model.weights`` / ``--weights``: a whole model's
   ``.weights.h5`` or ``.keras`` (ours: a run's ``model.weights.h5``, a checkpoint, or a converted
   torchvision / detectron2 / YOLACT model).
-- Class-specific layers (``CLASS_SPECIFIC``: ``cls_score``, ``bbox_pred``, ``mask_fcn_logits``,
+- Class-specific layers (``class_specific_layers``: ``cls_score``, ``bbox_pred``, ``mask_fcn_logits``,
   ``kps_score_lowres``; YOLACT's ``class_logits`` and ``semantic_seg``) whose file shapes differ
-  from the model's in one axis (the class or keypoint count) keep their fresh initialisation;
+  from the model's in the output-channel axis only (the class or keypoint count) keep their
+  fresh initialisation;
   everything else loads, and ONE warning line (logger ``keras_maskrcnn``) names the skipped
   layers with both shapes. Any other shape mismatch, and a layer the file lacks, is a
   ``ValueError`` naming the file, the layer and both shapes.
@@ -23,6 +24,8 @@ Conventions pinned here (tests/convert/test_weights.py):
 import contextlib
 import logging
 import os
+
+import keras
 
 from keras_maskrcnn.convert import state_dict as sd, torchvision as tv
 
@@ -44,10 +47,6 @@ def class_specific_layers(model):
     if head is not None:  # YOLACT: K class confidences per anchor; K - 1 semantic channels
         found += [head.predictors["class_logits"], model.semantic_head]
     return {id(layer): layer for layer in found}
-
-
-CLASS_SPECIFIC = ("cls_score", "bbox_pred", "mask_fcn_logits", "kps_score_lowres",
-                  "class_logits", "semantic_seg")
 
 
 def load_initial_weights(model, model_cfg):
@@ -127,8 +126,8 @@ class _Checks:
         if file_shapes == model_shapes:
             return True
         shapes = ", ".join(f"{f} vs {m}" for f, m in zip(file_shapes, model_shapes))
-        if id(layer) in self.specific and all(_one_axis_differs(f, m)
-                                              for f, m in zip(file_shapes, model_shapes)):
+        if id(layer) in self.specific and all(
+                _only_class_axis_differs(layer, f, m) for f, m in zip(file_shapes, model_shapes)):
             self.skipped.append((layer.name, f"{layer.name} {file_shapes[0]} vs "
                                              f"{model_shapes[0]}"))
             self.skipped_layers.append(layer)
@@ -137,8 +136,15 @@ class _Checks:
         return True
 
 
-def _one_axis_differs(a, b):
-    return len(a) == len(b) and sum(x != y for x, y in zip(a, b)) <= 1
+def _only_class_axis_differs(layer, file_shape, model_shape):
+    """True when the shapes differ in the output-channel axis only: a kernel's last (Dense
+    (I, K), Conv2D (kh, kw, C, K)) or second to last (Conv2DTranspose (kh, kw, K, C)), a
+    bias's only axis."""
+    if len(file_shape) != len(model_shape):
+        return False
+    axis = 0 if len(model_shape) == 1 else len(model_shape) - (
+        2 if isinstance(layer, keras.layers.Conv2DTranspose) else 1)
+    return all(f == m for i, (f, m) in enumerate(zip(file_shape, model_shape)) if i != axis)
 
 
 @contextlib.contextmanager
