@@ -10,10 +10,10 @@ Conventions pinned here (tests/convert/test_weights.py):
   ignored; read without torch). ``model.weights`` / ``--weights``: a whole model's
   ``.weights.h5`` or ``.keras`` (ours: a run's ``model.weights.h5``, a checkpoint, or a converted
   torchvision / detectron2 / YOLACT model).
-- Class-specific layers (``class_specific_layers``: ``cls_score``, ``bbox_pred``, ``mask_fcn_logits``,
-  ``kps_score_lowres``; YOLACT's ``class_logits`` and ``semantic_seg``) whose file shapes differ
-  from the model's in the output-channel axis only (the class or keypoint count) keep their
-  fresh initialisation;
+- Class-specific layers (``class_specific_layers``: ``cls_score``, ``bbox_pred``,
+  ``mask_fcn_logits``, ``kps_score_lowres``; YOLACT's ``class_logits`` and ``semantic_seg``)
+  whose file shapes differ from the model's in the output-channel axis only (the class or
+  keypoint count) keep their fresh initialisation;
   everything else loads, and ONE warning line (logger ``keras_maskrcnn``) names the skipped
   layers with both shapes. Any other shape mismatch, and a layer the file lacks, is a
   ``ValueError`` naming the file, the layer and both shapes.
@@ -95,12 +95,13 @@ def load_weights(model, path, what="--weights"):
         raise ValueError(f"{what} {path} does not fit the model: " + "; ".join(checks.errors))
     with _guarded(checks.skipped_layers, lambda layer, store: True):  # pass 2: load the rest
         _keras_load(model, path, what)
-    if checks.skipped:
+    names = tuple(n for n, _ in checks.skipped)
+    if names:
         log.warning("%s %s: another class (or keypoint) count, so %s keep their fresh "
                     "initialisation (file vs model kernel shapes: %s); every other layer "
-                    "loaded", what, path,
-                    ", ".join(n for n, _ in checks.skipped), "; ".join(s for _, s in checks.skipped))
-    return tuple(n for n, _ in checks.skipped)
+                    "loaded", what, path, ", ".join(names),
+                    "; ".join(s for _, s in checks.skipped))
+    return names
 
 
 def _own_variables(layer):

@@ -44,8 +44,8 @@ def test_finetune_config_matches_its_converted_architecture(name):
         assert ours["input"][key] == reference["input"][key], key
     assert cfg.model.weights.endswith("model.weights.h5")
     assert cfg.model.num_classes == 4 and cfg.model.backbone.freeze_at == 2
-    coco = config_lib.load_config(os.path.join(
-        CONFIGS, "maskrcnn_r50_fpn_coco.yaml" if "maskrcnn" in name else "yolact_r50_fpn_coco.yaml"))
+    coco_name = "maskrcnn_r50_fpn_coco.yaml" if "maskrcnn" in name else "yolact_r50_fpn_coco.yaml"
+    coco = config_lib.load_config(os.path.join(CONFIGS, coco_name))
     assert cfg.train.learning_rate < coco.train.learning_rate
     assert cfg.train.total_steps <= coco.train.total_steps / 20
     assert 0 < cfg.train.warmup_steps < cfg.train.lr_decay_steps[0]
