@@ -11,7 +11,8 @@ import pytest
 
 import test_imports
 from keras_maskrcnn import builders, config as config_lib
-from keras_maskrcnn.convert import weights as weights_lib
+from keras_maskrcnn.convert import state_dict as state_dict_lib, torchvision as tv
+from keras_maskrcnn.convert import torchvision_models, weights as weights_lib
 
 THREE_KEYPOINTS = ["model.keypoint_head.num_keypoints=3",
                    "model.keypoint_head.keypoint_names=[a,b,c]",
@@ -142,3 +143,50 @@ def test_builders_import_no_converter():
     graph = test_imports.import_graph()
     assert not [m for m in graph["keras_maskrcnn.builders"] if ".convert" in m]
     assert "keras_maskrcnn.convert.weights" in graph["keras_maskrcnn.run"]
+
+
+class _KeyRecorder(state_dict_lib.StateDictReader):
+    """Records the torchvision key and torch-layout shape of every weight a loader reads."""
+
+    def __init__(self):
+        super().__init__({})
+        self.shapes = {}
+
+    def has(self, key):
+        return False  # the current (>= 0.13) key layout
+
+    def read(self, variable, key, to_keras=None, torch_shape=None):
+        self.shapes[key] = tuple(torch_shape or variable.shape)
+
+    def check_no_leftover(self, prefix, ignore_prefixes=()):
+        pass
+
+
+def torchvision_layout(model, seed=0):
+    """A random state_dict in torchvision's key layout for ``model`` (the loaders' own table)."""
+    recorder = _KeyRecorder()
+    tv.load_resnet_fpn_weights(model.backbone, model.fpn, {}, reader=recorder)
+    tv.load_rpn_head_weights(model.rpn_head, {}, reader=recorder)
+    tv.load_box_head_weights(model.box_head, model.box_predictor, {}, reader=recorder)
+    tv.load_mask_head_weights(model.mask_head, model.mask_predictor, {}, reader=recorder)
+    tv.load_keypoint_head_weights(model.keypoint_head, model.keypoint_predictor, {},
+                                  reader=recorder)
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(size=s).astype(np.float32) for k, s in recorder.shapes.items()}
+
+
+def test_torchvision_conversion_is_all_or_nothing(tiny_files):
+    """A bad key in the last part read leaves every weight as it was (the converter used to
+    commit the backbone, RPN and box head before reading the mask head)."""
+    model = tiny_files["model"]
+    state_dict = torchvision_layout(model)
+    before = values(model)
+    key = "roi_heads.mask_predictor.mask_fcn_logits.weight"
+    bad = dict(state_dict, **{key: state_dict[key][:, :-1]})
+    with pytest.raises(ValueError, match=f"shape mismatch for '{key}'"):
+        torchvision_models.load_torchvision_weights(model, bad)
+    for path, value in values(model).items():
+        np.testing.assert_array_equal(value, before[path], err_msg=path)
+    torchvision_models.load_torchvision_weights(model, state_dict)
+    np.testing.assert_array_equal(model.backbone.stem_conv.kernel.numpy(),
+                                  state_dict["backbone.body.conv1.weight"].transpose(2, 3, 1, 0))
