@@ -20,9 +20,22 @@ __version__ = "0.2.0"
 
 def build_model(config, category_ids=None, build=True):
     """The config's ``MaskRCNN`` or ``YOLACT`` (``model.architecture``) for a Config, a config
-    dict or a YAML path (see ``builders.build_model``)."""
+    dict or a YAML path (see ``builders.build_model``); when ``build``, with the weights the
+    config names loaded (``model.backbone.weights``, ``model.weights``: see
+    ``convert.weights.load_initial_weights``; another class count keeps the class layers
+    fresh)."""
+    from keras_maskrcnn import config as config_lib
     from keras_maskrcnn.builders import build_model as _build  # TensorFlow: on first use
-    return _build(config, category_ids=category_ids, build=build)
+    from keras_maskrcnn.convert.weights import load_initial_weights
+
+    if isinstance(config, str):
+        config = config_lib.load_config(config)
+    elif isinstance(config, dict):
+        config = config_lib.config_from_dict(config)
+    model = _build(config, category_ids=category_ids, build=build)
+    if build:
+        load_initial_weights(model, config.model)
+    return model
 
 
 def load_config(path, overrides=None):

@@ -7,12 +7,10 @@ see a config object. A model keeps the dict of the sections it was built from
 datasets (``data.pipeline.dataset_from_config``) are built from their sections the same way.
 """
 import dataclasses
-import os
 
 import keras
 
 from keras_maskrcnn import accel, config as config_lib
-from keras_maskrcnn.convert import torchvision as tv
 from keras_maskrcnn.layers.dense_head import DenseHead
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.layers.fpn import FPN
@@ -280,7 +278,9 @@ def build_model(cfg, category_ids=None, build=True, **kwargs):
         category_ids: dataset category id of each contiguous class 1..K-1 (length K - 1);
             None = ``model.category_ids`` of the config (None there too: identity).
         build: call the model once on a small dummy batch so its weights exist (needed before
-            ``load_weights`` and before ``fit`` under a distribution strategy).
+            ``load_weights`` and before ``fit`` under a distribution strategy). The weights
+            the config names (``model.weights``, ``model.backbone.weights``) are not loaded
+            here: the job loads them (``convert.weights.load_initial_weights``).
         **kwargs: ``keras.Model`` arguments (name, trainable, dtype; ``MaskRCNN.from_config``).
     """
     if isinstance(cfg, str):
@@ -293,7 +293,6 @@ def build_model(cfg, category_ids=None, build=True, **kwargs):
     model = build_fn(cfg, category_ids, config_dict=model_config_dict(cfg), **kwargs)
     if build:
         model.build_with_dummy_batch()
-        load_initial_weights(model, cfg.model)
     return model
 
 
@@ -306,28 +305,6 @@ def _rebuild(config_dict, category_ids, **kwargs):
 
 base.register_builder("MaskRCNN", _rebuild)
 base.register_builder("YOLACT", _rebuild)
-
-
-def load_initial_weights(model, model_cfg):
-    """``model.backbone.weights`` then ``model.weights``, when the config names them.
-
-    backbone.weights: a torchvision ImageNet ResNet / ResNeXt state_dict (``.pth``, its ``fc.`` keys
-    ignored; read without torch). model.weights: a whole-model ``.weights.h5`` (e.g.
-    converted COCO weights to fine-tune from).
-    """
-    for key, path in (("model.backbone.weights", model_cfg.backbone.weights),
-                      ("model.weights", model_cfg.weights)):
-        if path and not os.path.exists(path):
-            raise FileNotFoundError(f"{key}: no such file: {path}")
-    path = model_cfg.backbone.weights
-    if path:
-        if not path.endswith((".pth", ".pt")):
-            raise ValueError(f"model.backbone.weights: expected a torchvision ResNet/ResNeXt .pth "
-                             f"state_dict, got {path}")
-        tv.load_resnet_weights(model.backbone, tv.load_state_dict(path), prefix="",
-                               ignore_prefixes=("fc.",))
-    if model_cfg.weights:
-        model.load_weights(model_cfg.weights)
 
 
 def with_dataset_keypoint_categories(cfg, categories):

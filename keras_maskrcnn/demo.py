@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from keras_maskrcnn import builders, config
+from keras_maskrcnn.convert import weights
 from keras_maskrcnn.data import images
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -38,7 +39,9 @@ def main(argv=None):
         cfg = config.apply_overrides(config.Config(), DEMO_OVERRIDES, source="demo")
     model = builders.build_model(cfg)
     if args.weights:
-        model.load_weights(args.weights)
+        weights.load_weights(model, args.weights)
+    else:
+        weights.load_initial_weights(model, cfg.model)
     image = images.read_image(args.image, cfg.input.max_image_pixels)  # the training reader
     start = time.perf_counter()
     result = model.detect([image])[0]

@@ -57,6 +57,7 @@ import tensorflow as tf
 from keras_maskrcnn import inference, preprocessing
 from keras_maskrcnn.builders import build_model
 from keras_maskrcnn.config import add_override_argument, load_config
+from keras_maskrcnn.convert import weights as weights_lib
 from keras_maskrcnn.data import image_graph, images
 
 BYTES_SIGNATURE = "serving_default"
@@ -278,7 +279,10 @@ def main(argv=None):
     progress(f"building the model of {args.config}")
     model = build_model(cfg, category_ids=parse_category_ids(args.category_ids))
     progress(f"loading {weights}")
-    model.load_weights(weights)
+    try:  # another class count: the class layers are skipped, logged
+        weights_lib.load_weights(model, weights)
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
     full_masks = args.full_masks or cfg.export.include_full_masks
     progress(f"tracing the serving signatures and writing {args.output}")
     export_model(model, args.output, include_full_masks=full_masks,

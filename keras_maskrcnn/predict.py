@@ -172,15 +172,19 @@ def main(argv=None):
     categories = keypoint_category_map(args.annotations or annotations_path(cfg), category_ids)
     if categories is not None:
         cfg = builders.with_dataset_keypoint_categories(cfg, categories)
+    from keras_maskrcnn.convert import weights as weights_lib
+
     model = builders.build_model(cfg, category_ids=category_ids)
-    if args.weights:
-        try:
-            model.load_weights(args.weights)
-        except (ValueError, OSError) as e:
-            parser.error(f"--weights {args.weights}: cannot load into the model of "
-                         f"{args.config}: {e}")
-    else:
-        print("warning: no --weights given, the model has random weights", file=sys.stderr)
+    try:
+        if args.weights:  # another class count: the class layers are skipped, logged
+            weights_lib.load_weights(model, args.weights)
+        else:  # the config's model.weights (and model.backbone.weights), if it names them
+            weights_lib.load_initial_weights(model, cfg.model)
+            if not cfg.model.weights:
+                print("warning: no --weights given, the model has random weights",
+                      file=sys.stderr)
+    except (ValueError, OSError) as e:
+        parser.error(f"cannot load the weights into the model of {args.config}: {e}")
     start = time.perf_counter()
     result = model.detect([image])[0]
     seconds = time.perf_counter() - start

@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_maskrcnn import builders, config as config_lib, evaluation, training
 from keras_maskrcnn import export as export_lib
 from keras_maskrcnn.accel import callbacks as accel_callbacks, memory as accel_memory
+from keras_maskrcnn.convert import weights
 from keras_maskrcnn.data import images, pipeline
 from keras_maskrcnn.training import lock as lock_lib
 
@@ -75,6 +76,8 @@ def build_training_model(cfg, strategy, category_ids):
     """Model and optimizer created (and built) inside the strategy's scope."""
     with strategy.scope():
         model = builders.build_model(cfg, category_ids=category_ids)
+        # before compile: a checkpoint's optimizer state is not carried into fine-tuning
+        weights.load_initial_weights(model, cfg.model)
         model.compile(optimizer=training.build_optimizer(cfg.train), jit_compile=False)
         if not model.optimizer.built:  # compile builds it once every layer is built
             model.optimizer.build(model.trainable_variables)

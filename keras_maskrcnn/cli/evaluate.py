@@ -82,10 +82,11 @@ def load_model(cfg, weights, category_ids):
         if model.category_ids is None and category_ids is not None:
             model.category_ids = list(category_ids)
         return model
-    from keras_maskrcnn import build_model
+    from keras_maskrcnn import builders
+    from keras_maskrcnn.convert.weights import load_weights
 
-    model = build_model(cfg, category_ids=category_ids)
-    model.load_weights(weights)
+    model = builders.build_model(cfg, category_ids=category_ids)
+    load_weights(model, weights)  # another class count: the class layers are skipped, logged
     return model
 
 
@@ -115,7 +116,11 @@ def main(argv=None):
         categories = CategoryMap.from_categories(parsed.categories.values())
         cfg = builders.with_dataset_keypoint_categories(cfg, categories)
 
-    model = load_model(cfg, args.weights, category_ids)
+    try:
+        model = load_model(cfg, args.weights, category_ids)
+    except ValueError as e:  # weights that do not fit the config's model
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        return 2
     max_images = args.max_images if args.max_images is not None else cfg.eval.max_images
     output = args.output or os.path.join(cfg.train.output_dir, "eval")
     metrics = evaluation.evaluate_model(model, annotations, images, max_images=max_images,

@@ -1,4 +1,6 @@
-"""Weight import: ``torchvision`` (per-part loaders, ``load_state_dict``),
-``torchvision_models`` (whole models: ``from_torchvision(checkpoint, arch)``), ``yolact`` (the
-reference YOLACT checkpoints: ``from_yolact(checkpoint)``) and ``pth`` (torch checkpoints read
-without torch)."""
+"""Weight import and loading: ``state_dict`` (the toolkit: checked all-or-nothing reads, layout
+transforms, progress), ``unpickler`` (the one restricted unpickler), ``pth`` (torch checkpoints
+read without torch), ``torchvision`` (per-part loaders) and ``torchvision_models`` (whole models:
+``from_torchvision(checkpoint, arch)``), ``yolact`` (``from_yolact``), ``detectron2``
+(``from_detectron2``), and ``weights`` (initial-weight loading for the jobs, fine-tuning to
+another class count)."""

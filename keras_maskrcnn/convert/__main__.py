@@ -52,7 +52,7 @@ def main(argv=None):
         model = detectron2.from_detectron2(args.checkpoint, args.config_name,
                                            overrides=args.set, progress=True)
     else:
-        model = from_torchvision(args.checkpoint, args.arch, overrides=args.set)
+        model = from_torchvision(args.checkpoint, args.arch, overrides=args.set, progress=True)
     os.makedirs(args.output, exist_ok=True)
     weights = os.path.join(args.output, "model.weights.h5")
     model.save_weights(weights)

@@ -43,18 +43,19 @@ Shape shorthand: K classes incl. background, A = S * R anchors per location, Cou
 output/input channels.
 """
 import os
-import pickle
 
 import numpy as np
 
-from keras_maskrcnn.convert import torchvision as tv
+from keras_maskrcnn.convert import state_dict as sd, torchvision as tv
+from keras_maskrcnn.convert.unpickler import CheckpointError, RestrictedUnpickler, unpickle
 
-# (module, name) globals a detectron2 pickle may name: numpy's array reconstruction.
-_ALLOWED = {
+# (module, name) globals a detectron2 pickle may name: numpy's array reconstruction (None:
+# resolved by import, ``convert.unpickler``).
+_ALLOWED = dict.fromkeys([
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
-}
+])
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 IGNORED_PREFIXES = ("proposal_generator.anchor_generator.cell_anchors.",)
 IGNORED_KEYS = ("pixel_mean", "pixel_std")
@@ -63,39 +64,17 @@ RPN = "proposal_generator.rpn_head."
 ROI = "roi_heads."
 
 
-class Detectron2Error(ValueError):
+class Detectron2Error(CheckpointError):
     """A file this reader refuses: not a detectron2 checkpoint, or holding code."""
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, path):
-        super().__init__(file, encoding="latin1")
-        self.path = path
-
-    def find_class(self, module, name):
-        if (module, name) == ("_codecs", "encode"):
-            return self._latin1_encode
-        if (module, name) not in _ALLOWED:
-            raise Detectron2Error(f"{self.path}: refusing to load global {module}.{name} (a "
-                                  f"detectron2 checkpoint holds numpy arrays only)")
-        return super().find_class(module, name)
-
-    def _latin1_encode(self, text, encoding="utf-8"):
-        if encoding.replace("-", "").lower() != "latin1":
-            raise Detectron2Error(f"{self.path}: refusing _codecs.encode with codec {encoding!r}")
-        return text.encode("latin1")
 
 
 def load_detectron2_pkl(path):
     """name -> np.ndarray (float32) of the ``"model"`` dict of a detectron2 ``.pkl``."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        try:
-            data = _Unpickler(f, path).load()
-        except Detectron2Error:
-            raise
-        except Exception as e:
-            raise Detectron2Error(f"{path}: not a readable pickle: {e}") from None
+        data = unpickle(RestrictedUnpickler(
+            f, path, _ALLOWED, encoding="latin1", error=Detectron2Error,
+            hint="a detectron2 checkpoint holds numpy arrays only"), Detectron2Error)
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise Detectron2Error(f"{path}: expected a dict with a 'model' dict (detectron2 "
@@ -117,7 +96,7 @@ def ignored(key):
 # ----------------------------------------------------------------------------- layout helpers
 def reversed_input_channels(weight):
     """Stem conv (Cout, 3, kh, kw) for BGR input -> Keras kernel (kh, kw, 3, Cout) for RGB."""
-    return tv.torch_conv_kernel_to_keras(weight)[:, :, ::-1, :]
+    return sd.torch_conv_kernel_to_keras(weight)[:, :, ::-1, :]
 
 
 def background_first(values):
@@ -149,26 +128,26 @@ def read_resnet_stages(reader, stages, prefix, first_stage):
         for j, block in enumerate(blocks):
             key = f"{prefix}res{s}.{j}."
             for k, (conv, bn) in enumerate(block.conv_bn_pairs(), start=1):
-                tv.read_conv(reader, conv, f"{key}conv{k}.")
-                tv.read_frozen_bn(reader, bn, f"{key}conv{k}.norm.")
+                sd.read_conv(reader, conv, f"{key}conv{k}.")
+                sd.read_frozen_bn(reader, bn, f"{key}conv{k}.norm.")
             if block.shortcut_conv is not None:
-                tv.read_conv(reader, block.shortcut_conv, key + "shortcut.")
-                tv.read_frozen_bn(reader, block.shortcut_bn, key + "shortcut.norm.")
+                sd.read_conv(reader, block.shortcut_conv, key + "shortcut.")
+                sd.read_frozen_bn(reader, block.shortcut_bn, key + "shortcut.norm.")
 
 
 def read_backbone(reader, resnet, prefix):
     """Stem (input channels reversed: BGR -> RGB) and every stage ``resnet`` has."""
     conv = resnet.stem_conv
     reader.read(conv.kernel, prefix + "stem.conv1.weight", reversed_input_channels,
-                tv._keras_conv_shape_to_torch(conv.kernel.shape))
-    tv.read_frozen_bn(reader, resnet.stem_bn, prefix + "stem.conv1.norm.")
+                sd.keras_conv_shape_to_torch(conv.kernel.shape))
+    sd.read_frozen_bn(reader, resnet.stem_bn, prefix + "stem.conv1.norm.")
     read_resnet_stages(reader, resnet.stages, prefix, first_stage=2)
 
 
 def read_fpn(reader, fpn):
     for i, (lateral, output) in enumerate(zip(fpn.lateral_convs, fpn.output_convs)):
-        tv.read_conv(reader, lateral, f"backbone.fpn_lateral{i + 2}.")
-        tv.read_conv(reader, output, f"backbone.fpn_output{i + 2}.")
+        sd.read_conv(reader, lateral, f"backbone.fpn_lateral{i + 2}.")
+        sd.read_conv(reader, output, f"backbone.fpn_output{i + 2}.")
 
 
 def read_rpn_head(reader, rpn_head, num_sizes, num_ratios):
@@ -177,13 +156,13 @@ def read_rpn_head(reader, rpn_head, num_sizes, num_ratios):
     if len(rpn_head.convs) != 1:
         raise ValueError(f"detectron2's StandardRPNHead has one conv, the model has "
                          f"{len(rpn_head.convs)} (model.rpn.num_convs)")
-    tv.read_conv(reader, rpn_head.convs[0], RPN + "conv.")
+    sd.read_conv(reader, rpn_head.convs[0], RPN + "conv.")
     for theirs, ours, group in (("objectness_logits", "objectness", 1),
                                 ("anchor_deltas", "box_deltas", 4)):
         conv, key = rpn_head.predictors[ours], f"{RPN}{theirs}."
         reader.read(conv.kernel, key + "weight",
-                    lambda w, g=group: tv.torch_conv_kernel_to_keras(_permute_rows(w, order, g)),
-                    tv._keras_conv_shape_to_torch(conv.kernel.shape))
+                    lambda w, g=group: sd.torch_conv_kernel_to_keras(_permute_rows(w, order, g)),
+                    sd.keras_conv_shape_to_torch(conv.kernel.shape))
         reader.read(conv.bias, key + "bias", lambda b, g=group: _permute_rows(b, order, g))
 
 
@@ -203,20 +182,20 @@ def read_box_predictor(reader, predictor):
 
 def read_box_head(reader, box_head):
     for i, fc in enumerate(box_head.fcs):
-        to_keras = ((lambda w: tv.torch_fc6_to_keras(w, box_head.pooled_shape)) if i == 0
-                    else tv.torch_linear_to_keras)
-        tv.read_linear(reader, fc, f"{ROI}box_head.fc{i + 1}.", to_keras)
+        to_keras = ((lambda w: sd.torch_fc6_to_keras(w, box_head.pooled_shape)) if i == 0
+                    else sd.torch_linear_to_keras)
+        sd.read_linear(reader, fc, f"{ROI}box_head.fc{i + 1}.", to_keras)
 
 
 def read_mask_branch(reader, mask_head, mask_predictor):
     key = ROI + "mask_head."
     for i, conv in enumerate(mask_head.convs if mask_head is not None else ()):
-        tv.read_conv(reader, conv, f"{key}mask_fcn{i + 1}.")
-    tv.read_conv_transpose(reader, mask_predictor.conv5_mask, key + "deconv.")
+        sd.read_conv(reader, conv, f"{key}mask_fcn{i + 1}.")
+    sd.read_conv_transpose(reader, mask_predictor.conv5_mask, key + "deconv.")
     logits = mask_predictor.mask_fcn_logits
     kh, kw, cin, k = logits.kernel.shape
     reader.read(logits.kernel, key + "predictor.weight",
-                lambda w: tv.torch_conv_kernel_to_keras(with_background_rows(w, 1)),
+                lambda w: sd.torch_conv_kernel_to_keras(with_background_rows(w, 1)),
                 (k - 1, cin, kh, kw))
     reader.read(logits.bias, key + "predictor.bias", lambda b: with_background_rows(b, 1),
                 (k - 1,))
@@ -225,8 +204,8 @@ def read_mask_branch(reader, mask_head, mask_predictor):
 def read_keypoint_branch(reader, keypoint_head, keypoint_predictor):
     key = ROI + "keypoint_head."
     for i, conv in enumerate(keypoint_head.convs):
-        tv.read_conv(reader, conv, f"{key}conv_fcn{i + 1}.")
-    tv.read_conv_transpose(reader, keypoint_predictor.kps_score_lowres, key + "score_lowres.")
+        sd.read_conv(reader, conv, f"{key}conv_fcn{i + 1}.")
+    sd.read_conv_transpose(reader, keypoint_predictor.kps_score_lowres, key + "score_lowres.")
 
 
 # ------------------------------------------------------------------------------ whole model
@@ -257,17 +236,14 @@ def load_detectron2_weights(model, state_dict, progress=False):
         else left over is an error naming it.
     """
     kept = {k: v for k, v in state_dict.items() if not ignored(k)}
-    reader = tv.StateDictReader(kept)
+    reader = sd.StateDictReader(kept)
     read_detectron2(reader, model)
     return reader.commit_all(progress)
 
 
 def infer_num_classes(state_dict):
     """K incl. background: the rows of ``roi_heads.box_predictor.cls_score.weight``."""
-    key = ROI + "box_predictor.cls_score.weight"
-    if key not in state_dict:
-        raise KeyError(f"missing key in state_dict: {key!r}")
-    return int(state_dict[key].shape[0])
+    return sd.infer_num_classes(state_dict, ROI + "box_predictor.cls_score.weight")
 
 
 def check_layout(state_dict, entry):
@@ -301,8 +277,10 @@ def from_detectron2(checkpoint, config_name, overrides=(), progress=False):
     entry = zoo.lookup(config_name)
     state_dict = (checkpoint if isinstance(checkpoint, dict)
                   else load_detectron2_pkl(checkpoint))
-    check_layout(state_dict, entry)
-    cfg = zoo.zoo_config(entry, num_classes=infer_num_classes(state_dict), overrides=overrides)
-    model = builders.build_model(cfg)
-    load_detectron2_weights(model, state_dict, progress=progress)
+    with sd.naming_file(checkpoint):
+        check_layout(state_dict, entry)
+        cfg = zoo.zoo_config(entry, num_classes=infer_num_classes(state_dict),
+                             overrides=overrides)
+        model = builders.build_model(cfg)
+        load_detectron2_weights(model, state_dict, progress=progress)
     return model

@@ -25,6 +25,11 @@ Conventions:
   builtins, and ``argparse.Namespace`` (as a plain attribute holder: torchvision's reference
   scripts store their arguments in training checkpoints). Any other global is refused with its
   name and the file's; nothing in the file is ever executed.
+- Sizes are checked against the file before anything is allocated: a storage larger than the
+  bytes the file holds for it, a tensor reading past its storage, an expanded tensor of more
+  than ``_MAX_EXPANDED_ELEMENTS`` elements beyond its storage, a record stated larger than
+  deflate can expand, or ``bytearray(n)`` in the pickle are refused (``PthError``, naming the
+  file).
 - Every tensor comes back as a C-contiguous, native-endian, writable array that shares memory
   with no other result (tensors sharing a storage are copied out of it); a tensor pickled once
   and referenced twice (tied weights) is one array, as in torch.
@@ -37,16 +42,22 @@ Shapes: a tensor of ``size`` (d0, ..., dn) -> ndarray of shape (d0, ..., dn); 0-
 import argparse
 import collections
 import io
-import pickle
+import math
+import os
 import struct
 import zipfile
 import zlib
 
 import numpy as np
 
+from keras_maskrcnn.convert.unpickler import CheckpointError, RestrictedUnpickler, unpickle
+
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 _BF16 = "bfloat16"
+# An expanded tensor (zero / overlapping strides, e.g. ``x.expand``) is copied out with more
+# elements than its storage; beyond this many, a few bytes of file would ask for gigabytes.
+_MAX_EXPANDED_ELEMENTS = 1 << 24
 
 # torch dtype name -> numpy dtype ("<": the file's little-endian layout). Others (float8,
 # quantized) are refused by ``find_class``.
@@ -66,8 +77,8 @@ _STORAGES = {
 }
 
 
-class PthError(ValueError):
-    """A checkpoint this reader refuses: not a torch file, corrupt, or holding code."""
+class PthError(CheckpointError):
+    """A checkpoint this reader refuses: not a torch file, corrupt, oversized or holding code."""
 
 
 class Namespace(argparse.Namespace):
@@ -123,10 +134,11 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
     return data  # a Parameter is its tensor here; python attributes (state) are dropped
 
 
-def _latin1_encode(text, encoding="latin1"):
-    if encoding not in ("latin1", "latin-1"):
-        raise PthError(f"_codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
+def _bytearray(source=b"", *args):
+    """``bytearray`` of bytes or text only: ``bytearray(n)`` would allocate n bytes."""
+    if isinstance(source, int):
+        raise PthError(f"bytearray({source}) in the pickle (a size, not bytes)")
+    return bytearray(source, *args)
 
 
 _ALLOWED = {
@@ -138,9 +150,8 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch", "Size"): tuple,
     ("torch", "device"): lambda kind, index=None: kind if index is None else f"{kind}:{index}",
-    ("_codecs", "encode"): _latin1_encode,
     ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
-    ("builtins", "complex"): complex, ("builtins", "bytearray"): bytearray,
+    ("builtins", "complex"): complex, ("builtins", "bytearray"): _bytearray,
     ("argparse", "Namespace"): Namespace,
 }
 _ALLOWED.update({(m, s): _Dtype(d) for m in ("torch", "torch.cuda", "torch.storage")
@@ -148,22 +159,17 @@ _ALLOWED.update({(m, s): _Dtype(d) for m in ("torch", "torch.cuda", "torch.stora
 _ALLOWED.update({("torch", d): _Dtype(d) for d in _DTYPES})
 
 
-class _Unpickler(pickle.Unpickler):
-    """Restricted: globals from ``_ALLOWED`` only; storages become ``_StorageRef``s."""
+_REFUSAL_HINT = ("only tensors, storages and plain containers are read; re-save the model's "
+                 "state_dict")
 
-    def __init__(self, file, path, legacy=False):
-        super().__init__(file, encoding="utf-8")
+
+class _StorageTable:
+    """``persistent_load`` of a torch pickle: storages become ``_StorageRef``s, kept by key."""
+
+    def __init__(self, path, legacy):
         self.path, self.legacy, self.storages = path, legacy, {}
 
-    def find_class(self, module, name):
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise PthError(f"{self.path}: refusing to unpickle the global {module}.{name} (only "
-                           "tensors, storages and plain containers are read; re-save the "
-                           "model's state_dict)") from None
-
-    def persistent_load(self, pid):
+    def __call__(self, pid):
         kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
         if kind == "module":
             raise PthError(f"{self.path}: holds a pickled nn.Module; re-save model.state_dict()")
@@ -172,11 +178,27 @@ class _Unpickler(pickle.Unpickler):
         dtype, key, numel = pid[1], str(pid[2]), int(pid[4])
         if not isinstance(dtype, _Dtype):
             raise PthError(f"{self.path}: storage {key} has no storage type ({dtype!r})")
+        if numel < 0:
+            raise PthError(f"{self.path}: storage {key} has a negative size {numel}")
         root = self.storages.setdefault(key, _StorageRef(key, dtype, numel))
         view = pid[5] if self.legacy else None
         if view is None:
             return root
-        return _StorageRef(key, dtype, int(view[2]), view=(int(view[1]), int(view[2])))
+        offset, count = int(view[1]), int(view[2])
+        if offset < 0 or count < 0:
+            raise PthError(f"{self.path}: storage view {view[0]} of {key} has a negative "
+                           f"offset or size ({offset}, {count})")
+        return _StorageRef(key, dtype, count, view=(offset, count))
+
+
+def _unpickler(file, path, legacy=False):
+    """The restricted unpickler (``convert.unpickler``) of a torch pickle; ``.storages`` maps
+    storage keys to the ``_StorageRef``s it met."""
+    table = _StorageTable(path, legacy)
+    unpickler = RestrictedUnpickler(file, path, _ALLOWED, encoding="utf-8",
+                                    persistent_load=table, error=PthError, hint=_REFUSAL_HINT)
+    unpickler.storages = table.storages
+    return unpickler
 
 
 def read_pth(path):
@@ -239,13 +261,30 @@ def _read_zip(f, path):
         byteorder = _zip_read(archive, root + "byteorder", path).decode("ascii", "replace")
         if byteorder not in ("little", "big"):
             raise PthError(f"{path}: unknown byteorder record {byteorder!r}")
-    unpickler = _Unpickler(io.BytesIO(_zip_read(archive, pickles[0], path)), path)
+    _check_record_size(archive.getinfo(pickles[0]), path)
+    unpickler = _unpickler(io.BytesIO(_zip_read(archive, pickles[0], path)), path)
     obj = _unpickle(unpickler, path)
     buffers = {}
     for key, ref in unpickler.storages.items():
         nbytes = ref.numel * ref.dtype.numpy().itemsize
         buffers[key] = _zip_record(f, archive, f"{root}data/{key}", nbytes, path)
     return _resolve(obj, _Buffers(buffers, byteorder, path))
+
+
+# deflate expands at most 1032:1; a larger ratio is a lie or a bomb
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_record_size(info, path):
+    """Refuses a record whose stated size its stored bytes cannot hold (before reading it)."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        return
+    if info.compress_type != zipfile.ZIP_DEFLATED:
+        raise PthError(f"{path}: {info.filename} uses zip compression {info.compress_type}; "
+                       "torch writes records uncompressed")
+    if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 64:
+        raise PthError(f"{path}: {info.filename} claims {info.file_size} bytes from "
+                       f"{info.compress_size} compressed bytes (more than deflate can expand)")
 
 
 def _zip_read(archive, name, path):
@@ -264,22 +303,35 @@ def _zip_record(f, archive, name, nbytes, path):
     if info.file_size != nbytes:
         raise PthError(f"{path}: {name} holds {info.file_size} bytes, the pickle says {nbytes}")
     if info.compress_type != zipfile.ZIP_STORED:
+        _check_record_size(info, path)
         return np.frombuffer(_zip_read(archive, name, path), np.uint8).copy()
     f.seek(info.header_offset)
     header = f.read(30)
     if len(header) != 30 or header[:4] != b"PK\x03\x04":
         raise PthError(f"{path}: bad zip local header for {name}")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
-    f.seek(info.header_offset + 30 + name_len + extra_len)
+    start = info.header_offset + 30 + name_len + extra_len
+    _check_fits(f, start, nbytes, name, path)
+    f.seek(start)
     raw = np.empty(nbytes, np.uint8)
     if f.readinto(memoryview(raw)) != nbytes or zlib.crc32(raw) != info.CRC:
         raise PthError(f"{path}: {name} is truncated or corrupt (size or CRC mismatch)")
     return raw
 
 
+def _check_fits(f, start, nbytes, name, path):
+    """Refuses ``nbytes`` of ``name`` from ``start`` when the file is shorter (before any
+    allocation: a few hundred bytes must not ask for gigabytes)."""
+    size = os.fstat(f.fileno()).st_size
+    if start + nbytes > size:
+        raise PthError(f"{path}: {name} is truncated or oversized: it claims {nbytes} bytes "
+                       f"but the file holds only {max(size - start, 0)} from there ({size} "
+                       "bytes in all)")
+
+
 def _read_legacy(f, path):
     try:
-        magic, protocol, sys_info = (_Unpickler(f, path).load() for _ in range(3))
+        magic, protocol, sys_info = (_unpickler(f, path).load() for _ in range(3))
     except Exception as e:
         raise PthError(f"{path}: not a torch checkpoint ({type(e).__name__}: {e})") from None
     if magic != MAGIC_NUMBER or protocol != PROTOCOL_VERSION:
@@ -287,9 +339,9 @@ def _read_legacy(f, path):
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
         raise PthError(f"{path}: legacy checkpoint from a big-endian machine: re-save it with "
                        "torch >= 1.6 (zip format)")
-    unpickler = _Unpickler(f, path, legacy=True)
+    unpickler = _unpickler(f, path, legacy=True)
     obj = _unpickle(unpickler, path)
-    keys = _unpickle(_Unpickler(f, path), path)
+    keys = _unpickle(_unpickler(f, path), path)
     buffers = {}
     for key in keys:
         ref = unpickler.storages.get(str(key))
@@ -297,21 +349,20 @@ def _read_legacy(f, path):
         if ref is None or len(count) != 8:
             raise PthError(f"{path}: storage {key} is unknown or truncated")
         numel, = struct.unpack("<q", count)
+        if numel != ref.numel:
+            raise PthError(f"{path}: storage {key} holds {numel} elements, the pickle says "
+                           f"{ref.numel}")
         dtype = ref.dtype.numpy()
+        _check_fits(f, f.tell(), numel * dtype.itemsize, f"storage {key}", path)
         raw = np.empty(numel * dtype.itemsize, np.uint8)
-        if numel != ref.numel or f.readinto(memoryview(raw)) != raw.size:
+        if f.readinto(memoryview(raw)) != raw.size:
             raise PthError(f"{path}: storage {key} is truncated or has the wrong size")
         buffers[str(key)] = raw
     return _resolve(obj, _Buffers(buffers, "little", path))
 
 
 def _unpickle(unpickler, path):
-    try:
-        return unpickler.load()
-    except PthError:
-        raise
-    except Exception as e:  # truncated / corrupt pickle streams raise many kinds of errors
-        raise PthError(f"{path}: corrupt pickle ({type(e).__name__}: {e})") from None
+    return unpickle(unpickler, PthError)
 
 
 class _Buffers:
@@ -363,10 +414,14 @@ def _materialize(t, buffers):
     size, stride, offset = t.size, t.stride, t.offset
     if len(size) != len(stride) or min(size + stride, default=0) < 0 or offset < 0:
         raise PthError(f"{path}: bad size/stride/offset {size}/{stride}/{offset}")
-    numel = int(np.prod(size, dtype=np.int64))
+    numel = math.prod(size)  # Python ints: no overflow
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if numel and last >= storage.size:
         raise PthError(f"{path}: a tensor of storage {ref.key} reads past its end")
+    if numel > max(storage.size, _MAX_EXPANDED_ELEMENTS):  # overlapping (e.g. zero) strides
+        raise PthError(f"{path}: a tensor of size {size} ({numel} elements) is larger than its "
+                       f"storage {ref.key} ({storage.size} elements) beyond the "
+                       f"{_MAX_EXPANDED_ELEMENTS} elements allowed for an expanded tensor")
     plain = not t.metadata and t.dtype.layout != _BF16 and storage.dtype.isnative
     if (plain and numel == storage.size and offset == 0 and stride == _contiguous_strides(size)
             and ref.view is None and ref.key not in buffers.claimed):

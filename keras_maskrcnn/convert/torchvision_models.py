@@ -11,9 +11,10 @@ the converted model's contiguous ids are the COCO ids themselves (``category_ids
 import dataclasses
 
 from keras_maskrcnn import builders, config as config_lib
-from keras_maskrcnn.convert import torchvision as tv
+from keras_maskrcnn.convert import state_dict as sd, torchvision as tv
 
 ARCHITECTURES = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
+CLS_SCORE = "roi_heads.box_predictor.cls_score.weight"
 
 
 def torchvision_config(arch, num_classes=None):
@@ -48,28 +49,28 @@ def _check_architecture(state_dict, arch):
                          f"roi_heads.keypoint_*={has_kp}), not {arch!r}")
 
 
-def load_torchvision_weights(model, state_dict):
-    """Assigns every weight of ``model`` from a torchvision state_dict; strict about keys."""
-    consumed = set()
-    consumed |= tv.load_resnet_fpn_weights(model.backbone, model.fpn, state_dict)
-    consumed |= tv.load_rpn_head_weights(model.rpn_head, state_dict)
-    consumed |= tv.load_box_head_weights(model.box_head, model.box_predictor, state_dict)
+def load_torchvision_weights(model, state_dict, progress=False):
+    """Assigns every weight of ``model`` from a torchvision state_dict, all or nothing: every
+    part queues its reads into one ``StateDictReader``, committed once every key was used."""
+    reader = tv.StateDictReader(state_dict)
+    tv.load_resnet_fpn_weights(model.backbone, model.fpn, state_dict, reader=reader)
+    tv.load_rpn_head_weights(model.rpn_head, state_dict, reader=reader)
+    tv.load_box_head_weights(model.box_head, model.box_predictor, state_dict, reader=reader)
     if model.mask_head is not None:
-        consumed |= tv.load_mask_head_weights(model.mask_head, model.mask_predictor, state_dict)
+        tv.load_mask_head_weights(model.mask_head, model.mask_predictor, state_dict,
+                                  reader=reader)
     if model.keypoint_head is not None:
-        consumed |= tv.load_keypoint_head_weights(model.keypoint_head, model.keypoint_predictor,
-                                                  state_dict)
-    tv.check_all_used(set(state_dict), consumed)
+        tv.load_keypoint_head_weights(model.keypoint_head, model.keypoint_predictor, state_dict,
+                                      reader=reader)
+    return reader.commit_all(progress)
 
 
 def infer_num_classes(state_dict):
-    key = "roi_heads.box_predictor.cls_score.weight"
-    if key not in state_dict:
-        raise KeyError(f"missing key in state_dict: {key!r}")
-    return int(tv.to_numpy(state_dict[key]).shape[0])
+    """K incl. background: the rows of ``roi_heads.box_predictor.cls_score.weight``."""
+    return sd.infer_num_classes(state_dict, CLS_SCORE)
 
 
-def from_torchvision(checkpoint, arch, overrides=()):
+def from_torchvision(checkpoint, arch, overrides=(), progress=False):
     """A ``MaskRCNN`` with the weights of a torchvision detection checkpoint.
 
     Args:
@@ -77,18 +78,20 @@ def from_torchvision(checkpoint, arch, overrides=()):
         arch: "maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn" or
             "keypointrcnn_resnet50_fpn".
         overrides: extra "a.b=c" config overrides (e.g. a lower score threshold).
+        progress: show a progress bar while the weights are assigned.
 
     Returns:
         The built model; its recipe (``model.config_dict``) reproduces torchvision's inference.
     """
     state_dict = tv.load_state_dict(checkpoint)
     cfg = torchvision_config(arch, num_classes=None)
-    _check_architecture(state_dict, arch)
-    cfg = config_lib.apply_overrides(
-        cfg, [f"model.num_classes={infer_num_classes(state_dict)}", *overrides],
-        source=f"torchvision:{arch}")
-    model = builders.build_model(cfg)
-    load_torchvision_weights(model, state_dict)
+    with sd.naming_file(checkpoint):
+        _check_architecture(state_dict, arch)
+        cfg = config_lib.apply_overrides(
+            cfg, [f"model.num_classes={infer_num_classes(state_dict)}", *overrides],
+            source=f"torchvision:{arch}")
+        model = builders.build_model(cfg)
+        load_torchvision_weights(model, state_dict, progress=progress)
     return model
 
 

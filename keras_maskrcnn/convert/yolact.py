@@ -53,7 +53,7 @@ import os
 import re
 
 from keras_maskrcnn import builders, config as config_lib
-from keras_maskrcnn.convert import torchvision as tv
+from keras_maskrcnn.convert import state_dict as sd, torchvision as tv
 from keras_maskrcnn.convert.pth import load_pth
 
 REFERENCE_SIZE = 550
@@ -95,7 +95,7 @@ def reference_dropped(key):
 def _rows(state_dict, key):
     if key not in state_dict:
         raise KeyError(f"missing key in state_dict: {key!r}")
-    return int(tv.to_numpy(state_dict[key]).shape[0])
+    return int(sd.to_numpy(state_dict[key]).shape[0])
 
 
 def infer_depth(state_dict):
@@ -156,11 +156,8 @@ def infer_settings(state_dict, arch=None):
     settings = {"depth": depth, "image_size": size, "anchor_sides": sides,
                 "num_anchors": num_anchors}
     for key, name in (("conf_layer", "num_classes"), ("mask_layer", "num_prototypes")):
-        rows = _rows(state_dict, f"{HEAD}{key}.weight")  # A * K, A * k
-        if rows % num_anchors:
-            raise ValueError(f"{HEAD}{key}.weight has {rows} rows, not a multiple of "
-                             f"{num_anchors} anchors")
-        settings[name] = rows // num_anchors
+        settings[name] = sd.infer_num_classes(state_dict, f"{HEAD}{key}.weight",
+                                              per_anchor=num_anchors)  # A * K, A * k rows
     return settings
 
 
@@ -195,17 +192,17 @@ def read_yolact(reader, model):
     fpn = model.fpn
     last = len(fpn.lateral_convs) - 1
     for i in range(len(fpn.lateral_convs)):  # reference index i = level from the top
-        tv.read_conv(reader, fpn.lateral_convs[last - i], f"fpn.lat_layers.{i}.")
-        tv.read_conv(reader, fpn.output_convs[last - i], f"fpn.pred_layers.{i}.")
+        sd.read_conv(reader, fpn.lateral_convs[last - i], f"fpn.lat_layers.{i}.")
+        sd.read_conv(reader, fpn.output_convs[last - i], f"fpn.pred_layers.{i}.")
     for j, conv in enumerate(fpn.extra_convs):
-        tv.read_conv(reader, conv, f"fpn.downsample_layers.{j}.")
+        sd.read_conv(reader, conv, f"fpn.downsample_layers.{j}.")
     for index, conv in zip(PROTO_NET_CONVS, model.protonet.convs, strict=True):
-        tv.read_conv(reader, conv, f"proto_net.{index}.")
+        sd.read_conv(reader, conv, f"proto_net.{index}.")
     head = model.prediction_head
-    tv.read_conv(reader, head.convs[0], HEAD + "upfeature.0.")
+    sd.read_conv(reader, head.convs[0], HEAD + "upfeature.0.")
     for theirs, ours in HEAD_PREDICTORS:
-        tv.read_conv(reader, head.predictors[ours], f"{HEAD}{theirs}.")
-    tv.read_conv(reader, model.semantic_head, "semantic_seg_conv.")
+        sd.read_conv(reader, head.predictors[ours], f"{HEAD}{theirs}.")
+    sd.read_conv(reader, model.semantic_head, "semantic_seg_conv.")
 
 
 def load_yolact_weights(model, state_dict, progress=False):
@@ -216,7 +213,7 @@ def load_yolact_weights(model, state_dict, progress=False):
         the ones the reference drops (``reference_dropped``); anything else left is an error.
     """
     kept = {k: v for k, v in state_dict.items() if not reference_dropped(k)}
-    reader = tv.StateDictReader(kept)
+    reader = sd.StateDictReader(kept)
     read_yolact(reader, model)
     return reader.commit_all(progress, ignore=lambda k: k.endswith(".num_batches_tracked"))
 
@@ -234,7 +231,8 @@ def from_yolact(checkpoint, arch=None, overrides=(), progress=False):
         state_dict = checkpoint
     else:
         state_dict, arch = load_pth(checkpoint), arch or arch_from_filename(checkpoint)
-    cfg = yolact_config(infer_settings(state_dict, arch), overrides)
-    model = builders.build_model(cfg)
-    load_yolact_weights(model, state_dict, progress=progress)
+    with sd.naming_file(checkpoint):
+        cfg = yolact_config(infer_settings(state_dict, arch), overrides)
+        model = builders.build_model(cfg)
+        load_yolact_weights(model, state_dict, progress=progress)
     return model

@@ -40,7 +40,7 @@ def test_reader_refuses_other_globals_naming_the_file(tmp_path):
     path = tmp_path / "evil.pkl"
     with open(path, "wb") as f:
         pickle.dump({"model": {"x": _Code()}}, f, protocol=2)
-    with pytest.raises(d2.Detectron2Error, match=f"{path}.*refusing to load global "
+    with pytest.raises(d2.Detectron2Error, match=f"{path}.*refusing to unpickle the global "
                                                  f"(posix|os|nt).system"):
         d2.load_detectron2_pkl(path)
 
@@ -56,7 +56,7 @@ def test_reader_refuses_non_checkpoints(tmp_path):
     with pytest.raises(d2.Detectron2Error, match="'w' is not a numeric array"):
         d2.load_detectron2_pkl(path)
     path.write_bytes(b"not a pickle")
-    with pytest.raises(d2.Detectron2Error, match="not a readable pickle"):
+    with pytest.raises(d2.Detectron2Error, match="corrupt pickle"):
         d2.load_detectron2_pkl(path)
 
 
