@@ -190,6 +190,11 @@ def evaluate(cfg, model):
             for name, value in values.items():
                 if isinstance(value, (int, float)):
                     tf.summary.scalar(f"{iou_type}/{name}", value, step=step)
+        for iou_type, rows in metrics.get("per_category", {}).items():
+            for row in rows:
+                if row["AP"] is not None:
+                    tf.summary.scalar(f"{iou_type}_AP_per_category/{row['name']}", row["AP"],
+                                      step=step)
     return metrics
 
 
