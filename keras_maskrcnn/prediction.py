@@ -194,6 +194,8 @@ def predict_to_directory(model, kind, entries, output_dir, score_threshold=0.5,
     finally:
         if video is not None:
             video.writer.close()
+    if kind == "video" and not out.images:
+        raise ValueError(f"{entries[0][0]}: no video frame could be decoded")
     out.images.sort(key=lambda e: e["id"])
     out.records.sort(key=lambda r: r["image_id"])  # stable: each image's order kept
     categories = [{"id": i, "name": names.get(i)} for i in _category_ids(model, names)]
