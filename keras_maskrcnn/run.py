@@ -241,7 +241,7 @@ def train_and_evaluate(cfg, run_evaluation=True, run_export=True):
     if run_evaluation:
         metrics = evaluate(cfg, model)
         print(json.dumps({k: {m: v for m, v in d.items() if m in ("AP", "AP50")}
-                          for k, d in metrics.items()}, indent=1))
+                          for k, d in metrics.items() if k != "per_category"}, indent=1))
         draw_predictions(cfg, model)
     if run_export:
         export_lib.export_model(model, paths["saved_model"],
