@@ -25,7 +25,6 @@ Image ids are 1..N in input order (sorted paths; video: frame index + 1). Images
 pixels of the image as displayed.
 """
 import json
-import logging
 import os
 import warnings
 
@@ -34,8 +33,6 @@ from tqdm import tqdm
 
 from keras_maskrcnn import evaluation, inference, media, visualize
 from keras_maskrcnn.batch_inference import BatchDetector
-
-log = logging.getLogger("keras_maskrcnn")
 
 
 def category_names_map(model, fallback=None):
@@ -183,7 +180,8 @@ def predict_to_directory(model, kind, entries, output_dir, score_threshold=0.5,
             stem = os.path.splitext(os.path.basename(path))[0]
             video = _VideoOut(os.path.join(output_dir, stem + ".annotated.mp4"), info["rate"])
     else:
-        _check_not_inputs(entries, output_dir, drawing_names([n for _, n in entries]) if draw else [])
+        if draw:
+            _check_not_inputs(entries, output_dir, drawing_names([n for _, n in entries]))
         items, total = _image_items(entries, skipped), len(entries)
     out = _Outputs(output_dir, kind, entries, names, settings, video)
     try:

@@ -116,7 +116,8 @@ def test_glob_per_image_json_and_unreadable_files(model, folder, tmp_path):
     info = json.loads((tmp_path / "images.json").read_text())
     assert info["info"]["skipped"] == ["broken.png"] and len(info["images"]) == 3
     per_image = json.loads((tmp_path / "per_image" / "sub" / "e.json").read_text())
-    assert per_image["file_name"] == "sub/e.png" and (per_image["height"], per_image["width"]) == (40, 50)
+    assert per_image["file_name"] == "sub/e.png"
+    assert (per_image["height"], per_image["width"]) == (40, 50)
     assert per_image["detections"] == [r for r in out["results"] if r["image_id"] == 4]
     assert not list(tmp_path.glob("*.png"))  # draw=False
 
