@@ -7,6 +7,9 @@ see a config object. A model keeps the dict of the sections it was built from
 datasets (``data.pipeline.dataset_from_config``) are built from their sections the same way.
 """
 import dataclasses
+import json
+import logging
+import os
 
 import keras
 
@@ -269,7 +272,7 @@ def data_requirements(cfg):
     return ARCHITECTURE_DATA[cfg.model.architecture](cfg)
 
 
-def build_model(cfg, category_ids=None, build=True, **kwargs):
+def build_model(cfg, category_ids=None, build=True, category_names=None, **kwargs):
     """The ``model.architecture`` model (``MaskRCNN`` or ``YOLACT``) for ``cfg`` (a Config, a
     dict or a YAML path).
 
@@ -277,6 +280,8 @@ def build_model(cfg, category_ids=None, build=True, **kwargs):
         cfg: ``keras_maskrcnn.config.Config``, a dict in its layout, or a YAML path.
         category_ids: dataset category id of each contiguous class 1..K-1 (length K - 1);
             None = ``model.category_ids`` of the config (None there too: identity).
+        category_names: name of each contiguous class 1..K-1 (``model.category_names``);
+            None = the config's (None there too: no names).
         build: call the model once on a small dummy batch so its weights exist (needed before
             ``load_weights`` and before ``fit`` under a distribution strategy). The weights
             the config names (``model.weights``, ``model.backbone.weights``) are not loaded
@@ -289,8 +294,11 @@ def build_model(cfg, category_ids=None, build=True, **kwargs):
         cfg = config_lib.config_from_dict(cfg)
     if category_ids is None:
         category_ids = cfg.model.category_ids
+    if category_names is None:
+        category_names = cfg.model.category_names
     build_fn = ARCHITECTURE_BUILDERS[cfg.model.architecture]
-    model = build_fn(cfg, category_ids, config_dict=model_config_dict(cfg), **kwargs)
+    model = build_fn(cfg, category_ids, config_dict=model_config_dict(cfg),
+                     category_names=category_names, **kwargs)
     if build:
         model.build_with_dummy_batch()
     return model
@@ -317,6 +325,28 @@ def with_dataset_keypoint_categories(cfg, categories):
         return cfg
     return config_lib.apply_overrides(cfg, [f"model.keypoint_head.category_ids={list(ids)}"],
                                       source="the dataset's keypoint categories")
+
+
+def with_dataset_categories(cfg, categories):
+    """``cfg`` with ``model.category_ids`` and ``model.category_names`` set to the training
+    data's categories (``coco.CategoryMap``: dataset ids and names, sorted by id), the
+    mapping the run's model is built with, so that its config.yaml carries the ids and names
+    to evaluation, export and prediction (no annotation file needed to name a prediction).
+    ``cfg`` itself when it already holds them, or (with a warning) when the data's category
+    count is not ``model.num_classes - 1``."""
+    ids, names = tuple(categories.dataset_ids), tuple(str(n) for n in categories.names)
+    m = cfg.model
+    if (m.category_ids, m.category_names) == (ids, names):
+        return cfg
+    if len(ids) != m.num_classes - 1:
+        logging.getLogger("keras_maskrcnn").warning(
+            "the training data has %d categories but model.num_classes - 1 = %d: "
+            "model.category_ids / category_names not filled", len(ids), m.num_classes - 1)
+        return cfg
+    return config_lib.apply_overrides(
+        cfg, [f"model.category_ids={json.dumps(list(ids))}",
+              f"model.category_names={json.dumps(list(names))}"],
+        source="the training data's categories")
 
 
 def model_config_dict(cfg):

@@ -26,6 +26,10 @@ Conventions pinned here (tests/integration/test_evaluation.py checks them):
     * Empty results: ``COCO.loadRes`` cannot load an empty list, so that iou type gets every
       metric 0.0 and ``metrics["info"]["notes"][iou_type]`` says why. COCOeval's -1 (no GT in
       an area range) is kept as -1.
+    * Per-category AP (``per_category_ap``; metrics["per_category"], metrics.json and a
+      printed table with the GT's category names): COCOeval's ``eval["precision"]`` at area
+      "all" and the last maxDets, averaged over IoU 0.5:0.95 and recall without the -1
+      entries; None for a category without GT.
     * ``evaluate_model`` evaluates only the images it ran (``max_images``, unreadable images
       skipped): ``params.imgIds`` is set to them, so unevaluated images do not count as misses.
 """
@@ -190,8 +194,43 @@ def _results_for(iou_type, results, cat_ids=None):
             if field in r and (keep is None or r["category_id"] in keep)]
 
 
+def per_category_ap(coco_eval):
+    """AP of each evaluated category, from an accumulated ``COCOeval``.
+
+    The standard reduction of ``coco_eval.eval["precision"]`` (T IoU thresholds, R recall
+    points, K categories, A area ranges, M maxDets): area range "all", the last maxDets (100
+    for bbox and segm, 20 for keypoints), the mean over IoU 0.5:0.95 and recall of the entries
+    that are not -1. A category without GT in the evaluated images has only -1 entries: AP
+    None (COCOeval's summary AP leaves it out likewise).
+
+    Returns:
+        A list of {"category_id", "name", "AP"} in ``params.catIds`` order.
+    """
+    precision = coco_eval.eval["precision"]  # (T, R, K, A, M)
+    area = coco_eval.params.areaRngLbl.index("all")
+    rows = []
+    for k, cat_id in enumerate(coco_eval.params.catIds):
+        p = precision[:, :, k, area, -1]  # (T, R)
+        p = p[p > -1]
+        rows.append({"category_id": int(cat_id),
+                     "name": coco_eval.cocoGt.cats.get(cat_id, {}).get("name"),
+                     "AP": float(np.mean(p)) if p.size else None})
+    return rows
+
+
+def format_per_category(rows, iou_type):
+    """The per-category AP table (lines) printed by ``run_coco_eval``."""
+    width = max([len(str(r["name"])) for r in rows] + [4])
+    lines = [f"Per-category {iou_type} AP (IoU 0.50:0.95, area all):",
+             f"  {'id':>6s}  {'name':<{width}s}  {'AP':>6s}"]
+    lines += [f"  {r['category_id']:>6d}  {str(r['name']):<{width}s}  "
+              + ("   n/a" if r["AP"] is None else f"{r['AP']:6.3f}") for r in rows]
+    return lines
+
+
 def _evaluate_one(coco_gt, dts, iou_type, image_ids, sigmas, cat_ids):
-    """Runs evaluate/accumulate/summarize (which prints the table); returns stats."""
+    """Runs evaluate/accumulate/summarize (which prints the table); returns (stats,
+    per-category rows)."""
     coco_dt = coco_gt.loadRes(dts)
     coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
     if image_ids is not None:
@@ -203,7 +242,7 @@ def _evaluate_one(coco_gt, dts, iou_type, image_ids, sigmas, cat_ids):
     coco_eval.evaluate()
     coco_eval.accumulate()
     coco_eval.summarize()
-    return [float(s) for s in coco_eval.stats]
+    return [float(s) for s in coco_eval.stats], per_category_ap(coco_eval)
 
 
 def run_coco_eval(coco_gt, results, iou_types=IOU_TYPES, image_ids=None, kpt_oks_sigmas=None,
@@ -220,8 +259,10 @@ def run_coco_eval(coco_gt, results, iou_types=IOU_TYPES, image_ids=None, kpt_oks
         verbose: print COCOeval's standard tables.
 
     Returns:
-        {iou_type: {stat name: float}} (names in ``stat_names``), plus "info": {"notes":
-        {iou_type: why it was not evaluated}} when some type got zeros or was skipped.
+        {iou_type: {stat name: float}} (names in ``stat_names``); "per_category": {iou_type:
+        ``per_category_ap`` rows} for the evaluated types (printed as a table when verbose);
+        plus "info": {"notes": {iou_type: why it was not evaluated}} when some type got zeros
+        or was skipped.
     """
     coco_gt = load_coco_gt(coco_gt)
     metrics, notes = {}, {}
@@ -248,8 +289,11 @@ def run_coco_eval(coco_gt, results, iou_types=IOU_TYPES, image_ids=None, kpt_oks
             print(f"\nEvaluating {iou_type} ({len(dts)} results)")
         quiet = contextlib.redirect_stdout(io.StringIO())
         with contextlib.nullcontext() if verbose else quiet:
-            stats = _evaluate_one(coco_gt, dts, iou_type, image_ids, sigmas, cat_ids)
+            stats, rows = _evaluate_one(coco_gt, dts, iou_type, image_ids, sigmas, cat_ids)
         metrics[iou_type] = dict(zip(names, stats))
+        metrics.setdefault("per_category", {})[iou_type] = rows
+        if verbose:
+            print("\n".join(format_per_category(rows, iou_type)))
     if notes:
         metrics["info"] = {"notes": notes}
     return metrics

@@ -1,24 +1,34 @@
-"""Run a model on one image and draw what it finds: ``python -m keras_maskrcnn.predict``.
+"""Run a model on images, a folder, a glob or a video: ``python -m keras_maskrcnn.predict``.
 
-    python -m keras_maskrcnn.predict --config configs/shapes.yaml \\
-        --weights runs/shapes/model.weights.h5 --image photo.jpg --output out.png \\
-        [--score-threshold 0.5] [--set model.roi_heads.score_threshold=0.3 ...]
+    python -m keras_maskrcnn.predict --config C --weights W --input FILE|DIR|GLOB|VIDEO \\
+        --output DIR [--score-threshold 0.5] [--draw-threshold T] [--batch-size 4] \\
+        [--per-image-json] [--no-draw] [--set model.roi_heads.score_threshold=0.3 ...]
 
-Builds the config's model (``builders.build_model``), loads the ``.weights.h5`` file, runs
-``model.detect`` on the image, prints the detections with score >= ``--score-threshold``
-(name, score, box in original pixels) and writes them drawn on the image as PNG
-(``keras_maskrcnn.visualize.draw_detections``).
+Builds the config's model (``builders.build_model``), loads the ``.weights.h5`` file and
+writes into DIR (``keras_maskrcnn.prediction``): ``results.json`` (COCO results of every
+detection with score >= ``--score-threshold``: file name, category id and name, bbox xywh,
+score, RLE segmentation, keypoints), ``images.json`` (the images, so that pycocotools'
+``COCO("images.json").loadRes("results.json")`` reads them), one PNG drawing per image (or
+``<stem>.annotated.mp4`` for a video, same frame count), and with ``--per-image-json`` one
+JSON per image. Images are batched (``keras_maskrcnn.batch_inference``); a tqdm bar shows
+progress. An image that cannot be decoded is skipped with a warning (a single --input image
+is an error). Inputs: ``keras_maskrcnn.media.list_inputs``.
 
-Class names and dataset category ids come from the COCO annotations json of the config's
-validation split (``data.val.annotations``; for the synthetic format
-``data.synthetic.output_dir/annotations/instances_val.json``), or ``--annotations``: its
-categories sorted by id are contiguous classes 1..K, as in training. Without a readable json
-(or when its category count does not match ``model.num_classes - 1``) labels are the
-contiguous ids and are written "class N". The keypoint skeleton is
+One image with ``--output out.png`` (the older form; ``--image`` is ``--input``) draws that
+image into out.png and prints its detections with score >= ``--score-threshold``.
+
+Class names and dataset category ids come from the config (``model.category_ids`` /
+``model.category_names``: a training run's config.yaml has the data's, a converted COCO model's
+COCO's). Otherwise, or with ``--annotations``, from a COCO annotations json: the config's
+validation split's (``data.val.annotations``; for the synthetic format
+``data.synthetic.output_dir/annotations/instances_val.json``) or ``--annotations``; its
+categories sorted by id are contiguous classes 1..K, as in training. Without either (or when
+the json's category count does not match ``model.num_classes - 1``) labels are the contiguous
+ids and are drawn "class N" (category_name null). The keypoint skeleton is
 ``model.keypoint_head.skeleton``; when the config leaves ``model.keypoint_head.category_ids``
 null and only some of the json's categories declare keypoints, only those get keypoints
-drawn (``builders.with_dataset_keypoint_categories``, as in training). Missing files are
-reported before any model is built.
+(``builders.with_dataset_keypoint_categories``, as in training). Missing files are reported
+before any model is built.
 """
 import argparse
 import json
@@ -129,14 +139,24 @@ def _parse_args(argv):
     parser.add_argument("--config", required=True, help="YAML config of the model")
     parser.add_argument("--weights", help=".weights.h5 file (default: model.weights.h5 next to "
                         "--config when there, else random weights with a warning)")
-    parser.add_argument("--image", "--input", dest="image", required=True,
-                        help="input image (jpg, png, ...)")
-    parser.add_argument("--output", required=True, help="PNG file to write")
+    parser.add_argument("--input", "--image", dest="input", required=True,
+                        help="an image, a directory of images, a glob (quote it) or a video")
+    parser.add_argument("--output", required=True, help="output directory (or, for one "
+                        "image, a .png file: that image drawn)")
     parser.add_argument("--score-threshold", type=float, default=0.5,
-                        help="draw and print detections with score >= this (default 0.5; the "
-                        "model drops those below model.roi_heads.score_threshold first)")
+                        help="results.json, printing and drawing keep detections with score "
+                        ">= this (default 0.5; the model drops those below "
+                        "model.roi_heads.score_threshold first)")
+    parser.add_argument("--draw-threshold", type=float, default=None,
+                        help="drawings show detections with score >= this (default: "
+                        "--score-threshold)")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="images per model call (default 4; same-size inputs batch)")
+    parser.add_argument("--per-image-json", action="store_true",
+                        help="also write per_image/<name>.json for each image")
+    parser.add_argument("--no-draw", action="store_true", help="write no drawings / video")
     parser.add_argument("--annotations", help="COCO json with the class names (default: the "
-                        "config's validation annotations)")
+                        "config's names, else its validation annotations)")
     config_lib.add_override_argument(parser, "model.roi_heads.score_threshold=0.3")
     args = parser.parse_args(argv)
     if args.config is not None and not os.path.isfile(args.config):
@@ -147,33 +167,32 @@ def _parse_args(argv):
     if args.weights is None:
         from keras_maskrcnn.cli.weights import weights_beside
         args.weights = weights_beside(args.config)
-    for flag in ("config", "weights", "image", "annotations"):
+    for flag in ("config", "weights", "annotations"):
         path = getattr(args, flag)
         if path is not None and not os.path.isfile(path):
             parser.error(f"--{flag} {path}: no such file")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     return parser, args
 
 
-def main(argv=None):
-    parser, args = _parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-    try:
-        cfg = config_lib.load_config(args.config, args.set)
-        category_ids, class_names = resolve_categories(cfg, args.annotations)
-        image = read_image(args.image, cfg.input.max_image_pixels)
-    except (ValueError, FileNotFoundError) as e:  # ConfigError and ImageError are ValueErrors
-        parser.error(str(e))
-    note = exif_note(args.image)
-    if note:
-        print(note, file=sys.stderr)
+def categories(cfg, annotations=None, log=print):
+    """(category_ids for ``build_model`` or None, class_names {label: name} or None, json
+    path the names came from or None): the config's names unless ``annotations`` is given,
+    else ``resolve_categories``."""
+    if annotations is None and cfg.model.category_names is not None:
+        return None, None, None  # the model carries them (model.category_names)
+    ids, names = resolve_categories(cfg, annotations, log)
+    return ids, names, (annotations or annotations_path(cfg)) if ids is not None else None
 
-    from keras_maskrcnn import builders, visualize  # TensorFlow and PIL, once the args are good
 
-    categories = keypoint_category_map(args.annotations or annotations_path(cfg), category_ids)
-    if categories is not None:
-        cfg = builders.with_dataset_keypoint_categories(cfg, categories)
+def _build_model(cfg, args, parser, category_ids, json_path):
+    from keras_maskrcnn import builders
     from keras_maskrcnn.convert import weights as weights_lib
 
+    if json_path is not None:
+        categories_map = keypoint_category_map(json_path, category_ids)
+        cfg = builders.with_dataset_keypoint_categories(cfg, categories_map)
     model = builders.build_model(cfg, category_ids=category_ids)
     try:
         if args.weights:  # another class count: the class layers are skipped, logged
@@ -185,20 +204,75 @@ def main(argv=None):
                       file=sys.stderr)
     except (ValueError, OSError) as e:
         parser.error(f"cannot load the weights into the model of {args.config}: {e}")
+    return model
+
+
+def _draw_one(model, cfg, args, image, class_names):
+    """The older form: one image drawn into ``--output`` (a .png), detections printed."""
+    from keras_maskrcnn import prediction, visualize
+
+    names = prediction.category_names_map(model, class_names) or None
     start = time.perf_counter()
     result = model.detect([image])[0]
     seconds = time.perf_counter() - start
     drawn = visualize.draw_detections(
-        image, result, class_names, keypoint_skeleton=cfg.model.keypoint_head.skeleton,
-        score_threshold=args.score_threshold)
+        image, result, names, keypoint_skeleton=cfg.model.keypoint_head.skeleton,
+        score_threshold=args.score_threshold if args.draw_threshold is None
+        else args.draw_threshold)
     visualize.save_png(drawn, args.output)
-    lines = format_detections(result, class_names, args.score_threshold)
-    print(f"{args.image}: {image.shape[1]}x{image.shape[0]} px, {len(lines) - 1} of "
+    lines = format_detections(result, names, args.score_threshold)
+    print(f"{args.input}: {image.shape[1]}x{image.shape[0]} px, {len(lines) - 1} of "
           f"{len(result['scores'])} detections with score >= {args.score_threshold:g} "
           f"({seconds:.2f} s)")
     print("\n".join(lines))
     print(f"wrote {args.output}")
     return result
+
+
+def main(argv=None):
+    """The command line. Returns the detections (``detect``'s dict) of the one image in the
+    older form (``--output out.png``), else results.json's list."""
+    parser, args = _parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    from keras_maskrcnn import media
+
+    try:
+        cfg = config_lib.load_config(args.config, args.set)
+        kind, entries = media.list_inputs(args.input)
+        one_png = kind == "file" and args.output.lower().endswith(".png")
+        image = (read_image(entries[0][0], cfg.input.max_image_pixels) if kind == "file"
+                 else None)
+        if kind == "video":
+            media.video_info(entries[0][0])  # readable, and PyAV installed
+        category_ids, class_names, json_path = categories(cfg, args.annotations)
+    except (ValueError, FileNotFoundError, ImportError) as e:  # ConfigError is a ValueError
+        parser.error(str(e))
+    if kind == "file":
+        note = exif_note(entries[0][0])
+        if note:
+            print(note, file=sys.stderr)
+    model = _build_model(cfg, args, parser, category_ids, json_path)
+    if one_png:
+        return _draw_one(model, cfg, args, image, class_names)
+    from keras_maskrcnn import prediction
+
+    start = time.perf_counter()
+    try:
+        out = prediction.predict_to_directory(
+            model, kind, entries, args.output, args.score_threshold, args.draw_threshold,
+            args.batch_size, args.per_image_json, not args.no_draw, class_names,
+            cfg.model.keypoint_head.skeleton)
+    except ValueError as e:
+        parser.error(str(e))
+    seconds = time.perf_counter() - start
+    count = len(out["images"])
+    print(f"{args.input}: {count} {'frames' if kind == 'video' else 'images'} in "
+          f"{seconds:.1f} s ({count / max(seconds, 1e-9):.2f}/s), {len(out['results'])} "
+          f"detections with score >= {args.score_threshold:g}"
+          + (f", {len(out['skipped'])} unreadable skipped" if out["skipped"] else ""))
+    print(f"wrote {os.path.join(args.output, 'results.json')}"
+          + (f" and {out['output_video']}" if out["output_video"] else ""))
+    return out["results"]
 
 
 if __name__ == "__main__":

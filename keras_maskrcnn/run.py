@@ -119,6 +119,7 @@ def _train(cfg, strategy, paths, writes, chief):
     if chief:
         source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg))
         cfg = builders.with_dataset_keypoint_categories(cfg, source.categories)
+        cfg = builders.with_dataset_categories(cfg, source.categories)
         config_lib.save_config(cfg, paths["config"])
         report_annotations(source)
     training.sync_workers(strategy)  # the chief has written the synthetic data, if any
@@ -126,6 +127,7 @@ def _train(cfg, strategy, paths, writes, chief):
         source = pipeline.load_split(cfg.data, "train", _num_keypoints(cfg),
                                      create_synthetic=False)
         cfg = builders.with_dataset_keypoint_categories(cfg, source.categories)
+        cfg = builders.with_dataset_categories(cfg, source.categories)
     model = build_training_model(cfg, strategy, source.categories.dataset_ids)
     start = training.restore_latest(model, paths["checkpoints"])
     if start >= cfg.train.total_steps:
@@ -187,7 +189,8 @@ def _report_skipped(source):
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):
-    """COCOeval on the validation split every ``every`` steps (metrics to TensorBoard)."""
+    """COCOeval on the validation split every ``every`` steps (metrics to TensorBoard), and
+    the prediction pictures of ``draw_predictions`` (TensorBoard images at that step)."""
 
     def __init__(self, cfg, every):
         super().__init__()
@@ -197,6 +200,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         if step % self.every == 0 and step < self.cfg.train.total_steps:
             evaluate(self.cfg, self.model)
+            draw_predictions(self.cfg, self.model)
 
 
 def evaluate(cfg, model):
@@ -215,11 +219,17 @@ def evaluate(cfg, model):
             for name, value in values.items():
                 if isinstance(value, (int, float)):
                     tf.summary.scalar(f"{iou_type}/{name}", value, step=step)
+        for iou_type, rows in metrics.get("per_category", {}).items():
+            for row in rows:
+                if row["AP"] is not None:
+                    tf.summary.scalar(f"{iou_type}_AP_per_category/{row['name']}", row["AP"],
+                                      step=step)
     return metrics
 
 
 def draw_predictions(cfg, model, count=None):
-    """PNGs (and TensorBoard images) of predictions on the first validation images."""
+    """PNGs (and TensorBoard images at the optimizer's step) of predictions on the first
+    validation images."""
     from keras_maskrcnn import visualize  # PIL: only when pictures are drawn
 
     paths = _paths(cfg)
@@ -238,9 +248,11 @@ def draw_predictions(cfg, model, count=None):
         visualize.save_png(picture, path)
         drawn.append(picture)
     writer = tf.summary.create_file_writer(os.path.join(paths["logs"], "eval"))
+    step = int(model.optimizer.iterations.numpy()) if model.optimizer else 0
     with writer.as_default():
         for i, picture in enumerate(drawn):
-            tf.summary.image(f"predictions/{i}", picture[None], step=0)
+            tf.summary.image(f"predictions/{i}", picture[None], step=step)
+    writer.flush()
     return drawn
 
 
@@ -286,7 +298,7 @@ def _evaluate_and_export(cfg, model, run_evaluation, run_export):
     if run_evaluation:
         metrics = evaluate(cfg, model)
         print(json.dumps({k: {m: v for m, v in d.items() if m in ("AP", "AP50")}
-                          for k, d in metrics.items()}, indent=1))
+                          for k, d in metrics.items() if k != "per_category"}, indent=1))
         draw_predictions(cfg, model)
     if run_export:
         export_lib.export_model(model, paths["saved_model"],

@@ -292,9 +292,9 @@ def test_categories(tmp_path):
         predict.read_categories(str(bad))
 
 
-@pytest.mark.parametrize("flag", ["--image", "--weights", "--config", "--annotations"])
+@pytest.mark.parametrize("flag", ["--input", "--weights", "--config", "--annotations"])
 def test_predict_missing_files(tmp_path, capsys, flag):
-    args = {"--config": TINY, "--image": ASTRONAUT, "--output": str(tmp_path / "o.png")}
+    args = {"--config": TINY, "--input": ASTRONAUT, "--output": str(tmp_path / "o.png")}
     args[flag] = str(tmp_path / "missing.file")
     with pytest.raises(SystemExit) as err:
         predict.main([a for kv in args.items() for a in kv])

@@ -414,11 +414,19 @@ class ModelConfig(Section):
         None, None, "dataset category id of each contiguous class 1..K-1 (detect labels, "
         "export, evaluation); null = the contiguous ids (converted YOLACT COCO weights set the "
         "80 COCO ids)", OURS)
+    category_names: Optional[Tuple[str, ...]] = param(
+        None, None, "name of each contiguous class 1..K-1 (predict's results.json and drawings, "
+        "evaluation tables); null = none (a training run fills it from its data's categories; "
+        "converted COCO models set COCO's names)", OURS)
 
     def validate(self):
         for name in ARCHITECTURE_SECTIONS[self.architecture]:
             if getattr(self, name).validated_by_parent:
                 self.validate_section(name)
+        if self.category_names is not None:
+            require(len(self.category_names) == self.num_classes - 1, "category_names",
+                    f"needs num_classes - 1 = {self.num_classes - 1} names, got "
+                    f"{len(self.category_names)} (null: none)")
         if self.category_ids is not None:
             require(len(self.category_ids) == self.num_classes - 1, "category_ids",
                     f"needs num_classes - 1 = {self.num_classes - 1} ids, got "

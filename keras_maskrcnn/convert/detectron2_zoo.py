@@ -27,13 +27,15 @@ Conventions pinned here (tests/convert/test_detectron2_zoo.py):
   Cityscapes 24k (18k); shorter sides (640..800) by choice (Cityscapes 800..1024).
 - ``model.category_ids``: the COCO ids of the 80 classes for COCO detection entries, (1,)
   (person) for keypoint entries (also their ``keypoint_head.category_ids``); a checkpoint with
-  another class count keeps contiguous ids.
+  another class count keeps contiguous ids. ``model.category_names``: COCO's names of those ids
+  (null with them).
 """
 import dataclasses
 import os
 from typing import Optional
 
 from keras_maskrcnn import config as config_lib
+from keras_maskrcnn.convert.coco_categories import COCO_CATEGORIES, names_override
 from keras_maskrcnn.convert.yolact import COCO_CATEGORY_IDS
 
 MSRA_STD = (1.0, 1.0, 1.0)
@@ -228,7 +230,9 @@ def zoo_config(entry, num_classes=None, overrides=()):
     if k == default_num_classes(entry) and not entry.cityscapes:
         category_ids = [1] if entry.keypoint else list(COCO_CATEGORY_IDS)
     keypoint_ids = [1] if entry.keypoint and category_ids else None  # COCO person
+    names = category_ids and [COCO_CATEGORIES[i] for i in category_ids]
     items = [f"model.num_classes={k}", f"model.category_ids={category_ids or 'null'}",
+             names_override(names),
              f"model.keypoint_head.category_ids={keypoint_ids or 'null'}",
              *_backbone_items(entry), *_rpn_items(entry), *_roi_items(entry),
              *_input_items(entry), *_train_items(entry), *_data_items(entry)]

@@ -6,12 +6,14 @@ torchvision model ``arch`` (its thresholds, its resize and normalisation, RoIAli
 ``keras_maskrcnn.convert.torchvision`` and checks that every checkpoint key was used.
 
 torchvision's COCO models predict 91 classes indexed by COCO category id (with unused ids), so
-the converted model's contiguous ids are the COCO ids themselves (``category_ids`` identity).
+the converted model's contiguous ids are the COCO ids themselves (``category_ids`` identity);
+its ``category_names`` are COCO's ("N/A" for the unused ids; ``convert.coco_categories``).
 """
 import dataclasses
 
 from keras_maskrcnn import builders, config as config_lib
 from keras_maskrcnn.convert import state_dict as sd, torchvision as tv
+from keras_maskrcnn.convert.coco_categories import names_override, torchvision_names
 
 ARCHITECTURES = ("maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
 CLS_SCORE = "roi_heads.box_predictor.cls_score.weight"
@@ -23,8 +25,10 @@ def torchvision_config(arch, num_classes=None):
         raise ValueError(f"unknown torchvision architecture {arch!r}; expected one of "
                          f"{', '.join(ARCHITECTURES)}")
     keypoints = arch.startswith("keypoint")
+    num_classes = num_classes or (2 if keypoints else 91)
     overrides = [
-        f"model.num_classes={num_classes or (2 if keypoints else 91)}",
+        f"model.num_classes={num_classes}",
+        names_override(torchvision_names(num_classes, keypoints)),  # COCO's, else null
         "model.backbone.name=resnet50", "model.backbone.freeze_at=2",
         # torchvision runs its COCO_V1 checkpoints with FrozenBatchNorm2d eps 0 (it calls
         # overwrite_eps(model, 0.0) after loading them); 1e-5 is for models it trains anew.
@@ -84,12 +88,10 @@ def from_torchvision(checkpoint, arch, overrides=(), progress=False):
         The built model; its recipe (``model.config_dict``) reproduces torchvision's inference.
     """
     state_dict = tv.load_state_dict(checkpoint)
-    cfg = torchvision_config(arch, num_classes=None)
     with sd.naming_file(checkpoint):
         _check_architecture(state_dict, arch)
-        cfg = config_lib.apply_overrides(
-            cfg, [f"model.num_classes={infer_num_classes(state_dict)}", *overrides],
-            source=f"torchvision:{arch}")
+        cfg = torchvision_config(arch, num_classes=infer_num_classes(state_dict))
+        cfg = config_lib.apply_overrides(cfg, overrides, source=f"torchvision:{arch}")
         model = builders.build_model(cfg)
         load_torchvision_weights(model, state_dict, progress=progress)
     return model

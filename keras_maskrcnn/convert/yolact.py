@@ -45,7 +45,8 @@ reference in tests/support/yolact_torch_reference.py):
   masks > 0.5.
   With K = 81 the contiguous classes 1..80 are the reference's ``COCO_LABEL_MAP`` order, so
   ``model.category_ids`` = the 80 COCO category ids, ascending, and ``detect`` labels are COCO
-  ids (as the Mask R-CNN converters give); other K keep contiguous labels.
+  ids (as the Mask R-CNN converters give) and ``model.category_names`` COCO's names; other K
+  keep contiguous labels and no names.
 
 Shape shorthand: A anchors per location, K classes incl. background, k prototypes.
 """
@@ -54,6 +55,7 @@ import re
 
 from keras_maskrcnn import builders, config as config_lib
 from keras_maskrcnn.convert import state_dict as sd, torchvision as tv
+from keras_maskrcnn.convert.coco_categories import COCO_CATEGORY_NAMES, names_override
 from keras_maskrcnn.convert.pth import load_pth
 
 REFERENCE_SIZE = 550
@@ -178,6 +180,7 @@ def yolact_config(settings, overrides=()):
         "model.yolact.top_k=200", "model.yolact.detections_per_image=100",
         "model.yolact.fast_nms=true", "model.yolact.mask_threshold=0.5",
         f"model.category_ids={list(COCO_CATEGORY_IDS) if coco else 'null'}",
+        names_override(COCO_CATEGORY_NAMES if coco else None),
         "input.resize=fixed_square", f"input.size={settings['image_size']}", "input.size_divisor=1",
         f"input.pixel_mean={mean}", f"input.pixel_std={std}",
     ]

@@ -12,7 +12,7 @@ that, none of it specific to one architecture:
     * ``build_with_dummy_batch`` / ``build_from_config`` create every weight;
     * ``detect`` (``keras_maskrcnn.inference``) with the model's ``preprocessor``;
     * ``get_config`` keeps the recipe the builders made the model from (``config_dict``,
-      the model and input config sections) and ``category_ids``; ``from_config`` rebuilds
+      the model and input config sections), ``category_ids`` and ``category_names``; ``from_config`` rebuilds
       through the function ``keras_maskrcnn.builders`` registers here (``register_builder``),
       so this package never imports the builders.
 
@@ -43,16 +43,20 @@ class Detector(keras.Model):
             with it; ``detect`` and the export resize, pad and map back with it.
         mask_threshold: pasted mask probabilities above it are "on" (``detect``, export).
         category_ids: dataset category id of each contiguous class 1..K-1; None = identity.
+        category_names: name of each contiguous class 1..K-1 (``model.category_names``);
+            None = no names. Only carried (predict, drawings): the model never reads it.
         config_dict: the recipe ``keras_maskrcnn.builders`` made the model from (only kept
             for ``get_config``; the model never reads it).
     """
 
     def __init__(self, loss_names, loss_weights, preprocessor, mask_threshold=0.5,
-                 category_ids=None, config_dict=None, **kwargs):
+                 category_ids=None, config_dict=None, category_names=None, **kwargs):
         super().__init__(**kwargs)
         self.preprocessor = preprocessor
         self.mask_threshold = float(mask_threshold)
         self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
+        self.category_names = None if category_names is None else [
+            str(n) for n in category_names]
         self.config_dict = config_dict
         self.loss_term_weights = {name: float(loss_weights.get(name, 1.0))
                                   for name in loss_names}
@@ -155,7 +159,8 @@ class Detector(keras.Model):
     # ----------------------------------------------------------------------------- saving
     def get_config(self):
         config = super().get_config()
-        config.update({"config": self.config_dict, "category_ids": self.category_ids})
+        config.update({"config": self.config_dict, "category_ids": self.category_ids,
+                       "category_names": self.category_names})
         return config
 
     @classmethod

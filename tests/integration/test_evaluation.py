@@ -113,7 +113,7 @@ def test_perfect_predictions_give_ap_one():
     before = copy.deepcopy(results)
     metrics = run(gt, results)
     assert results == before  # loadRes mutates its input: we pass copies
-    assert set(metrics) == {"bbox", "segm", "keypoints"}
+    assert set(metrics) == {"bbox", "segm", "keypoints", "per_category"}
     assert list(metrics["bbox"]) == list(evaluation.DETECTION_STATS)
     assert list(metrics["keypoints"]) == list(evaluation.KEYPOINT_STATS)
     for iou_type in ("bbox", "segm", "keypoints"):
@@ -290,7 +290,7 @@ def test_evaluate_model_end_to_end(dataset, tiny_model, reference):
     first = evaluation.evaluate_model(tiny_model, str(dataset / "annotations.json"),
                                       str(dataset), max_images=1, iou_types=("bbox",),
                                       progress=False, verbose=False)
-    assert set(first) == {"bbox", "info"} and first["info"]["num_images"] == 1
+    assert set(first) == {"bbox", "per_category", "info"} and first["info"]["num_images"] == 1
 
 
 def test_evaluate_model_uses_model_mapping(tiny_model):

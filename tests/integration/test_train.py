@@ -1,5 +1,6 @@
 """train.py: strict config, checkpoints, kill -9 and resume (--low-memory), the resumed data
 stream (TFRecord and COCO JSON sources), NaN guard."""
+import json
 import os
 import signal
 import subprocess
@@ -9,8 +10,9 @@ import time
 import h5py
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from keras_maskrcnn import run, training
+from keras_maskrcnn import config as config_lib, run, training
 from keras_maskrcnn.accel import memory
 import support
 from support.data import write_mixed_orientation_dataset
@@ -235,3 +237,16 @@ def test_periodic_evaluation_writes_metrics(tmp_path):
     assert result.stdout.count("Evaluate annotation type *bbox*") == 2
     assert (tmp_path / "run" / "eval" / "metrics.json").exists()
     assert list((tmp_path / "run" / "predictions").glob("*.png"))
+    # Every periodic evaluation adds per-category APs and prediction images at its step, and
+    # config.yaml carries the data's category ids and names (no annotation file to read).
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert [r["name"] for r in metrics["per_category"]["bbox"]] == [
+        "circle", "triangle", "rectangle"]
+    image_steps = sorted(
+        event.step for path in (tmp_path / "run" / "logs" / "eval").glob("events.out.*")
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value if value.tag == "predictions/0")
+    assert image_steps == [2, 4]
+    saved = config_lib.load_config(str(tmp_path / "run" / "config.yaml"))
+    assert (saved.model.category_ids, saved.model.category_names) == (
+        (1, 3, 7), ("circle", "triangle", "rectangle"))

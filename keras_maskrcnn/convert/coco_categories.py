@@ -1,0 +1,44 @@
+"""COCO's 80 object categories (Lin et al. 2014, the 2017 instances annotations): ids and names.
+
+A converted COCO model carries these as ``model.category_ids`` / ``model.category_names``, so
+its predictions are named without the annotation file. The ids have gaps (12, 26, 29, 30, 45,
+66, 68, 69, 71, 83 are unused): torchvision's COCO models predict 91 classes indexed by the id
+itself, and name the unused ones "N/A" (``torchvision_names``); detectron2's and YOLACT's
+predict the 80 in id order (``COCO_CATEGORY_NAMES``).
+tests/convert/test_coco_categories.py checks both against torchvision's weight metadata.
+"""
+COCO_CATEGORIES = {
+    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",
+    8: "truck", 9: "boat", 10: "traffic light", 11: "fire hydrant", 13: "stop sign",
+    14: "parking meter", 15: "bench", 16: "bird", 17: "cat", 18: "dog", 19: "horse",
+    20: "sheep", 21: "cow", 22: "elephant", 23: "bear", 24: "zebra", 25: "giraffe",
+    27: "backpack", 28: "umbrella", 31: "handbag", 32: "tie", 33: "suitcase", 34: "frisbee",
+    35: "skis", 36: "snowboard", 37: "sports ball", 38: "kite", 39: "baseball bat",
+    40: "baseball glove", 41: "skateboard", 42: "surfboard", 43: "tennis racket", 44: "bottle",
+    46: "wine glass", 47: "cup", 48: "fork", 49: "knife", 50: "spoon", 51: "bowl",
+    52: "banana", 53: "apple", 54: "sandwich", 55: "orange", 56: "broccoli", 57: "carrot",
+    58: "hot dog", 59: "pizza", 60: "donut", 61: "cake", 62: "chair", 63: "couch",
+    64: "potted plant", 65: "bed", 67: "dining table", 70: "toilet", 72: "tv", 73: "laptop",
+    74: "mouse", 75: "remote", 76: "keyboard", 77: "cell phone", 78: "microwave", 79: "oven",
+    80: "toaster", 81: "sink", 82: "refrigerator", 84: "book", 85: "clock", 86: "vase",
+    87: "scissors", 88: "teddy bear", 89: "hair drier", 90: "toothbrush",
+}
+COCO_CATEGORY_NAMES = tuple(COCO_CATEGORIES[i] for i in sorted(COCO_CATEGORIES))
+UNUSED_NAME = "N/A"
+
+
+def torchvision_names(num_classes=91, keypoints=False):
+    """Names of torchvision's contiguous classes 1..90 (= COCO ids; unused ids "N/A") for its
+    91-class COCO models, ``("person",)`` for its 2-class keypoint model, else None."""
+    if num_classes == 91 and not keypoints:
+        return tuple(COCO_CATEGORIES.get(i, UNUSED_NAME) for i in range(1, 91))
+    if num_classes == 2 and keypoints:
+        return ("person",)
+    return None
+
+
+def names_override(names):
+    """The ``model.category_names=...`` override item for ``names`` (None: null)."""
+    import json
+
+    return f"model.category_names={json.dumps(list(names)) if names else 'null'}"
