@@ -127,6 +127,7 @@ def test_against_real_detectron2(name, detectron2_root, tmp_path):
     predictor = _predictor(torch, detectron2_root, config_file, checkpoint, state,
                            recipe["num_classes"])
     overrides = (f"input.min_size_test={SIZE}", f"input.max_size={MAX_SIZE}",
+                 f"input.min_size_train=[{SIZE}]",
                  f"model.roi_heads.score_threshold={SCORE_THRESHOLD}")
     convert_cli(checkpoint, tmp_path / "converted", zoo_name, overrides)
     model = build_model(load_config(str(tmp_path / "converted" / "config.yaml")))
