@@ -78,8 +78,9 @@ def main():
     for name, call in calls.items():
         call()  # warm-up / trace
         if name != "PIL":
-            got = np.round(np.asarray(call())[0])  # torchvision: float values, rounded
-            print(f"  {name}: {int((got != want).sum())} of {want.size} values differ from PIL (rounded)")
+            got = np.round(np.asarray(call())[0])  # torchvision style: floats, rounded
+            print(f"  {name}: {int((got != want).sum())} of {want.size} values differ from "
+                  "PIL (rounded)")
     results = {name: ([], []) for name in calls}
     for _ in range(args.repeats):  # alternate so that load changes hit all alike
         for name, call in calls.items():

@@ -38,7 +38,8 @@ CASES = {  # our zoo name, detectron2's config file, the oracle's recipe
     "X101-FPN": ("mask_rcnn_X_101_32x8d_FPN_3x",
                  "COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x.yaml",
                  dict(kind="mask", backbone="resnext101_32x8d", c4=False, num_classes=21)),
-    "Keypoint-R50-FPN": ("keypoint_rcnn_R_50_FPN_3x", "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml",
+    "Keypoint-R50-FPN": ("keypoint_rcnn_R_50_FPN_3x",
+                         "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml",
                          dict(kind="keypoint", backbone="resnet50", c4=False, num_classes=2)),
 }
 
@@ -49,7 +50,8 @@ def _seeded_checkpoint(torch, recipe, photos, path):
     from support.d2_layout import to_detectron2, write_pkl
     resized = {name: d2_resize(image, SIZE, MAX_SIZE) for name, image in photos.items()}
     oracle = build_oracle(torch, dict(recipe, size=SIZE), resized)
-    state = to_detectron2(oracle.state_dict(), c4=recipe["c4"], num_sizes=5 if recipe["c4"] else 1)
+    state = to_detectron2(oracle.state_dict(), c4=recipe["c4"],
+                          num_sizes=5 if recipe["c4"] else 1)
     write_pkl(path, state, extras=False)
     return state
 
