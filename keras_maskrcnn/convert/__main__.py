@@ -1,7 +1,8 @@
 """Weight conversion CLI.
 
     python -m keras_maskrcnn.convert torchvision --arch maskrcnn_resnet50_fpn \
-        --checkpoint maskrcnn_resnet50_fpn_coco.pth --output converted/
+        --checkpoint maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --output converted/ \
+        [--weights auto|coco_v1|coco_legacy|trained]
     python -m keras_maskrcnn.convert yolact --checkpoint yolact_base_54_800000.pth \
         --output converted/ [--arch yolact_base|yolact_resnet50]
     python -m keras_maskrcnn.convert detectron2 --checkpoint model_final_f10217.pkl \
@@ -11,12 +12,13 @@ write ``converted/model.weights.h5`` and ``converted/config.yaml`` (the config t
 the source's inference), which ``model.detect``, ``evaluate.py`` and export then use.
 """
 import argparse
+import logging
 import os
 
 from keras_maskrcnn import config as config_lib
 from keras_maskrcnn.convert import detectron2, detectron2_zoo, yolact
-from keras_maskrcnn.convert.torchvision_models import (ARCHITECTURES, converted_config,
-                                                     from_torchvision)
+from keras_maskrcnn.convert.torchvision_models import (ARCHITECTURES, WEIGHTS_CHOICES,
+                                                     converted_config, from_torchvision)
 
 
 def _add_common(parser):
@@ -31,6 +33,12 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="source", required=True)
     tv = sub.add_parser("torchvision", help="a torchvision detection checkpoint (.pth)")
     tv.add_argument("--arch", required=True, choices=ARCHITECTURES)
+    tv.add_argument("--weights", default="auto", choices=WEIGHTS_CHOICES,
+                    help="which weights the file holds, for FrozenBatchNorm's eps (not stored "
+                         "in it): coco_v1 = torchvision's released COCO_V1 files (eps 0, its "
+                         "overwrite_eps); coco_legacy = keypointrcnn_resnet50_fpn_coco-9f466800"
+                         ".pth, trained = a model trained with torchvision (both 1e-5); auto "
+                         "(default): by the released file names, else trained")
     _add_common(tv)
     yl = sub.add_parser("yolact", help="a reference YOLACT checkpoint (dbolya/yolact .pth), "
                                        "read without torch")
@@ -52,7 +60,10 @@ def main(argv=None):
         model = detectron2.from_detectron2(args.checkpoint, args.config_name,
                                            overrides=args.set, progress=True)
     else:
-        model = from_torchvision(args.checkpoint, args.arch, overrides=args.set, progress=True)
+        logging.getLogger("keras_maskrcnn.convert.torchvision_models").setLevel(logging.INFO)
+        logging.basicConfig(format="%(message)s")
+        model = from_torchvision(args.checkpoint, args.arch, overrides=args.set, progress=True,
+                                 weights=args.weights)
     os.makedirs(args.output, exist_ok=True)
     weights = os.path.join(args.output, "model.weights.h5")
     model.save_weights(weights)

@@ -1,13 +1,20 @@
 """detectron2 model-zoo import: a detectron2 oracle built from torchvision pieces (support.
 d2_oracle, seeded random weights randomised as tests/integration/test_parity.py's), written as a
 detectron2 ``.pkl`` (support.d2_layout), converted with our CLI, run side by side on photos
-already at the test size (both resizes are the identity), compared with the torchvision parity
-test's bars (support.detections, test_parity's ``compare`` / ``check_bars``).
+whose size needs resizing (one shrunk, one enlarged), compared with the torchvision parity
+test's bars (support.detections, test_parity's ``compare`` / ``check_bars``). The oracle gets
+detectron2's test-time resize done outside it (``ResizeShortestEdge``'s size rule, PIL's
+bilinear resize; its own transform is then the identity) and its detections mapped back as
+``detector_postprocess`` (boxes scaled per axis and clipped, empty ones dropped, masks pasted
+at the original size, keypoints scaled); ours run ``detect`` on the original photo, so the
+compared preprocessed images check our Pillow-exact resize too. The real detectron2 is
+compared in tests/reference.
 
 Cases: R50-FPN, R50-C4 and X101-32x8d-FPN (smaller photos) Mask R-CNN with 20 classes, and
 Keypoint R-CNN R50-FPN (converted in a process where importing torch fails); the C4 and X101
 cases are marked slow. Masks are compared as detectron2 pastes them (support.d2_masks),
-keypoints as it decodes them plus its COCO offset (support.d2_keypoints). The measured figures
+keypoints as its predictor decodes them (support.d2_keypoints; no COCO offset: that belongs to
+COCO results only). The measured figures
 are printed (``pytest -s``).
 
 Shape shorthand: n oracle detections, m ours, H0 x W0 photo, Kp keypoints.
@@ -27,16 +34,47 @@ MAX_SIZE = 512
 LEVELS = {"0": "P2", "1": "P3", "2": "P4", "3": "P5", "pool": "P6"}  # torchvision -> ours
 
 
-def photos_at(size, names=("coffee", "astronaut_portrait")):
-    """Photos resized (PIL bilinear) to shorter side ``size``: detectron2's test size."""
+def photos_needing_resize():
+    """A photo shrunk (coffee, 400 x 600) and one enlarged (a 150 x 201 crop) at the test sizes
+    (shorter side 256 or 192)."""
+    return {"coffee": photos()["coffee"],
+            "astronaut_crop": np.ascontiguousarray(photos()["astronaut_portrait"][40:190, 30:231])}
+
+
+def d2_resize(image, size, max_size=MAX_SIZE):
+    """detectron2's ResizeShortestEdge at test time: its size rule, PIL's bilinear resize."""
     from PIL import Image
-    out = {}
-    for name in names:
-        image = photos()[name]
-        h, w = image.shape[:2]
-        scale = size / min(h, w)
-        new = (int(w * scale + 0.5), int(h * scale + 0.5))
-        out[name] = np.asarray(Image.fromarray(image).resize(new, Image.BILINEAR))
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    newh, neww = (size, scale * w) if h < w else (scale * h, size)
+    if max(newh, neww) > max_size:
+        cap = max_size / max(newh, neww)
+        newh, neww = newh * cap, neww * cap
+    new = (int(neww + 0.5), int(newh + 0.5))
+    return np.asarray(Image.fromarray(image).resize(new, Image.BILINEAR))
+
+
+def to_original(reference, original_size):
+    """detectron2's ``detector_postprocess`` on the oracle's detections at the resized size:
+    boxes scaled per axis and clipped, empty boxes dropped, masks pasted at the original size,
+    keypoints scaled. Keeps ``boxes_resized`` and ``scale`` for the keypoint comparison."""
+    from support.d2_masks import d2_paste_masks_in_image
+    h, w = reference["image_size"]
+    sx, sy = original_size[1] / w, original_size[0] / h
+    out = dict(reference, original_size=tuple(original_size), scale=(sx, sy),
+               boxes_resized=reference["boxes"])
+    boxes = reference["boxes"] * np.array([sx, sy, sx, sy], np.float32)
+    boxes = np.clip(boxes, 0, [original_size[1], original_size[0]] * 2).astype(np.float32)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    out["boxes"] = boxes[keep]
+    for key in ("scores", "labels", "boxes_resized", "mask_probs", "heatmaps",
+                "keypoint_scores"):
+        if key in out:
+            out[key] = out[key][keep]
+    if "mask_probs" in out:
+        out["masks"] = d2_paste_masks_in_image(out["mask_probs"], out["boxes"], original_size)
+    if "keypoints" in out:
+        out["keypoints"] = out["keypoints"][keep] * np.array([sx, sy], np.float32)
     return out
 
 
@@ -65,7 +103,7 @@ def build_oracle(torch, case, images):
 def run_oracle(torch, model, image):
     """One oracle forward: normalised input (RGB order), features, proposals, detections with
     masks pasted / keypoints decoded as detectron2."""
-    from support.d2_keypoints import D2_COCO_OFFSET, d2_keypoint_predictions
+    from support.d2_keypoints import d2_keypoint_predictions
     from support.d2_masks import d2_paste_masks_in_image
     captured = {}
     hooks = [model.transform.register_forward_hook(
@@ -100,7 +138,7 @@ def run_oracle(torch, model, image):
     if "heatmaps" in captured:
         out["heatmaps"] = captured["heatmaps"].numpy()  # (n, Kp, 56, 56)
         decoded = d2_keypoint_predictions(out["heatmaps"], out["boxes"])  # (n, Kp, 3)
-        out["keypoints"] = decoded[..., :2] + D2_COCO_OFFSET
+        out["keypoints"] = decoded[..., :2]  # the predictor's: no COCO offset
         out["keypoint_scores"] = decoded[..., 2]
     return out
 
@@ -113,20 +151,22 @@ def compare_masks(reference, ours, pairs):
 
 
 def compare_keypoints(reference, ours, pairs):
-    """Keypoint distances of matched pairs; where ceil(box side) differs between the two
-    boxes, against the oracle's decoding of its heatmaps at OUR box; argmax near-ties (one
-    cell away, scores equal within 1e-4 relative) counted apart, as test_parity does."""
-    from support.d2_keypoints import D2_COCO_OFFSET, d2_keypoint_predictions
+    """Keypoint distances of matched pairs; where ceil(box side) at the resized size differs
+    between the two boxes, against the oracle's decoding of its heatmaps at OUR box (mapped to
+    the resized size, decoded, scaled back); argmax near-ties (one cell away, scores equal
+    within 1e-4 relative) counted apart, as test_parity does."""
+    from support.d2_keypoints import d2_keypoint_predictions
     i = [p[0] for p in pairs]
     j = [p[1] for p in pairs]
-    our_boxes = np.asarray(ours["boxes"][j], np.float32).reshape(-1, 4)
+    scale = np.array(reference["scale"], np.float32)  # (sx, sy) resized -> original
+    our_boxes = np.asarray(ours["boxes"][j], np.float32).reshape(-1, 4) / np.tile(scale, 2)
     at_ours = d2_keypoint_predictions(reference["heatmaps"][i], our_boxes)
 
     def ceil_sizes(boxes):
         return np.ceil(np.maximum(boxes[:, 2:] - boxes[:, :2], 1))
 
-    same = (ceil_sizes(our_boxes) == ceil_sizes(reference["boxes"][i])).all(1)[:, None]
-    target = np.where(same[..., None], reference["keypoints"][i], at_ours[..., :2] + D2_COCO_OFFSET)
+    same = (ceil_sizes(our_boxes) == ceil_sizes(reference["boxes_resized"][i])).all(1)[:, None]
+    target = np.where(same[..., None], reference["keypoints"][i], at_ours[..., :2] * scale)
     target_scores = np.where(same, reference["keypoint_scores"][i], at_ours[..., 2])
     dist = np.linalg.norm(target - ours["keypoints"][j], axis=-1)  # (k, Kp)
     score_ours = ours["keypoint_scores"][j]
@@ -178,8 +218,9 @@ def run_case(torch, tmp_path, case):
     """Oracle -> .pkl -> our CLI -> both models on the photos -> the compared figures."""
     from keras_maskrcnn import build_model, load_config
     from support.d2_layout import to_detectron2, write_pkl
-    images = photos_at(case["size"])
-    oracle = build_oracle(torch, case, images)
+    images = photos_needing_resize()
+    resized = {name: d2_resize(image, case["size"]) for name, image in images.items()}
+    oracle = build_oracle(torch, case, resized)
     state = to_detectron2(oracle.state_dict(), c4=case["c4"], num_sizes=5 if case["c4"] else 1)
     checkpoint = tmp_path / "model_final.pkl"
     write_pkl(checkpoint, state)
@@ -192,7 +233,7 @@ def run_case(torch, tmp_path, case):
     model.load_weights(str(tmp_path / "converted" / "model.weights.h5"))
     results = []
     for index, (name, image) in enumerate(images.items()):
-        reference = run_oracle(torch, oracle, image)
+        reference = to_original(run_oracle(torch, oracle, resized[name]), image.shape[:2])
         first = index == 0 and not case["c4"]  # the backbone alone on the oracle's tensor
         ours = run_ours(model, image, reference["images"].copy() if first else None)
         results.append(compare_case(f"{case['config']}/{name}", reference, ours))

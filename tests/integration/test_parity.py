@@ -20,9 +20,10 @@ that every stage runs away from its initial values and activations stay O(1):
 With ``weights_backbone=None`` torchvision builds its ResNet with ``nn.BatchNorm2d`` instead
 of ``FrozenBatchNorm2d``; in eval mode both compute the same affine map of the same four
 buffers (eps 1e-5), and the state_dict also carries ``num_batches_tracked`` (skipped by the
-converter). The converted config's ``model.backbone.bn_eps: 0`` (torchvision's COCO_V1
-checkpoints run with eps 0, ``overwrite_eps``) is overridden to 1e-5 here: the reference is
-built with random weights, not loaded from COCO_V1.
+converter). ``model.backbone.bn_eps`` is set to 1e-5 here (the converter's "trained" weights,
+also what its "auto" picks for these file names; torchvision's released COCO_V1 files run
+with eps 0, ``overwrite_eps``): the reference is built with random weights, not loaded from
+COCO_V1.
 
 Image sizes: to keep CPU time sane both sides use min_size 320 / max_size 512 (torchvision's
 ``min_size`` / ``max_size``, our ``input.min_size_test`` / ``input.max_size``) instead of
