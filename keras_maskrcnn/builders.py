@@ -14,6 +14,7 @@ import keras
 from keras_maskrcnn import accel, config as config_lib
 from keras_maskrcnn.convert import torchvision as tv
 from keras_maskrcnn.layers.anchor_generator import AnchorGenerator, YOLACTAnchorGenerator
+from keras_maskrcnn.layers.dense_detection import AnchorMatcher, DenseDetectionGenerator
 from keras_maskrcnn.layers.dense_head import DenseHead
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.layers.fpn import FPN
@@ -206,21 +207,31 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
 
 
 def build_yolact_parts(model_cfg):
-    """(ResNet, FPN, Protonet, DenseHead, semantic Conv2D) of YOLACT (YOLACT_CONTRACT names)."""
+    """(ResNet, FPN, Protonet, DenseHead, semantic Conv2D, YOLACTAnchorGenerator,
+    AnchorMatcher, DenseDetectionGenerator) of YOLACT (YOLACT_CONTRACT names)."""
     y, k = model_cfg.yolact, model_cfg.num_classes
     resnet = build_resnet(model_cfg.backbone)
     channels = model_cfg.fpn.channels
     fpn = FPN(channels=channels, input_levels=("C3", "C4", "C5"), max_level=7,
               extra_levels="conv", top_down="bilinear", output_relu=True, name="fpn")
     protonet = Protonet(num_prototypes=y.num_prototypes, channels=channels, name="protonet")
-    head = DenseHead(num_anchors=len(y.aspect_ratios),
+    anchor_generator = YOLACTAnchorGenerator(
+        scales=y.anchor_scales, aspect_ratios=y.aspect_ratios, square=y.square_anchors,
+        name="anchor_generator")
+    head = DenseHead(num_anchors=anchor_generator.num_anchors,
                      output_channels={"box_deltas": 4, "class_logits": k,
                                       "mask_coefficients": y.num_prototypes},
                      num_convs=1, conv_channels=channels, predictor_kernel_size=3,
                      output_activations={"mask_coefficients": "tanh"},
                      name="prediction_head")
     semantic = keras.layers.Conv2D(k - 1, 1, name="semantic_seg")
-    return resnet, fpn, protonet, head, semantic
+    matcher = AnchorMatcher(pos_threshold=y.pos_threshold, neg_threshold=y.neg_threshold,
+                            crowd_threshold=y.crowd_threshold, name="anchor_matcher")
+    detections = DenseDetectionGenerator(
+        score_threshold=y.score_threshold, nms_threshold=y.nms_threshold, top_k=y.top_k,
+        detections_per_image=y.detections_per_image,
+        method="fast" if y.fast_nms else "standard", name="detection_generator")
+    return resnet, fpn, protonet, head, semantic, anchor_generator, matcher, detections
 
 
 def build_yolact(settings, category_ids=None, config_dict=None, **kwargs):
@@ -233,12 +244,8 @@ def build_yolact(settings, category_ids=None, config_dict=None, **kwargs):
     finally:
         keras.config.set_dtype_policy(previous_policy)
     model = YOLACT(
-        *parts, preprocessor=build_preprocessor(settings.input), anchor_scales=y.anchor_scales,
-        aspect_ratios=y.aspect_ratios, square_anchors=y.square_anchors,
-        pos_threshold=y.pos_threshold, neg_threshold=y.neg_threshold,
-        crowd_threshold=y.crowd_threshold, negpos_ratio=y.negpos_ratio, max_masks=y.max_masks,
-        score_threshold=y.score_threshold, nms_threshold=y.nms_threshold, top_k=y.top_k,
-        detections_per_image=y.detections_per_image, fast_nms=y.fast_nms,
+        *parts, preprocessor=build_preprocessor(settings.input), negpos_ratio=y.negpos_ratio,
+        max_masks=y.max_masks,
         loss_weights={"class": y.class_loss_weight, "box": y.box_loss_weight,
                       "mask": y.mask_loss_weight, "semantic": y.semantic_loss_weight},
         mask_threshold=y.mask_threshold, category_ids=category_ids, config_dict=config_dict,

@@ -70,6 +70,7 @@ class AnchorGenerator(keras.layers.Layer):
                              f"got {sizes!r}")
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.rounded, self.nominal_strides = bool(rounded), bool(nominal_strides)
+        self.built = True  # no weights: built whether or not it was called
 
     @property
     def num_anchors(self):
@@ -122,6 +123,7 @@ class YOLACTAnchorGenerator(keras.layers.Layer):
         self.scales = tuple(float(s) for s in scales)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.square, self.reference_size = bool(square), int(reference_size)
+        self.built = True  # no weights: built whether or not it was called
 
     @property
     def num_anchors(self):

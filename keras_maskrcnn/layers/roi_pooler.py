@@ -50,6 +50,7 @@ class RoIPooler(keras.layers.Layer):
         self.canonical_level = int(canonical_level)
         self.level_mapping = str(level_mapping)
         self.sampling_ratio, self.aligned = int(sampling_ratio), bool(aligned)
+        self.built = True  # no weights: built whether or not it was called
 
     def call(self, features, boxes):
         # ops.roi_align reads level l as "P{l}" (stride 2**l): C4 is pooled as "P4"
