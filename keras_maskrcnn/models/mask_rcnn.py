@@ -19,15 +19,18 @@ Method, as in He et al. 2017 and torchvision's ``MaskRCNN``:
     5. multi-level RoIAlign 7x7 -> box head -> class logits (B, R, K), deltas (B, R, K, 4)
     6. training: mask / keypoint heads on the foreground slots (F' <= F), with their targets;
        inference: detections (per-class NMS, top D), then mask / keypoint heads on them.
-C4 variant (``fpn`` None, a ``roi_feature_head``: detectron2's ``Res5ROIHeads``): step 1 stops
-at C4 (stride 16); step 2 is one level with every anchor size; steps 5-6 pool 14x14 from C4,
-run the shared res5 head (-> 7x7), average it for the box predictor, and feed it to the mask
-predictor (14x14 masks). In training the mask path runs res5 again on the foreground slots
-(the same values as reusing the box path's, whose slots they are).
-Training returns predictions, targets and weights; ``compute_losses`` is arithmetic over them.
-The model receives built parts and primitive settings (``keras_maskrcnn.builders`` maps a
-config onto them); the Keras machinery (loss tracking, fit, saving, ``detect``) is
-``models.base.Detector``'s.
+C4 variant (detectron2's ``Res5ROIHeads``) is a choice of parts: ``fpn`` None (step 1 stops at
+C4, stride 16), a one-level anchor generator with every anchor size on "C4", poolers of the
+"C4" level (14x14), and the res5 head as ``roi_feature_head`` (-> 7x7), averaged for the box
+predictor (``box_head`` None) and fed to the mask predictor (14x14 masks). In training the
+mask path runs res5 again on the foreground slots (the same values as reusing the box path's,
+whose slots they are).
+Training returns predictions, targets and weights; ``compute_losses`` is arithmetic over them;
+mask and heatmap targets take the logits' size (as torchvision's and detectron2's losses).
+The model receives built parts that hold their settings (anchor generator, RoI poolers, the
+proposal generator with the RPN's target settings) plus loss settings; ``keras_maskrcnn.
+builders`` maps a config onto them; the Keras machinery (loss tracking, fit, saving,
+``detect``) is ``models.base.Detector``'s.
 """
 import keras
 import tensorflow as tf
