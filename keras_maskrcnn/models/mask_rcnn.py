@@ -177,7 +177,10 @@ class MaskRCNN(Detector):
     @property
     def mask_size(self):
         """Sm, the side of the mask logits and targets: the mask pooler's size, halved by a
-        roi_feature_head (C4's stride-2 res5), doubled by the predictor's deconv."""
+        roi_feature_head (C4's stride-2 res5), doubled by the predictor's deconv; None
+        without masks."""
+        if self.mask_pooler is None:
+            return None
         size = self.mask_pooler.output_size
         return 2 * (size // 2 if self.roi_feature_head is not None else size)
 
