@@ -14,12 +14,15 @@ import os
 import keras
 
 from keras_maskrcnn import accel, config as config_lib
+from keras_maskrcnn.layers.anchor_generator import AnchorGenerator, YOLACTAnchorGenerator
+from keras_maskrcnn.layers.dense_detection import AnchorMatcher, DenseDetectionGenerator
 from keras_maskrcnn.layers.dense_head import DenseHead
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.layers.fpn import FPN
 from keras_maskrcnn.layers.heads import (BoxHead, BoxPredictor, KeypointHead, KeypointPredictor,
                                          MaskHead, MaskPredictor)
 from keras_maskrcnn.layers.protonet import Protonet
+from keras_maskrcnn.layers.roi_pooler import RoIPooler
 from keras_maskrcnn.layers.roi_sampler import RoISampler
 from keras_maskrcnn.layers.rpn import ProposalGenerator, RPNHead
 from keras_maskrcnn.models import base
@@ -59,18 +62,45 @@ def build_res5_head(model_cfg):
                     name="res5_head")
 
 
-def build_rpn(model_cfg):
-    """(RPNHead, ProposalGenerator) from ``model.anchors`` and ``model.rpn``."""
-    r, a = model_cfg.rpn, model_cfg.anchors
-    sizes_per_location = len(a.sizes) if model_cfg.backbone.variant == "c4" else 1
-    head = RPNHead(num_anchors=sizes_per_location * len(a.aspect_ratios),
+def build_anchor_generator(model_cfg):
+    """``AnchorGenerator`` of ``model.anchors`` on the RPN's levels: one size per FPN level,
+    or (C4) every size on the one C4 level."""
+    a, c4 = model_cfg.anchors, model_cfg.backbone.variant == "c4"
+    return AnchorGenerator(
+        levels=("C4",) if c4 else model_cfg.fpn.levels,
+        sizes=[tuple(a.sizes)] if c4 else [(s,) for s in a.sizes],
+        aspect_ratios=a.aspect_ratios, rounded=a.rounded, nominal_strides=a.nominal_strides,
+        name="anchor_generator")
+
+
+def build_roi_pooler(model_cfg, output_size, name):
+    """``RoIPooler`` of ``model.roi_align`` to ``output_size``: FPN levels P{min}..P{max}, or
+    (C4) the one C4 level."""
+    a = model_cfg.roi_align
+    levels = (("C4",) if model_cfg.backbone.variant == "c4"
+              else tuple(f"P{l}" for l in range(a.min_level, a.max_level + 1)))
+    return RoIPooler(output_size, levels=levels, canonical_size=a.canonical_size,
+                     canonical_level=a.canonical_level, level_mapping=a.level_mapping,
+                     sampling_ratio=a.sampling_ratio, aligned=a.aligned, name=name)
+
+
+def build_rpn(model_cfg, num_anchors):
+    """(RPNHead, ProposalGenerator) from ``model.rpn``: the head predicts ``num_anchors`` (the
+    anchor generator's A) per location; the generator holds the proposal and target settings."""
+    r = model_cfg.rpn
+    head = RPNHead(num_anchors=num_anchors,
                    num_convs=r.num_convs, name="rpn_head")
     generator = ProposalGenerator(
         pre_nms_top_n_train=r.pre_nms_top_n_train, pre_nms_top_n_test=r.pre_nms_top_n_test,
         post_nms_top_n_train=r.post_nms_top_n_train, post_nms_top_n_test=r.post_nms_top_n_test,
         nms_threshold=r.nms_threshold, min_size=r.min_size, score_threshold=r.score_threshold,
         box_weights=tuple(r.box_weights), scale_clip=r.scale_clip,
-        proposal_filter=r.proposal_filter, name="proposal_generator")
+        proposal_filter=r.proposal_filter, fg_iou_threshold=r.fg_iou_threshold,
+        bg_iou_threshold=r.bg_iou_threshold,
+        allow_low_quality_matches=r.allow_low_quality_matches,
+        batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
+        seed=r.batch_size_per_image,  # the seed this model always had
+        name="proposal_generator")
     return head, generator
 
 
@@ -140,36 +170,32 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
     keras.config.set_dtype_policy(m.dtype_policy)  # the sub-layers take the config's policy
     try:
         backbone, fpn = build_backbone(m)
-        rpn_head, proposal_generator = build_rpn(m)
-        parts = (backbone, fpn, rpn_head, proposal_generator, build_roi_sampler(m),
-                 build_detection_generator(m), *build_box_head(m), *build_mask_head(m),
-                 *build_keypoint_head(m))
-        res5_head = build_res5_head(m)
+        anchor_generator = build_anchor_generator(m)
+        rpn_head, proposal_generator = build_rpn(m, anchor_generator.num_anchors)
+        box_head, box_predictor = build_box_head(m)
+        mask_head, mask_predictor = build_mask_head(m)
+        keypoint_head, keypoint_predictor = build_keypoint_head(m)
+        parts = dict(
+            backbone=backbone, fpn=fpn, anchor_generator=anchor_generator,
+            rpn_head=rpn_head, proposal_generator=proposal_generator,
+            roi_sampler=build_roi_sampler(m), detection_generator=build_detection_generator(m),
+            box_pooler=build_roi_pooler(m, m.box_head.pool_size, "box_pooler"),
+            box_head=box_head, box_predictor=box_predictor,
+            mask_pooler=None if mask_head is None else build_roi_pooler(
+                m, m.mask_head.pool_size, "mask_pooler"),
+            mask_head=mask_head, mask_predictor=mask_predictor,
+            keypoint_pooler=None if keypoint_head is None else build_roi_pooler(
+                m, m.keypoint_head.pool_size, "keypoint_pooler"),
+            keypoint_head=keypoint_head, keypoint_predictor=keypoint_predictor,
+            roi_feature_head=build_res5_head(m))
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    r, a = m.rpn, m.roi_align
-    c4 = m.backbone.variant == "c4"  # one level, C4 (stride 16), pooled as "P4"
     model = MaskRCNN(
-        *parts, roi_feature_head=res5_head, preprocessor=build_preprocessor(settings.input),
-        feature_levels=("C4",) if c4 else m.fpn.levels,
-        anchor_sizes=m.anchors.sizes, aspect_ratios=m.anchors.aspect_ratios,
-        roi_levels=(4, 4) if c4 else (a.min_level, a.max_level),
-        canonical_size=a.canonical_size,
-        canonical_level=a.canonical_level, sampling_ratio=a.sampling_ratio, aligned=a.aligned,
-        box_pool_size=m.box_head.pool_size, mask_pool_size=m.mask_head.pool_size,
-        keypoint_pool_size=m.keypoint_head.pool_size, mask_size=m.mask_size,
-        heatmap_size=m.keypoint_head.heatmap_size, rpn_fg_iou_threshold=r.fg_iou_threshold,
-        rpn_bg_iou_threshold=r.bg_iou_threshold,
-        rpn_allow_low_quality_matches=r.allow_low_quality_matches,
-        rpn_batch_size_per_image=r.batch_size_per_image,
-        rpn_positive_fraction=r.positive_fraction, rpn_box_weights=r.box_weights,
-        rpn_seed=r.batch_size_per_image,  # the seed this model always had
-        rpn_smooth_l1_beta=r.smooth_l1_beta, box_smooth_l1_beta=m.roi_heads.smooth_l1_beta,
+        **parts, preprocessor=build_preprocessor(settings.input),
+        rpn_smooth_l1_beta=m.rpn.smooth_l1_beta, box_smooth_l1_beta=m.roi_heads.smooth_l1_beta,
         loss_weights=dataclasses.asdict(m.loss_weights),
-        mask_threshold=m.mask_head.threshold, category_ids=category_ids,
-        gt_mask_format=settings.input.gt_mask_format,
-        config_dict=config_dict, anchor_rounded=m.anchors.rounded,
-        anchor_nominal_strides=m.anchors.nominal_strides, level_mapping=a.level_mapping,
+        gt_mask_format=settings.input.gt_mask_format, mask_threshold=m.mask_head.threshold,
+        category_ids=category_ids, config_dict=config_dict,
         keypoint_score=m.keypoint_head.score,
         keypoint_coordinate_offset=m.keypoint_head.coordinate_offset,
         keypoint_category_ids=m.keypoint_head.category_ids, mask_paste=m.mask_head.paste,
@@ -182,21 +208,31 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
 
 
 def build_yolact_parts(model_cfg):
-    """(ResNet, FPN, Protonet, DenseHead, semantic Conv2D) of YOLACT (YOLACT_CONTRACT names)."""
+    """(ResNet, FPN, Protonet, DenseHead, semantic Conv2D, YOLACTAnchorGenerator,
+    AnchorMatcher, DenseDetectionGenerator) of YOLACT (YOLACT_CONTRACT names)."""
     y, k = model_cfg.yolact, model_cfg.num_classes
     resnet = build_resnet(model_cfg.backbone)
     channels = model_cfg.fpn.channels
     fpn = FPN(channels=channels, input_levels=("C3", "C4", "C5"), max_level=7,
               extra_levels="conv", top_down="bilinear", output_relu=True, name="fpn")
     protonet = Protonet(num_prototypes=y.num_prototypes, channels=channels, name="protonet")
-    head = DenseHead(num_anchors=len(y.aspect_ratios),
+    anchor_generator = YOLACTAnchorGenerator(
+        scales=y.anchor_scales, aspect_ratios=y.aspect_ratios, square=y.square_anchors,
+        name="anchor_generator")
+    head = DenseHead(num_anchors=anchor_generator.num_anchors,
                      output_channels={"box_deltas": 4, "class_logits": k,
                                       "mask_coefficients": y.num_prototypes},
                      num_convs=1, conv_channels=channels, predictor_kernel_size=3,
                      output_activations={"mask_coefficients": "tanh"},
                      name="prediction_head")
     semantic = keras.layers.Conv2D(k - 1, 1, name="semantic_seg")
-    return resnet, fpn, protonet, head, semantic
+    matcher = AnchorMatcher(pos_threshold=y.pos_threshold, neg_threshold=y.neg_threshold,
+                            crowd_threshold=y.crowd_threshold, name="anchor_matcher")
+    detections = DenseDetectionGenerator(
+        score_threshold=y.score_threshold, nms_threshold=y.nms_threshold, top_k=y.top_k,
+        detections_per_image=y.detections_per_image,
+        method="fast" if y.fast_nms else "standard", name="detection_generator")
+    return resnet, fpn, protonet, head, semantic, anchor_generator, matcher, detections
 
 
 def build_yolact(settings, category_ids=None, config_dict=None, **kwargs):
@@ -209,12 +245,8 @@ def build_yolact(settings, category_ids=None, config_dict=None, **kwargs):
     finally:
         keras.config.set_dtype_policy(previous_policy)
     model = YOLACT(
-        *parts, preprocessor=build_preprocessor(settings.input), anchor_scales=y.anchor_scales,
-        aspect_ratios=y.aspect_ratios, square_anchors=y.square_anchors,
-        pos_threshold=y.pos_threshold, neg_threshold=y.neg_threshold,
-        crowd_threshold=y.crowd_threshold, negpos_ratio=y.negpos_ratio, max_masks=y.max_masks,
-        score_threshold=y.score_threshold, nms_threshold=y.nms_threshold, top_k=y.top_k,
-        detections_per_image=y.detections_per_image, fast_nms=y.fast_nms,
+        *parts, preprocessor=build_preprocessor(settings.input), negpos_ratio=y.negpos_ratio,
+        max_masks=y.max_masks,
         loss_weights={"class": y.class_loss_weight, "box": y.box_loss_weight,
                       "mask": y.mask_loss_weight, "semantic": y.semantic_loss_weight},
         mask_threshold=y.mask_threshold, category_ids=category_ids, config_dict=config_dict,

@@ -13,7 +13,10 @@ Conventions pinned here (tests/layers/test_rpn.py checks each against
       minor, i.e. index (i * W + j) * A + a; box delta channel a * 4 + c (torchvision's
       ``view(B, A, 4, H, W)``).
     * ``ProposalGenerator`` is ``ops.proposals.generate_proposals`` with the train / test
-      top-n picked by ``training``; see that module for the proposal conventions.
+      top-n picked by ``training``; see that module for the proposal conventions. It also
+      holds the RPN's training-target settings (``targets``: ``ops.targets.rpn_targets``,
+      the anchor matcher and balanced sampler of torchvision's ``RegionProposalNetwork``),
+      which encode with the same ``box_weights`` as the proposals decode.
 
 Shape shorthand:
     B  batch size
@@ -28,6 +31,7 @@ from keras_maskrcnn.layers.dense_head import DenseHead
 from keras_maskrcnn.ops import boxes as box_ops
 from keras_maskrcnn.ops import nms as nms_ops
 from keras_maskrcnn.ops.proposals import generate_proposals
+from keras_maskrcnn.ops.targets import replica_seed, rpn_targets
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -85,6 +89,10 @@ class ProposalGenerator(keras.layers.Layer):
         post_nms_top_n_train, post_nms_top_n_test: P, proposals per image after NMS.
         nms_threshold, min_size, score_threshold, box_weights, scale_clip, nms_method,
             proposal_filter: see ``ops.proposals.generate_proposals``.
+        fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches, batch_size_per_image,
+            positive_fraction: the training targets' anchor labelling and sampling
+            (``targets``; ``ops.targets.rpn_targets``).
+        seed: int or None, initial state of the targets' ``keras.random.SeedGenerator``.
 
     Call:
         objectness_logits (B, N), box_deltas (B, N, 4), anchors (N, 4), level_counts (list of
@@ -100,7 +108,9 @@ class ProposalGenerator(keras.layers.Layer):
                  post_nms_top_n_train=2000, post_nms_top_n_test=1000, nms_threshold=0.7,
                  min_size=1e-3, score_threshold=0.0, box_weights=box_ops.RPN_BOX_WEIGHTS,
                  scale_clip=box_ops.DEFAULT_DELTA_CLIP, nms_method="offset",
-                 proposal_filter="torchvision", **kwargs):
+                 proposal_filter="torchvision", fg_iou_threshold=0.7, bg_iou_threshold=0.3,
+                 allow_low_quality_matches=True, batch_size_per_image=256,
+                 positive_fraction=0.5, seed=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self._allow_non_tensor_positional_args = True  # level_counts: a list of Python ints
@@ -117,6 +127,31 @@ class ProposalGenerator(keras.layers.Layer):
         self.scale_clip = float(scale_clip)
         self.nms_method = nms_method
         self.proposal_filter = str(proposal_filter)
+        self.fg_iou_threshold = float(fg_iou_threshold)
+        self.bg_iou_threshold = float(bg_iou_threshold)
+        self.allow_low_quality_matches = bool(allow_low_quality_matches)
+        self.batch_size_per_image = int(batch_size_per_image)
+        self.positive_fraction = float(positive_fraction)
+        self.seed = None if seed is None else int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="rpn_seed")
+        self.built = True  # its only state, the generator's, exists now
+
+    def targets(self, anchors, gt_boxes, gt_valid):
+        """RPN training targets, sampled with the next seed (replicas draw independently).
+
+        Args:
+            anchors (N, 4); gt_boxes (B, M, 4); gt_valid (B, M) bool.
+        Returns:
+            labels (B, N) int32 (1 positive, 0 negative, -1 not sampled), box_targets
+            (B, N, 4) float32 (``ops.targets.rpn_targets``).
+        """
+        return rpn_targets(
+            anchors, gt_boxes, gt_valid, fg_iou_threshold=self.fg_iou_threshold,
+            bg_iou_threshold=self.bg_iou_threshold,
+            allow_low_quality_matches=self.allow_low_quality_matches,
+            batch_size_per_image=self.batch_size_per_image,
+            positive_fraction=self.positive_fraction, box_weights=self.box_weights,
+            seed=replica_seed(self.seed_generator.next()))
 
     def call(self, objectness_logits, box_deltas, anchors, level_counts, image_sizes,
              training=False):
@@ -141,5 +176,9 @@ class ProposalGenerator(keras.layers.Layer):
             "score_threshold": self.score_threshold, "box_weights": list(self.box_weights),
             "scale_clip": self.scale_clip, "nms_method": self.nms_method,
             "proposal_filter": self.proposal_filter,
+            "fg_iou_threshold": self.fg_iou_threshold, "bg_iou_threshold": self.bg_iou_threshold,
+            "allow_low_quality_matches": self.allow_low_quality_matches,
+            "batch_size_per_image": self.batch_size_per_image,
+            "positive_fraction": self.positive_fraction, "seed": self.seed,
         })
         return config

@@ -19,15 +19,18 @@ Method, as in He et al. 2017 and torchvision's ``MaskRCNN``:
     5. multi-level RoIAlign 7x7 -> box head -> class logits (B, R, K), deltas (B, R, K, 4)
     6. training: mask / keypoint heads on the foreground slots (F' <= F), with their targets;
        inference: detections (per-class NMS, top D), then mask / keypoint heads on them.
-C4 variant (``fpn`` None, a ``roi_feature_head``: detectron2's ``Res5ROIHeads``): step 1 stops
-at C4 (stride 16); step 2 is one level with every anchor size; steps 5-6 pool 14x14 from C4,
-run the shared res5 head (-> 7x7), average it for the box predictor, and feed it to the mask
-predictor (14x14 masks). In training the mask path runs res5 again on the foreground slots
-(the same values as reusing the box path's, whose slots they are).
-Training returns predictions, targets and weights; ``compute_losses`` is arithmetic over them.
-The model receives built parts and primitive settings (``keras_maskrcnn.builders`` maps a
-config onto them); the Keras machinery (loss tracking, fit, saving, ``detect``) is
-``models.base.Detector``'s.
+C4 variant (detectron2's ``Res5ROIHeads``) is a choice of parts: ``fpn`` None (step 1 stops at
+C4, stride 16), a one-level anchor generator with every anchor size on "C4", poolers of the
+"C4" level (14x14), and the res5 head as ``roi_feature_head`` (-> 7x7), averaged for the box
+predictor (``box_head`` None) and fed to the mask predictor (14x14 masks). In training the
+mask path runs res5 again on the foreground slots (the same values as reusing the box path's,
+whose slots they are).
+Training returns predictions, targets and weights; ``compute_losses`` is arithmetic over them;
+mask and heatmap targets take the logits' size (as torchvision's and detectron2's losses).
+The model receives built parts that hold their settings (anchor generator, RoI poolers, the
+proposal generator with the RPN's target settings) plus loss settings; ``keras_maskrcnn.
+builders`` maps a config onto them; the Keras machinery (loss tracking, fit, saving,
+``detect``) is ``models.base.Detector``'s.
 """
 import keras
 import tensorflow as tf
@@ -35,12 +38,11 @@ import tensorflow as tf
 from keras_maskrcnn import losses
 from keras_maskrcnn.losses import global_count
 from keras_maskrcnn.models.base import Detector
-from keras_maskrcnn.ops.anchors import level_sizes, multilevel_anchors
+from keras_maskrcnn.ops.anchors import level_sizes
 from keras_maskrcnn.ops.keypoints import (heatmaps_to_keypoints, keypoints_to_heatmap,
                                           mask_absent_keypoints)
 from keras_maskrcnn.ops.masks import project_cropped_masks_on_boxes, project_masks_on_boxes
-from keras_maskrcnn.ops.roi_align import multilevel_roi_align
-from keras_maskrcnn.ops.targets import foreground_slots, replica_seed, rpn_targets, used_gt_rows
+from keras_maskrcnn.ops.targets import foreground_slots, used_gt_rows
 
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression", "mask",
@@ -54,9 +56,15 @@ class MaskRCNN(Detector):
     Args:
         backbone: ResNet layer, images -> {"C2".."C5"} ({"C2".."C4"} for C4).
         fpn: FPN layer -> {"P2".."P6"}; None: the C4 variant (features = the backbone's).
+        anchor_generator: ``layers.anchor_generator.AnchorGenerator``: its ``levels`` are the
+            feature levels the RPN and the anchors use (C4: ("C4",), every size on it).
         rpn_head: -> objectness logits (B, N), deltas (B, N, 4).
-        proposal_generator, roi_sampler, detection_generator: ``layers.rpn`` /
-            ``layers.roi_sampler`` / ``layers.detection_generator`` layers.
+        proposal_generator: ``layers.rpn.ProposalGenerator``: proposals, and the RPN's
+            training targets (``targets``) with their settings and seed.
+        roi_sampler, detection_generator: ``layers.roi_sampler`` /
+            ``layers.detection_generator`` layers.
+        box_pooler, mask_pooler, keypoint_pooler: ``layers.roi_pooler.RoIPooler`` of each head
+            (levels, level mapping, sampling, output size; C4: one "C4" level).
         box_head, box_predictor: -> class logits (B, R, K), deltas (B, R, K, 4); box_head
             None with a ``roi_feature_head``: the mean over its output (C4).
         mask_head, mask_predictor: -> mask logits (B, R, Sm, Sm, K or 1); None: no masks.
@@ -64,22 +72,12 @@ class MaskRCNN(Detector):
         roi_feature_head: per-RoI layer shared by the box and mask paths, applied to the
             pooled RoIs before them (``models.res5_head.Res5Head``, the C4 variant); None: FPN.
         preprocessor: ``preprocessing.Preprocessor`` (normalisation here; resize in detect).
-        feature_levels: pyramid levels the RPN and the anchors use, finest first (C4: "C4").
-        anchor_sizes: one anchor size per feature level; C4: all of them on its one level.
-            aspect_ratios: h / w, every level.
-        anchor_rounded: torchvision's rounded cell anchors (False: detectron2's unrounded);
-            anchor_nominal_strides: level "Pl" has stride 2**l (detectron2) instead of the
-            padded input size // feature size (torchvision); ``ops.anchors``.
-        roi_levels: (min, max) pyramid levels RoIAlign pools from (C4: (4, 4)); canonical_size,
-            canonical_level, level_mapping ("torchvision" / "detectron2"): the FPN level
-            mapper; sampling_ratio (0: adaptive), aligned: RoIAlign's (``ops.roi_align``).
-        box_pool_size, mask_pool_size, keypoint_pool_size: RoIAlign output sizes.
-        mask_size: Sm, the mask targets' size; heatmap_size: Sk, the keypoint targets'.
-        rpn_fg_iou_threshold, rpn_bg_iou_threshold, rpn_allow_low_quality_matches,
-            rpn_batch_size_per_image, rpn_positive_fraction, rpn_box_weights: anchor
-            labelling and sampling for the RPN targets (``layers.rpn.rpn_targets``).
-        rpn_seed: seed of the RPN's anchor sampling.
         rpn_smooth_l1_beta, box_smooth_l1_beta: smooth L1 betas of the two box losses.
+        gt_mask_format: "full": gt_masks are image masks (B, M, Hp, Wp), targets by
+            ``ops.masks.project_masks_on_boxes`` (torchvision's); "cropped": (B, M, C, C)
+            crops of each GT box's frame, targets by ``project_cropped_masks_on_boxes``.
+            Mask and heatmap targets take the size of the predicted logits (Sm, Sk), as
+            torchvision's and detectron2's losses do.
         loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
         keypoint_score: "logit" (torchvision) or "detectron2" (``ops.keypoints``).
         keypoint_coordinate_offset: added to keypoint x, y in COCO results only
@@ -90,9 +88,6 @@ class MaskRCNN(Detector):
             their detections' keypoints are (0, 0, -inf) (``ops.keypoints.ABSENT_SCORE``).
         mask_paste: "torchvision" or "detectron2": how ``detect`` and the export paste masks
             (``ops.masks.paste_and_threshold``).
-        gt_mask_format: "full": gt_masks are image masks (B, M, Hp, Wp), targets by
-            ``ops.masks.project_masks_on_boxes`` (torchvision's); "cropped": (B, M, C, C)
-            crops of each GT box's frame, targets by ``project_cropped_masks_on_boxes``.
 
     Inputs (dict): images (B, Hp, Wp, 3) float RGB in [0, 255], resized, zero-padded;
         image_sizes (B, 2) int32 resized unpadded (h, w); in training also gt_boxes (B, M, 4),
@@ -107,21 +102,14 @@ class MaskRCNN(Detector):
 
     mask_type = "box"  # masks are Sm x Sm inside each box (YOLACT's: "image")
 
-    def __init__(self, backbone, fpn, rpn_head, proposal_generator, roi_sampler,
-                 detection_generator, box_head, box_predictor, mask_head=None,
-                 mask_predictor=None, keypoint_head=None, keypoint_predictor=None, *,
-                 roi_feature_head=None,  # C4: the shared res5 head
-                 preprocessor, feature_levels, anchor_sizes, aspect_ratios, roi_levels,
-                 canonical_size, canonical_level, sampling_ratio, aligned, box_pool_size,
-                 mask_pool_size, keypoint_pool_size, mask_size, heatmap_size,
-                 rpn_fg_iou_threshold, rpn_bg_iou_threshold, rpn_allow_low_quality_matches,
-                 rpn_batch_size_per_image, rpn_positive_fraction, rpn_box_weights, rpn_seed,
-                 rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights, mask_threshold=0.5,
-                 category_ids=None, config_dict=None, anchor_rounded=True,
-                 anchor_nominal_strides=False, level_mapping="torchvision",
-                 keypoint_score="logit", keypoint_coordinate_offset=0.0,
-                 keypoint_category_ids=None, mask_paste="torchvision", gt_mask_format="full",
-                 **kwargs):
+    def __init__(self, backbone, fpn, anchor_generator, rpn_head, proposal_generator,
+                 roi_sampler, detection_generator, box_pooler, box_head, box_predictor,
+                 mask_pooler=None, mask_head=None, mask_predictor=None, keypoint_pooler=None,
+                 keypoint_head=None, keypoint_predictor=None, *, roi_feature_head=None,
+                 preprocessor, rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights,
+                 gt_mask_format="full", mask_threshold=0.5, category_ids=None,
+                 config_dict=None, keypoint_score="logit", keypoint_coordinate_offset=0.0,
+                 keypoint_category_ids=None, mask_paste="torchvision", **kwargs):
         if gt_mask_format not in ("full", "cropped"):
             raise ValueError(f"gt_mask_format must be 'full' or 'cropped', got "
                              f"{gt_mask_format!r}")
@@ -130,39 +118,26 @@ class MaskRCNN(Detector):
         super().__init__(names, loss_weights, preprocessor, mask_threshold=mask_threshold,
                          category_ids=category_ids, config_dict=config_dict, **kwargs)
         if fpn is None and (roi_feature_head is None or keypoint_head is not None
-                            or len(feature_levels) != 1):
+                            or len(anchor_generator.levels) != 1):
             raise ValueError("fpn None (C4) needs a roi_feature_head, one feature level and no "
                              "keypoint head")
+        for head, pooler in (("mask_head", mask_pooler), ("keypoint_head", keypoint_pooler)):
+            if (locals()[head] is None) != (pooler is None):
+                raise ValueError(f"{head} and its pooler go together (both or neither)")
         self.backbone, self.fpn = backbone, fpn
         self.roi_feature_head = roi_feature_head
+        self.anchor_generator = anchor_generator
         self.rpn_head, self.proposal_generator = rpn_head, proposal_generator
         self.roi_sampler, self.detection_generator = roi_sampler, detection_generator
+        self.box_pooler, self.mask_pooler = box_pooler, mask_pooler
+        self.keypoint_pooler = keypoint_pooler
         self.box_head, self.box_predictor = box_head, box_predictor
         self.mask_head, self.mask_predictor = mask_head, mask_predictor
         self.keypoint_head, self.keypoint_predictor = keypoint_head, keypoint_predictor
-        self.feature_levels = tuple(feature_levels)
-        self.anchor_sizes = tuple(float(s) for s in anchor_sizes)
-        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
-        self.roi_levels = (int(roi_levels[0]), int(roi_levels[1]))
-        self.canonical_size, self.canonical_level = float(canonical_size), int(canonical_level)
-        self.sampling_ratio, self.aligned = int(sampling_ratio), bool(aligned)
-        self.level_mapping, self.mask_paste = str(level_mapping), str(mask_paste)
-        self.anchor_rounded, self.anchor_nominal_strides = (bool(anchor_rounded),
-                                                           bool(anchor_nominal_strides))
-        self.pool_sizes = {"box": int(box_pool_size), "mask": int(mask_pool_size),
-                           "keypoint": int(keypoint_pool_size)}
-        self.mask_size, self.heatmap_size = int(mask_size), int(heatmap_size)
+        self.mask_paste = str(mask_paste)
         self.gt_mask_format = gt_mask_format
-        self.rpn_target_settings = {
-            "fg_iou_threshold": float(rpn_fg_iou_threshold),
-            "bg_iou_threshold": float(rpn_bg_iou_threshold),
-            "allow_low_quality_matches": bool(rpn_allow_low_quality_matches),
-            "batch_size_per_image": int(rpn_batch_size_per_image),
-            "positive_fraction": float(rpn_positive_fraction),
-            "box_weights": tuple(float(w) for w in rpn_box_weights)}
         self.rpn_smooth_l1_beta = float(rpn_smooth_l1_beta)
         self.box_smooth_l1_beta = float(box_smooth_l1_beta)
-        self.rpn_seed = keras.random.SeedGenerator(rpn_seed, name="rpn_seed")
         self.keypoint_score = str(keypoint_score)
         self.keypoint_coordinate_offset = float(keypoint_coordinate_offset)
         self.keypoint_category_ids = (None if keypoint_category_ids is None
@@ -177,9 +152,38 @@ class MaskRCNN(Detector):
 
     @property
     def num_anchors(self):
-        """A, anchors per location: one size per level (FPN), or every size (C4)."""
-        sizes = len(self.anchor_sizes) if self.fpn is None else 1
-        return sizes * len(self.aspect_ratios)
+        """A, anchors per location (the anchor generator's)."""
+        return self.anchor_generator.num_anchors
+
+    # Read-only views of the parts' settings (what the model is made of).
+    @property
+    def feature_levels(self):
+        """Levels the RPN and the anchors use, finest first (C4: ("C4",))."""
+        return self.anchor_generator.levels
+
+    @property
+    def anchor_sizes(self):
+        """Every anchor size, levels in order (FPN: one per level; C4: all on its level)."""
+        return tuple(s for level in self.anchor_generator.sizes for s in level)
+
+    @property
+    def aspect_ratios(self):
+        return self.anchor_generator.aspect_ratios
+
+    @property
+    def roi_levels(self):
+        """(min, max) pyramid levels the RoIs are pooled from (C4: (4, 4))."""
+        return self.box_pooler.min_level, self.box_pooler.max_level
+
+    @property
+    def mask_size(self):
+        """Sm, the side of the mask logits and targets: the mask pooler's size, halved by a
+        roi_feature_head (C4's stride-2 res5), doubled by the predictor's deconv; None
+        without masks."""
+        if self.mask_pooler is None:
+            return None
+        size = self.mask_pooler.output_size
+        return 2 * (size // 2 if self.roi_feature_head is not None else size)
 
     def keypoint_classes(self):
         """(K,) Python bools: which contiguous classes have keypoints (background: False)."""
@@ -212,42 +216,15 @@ class MaskRCNN(Detector):
         features = self.backbone(self.preprocessor.normalize(images, image_sizes))
         if self.fpn is not None:
             features = self.fpn(features)
-        return {level: features[level] for level in self.feature_levels}
+        return {level: features[level] for level in self.anchor_generator.levels}
 
     def anchors(self, images, features):
-        """(N, 4) anchors of every level, torchvision's order (strides: see the class).
-
-        C4: every size on the one level, in torchvision's cell order (ratio-major, size-minor:
-        anchor a = ratio index * len(sizes) + size index; detectron2's is size-major).
-        """
-        shape = tf.shape(images)
-        sizes = [(tf.shape(f)[1], tf.shape(f)[2]) for f in features.values()]
-        strides = ([2 ** int(name.lstrip("PC")) for name in features]
-                   if self.anchor_nominal_strides else None)  # "P3" -> 8, "C4" -> 16
-        anchor_sizes = ([self.anchor_sizes] if self.fpn is None
-                        else [(s,) for s in self.anchor_sizes])
-        per_level = multilevel_anchors(
-            shape[1], shape[2], sizes, sizes=anchor_sizes, aspect_ratios=self.aspect_ratios,
-            rounded=self.anchor_rounded, strides=strides)
-        return tf.concat(per_level, axis=0)
-
-    def pool(self, features, boxes, head):
-        """Multi-level RoIAlign for ``head``: boxes (B, R, 4) -> (B, R, size, size, C).
-
-        C4: the same op on one level, C4 as "P4" (stride 16, every RoI maps to it).
-        """
-        low, high = self.roi_levels
-        prefix = "C" if self.fpn is None else "P"
-        pooled = {f"P{l}": features[f"{prefix}{l}"] for l in range(low, high + 1)}
-        return multilevel_roi_align(
-            pooled, boxes, self.pool_sizes[head], sampling_ratio=self.sampling_ratio,
-            aligned=self.aligned, min_level=low, max_level=high,
-            canonical_size=self.canonical_size, canonical_level=self.canonical_level,
-            level_mapping=self.level_mapping)
+        """(N, 4) anchors of every level (``anchor_generator``; torchvision's order)."""
+        return self.anchor_generator(images, features)
 
     def box_predictions(self, features, rois):
         """rois (B, R, 4) -> class logits (B, R, K), deltas (B, R, K, 4)."""
-        pooled = self.pool(features, rois, "box")
+        pooled = self.box_pooler(features, rois)
         if self.roi_feature_head is not None:  # C4: res5, then the mean over each RoI
             hidden = tf.reduce_mean(self.roi_feature_head(pooled), axis=[2, 3])  # (B, R, C5)
         else:
@@ -257,23 +234,22 @@ class MaskRCNN(Detector):
 
     def mask_logits(self, features, rois):
         """rois (B, R, 4) -> mask logits (B, R, Sm, Sm, K or 1)."""
-        pooled = self.pool(features, rois, "mask")
+        pooled = self.mask_pooler(features, rois)
         if self.roi_feature_head is not None:  # C4: the box path's res5, shared weights
             pooled = self.roi_feature_head(pooled)
         return self.mask_predictor(self.mask_head(pooled))
 
     def keypoint_logits(self, features, rois):
         """rois (B, R, 4) -> heatmap logits (B, R, Sk, Sk, Kp)."""
-        return self.keypoint_predictor(self.keypoint_head(self.pool(features, rois, "keypoint")))
+        return self.keypoint_predictor(self.keypoint_head(self.keypoint_pooler(features, rois)))
 
     # ---------------------------------------------------------------------------- training
     def training_outputs(self, inputs, features, anchors, rpn_logits, rpn_deltas, proposals):
         gt_boxes = tf.cast(inputs["gt_boxes"], tf.float32)
         gt_classes = tf.cast(inputs["gt_classes"], tf.int32)
         rpn_gt_boxes, rpn_gt_classes = used_gt_rows(gt_boxes, gt_classes)  # (B, M', ...)
-        rpn_labels, rpn_box_targets = rpn_targets(
-            anchors, rpn_gt_boxes, rpn_gt_classes > 0, **self.rpn_target_settings,
-            seed=replica_seed(self.rpn_seed.next()))  # replicas draw independently
+        rpn_labels, rpn_box_targets = self.proposal_generator.targets(
+            anchors, rpn_gt_boxes, rpn_gt_classes > 0)  # replicas draw independently
         sample = self.roi_sampler(proposals["proposals"], proposals["valid"], gt_boxes,
                                   gt_classes)
         class_logits, box_deltas = self.box_predictions(features, sample["rois"])
@@ -293,20 +269,22 @@ class MaskRCNN(Detector):
             # masks instead of B x max_instances lowers the peak memory.
             used_rows = tf.shape(rpn_gt_classes)[1]  # M'
             matched = tf.minimum(fg_matched, used_rows - 1)
-            settings = {"sampling_ratio": self.sampling_ratio, "aligned": self.aligned}
+            settings = {"sampling_ratio": self.mask_pooler.sampling_ratio,
+                        "aligned": self.mask_pooler.aligned}
+            size = static_side(outputs["mask_logits"])  # Sm: targets as large as the logits
             gt_masks = inputs["gt_masks"][:, :used_rows]
             if self.gt_mask_format == "cropped":
                 outputs["mask_targets"] = project_cropped_masks_on_boxes(
-                    gt_masks, gt_boxes[:, :used_rows], fg_rois, matched, self.mask_size,
-                    **settings)
+                    gt_masks, gt_boxes[:, :used_rows], fg_rois, matched, size, **settings)
             else:
                 outputs["mask_targets"] = project_masks_on_boxes(
-                    gt_masks, fg_rois, matched, self.mask_size, **settings)
+                    gt_masks, fg_rois, matched, size, **settings)
         if self.keypoint_head is not None:
             outputs["keypoint_logits"] = self.keypoint_logits(features, fg_rois)
             gt_kp = tf.gather(tf.cast(inputs["gt_keypoints"], tf.float32),
                               tf.maximum(fg_matched, 0), batch_dims=1)  # (B, F, Kp, 3)
-            targets, valid = keypoints_to_heatmap(gt_kp, fg_rois, self.heatmap_size)
+            targets, valid = keypoints_to_heatmap(gt_kp, fg_rois,
+                                                  static_side(outputs["keypoint_logits"]))
             outputs["keypoint_targets"] = targets
             has_keypoints = tf.gather(tf.constant(self.keypoint_classes()),
                                       tf.maximum(fg_classes, 0))  # (B, F'): False for 0
@@ -361,3 +339,12 @@ class MaskRCNN(Detector):
                 keypoints = mask_absent_keypoints(keypoints, present)
             outputs["keypoints"] = keypoints
         return outputs
+
+
+def static_side(logits):
+    """S of (B, R, S, S, C) logits, a Python int (the heads' output sizes are static)."""
+    side = logits.shape[2]
+    if side is None:
+        raise ValueError(f"the side of {logits.name if hasattr(logits, 'name') else 'logits'} "
+                         "is not static; the heads' output sizes must be")
+    return int(side)

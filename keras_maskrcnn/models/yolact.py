@@ -34,15 +34,10 @@ import tensorflow as tf
 from keras_maskrcnn import losses
 from keras_maskrcnn.losses import global_count
 from keras_maskrcnn.models.base import Detector
-from keras_maskrcnn.ops.anchors import feature_keys, yolact_anchors
-from keras_maskrcnn.ops.boxes import decode_boxes
-from keras_maskrcnn.ops.dense_matching import SSD_WEIGHTS, match_anchors
-from keras_maskrcnn.ops.nms_fast import fast_nms
 from keras_maskrcnn.ops.prototype_masks import assemble_masks, crop_masks
 from keras_maskrcnn.ops.targets import replica_seed, used_gt_rows
 
 LOSS_NAMES = ("class", "box", "mask", "semantic")
-REFERENCE_SIZE = 550  # the input size the anchor scales are given for
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -55,12 +50,13 @@ class YOLACT(Detector):
         prediction_head: ``layers.dense_head.DenseHead`` with outputs box_deltas (4),
             class_logits (K), mask_coefficients (k, tanh).
         semantic_head: 1x1 ``Conv2D(K - 1)`` on P3 (training only).
+        anchor_generator: ``layers.anchor_generator.YOLACTAnchorGenerator`` (scales, ratios
+            w / h, square variant).
+        anchor_matcher: ``layers.dense_detection.AnchorMatcher`` (training targets).
+        detection_generator: ``layers.dense_detection.DenseDetectionGenerator`` (inference:
+            decode, Fast NMS, top D).
         preprocessor: ``preprocessing.Preprocessor`` (normalisation here; resize in detect).
-        anchor_scales: one anchor side per level (pixels of a 550 input); aspect_ratios: w / h;
-            square_anchors: see ``ops.yolact_anchors``.
-        pos_threshold, neg_threshold, crowd_threshold: ``ops.match_anchors``'.
         negpos_ratio, max_masks: hard negatives per positive; masks trained per image.
-        score_threshold, nms_threshold, top_k, detections_per_image, fast_nms: inference.
         loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
         mask_seed: seed of the random subset of masks trained when an image has more than
             ``max_masks`` positives.
@@ -75,26 +71,17 @@ class YOLACT(Detector):
 
     mask_type = "image"
 
-    def __init__(self, backbone, fpn, protonet, prediction_head, semantic_head, *, preprocessor,
-                 anchor_scales, aspect_ratios, square_anchors, pos_threshold, neg_threshold,
-                 crowd_threshold, negpos_ratio, max_masks, score_threshold, nms_threshold,
-                 top_k, detections_per_image, fast_nms, loss_weights, mask_threshold=0.5,
-                 category_ids=None, config_dict=None, mask_seed=0, **kwargs):
+    def __init__(self, backbone, fpn, protonet, prediction_head, semantic_head,
+                 anchor_generator, anchor_matcher, detection_generator, *, preprocessor,
+                 negpos_ratio, max_masks, loss_weights, mask_threshold=0.5, category_ids=None,
+                 config_dict=None, mask_seed=0, **kwargs):
         super().__init__(LOSS_NAMES, loss_weights, preprocessor, mask_threshold=mask_threshold,
                          category_ids=category_ids, config_dict=config_dict, **kwargs)
         self.backbone, self.fpn, self.protonet = backbone, fpn, protonet
         self.prediction_head, self.semantic_head = prediction_head, semantic_head
-        self.anchor_scales = tuple(float(s) for s in anchor_scales)
-        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
-        self.square_anchors = bool(square_anchors)
-        self.match_settings = {"pos_threshold": float(pos_threshold),
-                               "neg_threshold": float(neg_threshold),
-                               "crowd_iou_threshold": float(crowd_threshold)}
+        self.anchor_generator, self.anchor_matcher = anchor_generator, anchor_matcher
+        self.detection_generator = detection_generator
         self.negpos_ratio, self.max_masks = int(negpos_ratio), int(max_masks)
-        self.nms_settings = {
-            "iou_threshold": float(nms_threshold), "score_threshold": float(score_threshold),
-            "top_k": int(top_k), "max_detections": int(detections_per_image),
-            "threshold_on": "anchor", "method": "fast" if fast_nms else "standard"}
         self.mask_seed = keras.random.SeedGenerator(mask_seed, name="mask_seed")
 
     @property
@@ -104,7 +91,11 @@ class YOLACT(Detector):
 
     @property
     def num_anchors(self):
-        return len(self.aspect_ratios)
+        return self.anchor_generator.num_anchors
+
+    @property
+    def anchor_scales(self):
+        return self.anchor_generator.scales
 
     def build_with_dummy_batch(self, size=64):
         """Every weight, the training-only semantic head's too (an inference pass skips it)."""
@@ -125,12 +116,7 @@ class YOLACT(Detector):
 
     def anchors(self, images, features):
         """(N, 4) xyxy anchors in input pixels, levels in the head's order."""
-        shape = tf.shape(images)
-        sizes = [(tf.shape(features[k])[1], tf.shape(features[k])[2])
-                 for k in feature_keys(features)]
-        return yolact_anchors((shape[1], shape[2]), sizes, scales=self.anchor_scales,
-                              aspect_ratios=self.aspect_ratios, square=self.square_anchors,
-                              reference_size=REFERENCE_SIZE)
+        return self.anchor_generator(images, features)
 
     # ---------------------------------------------------------------------------- training
     def training_outputs(self, inputs, features, anchors, prototypes, predictions):
@@ -142,8 +128,8 @@ class YOLACT(Detector):
             match_boxes, match_classes, crowd = with_crowd_rows(gt_boxes, gt_classes,
                                                                 inputs["gt_crowd_boxes"])
         # matched_gt < M' for every positive: crowd rows (after the M' rows) are never matched
-        labels, matched_gt, box_targets = match_anchors(anchors, match_boxes, match_classes,
-                                                        crowd, **self.match_settings)
+        labels, matched_gt, box_targets = self.anchor_matcher(anchors, match_boxes,
+                                                              match_classes, crowd)
         segmentation = tf.cast(self.semantic_head(features["P3"]), tf.float32)  # (B, Hs, Ws, K-1)
         return {
             "class_logits": predictions["class_logits"], "box_deltas": predictions["box_deltas"],
@@ -181,10 +167,8 @@ class YOLACT(Detector):
 
     # --------------------------------------------------------------------------- inference
     def inference_outputs(self, images, anchors, prototypes, predictions):
-        boxes = decode_boxes(predictions["box_deltas"], anchors[None], SSD_WEIGHTS,
-                             clip=float("inf"))  # (B, N, 4) input pixels, no clamp on exp
-        scores = tf.nn.softmax(predictions["class_logits"], axis=-1)[..., 1:]  # (B, N, K-1)
-        dets = fast_nms(boxes, scores, **self.nms_settings)
+        dets = self.detection_generator(predictions["box_deltas"],
+                                        predictions["class_logits"], anchors)
         valid = dets["indices"] >= 0  # (B, D)
         coefficients = tf.gather(predictions["mask_coefficients"],
                                  tf.maximum(dets["indices"], 0), batch_dims=1)  # (B, D, k)

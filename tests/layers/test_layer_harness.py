@@ -9,12 +9,16 @@ FPN and the conv towers, float32 for predictors and geometry).
 import numpy as np
 import pytest
 
+from keras_maskrcnn.layers.anchor_generator import AnchorGenerator, YOLACTAnchorGenerator
+from keras_maskrcnn.layers.dense_detection import AnchorMatcher, DenseDetectionGenerator
 from keras_maskrcnn.layers.dense_head import DenseHead
 from keras_maskrcnn.layers.detection_generator import DetectionGenerator
 from keras_maskrcnn.layers.fpn import FPN
 from keras_maskrcnn.layers.frozen_batch_norm import FrozenBatchNorm
 from keras_maskrcnn.layers.heads import (BoxHead, BoxPredictor, KeypointHead, KeypointPredictor,
                                          MaskHead, MaskPredictor)
+from keras_maskrcnn.layers.protonet import Protonet
+from keras_maskrcnn.layers.roi_pooler import RoIPooler
 from keras_maskrcnn.layers.roi_sampler import RoISampler
 from keras_maskrcnn.layers.rpn import ProposalGenerator, RPNHead
 from support import layers as harness
@@ -63,6 +67,36 @@ def _detection_inputs(rng):
             rng.uniform(size=(B, r)) > 0.2, np.full((B, 2), 60, np.int32))
 
 
+def _anchor_inputs(levels):
+    """An image of 100x75 and its maps of ``levels`` (sizes as C_SIZES)."""
+    def inputs(rng):
+        sizes = {level: C_SIZES["C" + level[1:]] for level in levels}
+        return (rng.normal(size=(B, 100, 75, 3)).astype(np.float32), _maps(rng, sizes, 2))
+    return inputs
+
+
+def _pooler_inputs(levels):
+    def inputs(rng):
+        sizes = {level: C_SIZES["C" + level[1:]] for level in levels}
+        return _maps(rng, sizes, 3), _boxes(rng, 5, size=90.0)
+    return inputs
+
+
+def _dense_anchors(rng, n=30):
+    return _boxes(rng, n)[0]
+
+
+def _matcher_inputs(rng):
+    gt_classes = np.array([[1, 2, -1], [3, -1, -1]], np.int32)
+    gt_boxes = np.where(gt_classes[..., None] > 0, _boxes(rng, 3), -1.0).astype(np.float32)
+    return _dense_anchors(rng), gt_boxes, gt_classes
+
+
+def _dense_detection_inputs(rng):
+    return (0.1 * rng.normal(size=(B, 30, 4)).astype(np.float32),
+            rng.normal(size=(B, 30, 4)).astype(np.float32), _dense_anchors(rng))
+
+
 CASES = [
     LayerCase("fpn", lambda **kw: FPN(8, **kw), lambda rng: (_maps(rng, C_SIZES, 4),),
               mixed_output_dtype="bfloat16", dtype_argument_reaches_sublayers=False),
@@ -97,6 +131,26 @@ CASES = [
               lambda rng: (_rois(rng, 3, 9, 4),), mixed_output_dtype="bfloat16"),
     LayerCase("keypoint_predictor", lambda **kw: KeypointPredictor(5, **kw),
               lambda rng: (_rois(rng, 3, 9, 8),)),
+    LayerCase("protonet", lambda **kw: Protonet(4, channels=6, **kw),
+              lambda rng: (rng.normal(size=(B, 13, 10, 6)).astype(np.float32),)),
+    LayerCase("anchor_generator", lambda **kw: AnchorGenerator(("P2", "P3"), ((8,), (16,)),
+                                                               **kw),
+              _anchor_inputs(("P2", "P3")), has_weights=False),
+    LayerCase("anchor_generator_c4", lambda **kw: AnchorGenerator(
+        ("C4",), ((8, 16, 32),), rounded=False, nominal_strides=True, **kw),
+        _anchor_inputs(("C4",)), has_weights=False),
+    LayerCase("yolact_anchor_generator", lambda **kw: YOLACTAnchorGenerator(
+        (24, 48), square=False, **kw), _anchor_inputs(("P3", "P4")), has_weights=False),
+    LayerCase("roi_pooler", lambda **kw: RoIPooler(5, ("P2", "P3", "P4"), **kw),
+              _pooler_inputs(("P2", "P3", "P4")), has_weights=False),
+    LayerCase("roi_pooler_c4", lambda **kw: RoIPooler(
+        4, ("C4",), level_mapping="detectron2", sampling_ratio=0, aligned=True, **kw),
+        _pooler_inputs(("C4",)), has_weights=False),
+    LayerCase("anchor_matcher", lambda **kw: AnchorMatcher(**kw), _matcher_inputs,
+              unbatched=(0,), has_weights=False, keras_file=False),
+    LayerCase("dense_detection_generator", lambda **kw: DenseDetectionGenerator(
+        detections_per_image=6, **kw), _dense_detection_inputs, unbatched=(2,),
+        has_weights=False, keras_file=False),
     LayerCase("frozen_batch_norm", lambda **kw: FrozenBatchNorm(**kw),
               lambda rng: (rng.normal(size=(B, 13, 10, 4)).astype(np.float32),),
               mixed_output_dtype="bfloat16"),

@@ -1,4 +1,4 @@
-"""The layer harness (tests/support/layers.py) on models/backbones.py: ResNet and ResNetBlock.
+"""The layer harness (tests/support/layers.py) on models/: ResNet, ResNetBlock and Res5Head.
 
 An input of 70x90 (not divisible by 32: C5 is 3x3). The backbone's convs and norms take the global
 dtype policy, not the ``dtype`` argument (``builders.build_model`` sets the global one).
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_maskrcnn.models.backbones import ResNet, ResNetBlock
+from keras_maskrcnn.models.res5_head import Res5Head
 from support import layers as harness
 from support.layers import LayerCase
 
@@ -31,6 +32,9 @@ CASES = [
               mixed_output_dtype="bfloat16", dtype_argument_reaches_sublayers=False),
     LayerCase("block_bottleneck", lambda **kw: ResNetBlock(8, 1, "bottleneck", True, **kw),
               _map, mixed_output_dtype="bfloat16", dtype_argument_reaches_sublayers=False),
+    LayerCase("res5_head", lambda **kw: Res5Head(50, width_multiplier=0.125, **kw),
+              lambda rng: (rng.normal(size=(B, 3, 6, 6, 128)).astype(np.float32),),
+              mixed_output_dtype="bfloat16", dtype_argument_reaches_sublayers=False),
 ]
 
 

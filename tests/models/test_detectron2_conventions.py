@@ -26,17 +26,25 @@ def d2_model():
     return build_model(tiny_config(**D2))
 
 
+def _conventions(m):
+    """(sampling ratio, level mapping) of every pooler, (rounded, nominal strides) of the
+    anchors, and the mask paste style."""
+    poolers = {(p.sampling_ratio, p.level_mapping)
+               for p in (m.box_pooler, m.mask_pooler, m.keypoint_pooler)}
+    assert len(poolers) == 1, poolers
+    a = m.anchor_generator
+    return (*poolers.pop(), a.rounded, a.nominal_strides, m.mask_paste)
+
+
 def test_defaults_keep_torchvision_conventions():
     m = build_model(tiny_config(), build=False)
-    assert (m.sampling_ratio, m.level_mapping, m.anchor_rounded, m.anchor_nominal_strides,
-            m.mask_paste, m.preprocessor.resize_style) == (2, "torchvision", True, False,
-                                                           "torchvision", "torchvision")
+    assert _conventions(m) + (m.preprocessor.resize_style,) == (
+        2, "torchvision", True, False, "torchvision", "torchvision")
 
 
 def test_settings_are_wired_and_survive_from_config(d2_model):
     for m in (d2_model, MaskRCNN.from_config(d2_model.get_config())):
-        assert (m.sampling_ratio, m.level_mapping, m.anchor_rounded, m.anchor_nominal_strides,
-                m.mask_paste) == (0, "detectron2", False, True, "detectron2")
+        assert _conventions(m) == (0, "detectron2", False, True, "detectron2")
         assert m.preprocessor.detectron2_style and inference.mask_paste(m) == "detectron2"
 
 
@@ -57,7 +65,7 @@ def test_model_pool_is_adaptive_roi_align_on_detectron2_levels(torch, torchvisio
     sides = scale * np.exp(rng.uniform(-0.3, 0.3, (2, 30, 2)))  # all four levels
     corners = rng.uniform(-20.0, [width, height], (2, 30, 2))
     boxes = np.concatenate([corners, corners + sides], -1).astype(np.float32)
-    got = d2_model.pool({k: tf.constant(v) for k, v in features.items()}, boxes, "box").numpy()
+    got = d2_model.box_pooler({k: tf.constant(v) for k, v in features.items()}, boxes).numpy()
     flat = boxes.reshape(-1, 4)
     levels = d2_levels(flat)
     assert set(levels) == {2, 3, 4, 5}
