@@ -143,7 +143,8 @@ class TFRecordSource:
         if isinstance(objects, str):
             return self.skip(image_id, name, objects)
         boxes, labels, crowd = objects
-        degenerate = (boxes[:, 2] - boxes[:, 0] < 1) | (boxes[:, 3] - boxes[:, 1] < 1)
+        # under 1 pixel, or NaN coordinates (no comparison holds): left out, as degenerate
+        degenerate = ~((boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1))
         keep = np.flatnonzero(~crowd & ~degenerate)
         stored = _stored_crops(f, gt_mask_size, len(labels)) if with_masks else None
         no_masks = with_masks and stored is None and len(f["image/object/mask"]) == 0
@@ -163,6 +164,8 @@ class TFRecordSource:
             example["masks"] = masks
         if self.num_keypoints:
             example["keypoints"] = self._keypoints(f, name, size, len(labels))[kept]
+            if not np.isfinite(example["keypoints"]).all():
+                return self.skip(image_id, name, "non-finite keypoint coordinates")
         if with_crowd:
             example["crowd_boxes"] = boxes[crowd & ~degenerate]
         self._count_once(image_id, num_crowd=crowd.sum(),
