@@ -50,7 +50,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or restored; ``str()`` is one line naming the file.
 
     ``hdf5_damaged`` is True when HDF5 itself failed mid-write: its library state is then
-    broken, and the process should end with ``os._exit`` (see ``run.train_and_evaluate``).
+    broken, and the process should end with ``os._exit`` (see ``run.report_failure``).
     """
 
     def __init__(self, message, hdf5_damaged=False):
