@@ -169,16 +169,19 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(m.dtype_policy)  # the sub-layers take the config's policy
     try:
+        # Construction order = the order initial weights are drawn in (unseeded Keras
+        # initialisers take their seeds when constructed): keep it to keep a seed's weights.
         backbone, fpn = build_backbone(m)
         anchor_generator = build_anchor_generator(m)
         rpn_head, proposal_generator = build_rpn(m, anchor_generator.num_anchors)
+        roi_sampler, detection_generator = build_roi_sampler(m), build_detection_generator(m)
         box_head, box_predictor = build_box_head(m)
         mask_head, mask_predictor = build_mask_head(m)
         keypoint_head, keypoint_predictor = build_keypoint_head(m)
         parts = dict(
             backbone=backbone, fpn=fpn, anchor_generator=anchor_generator,
             rpn_head=rpn_head, proposal_generator=proposal_generator,
-            roi_sampler=build_roi_sampler(m), detection_generator=build_detection_generator(m),
+            roi_sampler=roi_sampler, detection_generator=detection_generator,
             box_pooler=build_roi_pooler(m, m.box_head.pool_size, "box_pooler"),
             box_head=box_head, box_predictor=box_predictor,
             mask_pooler=None if mask_head is None else build_roi_pooler(
