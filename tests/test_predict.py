@@ -61,10 +61,14 @@ def _check_same_detections(records, expected, threshold, size):
     assert [r["category_id"] for r in records] == expected["labels"][keep].tolist()
     assert [r["category_name"] for r in records] == [
         NAMES[IDS.index(c)] for c in expected["labels"][keep]]
-    for r, mask, kp in zip(records, expected["masks"][keep], expected["keypoints"][keep]):
+    for r, mask in zip(records, expected["masks"][keep]):
         assert r["segmentation"]["size"] == list(size)
         rle = dict(r["segmentation"], counts=r["segmentation"]["counts"].encode())
         np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), mask)
+    if "keypoints" not in expected:
+        assert all("keypoints" not in r for r in records)
+        return
+    for r, kp in zip(records, expected["keypoints"][keep]):
         np.testing.assert_allclose(r["keypoints"], kp.reshape(-1), atol=1e-4)
 
 
@@ -208,3 +212,25 @@ def test_cli_folder_names_from_the_config(model, folder, tmp_path, capsys):
     expected = model.detect([predict.read_image(folder / "d.jpg")])[0]
     _check_same_detections([r for r in results if r["file_name"] == "d.jpg"], expected, 0.2,
                            SIZES["d.jpg"])
+
+
+@pytest.mark.slow
+def test_yolact_folder_matches_detect(folder, tmp_path):
+    """YOLACT (image-sized masks, square resize: every image one group): results.json holds
+    detect's detections whose integer box is not empty, as the evaluation."""
+    from keras_maskrcnn import builders, config
+
+    cfg = config.load_config(os.path.join(support.ROOT, "configs", "yolact_shapes.yaml"), [
+        "model.yolact.score_threshold=0.0", f"model.category_ids={IDS}",
+        f"model.category_names={json.dumps(NAMES)}"])
+    yolact = builders.build_model(cfg)
+    kind, entries = media.list_inputs(str(folder))
+    out = prediction.predict_to_directory(yolact, kind, entries, str(tmp_path), 0.0,
+                                          batch_size=4, draw=False, progress=False)
+    for (path, name), entry in zip(entries, out["images"]):
+        expected = yolact.detect([predict.read_image(path)])[0]
+        boxes = expected["boxes"]
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        expected = {k: v[area > 0] for k, v in expected.items()}
+        records = [r for r in out["results"] if r["image_id"] == entry["id"]]
+        _check_same_detections(records, expected, 0.0, SIZES[name])
