@@ -27,7 +27,7 @@ import support
 
 ROOT = support.ROOT
 GUIDE = os.path.join(ROOT, "docs", "custom_data.md")
-TIMEOUT = 1500
+TIMEOUT = 2400  # per command; a ResNet-50 export took > 20 min on 2 busy cores
 STEPS = ["train.batch_size=1", "train.total_steps=2", "train.steps_per_epoch=2",
          "train.checkpoint_every=2", "train.warmup_steps=1", "train.lr_decay_steps=[1]",
          "eval.max_images=2", "eval.num_visualizations=1"]
