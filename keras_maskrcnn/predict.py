@@ -261,7 +261,7 @@ def main(argv=None):
         out = prediction.predict_to_directory(
             model, kind, entries, args.output, args.score_threshold, args.draw_threshold,
             args.batch_size, args.per_image_json, not args.no_draw, class_names,
-            cfg.model.keypoint_head.skeleton)
+            cfg.model.keypoint_head.skeleton, max_image_pixels=cfg.input.max_image_pixels)
     except ValueError as e:
         parser.error(str(e))
     seconds = time.perf_counter() - start

@@ -21,7 +21,8 @@ writes into its output directory:
     * with ``per_image_json``: ``per_image/<drawing name>.json`` holding the image's entry of
       images.json and its results.
 Image ids are 1..N in input order (sorted paths; video: frame index + 1). Images are read with
-``keras_maskrcnn.predict.read_image`` (EXIF orientation ignored, as in training and serving),
+``keras_maskrcnn.data.images.read_image`` (EXIF orientation ignored, as in training and
+serving; images over ``max_image_pixels`` are skipped from their header),
 so boxes and masks are in the pixels of the image as stored.
 """
 import json
@@ -82,12 +83,13 @@ def batch_detector(model, batch_size):
     return cache[batch_size]
 
 
-def _image_items(entries, skipped):
-    from keras_maskrcnn import predict
+def _image_items(entries, skipped, max_pixels):
+    from keras_maskrcnn.data import images
 
     for index, (path, file_name) in enumerate(entries):
         try:
-            yield index, predict.read_image(path)
+            yield index, images.read_image(path, images.DEFAULT_MAX_IMAGE_PIXELS
+                                           if max_pixels is None else max_pixels)
         except ValueError as e:
             skipped.append(file_name)
             warnings.warn(f"skipping {path}: {e}", stacklevel=2)
@@ -148,7 +150,8 @@ class _Outputs:
 
 def predict_to_directory(model, kind, entries, output_dir, score_threshold=0.5,
                          draw_threshold=None, batch_size=4, per_image_json=False, draw=True,
-                         class_names=None, keypoint_skeleton=None, progress=True):
+                         class_names=None, keypoint_skeleton=None, progress=True,
+                         max_image_pixels=None):
     """Runs ``model`` on ``entries`` and writes the module docstring's files.
 
     Args:
@@ -160,6 +163,8 @@ def predict_to_directory(model, kind, entries, output_dir, score_threshold=0.5,
         batch_size: images per model call; per_image_json, draw: outputs to write.
         class_names: {dataset id: name} when the model has no ``category_names``.
         keypoint_skeleton: keypoint index pairs drawn as lines.
+        max_image_pixels: images over it are skipped (None: ``input.max_image_pixels``'
+            default).
 
     Returns:
         {"results": results.json's list, "images": images.json's images, "skipped": names,
@@ -182,7 +187,7 @@ def predict_to_directory(model, kind, entries, output_dir, score_threshold=0.5,
     else:
         if draw:
             _check_not_inputs(entries, output_dir, drawing_names([n for _, n in entries]))
-        items, total = _image_items(entries, skipped), len(entries)
+        items, total = _image_items(entries, skipped, max_image_pixels), len(entries)
     out = _Outputs(output_dir, kind, entries, names, settings, video)
     try:
         for key, (image, result) in tqdm(batch_detector(model, batch_size).run(items),

@@ -12,7 +12,7 @@ from keras_maskrcnn.convert import torchvision_models, yolact
 import support
 
 CONFIGS = os.path.join(support.ROOT, "configs")
-FREE = {"num_classes", "weights", "category_ids"}  # the model keys fine-tuning changes
+FREE = {"num_classes", "weights", "category_ids", "category_names"}  # what fine-tuning changes
 
 
 def converted(name):
