@@ -49,12 +49,11 @@ class BatchDetector:
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
                              tf.TensorSpec([None, 2], tf.int32)])
         settings = (model.mask_threshold, inference.mask_type(model),
-                    inference.mask_paste(model), preprocessor.detectron2_style,
-                    getattr(model, "keypoint_coordinate_offset", 0.0))
-        threshold, kind, paste, clip, offset = settings
+                    inference.mask_paste(model), preprocessor.detectron2_style)
+        threshold, kind, paste, clip = settings  # keypoints in the predictor's coordinates
         self._finish = tf.function(
             lambda outputs, sizes, original: inference.postprocess(
-                outputs, sizes, original, threshold, kind, paste, clip, offset),
+                outputs, sizes, original, threshold, kind, paste, clip),
             reduce_retracing=True)
 
     def detect(self, images):
