@@ -9,8 +9,8 @@ Conventions pinned here (tests/integration/test_evaluation.py checks them):
       str) of the pasted (n, H, W) bool mask, ``keypoints`` [x, y, v] * Kp in original pixels
       with v the keypoint's heatmap score (COCOeval reads only x and y; a detection's score is
       the box score, as torchvision). No 0.5 shift: our COCO reader adds none either (a
-      model's ``keypoint_coordinate_offset``, e.g. detectron2's -0.5, is applied by
-      ``detect``). Detections whose keypoints are absent (score -inf: their class has none,
+      model's ``keypoint_head.coordinate_offset``, e.g. detectron2's -0.5, is applied here,
+      by ``model.postprocessor.coco_detections``; ``detect`` returns the predictor's). Detections whose keypoints are absent (score -inf: their class has none,
       ``model.keypoint_head.category_ids``) get no ``keypoints`` field.
     * ``run_coco_eval`` gives each iou type only its own field (as torchvision), so the detected
       area COCOeval uses for area ranges is the box area (bbox), the mask area (segm) or the
@@ -325,10 +325,10 @@ def evaluate_model(model, annotations_json, images_dir, max_images=None, output_
             skipped.append(info["file_name"])
             logger.warning("skipping image %s: %s", info["file_name"], reason)
             continue
-        detections = model.detect([image])[0]
+        detections = model.postprocessor.coco_detections(model.detect([image])[0])
         results.extend(detections_to_coco_results(
             info["id"], detections, label_map,
-            drop_empty_boxes=inference.mask_type(model) == "image"))
+            drop_empty_boxes=model.postprocessor.mask_kind == "image"))
         evaluated.append(info["id"])
     if skipped:
         names = ", ".join(skipped[:10]) + (", ..." if len(skipped) > 10 else "")

@@ -80,15 +80,12 @@ class MaskRCNN(Detector):
             labelling and sampling for the RPN targets (``layers.rpn.rpn_targets``).
         rpn_seed: seed of the RPN's anchor sampling.
         rpn_smooth_l1_beta, box_smooth_l1_beta: smooth L1 betas of the two box losses.
-        loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
+        loss_weights, postprocessor, config_dict: see ``Detector`` (the postprocessor holds
+            the mask threshold, paste style, keypoint offset and category ids).
         keypoint_score: "logit" (torchvision) or "detectron2" (``ops.keypoints``).
-        keypoint_coordinate_offset: added to keypoint x, y in original pixels (``detect``,
-            export; -0.5 for detectron2 models); the model's own outputs are without it.
         keypoint_category_ids: dataset ids (as ``category_ids``) of the classes that have
             keypoints; None = every class. Other classes' GT keypoints are not trained and
             their detections' keypoints are (0, 0, -inf) (``ops.keypoints.ABSENT_SCORE``).
-        mask_paste: "torchvision" or "detectron2": how ``detect`` and the export paste masks
-            (``ops.masks.paste_and_threshold``).
         gt_mask_format: "full": gt_masks are image masks (B, M, Hp, Wp), targets by
             ``ops.masks.project_masks_on_boxes`` (torchvision's); "cropped": (B, M, C, C)
             crops of each GT box's frame, targets by ``project_cropped_masks_on_boxes``.
@@ -115,19 +112,18 @@ class MaskRCNN(Detector):
                  mask_pool_size, keypoint_pool_size, mask_size, heatmap_size,
                  rpn_fg_iou_threshold, rpn_bg_iou_threshold, rpn_allow_low_quality_matches,
                  rpn_batch_size_per_image, rpn_positive_fraction, rpn_box_weights, rpn_seed,
-                 rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights, mask_threshold=0.5,
-                 category_ids=None, config_dict=None, anchor_rounded=True,
+                 rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights, postprocessor=None,
+                 config_dict=None, anchor_rounded=True,
                  anchor_nominal_strides=False, level_mapping="torchvision",
-                 keypoint_score="logit", keypoint_coordinate_offset=0.0,
-                 keypoint_category_ids=None, mask_paste="torchvision", gt_mask_format="full",
+                 keypoint_score="logit", keypoint_category_ids=None, gt_mask_format="full",
                  **kwargs):
         if gt_mask_format not in ("full", "cropped"):
             raise ValueError(f"gt_mask_format must be 'full' or 'cropped', got "
                              f"{gt_mask_format!r}")
         names = list(LOSS_NAMES[:4]) + (["mask"] if mask_head is not None else []) + (
             ["keypoint"] if keypoint_head is not None else [])
-        super().__init__(names, loss_weights, preprocessor, mask_threshold=mask_threshold,
-                         category_ids=category_ids, config_dict=config_dict, **kwargs)
+        super().__init__(names, loss_weights, preprocessor, postprocessor=postprocessor,
+                         config_dict=config_dict, **kwargs)
         if fpn is None and (roi_feature_head is None or keypoint_head is not None
                             or len(feature_levels) != 1):
             raise ValueError("fpn None (C4) needs a roi_feature_head, one feature level and no "
@@ -145,7 +141,7 @@ class MaskRCNN(Detector):
         self.roi_levels = (int(roi_levels[0]), int(roi_levels[1]))
         self.canonical_size, self.canonical_level = float(canonical_size), int(canonical_level)
         self.sampling_ratio, self.aligned = int(sampling_ratio), bool(aligned)
-        self.level_mapping, self.mask_paste = str(level_mapping), str(mask_paste)
+        self.level_mapping = str(level_mapping)
         self.anchor_rounded, self.anchor_nominal_strides = (bool(anchor_rounded),
                                                            bool(anchor_nominal_strides))
         self.pool_sizes = {"box": int(box_pool_size), "mask": int(mask_pool_size),
@@ -163,7 +159,6 @@ class MaskRCNN(Detector):
         self.box_smooth_l1_beta = float(box_smooth_l1_beta)
         self.rpn_seed = keras.random.SeedGenerator(rpn_seed, name="rpn_seed")
         self.keypoint_score = str(keypoint_score)
-        self.keypoint_coordinate_offset = float(keypoint_coordinate_offset)
         self.keypoint_category_ids = (None if keypoint_category_ids is None
                                       else [int(c) for c in keypoint_category_ids])
         if keypoint_head is not None:

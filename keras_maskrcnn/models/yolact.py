@@ -61,7 +61,7 @@ class YOLACT(Detector):
         pos_threshold, neg_threshold, crowd_threshold: ``ops.match_anchors``'.
         negpos_ratio, max_masks: hard negatives per positive; masks trained per image.
         score_threshold, nms_threshold, top_k, detections_per_image, fast_nms: inference.
-        loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
+        loss_weights, postprocessor, config_dict: see ``Detector``.
         mask_seed: seed of the random subset of masks trained when an image has more than
             ``max_masks`` positives.
 
@@ -78,10 +78,10 @@ class YOLACT(Detector):
     def __init__(self, backbone, fpn, protonet, prediction_head, semantic_head, *, preprocessor,
                  anchor_scales, aspect_ratios, square_anchors, pos_threshold, neg_threshold,
                  crowd_threshold, negpos_ratio, max_masks, score_threshold, nms_threshold,
-                 top_k, detections_per_image, fast_nms, loss_weights, mask_threshold=0.5,
-                 category_ids=None, config_dict=None, mask_seed=0, **kwargs):
-        super().__init__(LOSS_NAMES, loss_weights, preprocessor, mask_threshold=mask_threshold,
-                         category_ids=category_ids, config_dict=config_dict, **kwargs)
+                 top_k, detections_per_image, fast_nms, loss_weights, postprocessor=None,
+                 config_dict=None, mask_seed=0, **kwargs):
+        super().__init__(LOSS_NAMES, loss_weights, preprocessor, postprocessor=postprocessor,
+                         config_dict=config_dict, **kwargs)
         self.backbone, self.fpn, self.protonet = backbone, fpn, protonet
         self.prediction_head, self.semantic_head = prediction_head, semantic_head
         self.anchor_scales = tuple(float(s) for s in anchor_scales)

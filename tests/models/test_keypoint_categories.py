@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn import build_model, builders, config, evaluation, export, predict, visualize
+from keras_maskrcnn import build_model, builders, config, evaluation, predict, visualize
 from keras_maskrcnn.data import coco, synthetic
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
 from support import ROOT
@@ -186,22 +186,31 @@ def test_evaluate_cli_takes_keypoint_categories_from_the_json(models, shapes, tm
 
 
 def test_detectron2_score_and_coordinate_offset(models):
+    """detect returns the predictor's coordinates (as the exports); the offset goes into COCO
+    results only (``Postprocessor.coco_detections``), absent keypoints left alone."""
     d2 = build_model(_config(**{"model.keypoint_head.score": "detectron2",
                                 "model.keypoint_head.coordinate_offset": -0.5}))
     d2.set_weights(models["all"].get_weights())
-    assert d2.keypoint_score == "detectron2" and d2.keypoint_coordinate_offset == -0.5
+    assert d2.keypoint_score == "detectron2" and d2.postprocessor.keypoint_offset == -0.5
     image = np.random.default_rng(3).integers(0, 255, (96, 150, 3), dtype=np.uint8)
     ours, ref = d2.detect([image])[0], models["all"].detect([image])[0]
     assert len(ref["scores"]) > 0
-    np.testing.assert_allclose(ours["keypoints"][..., :2], ref["keypoints"][..., :2] - 0.5,
+    np.testing.assert_allclose(ours["keypoints"][..., :2], ref["keypoints"][..., :2],
                                atol=1e-4)
     assert np.all((ours["keypoints"][..., 2] > 0) & (ours["keypoints"][..., 2] <= 1))
     assert not np.allclose(ours["keypoints"][..., 2], ref["keypoints"][..., 2])
-    # The export applies the same offset, in original pixels, and leaves absent ones alone.
+    coco = d2.postprocessor.coco_detections(ours)
+    np.testing.assert_allclose(coco["keypoints"][..., :2], ours["keypoints"][..., :2] - 0.5,
+                               atol=1e-6)
+    absent = {"keypoints": np.array([[[10.0, 20.0, 0.5]], [[0.0, 0.0, -np.inf]]])}
+    shifted = d2.postprocessor.coco_detections(absent)["keypoints"]
+    np.testing.assert_allclose(shifted[0, 0], [9.5, 19.5, 0.5])
+    np.testing.assert_array_equal(shifted[1, 0], [0.0, 0.0, -np.inf])
+    # the exports return the predictor's coordinates too, scaled to original pixels
     outputs = {"boxes": tf.zeros([1, 2, 4]), "scores": tf.ones([1, 2]),
                "classes": tf.constant([[1, 2]]), "num_detections": tf.constant([2]),
                "keypoints": tf.constant([[[[10.0, 20.0, 0.5]], [[0.0, 0.0, -np.inf]]]])}
-    served = export.serving_outputs(outputs, tf.constant([[50, 50]]), tf.constant([[100, 200]]),
-                                    keypoint_offset=-0.5)["keypoints"].numpy()
-    np.testing.assert_allclose(served[0, 0, 0], [10.0 * 4 - 0.5, 20.0 * 2 - 0.5, 0.5])
+    served = d2.postprocessor.serving_outputs(outputs, tf.constant([[50, 50]]),
+                                              tf.constant([[100, 200]]))["keypoints"].numpy()
+    np.testing.assert_allclose(served[0, 0, 0], [10.0 * 4, 20.0 * 2, 0.5])
     np.testing.assert_array_equal(served[0, 1, 0], [0.0, 0.0, -np.inf])
