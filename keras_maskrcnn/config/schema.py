@@ -272,8 +272,9 @@ class KeypointHeadConfig(Section):
         "logit", None, "keypoint score: the resized heatmap's logit at the peak (torchvision) "
         "or detectron2's softmax there normalised over the heatmap", TV)
     coordinate_offset: float = param(
-        0.0, None, "added to predicted x and y in original pixels (detect, export, COCO "
-        "results); -0.5 for detectron2 models, whose COCO evaluator subtracts half a pixel", TV)
+        0.0, None, "added to predicted x and y in original pixels in COCO results only "
+        "(detect and the exports return the predictor's); -0.5 for detectron2 models, whose "
+        "COCO evaluator subtracts half a pixel", TV)
     category_ids: Optional[Tuple[int, ...]] = param(
         None, None, "dataset category ids (as model.category_ids) of the classes with "
         "keypoints; null = those whose COCO category has a non-empty keypoints list when only "

@@ -28,10 +28,9 @@ Outputs of both (padding rows beyond ``num_detections`` are all zero):
         at prototype resolution, Hp and Wp static (its fixed square input) (resize them to
         the original image, e.g. with ``keras_maskrcnn.ops.masks_to_image``), and boxes
         integer-valued as its ``detect``;
-    full_masks (B, D, Hm, Wm) uint8 {0, 1} masks pasted into the image (``Postprocessor.paste_masks``:
-        the postprocessor's paste style and threshold; YOLACT: resized to the image, >),
-        only when exported with
-        ``include_full_masks``. For ``serving_default`` with images of different sizes the
+    full_masks (B, D, Hm, Wm) uint8 {0, 1} masks pasted into the image
+        (``Postprocessor.paste_masks``: the postprocessor's paste style and threshold; YOLACT:
+        resized to the image, >), only when exported with ``include_full_masks``. For ``serving_default`` with images of different sizes the
         canvas is the largest (Hm, Wm) of the batch: image b occupies [:H0_b, :W0_b] and is
         zero beyond (crop with ``original_sizes``);
     keypoints (B, D, Kp, 3) float32 [x, y, score] in original pixels (the predictor's
