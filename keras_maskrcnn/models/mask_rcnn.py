@@ -41,6 +41,7 @@ from keras_maskrcnn.ops.keypoints import (heatmaps_to_keypoints, keypoints_to_he
 from keras_maskrcnn.ops.masks import project_cropped_masks_on_boxes, project_masks_on_boxes
 from keras_maskrcnn.ops.roi_align import multilevel_roi_align
 from keras_maskrcnn.ops.targets import foreground_slots, replica_seed, rpn_targets, used_gt_rows
+from keras_maskrcnn.postprocessing import Postprocessor
 
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression", "mask",
@@ -122,6 +123,8 @@ class MaskRCNN(Detector):
                              f"{gt_mask_format!r}")
         names = list(LOSS_NAMES[:4]) + (["mask"] if mask_head is not None else []) + (
             ["keypoint"] if keypoint_head is not None else [])
+        if postprocessor is None:  # the defaults, masks when there is a mask head
+            postprocessor = Postprocessor(mask_kind="box" if mask_head is not None else None)
         super().__init__(names, loss_weights, preprocessor, postprocessor=postprocessor,
                          config_dict=config_dict, **kwargs)
         if fpn is None and (roi_feature_head is None or keypoint_head is not None
