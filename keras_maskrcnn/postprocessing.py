@@ -44,7 +44,7 @@ class Postprocessor:
     """Settings of the mapping from model outputs to results (primitive fields; see module).
 
     Build one with the builders (``builders.build_postprocessor``); replace a field with
-    ``dataclasses.replace`` (e.g. ``with_categories``).
+    ``dataclasses.replace`` (the model's ``category_ids`` / ``category_names`` setters do).
     """
     mask_kind: Optional[str] = "box"
     mask_threshold: float = 0.5
@@ -68,12 +68,6 @@ class Postprocessor:
         if ids is not None and names is not None and len(ids) != len(names):
             raise ValueError(f"category_names has {len(names)} names for {len(ids)} "
                              "category_ids")
-
-    def with_categories(self, category_ids=None, category_names=None):
-        """A copy with new category ids / names (None keeps the current ones)."""
-        return dataclasses.replace(
-            self, category_ids=self.category_ids if category_ids is None else category_ids,
-            category_names=self.category_names if category_names is None else category_names)
 
     def check_num_classes(self, num_classes):
         """Raises ValueError unless ids / names have one entry per class 1..K-1."""

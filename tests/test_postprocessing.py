@@ -98,3 +98,5 @@ def test_builders_wire_the_config_into_the_model_postprocessor():
     m.category_names = ["a", "b", "c"]
     rebuilt = type(m).from_config(m.get_config())
     assert dataclasses.asdict(rebuilt.postprocessor) == dataclasses.asdict(m.postprocessor)
+    m.category_ids = m.category_names = None  # None clears them (identity, no names)
+    assert (m.postprocessor.category_ids, m.postprocessor.category_names) == (None, None)

@@ -20,6 +20,8 @@ that, none of it specific to one architecture:
 
 Shape shorthand: B batch; Hp, Wp padded input size.
 """
+import dataclasses
+
 import keras
 import tensorflow as tf
 
@@ -68,24 +70,25 @@ class Detector(keras.Model):
     @property
     def category_ids(self):
         """Dataset category id of each contiguous class 1..K-1 (a list), or None = identity:
-        the postprocessor's; setting it replaces the postprocessor's ids."""
+        the postprocessor's; setting it (None included) replaces the postprocessor's ids."""
         ids = self.postprocessor.category_ids
         return None if ids is None else list(ids)
 
     @category_ids.setter
     def category_ids(self, ids):
-        self.postprocessor = self.postprocessor.with_categories(category_ids=ids)
+        self.postprocessor = dataclasses.replace(self.postprocessor, category_ids=ids)
         self._drop_detect_fn()
 
     @property
     def category_names(self):
-        """Name of each contiguous class 1..K-1 (a list), or None: the postprocessor's."""
+        """Name of each contiguous class 1..K-1 (a list), or None: the postprocessor's;
+        setting it (None included) replaces the postprocessor's names."""
         names = self.postprocessor.category_names
         return None if names is None else list(names)
 
     @category_names.setter
     def category_names(self, names):
-        self.postprocessor = self.postprocessor.with_categories(category_names=names)
+        self.postprocessor = dataclasses.replace(self.postprocessor, category_names=names)
 
     def _drop_detect_fn(self):
         """Forgets ``detect``'s traced function (it holds the previous postprocessor)."""
