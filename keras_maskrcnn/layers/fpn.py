@@ -119,8 +119,9 @@ def _bilinear_by_matrices(x, out_hw):
     x = tf.cast(x, tf.float32)
     rows = _interpolation_matrix(x.shape[1], out_hw[0])  # (H, h)
     cols = _interpolation_matrix(x.shape[2], out_hw[1])  # (W, w)
-    y = tf.einsum("Hh,bhwc->bHwc", rows, x)  # [B, h, w, C] -> [B, H, w, C]
-    return tf.einsum("Ww,bHwc->bHWc", cols, y)  # -> [B, H, W, C]
+    # lowercase letters only: ONNX Runtime's Einsum does not tell H from h
+    y = tf.einsum("ih,bhwc->biwc", rows, x)  # [B, h, w, C] -> [B, H, w, C]
+    return tf.einsum("jw,biwc->bijc", cols, y)  # -> [B, H, W, C]
 
 
 def _initializer():
