@@ -3,8 +3,9 @@ that share a padded input size.
 
 ``model.detect`` (``keras_maskrcnn.inference``) runs one image per call. ``BatchDetector``
 splits the same work in three traced functions: the model's preprocessor (resize, pad) on one
-image; the model on a batch; ``inference.postprocess`` (back to original pixels, masks pasted
-into the original image) on one image of the batch's outputs. Images are grouped by their
+image; the model on a batch; the model's ``postprocessor.detections`` (back to original
+pixels, masks pasted into the original image, dataset category ids) on one image of the
+batch's outputs, as ``detect``. Images are grouped by their
 padded input size (Hp, Wp): every image of a batch then gets exactly the padded input a
 single-image ``detect`` gives it (same resize, same zero padding, the same anchors and
 feature-map sizes), so the detections are ``detect``'s up to the float round-off of batched
@@ -13,15 +14,13 @@ aspect ratio share a size (e.g. every 4:3 image -> 800 x 1088), under YOLACT's s
 every image does.
 
 Results follow ``detect``: boxes (n, 4) xyxy in original pixels, scores (n,), labels (n,)
-dataset category ids (``model.category_ids``), masks (n, H0, W0) bool and keypoints
+dataset category ids (the postprocessor's ``category_ids``), masks (n, H0, W0) bool and keypoints
 (n, Kp, 3) when the model has them.
 
 Shape shorthand: B batch; H0, W0 original size; Hp, Wp padded input size; n detections.
 """
 import numpy as np
 import tensorflow as tf
-
-from keras_maskrcnn import inference
 
 
 class BatchDetector:
@@ -48,12 +47,9 @@ class BatchDetector:
                                         training=False),
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
                              tf.TensorSpec([None, 2], tf.int32)])
-        settings = (model.mask_threshold, inference.mask_type(model),
-                    inference.mask_paste(model), preprocessor.detectron2_style)
-        threshold, kind, paste, clip = settings  # keypoints in the predictor's coordinates
+        postprocessor = model.postprocessor  # keypoints in the predictor's coordinates
         self._finish = tf.function(
-            lambda outputs, sizes, original: inference.postprocess(
-                outputs, sizes, original, threshold, kind, paste, clip),
+            lambda outputs, sizes, original: postprocessor.detections(outputs, sizes, original),
             reduce_retracing=True)
 
     def detect(self, images):
@@ -91,15 +87,7 @@ class BatchDetector:
             original = tf.constant(image.shape[:2], tf.int32)
             result = {k: v.numpy() for k, v in self._finish(one, sizes[i:i + 1],
                                                             original).items()}
-            result["labels"] = dataset_labels(self.model, result.pop("classes"))
             yield key, (image, result)
-
-
-def dataset_labels(model, classes):
-    """Contiguous classes (n,) -> dataset category ids through ``model.category_ids``
-    (identity when None), as ``detect``."""
-    ids = model.category_ids
-    return classes if ids is None else np.asarray(ids, np.int64)[classes - 1]
 
 
 def _checked(image):

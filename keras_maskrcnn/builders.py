@@ -30,6 +30,7 @@ from keras_maskrcnn.models.backbones import ResNet, arch_arguments
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
 from keras_maskrcnn.models.res5_head import Res5Head
 from keras_maskrcnn.models.yolact import YOLACT
+from keras_maskrcnn.postprocessing import Postprocessor
 from keras_maskrcnn.preprocessing import Preprocessor
 
 
@@ -163,6 +164,26 @@ def build_preprocessor(input_cfg):
                                      **normalisation)
 
 
+def build_postprocessor(settings, category_ids=None):
+    """The ``Postprocessor`` of a model: mask kind and threshold, paste style, box clipping
+    (detectron2's resize style), the keypoint offset of COCO results, category ids (the
+    argument, else ``model.category_ids``) and names (``model.category_names``)."""
+    m = settings.model
+    if category_ids is None:
+        category_ids = m.category_ids
+    names = getattr(m, "category_names", None)
+    common = {"category_ids": category_ids, "category_names": names,
+              "clip_boxes": build_preprocessor(settings.input).detectron2_style}
+    if m.architecture == "yolact":
+        return Postprocessor(mask_kind="image", mask_threshold=m.yolact.mask_threshold,
+                             **common)
+    return Postprocessor(
+        mask_kind="box" if m.mask_head.enabled else None, mask_threshold=m.mask_head.threshold,
+        paste=m.mask_head.paste,
+        keypoint_offset=m.keypoint_head.coordinate_offset if m.keypoint_head.enabled else 0.0,
+        **common)
+
+
 def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
     """An unbuilt ``MaskRCNN`` from a validated Config's ``model`` and ``input`` sections."""
     m = settings.model
@@ -197,11 +218,10 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         **parts, preprocessor=build_preprocessor(settings.input),
         rpn_smooth_l1_beta=m.rpn.smooth_l1_beta, box_smooth_l1_beta=m.roi_heads.smooth_l1_beta,
         loss_weights=dataclasses.asdict(m.loss_weights),
-        gt_mask_format=settings.input.gt_mask_format, mask_threshold=m.mask_head.threshold,
-        category_ids=category_ids, config_dict=config_dict,
+        postprocessor=build_postprocessor(settings, category_ids),
+        gt_mask_format=settings.input.gt_mask_format, config_dict=config_dict,
         keypoint_score=m.keypoint_head.score,
-        keypoint_coordinate_offset=m.keypoint_head.coordinate_offset,
-        keypoint_category_ids=m.keypoint_head.category_ids, mask_paste=m.mask_head.paste,
+        keypoint_category_ids=m.keypoint_head.category_ids,
         **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
         # C4's res5 head swaps its eligible convs like the backbone, without Winograd or
@@ -252,7 +272,7 @@ def build_yolact(settings, category_ids=None, config_dict=None, **kwargs):
         max_masks=y.max_masks,
         loss_weights={"class": y.class_loss_weight, "box": y.box_loss_weight,
                       "mask": y.mask_loss_weight, "semantic": y.semantic_loss_weight},
-        mask_threshold=y.mask_threshold, category_ids=category_ids, config_dict=config_dict,
+        postprocessor=build_postprocessor(settings, category_ids), config_dict=config_dict,
         **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers (no RoI heads)
         accel.accelerate(model)
@@ -329,11 +349,10 @@ def build_model(cfg, category_ids=None, build=True, category_names=None, **kwarg
         cfg = config_lib.config_from_dict(cfg)
     if category_ids is None:
         category_ids = cfg.model.category_ids
-    if category_names is None:
-        category_names = cfg.model.category_names
     build_fn = ARCHITECTURE_BUILDERS[cfg.model.architecture]
-    model = build_fn(cfg, category_ids, config_dict=model_config_dict(cfg),
-                     category_names=category_names, **kwargs)
+    model = build_fn(cfg, category_ids, config_dict=model_config_dict(cfg), **kwargs)
+    if category_names is not None:  # else the config's (the postprocessor has them)
+        model.category_names = category_names
     if build:
         model.build_with_dummy_batch()
     return model

@@ -8,9 +8,9 @@ Conventions pinned here (tests/integration/test_evaluation.py checks them):
       [x, y, w, h] with w = x2 - x1 (no +1), ``segmentation`` compressed RLE (``counts`` a
       str) of the pasted (n, H, W) bool mask, ``keypoints`` [x, y, v] * Kp in original pixels
       with v the keypoint's heatmap score (COCOeval reads only x and y; a detection's score is
-      the box score, as torchvision). The model's ``keypoint_coordinate_offset`` (e.g.
-      detectron2's -0.5: its COCO evaluator subtracts half a pixel, the convention its
-      training data adds) is added to x and y here, in the results only; ``detect`` and the
+      the box score, as torchvision). The model's ``keypoint_head.coordinate_offset`` (e.g.
+      detectron2's -0.5: its COCO evaluator subtracts half a pixel) is added to x and y here,
+      in the results only, by ``model.postprocessor.coco_detections``; ``detect`` and the
       exports return the predictor's coordinates (0 by default: our COCO reader adds no
       shift). Detections whose keypoints are absent (score -inf: their class has none,
       ``model.keypoint_head.category_ids``) get no ``keypoints`` field.
@@ -380,11 +380,10 @@ def evaluate_model(model, annotations_json, images_dir, max_images=None, output_
             skipped.append(info["file_name"])
             logger.warning("skipping image %s: %s", info["file_name"], reason)
             continue
-        detections = model.detect([image])[0]
+        detections = model.postprocessor.coco_detections(model.detect([image])[0])
         results.extend(detections_to_coco_results(
             info["id"], detections, label_map,
-            drop_empty_boxes=inference.mask_type(model) == "image",
-            keypoint_offset=getattr(model, "keypoint_coordinate_offset", 0.0)))
+            drop_empty_boxes=model.postprocessor.mask_kind == "image"))
         evaluated.append(info["id"])
     if skipped:
         names = ", ".join(skipped[:10]) + (", ..." if len(skipped) > 10 else "")

@@ -85,10 +85,43 @@ def upsample_bilinear_like(x, target):
     Returns:
         [B, H, W, C] in ``x``'s dtype (interpolated in float32).
     """
-    y = tf.raw_ops.ResizeBilinear(images=x, size=tf.shape(target)[1:3], align_corners=False,
-                                  half_pixel_centers=True)  # float32
+    in_hw, out_hw = x.shape[1:3], target.shape[1:3]
+    if None not in in_hw and None not in out_hw and (out_hw[0] % in_hw[0] or out_hw[1] % in_hw[1]):
+        y = _bilinear_by_matrices(x, out_hw)  # static, non-integer ratio (YOLACT's 18 -> 35)
+    else:
+        y = tf.raw_ops.ResizeBilinear(images=x, size=tf.shape(target)[1:3], align_corners=False,
+                                      half_pixel_centers=True)  # float32
     y = tf.cast(y, x.dtype)
     return tf.ensure_shape(y, [x.shape[0], target.shape[1], target.shape[2], x.shape[3]])
+
+
+def _interpolation_matrix(in_size, out_size):
+    """(out_size, in_size) float32 weights of half-pixel bilinear resampling along one axis
+    (TF's ResizeBilinear rule: source (dst + 0.5) * in / out - 0.5, clamped at 0; neighbours
+    floor and floor + 1 clamped to in_size - 1)."""
+    src = (tf.range(out_size, dtype=tf.float32) + 0.5) * (in_size / out_size) - 0.5
+    src = tf.maximum(src, 0.0)  # (out,)
+    low = tf.floor(src)
+    frac = (src - low)[:, None]  # (out, 1)
+    low = tf.cast(low, tf.int32)
+    high = tf.minimum(low + 1, in_size - 1)
+    return (tf.one_hot(low, in_size) * (1.0 - frac)
+            + tf.one_hot(high, in_size) * frac)  # (out, in)
+
+
+def _bilinear_by_matrices(x, out_hw):
+    """``ResizeBilinear`` (half-pixel) of [B, h, w, C] to static out_hw as two matmuls.
+
+    The same weights as the kernel (float rounding apart). Used for static non-integer ratios:
+    tf2onnx turns a ResizeBilinear of constant size into an ONNX Resize with float *scales*,
+    whose output size ONNX Runtime computes as floor(18 * (35 / 18)) = 34, not 35.
+    """
+    x = tf.cast(x, tf.float32)
+    rows = _interpolation_matrix(x.shape[1], out_hw[0])  # (H, h)
+    cols = _interpolation_matrix(x.shape[2], out_hw[1])  # (W, w)
+    # lowercase letters only: ONNX Runtime's Einsum does not tell H from h
+    y = tf.einsum("ih,bhwc->biwc", rows, x)  # [B, h, w, C] -> [B, H, w, C]
+    return tf.einsum("jw,biwc->bijc", cols, y)  # -> [B, H, W, C]
 
 
 def _initializer():

@@ -10,18 +10,23 @@ that, none of it specific to one architecture:
     * ``compile`` builds the optimizer's slots, ``_maybe_symbolic_build`` skips Keras'
       pre-``fit`` build (two Keras bugs under MultiWorkerMirroredStrategy);
     * ``build_with_dummy_batch`` / ``build_from_config`` create every weight;
-    * ``detect`` (``keras_maskrcnn.inference``) with the model's ``preprocessor``;
+    * ``detect`` (``keras_maskrcnn.inference``) with the model's ``preprocessor`` and
+      ``postprocessor`` (``keras_maskrcnn.postprocessing``: every setting of the mapping of
+      outputs to results, category ids and names included);
     * ``get_config`` keeps the recipe the builders made the model from (``config_dict``,
-      the model and input config sections), ``category_ids`` and ``category_names``; ``from_config`` rebuilds
-      through the function ``keras_maskrcnn.builders`` registers here (``register_builder``),
+      the model and input config sections), ``category_ids`` and ``category_names``;
+      ``from_config`` rebuilds through the function ``keras_maskrcnn.builders`` registers here (``register_builder``),
       so this package never imports the builders.
 
 Shape shorthand: B batch; Hp, Wp padded input size.
 """
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from keras_maskrcnn import inference
+from keras_maskrcnn.postprocessing import Postprocessor
 from keras_maskrcnn.training import is_multi_worker
 
 _BUILDERS = {}  # class name -> build(config_dict, category_ids, **keras_args) -> unbuilt model
@@ -41,28 +46,54 @@ class Detector(keras.Model):
         loss_weights: {loss name: float} (a name left out weighs 1.0).
         preprocessor: ``keras_maskrcnn.preprocessing.Preprocessor``: the model normalises
             with it; ``detect`` and the export resize, pad and map back with it.
-        mask_threshold: pasted mask probabilities above it are "on" (``detect``, export).
-        category_ids: dataset category id of each contiguous class 1..K-1; None = identity.
-        category_names: name of each contiguous class 1..K-1 (``model.category_names``);
-            None = no names. Only carried (predict, drawings): the model never reads it.
+        postprocessor: ``keras_maskrcnn.postprocessing.Postprocessor``, the mapping of the
+            inference outputs to results (``detect``, evaluation, exports); None: its
+            defaults with the class's ``mask_type``.
         config_dict: the recipe ``keras_maskrcnn.builders`` made the model from (only kept
             for ``get_config``; the model never reads it).
     """
 
-    def __init__(self, loss_names, loss_weights, preprocessor, mask_threshold=0.5,
-                 category_ids=None, config_dict=None, category_names=None, **kwargs):
+    mask_type = "box"  # the kind of masks the inference outputs carry (subclasses)
+
+    def __init__(self, loss_names, loss_weights, preprocessor, postprocessor=None,
+                 config_dict=None, **kwargs):
         super().__init__(**kwargs)
         self.preprocessor = preprocessor
-        self.mask_threshold = float(mask_threshold)
-        self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
-        self.category_names = None if category_names is None else [
-            str(n) for n in category_names]
+        self.postprocessor = postprocessor or Postprocessor(mask_kind=self.mask_type)
         self.config_dict = config_dict
         self.loss_term_weights = {name: float(loss_weights.get(name, 1.0))
                                   for name in loss_names}
         self.loss_trackers = {name: keras.metrics.Mean(name=f"{name}_loss")
                               for name in loss_names}
         self.total_loss_tracker = keras.metrics.Mean(name="loss")
+
+    @property
+    def category_ids(self):
+        """Dataset category id of each contiguous class 1..K-1 (a list), or None = identity:
+        the postprocessor's; setting it (None included) replaces the postprocessor's ids."""
+        ids = self.postprocessor.category_ids
+        return None if ids is None else list(ids)
+
+    @category_ids.setter
+    def category_ids(self, ids):
+        self.postprocessor = dataclasses.replace(self.postprocessor, category_ids=ids)
+        self._drop_detect_fn()
+
+    @property
+    def category_names(self):
+        """Name of each contiguous class 1..K-1 (a list), or None: the postprocessor's;
+        setting it (None included) replaces the postprocessor's names."""
+        names = self.postprocessor.category_names
+        return None if names is None else list(names)
+
+    @category_names.setter
+    def category_names(self, names):
+        self.postprocessor = dataclasses.replace(self.postprocessor, category_names=names)
+
+    def _drop_detect_fn(self):
+        """Forgets ``detect``'s traced function (it holds the previous postprocessor)."""
+        if getattr(self, "_detect_fn", None) is not None:
+            self._detect_fn = None
 
     def compute_losses(self, outputs):
         """Training outputs -> {loss name: scalar} (unweighted); the subclass's method."""
@@ -172,4 +203,8 @@ class Detector(keras.Model):
                              "keras_maskrcnn.builders (or use keras_maskrcnn.build_model / "
                              f"keras_maskrcnn.{cls.__name__}) before loading the model")
         config = dict(config)
-        return build(config.pop("config"), config.pop("category_ids", None), **config)
+        names = config.pop("category_names", None)
+        model = build(config.pop("config"), config.pop("category_ids", None), **config)
+        if names is not None:
+            model.category_names = names
+        return model

@@ -43,6 +43,7 @@ from keras_maskrcnn.ops.keypoints import (heatmaps_to_keypoints, keypoints_to_he
                                           mask_absent_keypoints)
 from keras_maskrcnn.ops.masks import project_cropped_masks_on_boxes, project_masks_on_boxes
 from keras_maskrcnn.ops.targets import foreground_slots, used_gt_rows
+from keras_maskrcnn.postprocessing import Postprocessor
 
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression", "mask",
@@ -78,16 +79,13 @@ class MaskRCNN(Detector):
             crops of each GT box's frame, targets by ``project_cropped_masks_on_boxes``.
             Mask and heatmap targets take the size of the predicted logits (Sm, Sk), as
             torchvision's and detectron2's losses do.
-        loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
+        loss_weights, postprocessor, config_dict: see ``Detector`` (the postprocessor holds
+            the mask threshold, paste style, keypoint offset of COCO results and category ids
+            and names).
         keypoint_score: "logit" (torchvision) or "detectron2" (``ops.keypoints``).
-        keypoint_coordinate_offset: added to keypoint x, y in COCO results only
-            (``evaluation``; -0.5 for detectron2 models, as its COCO evaluator); ``detect``,
-            the exports and the model's own outputs are without it.
         keypoint_category_ids: dataset ids (as ``category_ids``) of the classes that have
             keypoints; None = every class. Other classes' GT keypoints are not trained and
             their detections' keypoints are (0, 0, -inf) (``ops.keypoints.ABSENT_SCORE``).
-        mask_paste: "torchvision" or "detectron2": how ``detect`` and the export paste masks
-            (``ops.masks.paste_and_threshold``).
 
     Inputs (dict): images (B, Hp, Wp, 3) float RGB in [0, 255], resized, zero-padded;
         image_sizes (B, 2) int32 resized unpadded (h, w); in training also gt_boxes (B, M, 4),
@@ -107,16 +105,17 @@ class MaskRCNN(Detector):
                  mask_pooler=None, mask_head=None, mask_predictor=None, keypoint_pooler=None,
                  keypoint_head=None, keypoint_predictor=None, *, roi_feature_head=None,
                  preprocessor, rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights,
-                 gt_mask_format="full", mask_threshold=0.5, category_ids=None,
-                 config_dict=None, keypoint_score="logit", keypoint_coordinate_offset=0.0,
-                 keypoint_category_ids=None, mask_paste="torchvision", **kwargs):
+                 gt_mask_format="full", postprocessor=None, config_dict=None,
+                 keypoint_score="logit", keypoint_category_ids=None, **kwargs):
         if gt_mask_format not in ("full", "cropped"):
             raise ValueError(f"gt_mask_format must be 'full' or 'cropped', got "
                              f"{gt_mask_format!r}")
         names = list(LOSS_NAMES[:4]) + (["mask"] if mask_head is not None else []) + (
             ["keypoint"] if keypoint_head is not None else [])
-        super().__init__(names, loss_weights, preprocessor, mask_threshold=mask_threshold,
-                         category_ids=category_ids, config_dict=config_dict, **kwargs)
+        if postprocessor is None:  # the defaults, masks when there is a mask head
+            postprocessor = Postprocessor(mask_kind="box" if mask_head is not None else None)
+        super().__init__(names, loss_weights, preprocessor, postprocessor=postprocessor,
+                         config_dict=config_dict, **kwargs)
         if fpn is None and (roi_feature_head is None or keypoint_head is not None
                             or len(anchor_generator.levels) != 1):
             raise ValueError("fpn None (C4) needs a roi_feature_head, one feature level and no "
@@ -134,12 +133,10 @@ class MaskRCNN(Detector):
         self.box_head, self.box_predictor = box_head, box_predictor
         self.mask_head, self.mask_predictor = mask_head, mask_predictor
         self.keypoint_head, self.keypoint_predictor = keypoint_head, keypoint_predictor
-        self.mask_paste = str(mask_paste)
         self.gt_mask_format = gt_mask_format
         self.rpn_smooth_l1_beta = float(rpn_smooth_l1_beta)
         self.box_smooth_l1_beta = float(box_smooth_l1_beta)
         self.keypoint_score = str(keypoint_score)
-        self.keypoint_coordinate_offset = float(keypoint_coordinate_offset)
         self.keypoint_category_ids = (None if keypoint_category_ids is None
                                       else [int(c) for c in keypoint_category_ids])
         if keypoint_head is not None:

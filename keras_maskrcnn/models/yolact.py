@@ -57,7 +57,7 @@ class YOLACT(Detector):
             decode, Fast NMS, top D).
         preprocessor: ``preprocessing.Preprocessor`` (normalisation here; resize in detect).
         negpos_ratio, max_masks: hard negatives per positive; masks trained per image.
-        loss_weights, mask_threshold, category_ids, config_dict: see ``Detector``.
+        loss_weights, postprocessor, config_dict: see ``Detector``.
         mask_seed: seed of the random subset of masks trained when an image has more than
             ``max_masks`` positives.
 
@@ -73,10 +73,10 @@ class YOLACT(Detector):
 
     def __init__(self, backbone, fpn, protonet, prediction_head, semantic_head,
                  anchor_generator, anchor_matcher, detection_generator, *, preprocessor,
-                 negpos_ratio, max_masks, loss_weights, mask_threshold=0.5, category_ids=None,
-                 config_dict=None, mask_seed=0, **kwargs):
-        super().__init__(LOSS_NAMES, loss_weights, preprocessor, mask_threshold=mask_threshold,
-                         category_ids=category_ids, config_dict=config_dict, **kwargs)
+                 negpos_ratio, max_masks, loss_weights, postprocessor=None, config_dict=None,
+                 mask_seed=0, **kwargs):
+        super().__init__(LOSS_NAMES, loss_weights, preprocessor, postprocessor=postprocessor,
+                         config_dict=config_dict, **kwargs)
         self.backbone, self.fpn, self.protonet = backbone, fpn, protonet
         self.prediction_head, self.semantic_head = prediction_head, semantic_head
         self.anchor_generator, self.anchor_matcher = anchor_generator, anchor_matcher

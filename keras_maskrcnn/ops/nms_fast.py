@@ -155,9 +155,12 @@ def _iou_matrix(boxes):
     The same float32 operations on (..., K) coordinate vectors instead of (..., K, K, 2)
     corner tensors, which is several times faster for K = 200.
     """
-    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)  # (..., K) each
+    # slices, not tf.unstack (LiteRT's Unpack rejects the empty blocks of ``_fast_keep``), and
+    # expand_dims, not v[..., None] (LiteRT has no builtin StridedSlice with a new axis)
+    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))  # (..., K) each
     area = tf.maximum(x2 - x1, 0.0) * tf.maximum(y2 - y1, 0.0)  # (..., K)
-    col, row = (lambda v: v[..., :, None]), (lambda v: v[..., None, :])  # (..., K, 1), (.., 1, K)
+    col, row = (lambda v: tf.expand_dims(v, -1)), (lambda v: tf.expand_dims(v, -2))
+    # col: (..., K) -> (..., K, 1); row: (..., K) -> (..., 1, K)
     w = tf.maximum(tf.minimum(col(x2), row(x2)) - tf.maximum(col(x1), row(x1)), 0.0)
     h = tf.maximum(tf.minimum(col(y2), row(y2)) - tf.maximum(col(y1), row(y1)), 0.0)
     inter = w * h  # (..., K, K)

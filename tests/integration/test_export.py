@@ -19,6 +19,7 @@ from keras_maskrcnn import build_model, load_config
 from keras_maskrcnn import export as export_lib
 from keras_maskrcnn import preprocessing
 from keras_maskrcnn.data import images as images_lib
+from keras_maskrcnn.postprocessing import Postprocessor
 from keras_maskrcnn.ops.masks import paste_masks
 from support import CONFIGS
 from support import models as models_support
@@ -267,8 +268,9 @@ def test_postprocessing_hand_computed():
                "scores": tf.constant([[0.9, 0.1]]), "classes": tf.constant([[2, 1]]),
                "num_detections": tf.constant([1]),
                "masks": tf.ones([1, 2, 4, 4]), "keypoints": tf.ones([1, 2, 1, 3]) * 10.0}
-    result = export_lib.serving_outputs(outputs, tf.constant([[50, 100]]),
-                                           tf.constant([[100, 400]]), CATEGORY_IDS)
+    postprocessor = Postprocessor(category_ids=CATEGORY_IDS)
+    result = postprocessor.serving_outputs(outputs, tf.constant([[50, 100]]),
+                                           tf.constant([[100, 400]]))
     np.testing.assert_allclose(result["boxes"][0], [[40, 40, 120, 80], [0, 0, 0, 0]])
     np.testing.assert_array_equal(result["classes"], [[22, 0]])
     np.testing.assert_allclose(result["scores"], [[0.9, 0.0]])

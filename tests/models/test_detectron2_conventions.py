@@ -7,11 +7,12 @@ Oracles: torchvision.ops.roi_align(sampling_ratio=0, aligned=True) per detectron
 (poolers.assign_boxes_to_levels restated), a NumPy statement of detectron2's
 DefaultAnchorGenerator, and the ``support.d2_masks`` transcription of its mask paste.
 """
+import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn import build_model, export, inference
+from keras_maskrcnn import build_model, export
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
 from support.models import tiny_config
 
@@ -33,7 +34,7 @@ def _conventions(m):
                for p in (m.box_pooler, m.mask_pooler, m.keypoint_pooler)}
     assert len(poolers) == 1, poolers
     a = m.anchor_generator
-    return (*poolers.pop(), a.rounded, a.nominal_strides, m.mask_paste)
+    return (*poolers.pop(), a.rounded, a.nominal_strides, m.postprocessor.paste)
 
 
 def test_defaults_keep_torchvision_conventions():
@@ -45,7 +46,7 @@ def test_defaults_keep_torchvision_conventions():
 def test_settings_are_wired_and_survive_from_config(d2_model):
     for m in (d2_model, MaskRCNN.from_config(d2_model.get_config())):
         assert _conventions(m) == (0, "detectron2", False, True, "detectron2")
-        assert m.preprocessor.detectron2_style and inference.mask_paste(m) == "detectron2"
+        assert m.preprocessor.detectron2_style and m.postprocessor.clip_boxes
 
 
 def d2_levels(boxes):
@@ -124,13 +125,14 @@ def test_detect_and_serving_use_detectron2_resize_and_paste(torch, d2_model):
     images, sizes = d2_model.preprocessor(tf.constant(image)[None])
     assert sizes.numpy().tolist() == [[90, 128]]  # detectron2's int(89.6 + 0.5); floor: 89
     outputs = d2_model({"images": images, "image_sizes": sizes})
-    kept = inference.postprocess(outputs, sizes, tf.constant([70, 100]), 0.5, "box",
-                                 "detectron2", True)
+    kept = d2_model.postprocessor.detections(outputs, sizes, tf.constant([70, 100]))
     np.testing.assert_allclose(result["boxes"], kept["boxes"].numpy(), rtol=0, atol=1e-4)
     probs = outputs["masks"].numpy()[0, :n]
     want = d2_masks.d2_paste_masks_in_image(probs, result["boxes"], (70, 100))
     assert (result["masks"] != want).mean() < 1e-3  # pixels within float rounding of 0.5
-    torchvision_pasted = inference.postprocess(outputs, sizes, tf.constant([70, 100]), 0.5)
+    torchvision_style = dataclasses.replace(d2_model.postprocessor, paste="torchvision",
+                                            clip_boxes=False)
+    torchvision_pasted = torchvision_style.detections(outputs, sizes, tf.constant([70, 100]))
     assert not np.array_equal(torchvision_pasted["masks"].numpy(), result["masks"])
     _, serve_images = export.serving_functions(d2_model, include_full_masks=True)
     served = serve_images(tf.constant(image)[None])

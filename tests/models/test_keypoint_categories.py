@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_maskrcnn import build_model, builders, config, evaluation, export, predict, visualize
+from keras_maskrcnn import build_model, builders, config, evaluation, predict, visualize
 from keras_maskrcnn.data import coco, synthetic
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
 from support import ROOT
@@ -192,7 +192,7 @@ def test_detectron2_score_and_coordinate_offset(models, tmp_path):
     d2 = build_model(_config(**{"model.keypoint_head.score": "detectron2",
                                 "model.keypoint_head.coordinate_offset": -0.5}))
     d2.set_weights(models["all"].get_weights())
-    assert d2.keypoint_score == "detectron2" and d2.keypoint_coordinate_offset == -0.5
+    assert d2.keypoint_score == "detectron2" and d2.postprocessor.keypoint_offset == -0.5
     image = np.random.default_rng(3).integers(0, 255, (96, 150, 3), dtype=np.uint8)
     ours, ref = d2.detect([image])[0], models["all"].detect([image])[0]
     assert len(ref["scores"]) > 0
@@ -216,11 +216,15 @@ def test_detectron2_score_and_coordinate_offset(models, tmp_path):
         written = np.asarray(r["keypoints"]).reshape(-1, 3)
         np.testing.assert_allclose(written[:, :2], kp[:, :2] - 0.5, rtol=0, atol=1e-4)
         np.testing.assert_allclose(written[:, 2], kp[:, 2], rtol=1e-6)
+    absent = {"keypoints": np.array([[[10.0, 20.0, 0.5]], [[0.0, 0.0, -np.inf]]])}
+    shifted = d2.postprocessor.coco_detections(absent)["keypoints"]  # absent ones left alone
+    np.testing.assert_allclose(shifted[0, 0], [9.5, 19.5, 0.5])
+    np.testing.assert_array_equal(shifted[1, 0], [0.0, 0.0, -np.inf])
     # The export returns the predictor's keypoints too, and leaves absent ones alone.
     outputs = {"boxes": tf.zeros([1, 2, 4]), "scores": tf.ones([1, 2]),
                "classes": tf.constant([[1, 2]]), "num_detections": tf.constant([2]),
                "keypoints": tf.constant([[[[10.0, 20.0, 0.5]], [[0.0, 0.0, -np.inf]]]])}
-    served = export.serving_outputs(outputs, tf.constant([[50, 50]]),
-                                    tf.constant([[100, 200]]))["keypoints"].numpy()
+    served = d2.postprocessor.serving_outputs(outputs, tf.constant([[50, 50]]),
+                                              tf.constant([[100, 200]]))["keypoints"].numpy()
     np.testing.assert_allclose(served[0, 0, 0], [10.0 * 4, 20.0 * 2, 0.5])
     np.testing.assert_array_equal(served[0, 1, 0], [0.0, 0.0, -np.inf])

@@ -1,0 +1,38 @@
+"""``python -m keras_maskrcnn.export`` arguments: formats, --device (CPU kernels only in a CPU
+SavedModel), --quantize only for LiteRT."""
+import os
+
+import pytest
+
+from keras_maskrcnn import build_model, load_config
+from keras_maskrcnn.accel.layers import ACCELERATED
+from keras_maskrcnn.export import command
+from support import CONFIGS
+
+ACCEL_CLASSES = tuple(accelerated for accelerated, _ in ACCELERATED.values())
+
+
+def _accelerated_layers(export_format, device):
+    override = command.accel_override(export_format, device)
+    cfg = load_config(os.path.join(CONFIGS, "tiny.yaml"),
+                      ["model.accel=on"] + ([override] if override else []))
+    model = build_model(cfg, build=False)
+    return [l for l in model._flatten_layers() if isinstance(l, ACCEL_CLASSES)]
+
+
+def test_cpu_kernels_only_in_a_cpu_saved_model():
+    assert _accelerated_layers("saved_model", "cpu")  # the config's model.accel kept
+    for export_format, device in (("saved_model", "gpu"), ("onnx", "cpu"), ("litert", "cpu"),
+                                  ("onnx", "gpu")):
+        assert _accelerated_layers(export_format, device) == [], (export_format, device)
+
+
+def test_bad_arguments_fail_before_building(tmp_path, capsys):
+    base = ["--config", os.path.join(CONFIGS, "tiny.yaml"), "--weights", "w.weights.h5",
+            "--output", str(tmp_path / "m")]
+    with pytest.raises(SystemExit, match="--quantize applies to --format litert only"):
+        command.main(base + ["--format", "onnx", "--quantize", "dynamic"])
+    with pytest.raises(SystemExit):
+        command.main(base + ["--format", "tflite"])
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
