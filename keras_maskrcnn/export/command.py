@@ -84,7 +84,7 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     if args.quantize and args.export_format != "litert":
-        p.error("--quantize applies to --format litert only")
+        raise SystemExit("--quantize applies to --format litert only")
     overrides = list(args.set or [])
     accel = accel_override(args.export_format, args.device)
     if accel:
