@@ -406,7 +406,7 @@ def test_overrides(tmp_path):
 
 @pytest.mark.parametrize("cli", ["keras_maskrcnn/cli/train.py", "keras_maskrcnn/cli/evaluate.py",
                                  "keras_maskrcnn/predict.py",
-                                 "keras_maskrcnn/export.py", "keras_maskrcnn/convert/__main__.py"])
+                                 "keras_maskrcnn/export/command.py", "keras_maskrcnn/convert/__main__.py"])
 def test_set_takes_several_overrides_after_one_flag_and_repeats(cli, tmp_path):
     """``--set a=1 b=2`` (detectron2's habit) and repeated ``--set``, in command-line order;
     every command line that takes --set declares it with ``add_override_argument``."""

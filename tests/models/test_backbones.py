@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 import keras
 
+from keras_maskrcnn.convert import state_dict as state_dict_lib
 from keras_maskrcnn.convert import torchvision as tvconvert
 from keras_maskrcnn.layers import fpn as fpn_module
 from keras_maskrcnn.layers.fpn import FPN, upsample_nearest_like
@@ -128,7 +129,7 @@ def test_resnet_fpn_matches_torchvision(torch, torchvision, arch):
 def test_mutation_spatially_transposed_kernels_fail(torch, torchvision, monkeypatch):
     """Converting OIHW -> (kw, kh, I, O) instead of (kh, kw, I, O) must break the parity."""
     tmodel = _converted(torch, torchvision, "resnet18")[0]
-    monkeypatch.setattr(tvconvert, "torch_conv_kernel_to_keras",
+    monkeypatch.setattr(state_dict_lib, "torch_conv_kernel_to_keras",  # where read_conv looks
                         lambda w: np.transpose(w, (3, 2, 1, 0)))
     resnet, fpn = _ours("resnet18")
     tvconvert.load_resnet_fpn_weights(resnet, fpn, tmodel.state_dict(), prefix="")
