@@ -79,8 +79,7 @@ def encode_masks(masks):
     return rles
 
 
-def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxes=False,
-                               keypoint_offset=0.0):
+def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxes=False):
     """COCO result dicts for the detections of one image.
 
     Args:
@@ -92,8 +91,8 @@ def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxe
             dataset id of contiguous label i + 1.
         drop_empty_boxes: leave out detections whose box area (x2 - x1) * (y2 - y1) is not
             > 0 (YOLACT's evaluation, on its integer boxes).
-        keypoint_offset: added to keypoint x and y (the model's ``keypoint_coordinate_offset``;
-            -0.5 for detectron2 models, as detectron2's COCO evaluator).
+    Keypoints are written as given: a model's COCO offset (detectron2's -0.5) is applied
+    before, by ``model.postprocessor.coco_detections`` (``evaluate_model``).
 
     Returns:
         A list of n dicts: image_id, category_id, score, bbox [x, y, w, h] (w = x2 - x1), and
@@ -123,8 +122,6 @@ def detections_to_coco_results(image_id, result, label_map=None, drop_empty_boxe
         keypoints = np.asarray(result["keypoints"], np.float64)[keep]
         flat = keypoints.reshape(len(keypoints), -1 if len(keypoints) else 0)  # (n, 3 Kp)
         present = np.any(keypoints[..., 2] > -np.inf, axis=-1)  # (n,) class has keypoints
-        flat[:, 0::3] += keypoint_offset  # x
-        flat[:, 1::3] += keypoint_offset  # y
         for item, kp, keep_kp in zip(results, flat.tolist(), present):
             if keep_kp:
                 item["keypoints"] = kp
