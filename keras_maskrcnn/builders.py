@@ -9,7 +9,6 @@ datasets (``data.pipeline.dataset_from_config``) are built from their sections t
 import dataclasses
 import json
 import logging
-import os
 
 import keras
 

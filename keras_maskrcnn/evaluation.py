@@ -43,7 +43,6 @@ import time
 import warnings
 
 import numpy as np
-import tensorflow as tf
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval

@@ -46,7 +46,7 @@ import os
 
 import numpy as np
 
-from keras_maskrcnn.convert import state_dict as sd, torchvision as tv
+from keras_maskrcnn.convert import state_dict as sd
 from keras_maskrcnn.convert.unpickler import CheckpointError, RestrictedUnpickler, unpickle
 
 # (module, name) globals a detectron2 pickle may name: numpy's array reconstruction (None:
