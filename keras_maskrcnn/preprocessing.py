@@ -8,8 +8,9 @@ evaluation path, ``detect`` (``keras_maskrcnn.inference``) and the SavedModel ex
 
 Conventions pinned here (tests/test_preprocessing.py checks them):
     * Resize policies. ``"shorter_side"`` (torchvision): scale = min(min_size / short side,
-      max_size / long side) in float64 (torchvision's Python floats), output side =
-      floor(side * scale). ``"fixed_square"``: output (min_size, min_size) whatever the input
+      max_size / long side), output side = floor(side * scale), both as torchvision's
+      Python floats (float64) compute them, in integer arithmetic (``ops.size_rule``).
+      ``"fixed_square"``: output (min_size, min_size) whatever the input
       aspect ratio (max_size equals min_size).
     * Images are resized as float32 pixels, bilinear with half-pixel centres and no
       antialiasing (``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``),
@@ -47,9 +48,19 @@ import tensorflow as tf
 from keras_maskrcnn.ops.masks import paste_and_threshold
 from keras_maskrcnn.ops.pil_resize import resize_bilinear_pil
 from keras_maskrcnn.ops.prototype_masks import masks_to_image
+from keras_maskrcnn.ops.size_rule import floor_times_ratio, shorter_side_ratio
 
 RESIZE_POLICIES = ("shorter_side", "fixed_square")
 RESIZE_STYLES = ("torchvision", "detectron2")  # shorter_side's size rounding and pixels
+
+
+def shorter_side_output_size(height, width, min_size, max_size):
+    """torchvision's resized size (new_height, new_width) () int32: floor(side * scale) with
+    scale = min(min_size / min(H, W), max_size / max(H, W)), as torchvision's Python (float64)
+    floats compute it, in integer arithmetic (``ops.size_rule``: the same graph runs in
+    LiteRT, which has no float64). Integer sizes only."""
+    a, d = shorter_side_ratio(height, width, min_size, max_size)
+    return floor_times_ratio(height, a, d), floor_times_ratio(width, a, d)
 
 
 def shorter_side_size(height, width, min_size, max_size):
@@ -57,18 +68,16 @@ def shorter_side_size(height, width, min_size, max_size):
 
     Args:
         height, width: () int input size (Python ints or tensors).
-        min_size: () target short side; max_size: () cap on the long side.
+        min_size: () target short side; max_size: () cap on the long side (integers).
 
     Returns:
-        (new_height, new_width) () int32 and scale () float32 with
-        scale = min(min_size / min(H, W), max_size / max(H, W)), new = floor(side * scale)
-        (float64 arithmetic, as torchvision's Python floats).
+        (new_height, new_width) () int32 (``shorter_side_output_size``) and scale () float32
+        = min(min_size / min(H, W), max_size / max(H, W)) (float64, then rounded).
     """
+    new_h, new_w = shorter_side_output_size(height, width, min_size, max_size)
     h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
     scale = tf.minimum(tf.cast(min_size, tf.float64) / tf.minimum(h, w),
                        tf.cast(max_size, tf.float64) / tf.maximum(h, w))
-    new_h = tf.cast(tf.floor(h * scale), tf.int32)
-    new_w = tf.cast(tf.floor(w * scale), tf.int32)
     return new_h, new_w, tf.cast(scale, tf.float32)
 
 
@@ -275,9 +284,7 @@ class Preprocessor:
             return side, side
         if self.detectron2_style:
             return detectron2_output_size(height, width, self.min_size, self.max_size)
-        new_h, new_w, _ = shorter_side_size(height, width, float(self.min_size),
-                                            float(self.max_size))
-        return new_h, new_w
+        return shorter_side_output_size(height, width, self.min_size, self.max_size)
 
     def __call__(self, images):
         """Same-size images -> model inputs.

@@ -9,7 +9,14 @@ category ids (0 = padding); num_detections (1,) int32; original_sizes (1, 2) int
 (1, D, S, S) RoI probabilities (Mask R-CNN) or (1, D, Hp, Wp) image probabilities at
 prototype resolution (YOLACT); keypoints (1, D, Kp, 3) when present; full_masks (1, D, H0,
 W0) uint8 with ``full_masks``.
+
+``portable(model)``: while the graph is traced, the RoI poolers pool with gathers
+(``ops.roi_align_gather``) instead of TensorFlow's CropAndResize / DynamicPartition, which
+neither ONNX Runtime nor LiteRT has; the sizes of the resize are integer arithmetic
+(``ops.size_rule``) in every graph.
 """
+import contextlib
+
 import tensorflow as tf
 
 from keras_maskrcnn.export.saved_model import check_exportable, model_runner
@@ -17,6 +24,34 @@ from keras_maskrcnn.export.saved_model import check_exportable, model_runner
 INPUT_NAME = "images"
 OUTPUT_ORDER = ("boxes", "scores", "classes", "num_detections", "original_sizes", "masks",
                 "keypoints", "full_masks")
+
+
+POOLERS = ("box_pooler", "mask_pooler", "keypoint_pooler")
+
+
+@contextlib.contextmanager
+def portable(model, export_format):
+    """The model's RoI poolers on ``implementation="gather"`` inside the block (restored
+    after). Raises ValueError up front for what the file could not run: adaptive RoIAlign
+    sampling (``sampling_ratio`` 0, detectron2's), and for LiteRT detectron2's resize sizes
+    (float64 arithmetic)."""
+    poolers = [p for p in (getattr(model, name, None) for name in POOLERS) if p is not None]
+    adaptive = [p.name for p in poolers if p.sampling_ratio == 0]
+    if adaptive:
+        raise ValueError(f"{export_format} export needs RoI poolers with a fixed "
+                         f"sampling_ratio; {adaptive} sample adaptively (sampling_ratio 0, "
+                         "detectron2's ROIAlignV2): export a SavedModel instead")
+    if export_format == "litert" and model.preprocessor.detectron2_style:
+        raise ValueError("litert export: input.resize_style 'detectron2' computes its sizes in "
+                         "float64, which LiteRT has no builtin for; export ONNX or a SavedModel")
+    before = [p.implementation for p in poolers]
+    for pooler in poolers:
+        pooler.implementation = "gather"
+    try:
+        yield model
+    finally:
+        for pooler, implementation in zip(poolers, before):
+            pooler.implementation = implementation
 
 
 def input_signature():

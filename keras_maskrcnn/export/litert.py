@@ -18,7 +18,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.export.image_graph import image_function
+from keras_maskrcnn.export.image_graph import image_function, portable
 
 SIGNATURE = "serving_images"
 
@@ -34,8 +34,8 @@ def export_litert(model, output_path, full_masks=False, quantize=None):
     """
     if quantize not in (None, "dynamic"):
         raise ValueError(f"quantize must be None or 'dynamic', got {quantize!r}")
-    serve = image_function(model, full_masks)
-    with tempfile.TemporaryDirectory() as saved:
+    with portable(model, "litert"), tempfile.TemporaryDirectory() as saved:
+        serve = image_function(model, full_masks)
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(SIGNATURE, serve, input_signature=serve.input_signature)

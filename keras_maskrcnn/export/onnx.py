@@ -7,7 +7,7 @@ its detections against ``model.detect``).
 """
 import os
 
-from keras_maskrcnn.export.image_graph import OUTPUT_ORDER, image_function
+from keras_maskrcnn.export.image_graph import OUTPUT_ORDER, image_function, portable
 
 OPSET = 17
 
@@ -26,12 +26,13 @@ def export_onnx(model, output_path, full_masks=False, opset=OPSET):
     except ImportError as e:
         raise ImportError("the ONNX export needs tf2onnx: pip install "
                           "'keras-maskrcnn[onnx]'") from e
-    serve = image_function(model, full_masks)
-    concrete = serve.get_concrete_function()
-    outputs = [k for k in OUTPUT_ORDER if k in concrete.structured_outputs]
+    with portable(model, "onnx"):
+        serve = image_function(model, full_masks)
+        concrete = serve.get_concrete_function()
+        outputs = [k for k in OUTPUT_ORDER if k in concrete.structured_outputs]
+        model_proto, _ = tf2onnx.convert.from_function(
+            serve, input_signature=serve.input_signature, opset=opset)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    model_proto, _ = tf2onnx.convert.from_function(
-        serve, input_signature=serve.input_signature, opset=opset)
     rename_outputs(model_proto, concrete, outputs)
     with open(output_path, "wb") as f:
         f.write(model_proto.SerializeToString())

@@ -44,6 +44,14 @@ def _nearest_source_indices(in_size, out_size):
     return tf.minimum(src, in_size - 1)
 
 
+def _with_static_shape(y, shape):
+    """``y`` with the known dims of ``shape`` set statically: no runtime op (``tf.ensure_shape``
+    leaves an ``EnsureShape`` check in the graph, which LiteRT has no builtin for)."""
+    if not tf.executing_eagerly():
+        y.set_shape(shape)
+    return y
+
+
 def upsample_nearest_like(x, target, method="resize"):
     """Nearest upsampling of ``x`` to the spatial size of ``target`` with torch's index rule.
 
@@ -71,7 +79,7 @@ def upsample_nearest_like(x, target, method="resize"):
     else:
         raise ValueError(f"method must be 'resize' or 'gather', got {method!r}")
     # Keep whatever H, W are statically known from the target.
-    return tf.ensure_shape(y, [x.shape[0], target.shape[1], target.shape[2], x.shape[3]])
+    return _with_static_shape(y, [x.shape[0], target.shape[1], target.shape[2], x.shape[3]])
 
 
 def upsample_bilinear_like(x, target):
@@ -92,7 +100,7 @@ def upsample_bilinear_like(x, target):
         y = tf.raw_ops.ResizeBilinear(images=x, size=tf.shape(target)[1:3], align_corners=False,
                                       half_pixel_centers=True)  # float32
     y = tf.cast(y, x.dtype)
-    return tf.ensure_shape(y, [x.shape[0], target.shape[1], target.shape[2], x.shape[3]])
+    return _with_static_shape(y, [x.shape[0], target.shape[1], target.shape[2], x.shape[3]])
 
 
 def _interpolation_matrix(in_size, out_size):

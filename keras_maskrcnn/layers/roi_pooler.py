@@ -14,6 +14,11 @@ Shape shorthand: B batch; R RoIs per image; S output size; C channels.
 import keras
 
 from keras_maskrcnn.ops.roi_align import multilevel_roi_align
+from keras_maskrcnn.ops.roi_align_gather import multilevel_roi_align_gather
+
+#: ``implementation`` choices: TensorFlow's fast kernels, or gathers only (ONNX / LiteRT).
+IMPLEMENTATIONS = {"crop_and_resize": multilevel_roi_align,
+                   "gather": multilevel_roi_align_gather}
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -26,6 +31,9 @@ class RoIPooler(keras.layers.Layer):
         canonical_size, canonical_level, level_mapping: the FPN level mapper
             (``ops.roi_align.assign_fpn_levels``).
         sampling_ratio: samples per bin side (0: adaptive); aligned: half-pixel shift.
+        implementation: "crop_and_resize" (``ops.roi_align``: TensorFlow's kernels, the
+            fast path) or "gather" (``ops.roi_align_gather``: builtin ops of ONNX Runtime
+            and LiteRT, fixed sampling only; the exports switch to it, ``export.portable``).
 
     Call:
         features {level: (B, H_l, W_l, C)} holding at least ``levels``; boxes (B, R, 4) xyxy
@@ -36,7 +44,7 @@ class RoIPooler(keras.layers.Layer):
 
     def __init__(self, output_size, levels=("P2", "P3", "P4", "P5"), canonical_size=224.0,
                  canonical_level=4, level_mapping="torchvision", sampling_ratio=2,
-                 aligned=False, **kwargs):
+                 aligned=False, implementation="crop_and_resize", **kwargs):
         kwargs.pop("autocast", None)
         # autocast=False: boxes stay float32 under a mixed policy; the features keep theirs
         super().__init__(autocast=False, **kwargs)
@@ -50,13 +58,17 @@ class RoIPooler(keras.layers.Layer):
         self.canonical_level = int(canonical_level)
         self.level_mapping = str(level_mapping)
         self.sampling_ratio, self.aligned = int(sampling_ratio), bool(aligned)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {sorted(IMPLEMENTATIONS)}, got "
+                             f"{implementation!r}")
+        self.implementation = implementation
         self.built = True  # no weights: built whether or not it was called
 
     def call(self, features, boxes):
         # ops.roi_align reads level l as "P{l}" (stride 2**l): C4 is pooled as "P4"
         pooled = {f"P{level}": features[name] for level, name in
                   zip(range(self.min_level, self.max_level + 1), self.levels)}
-        return multilevel_roi_align(
+        return IMPLEMENTATIONS[self.implementation](
             pooled, boxes, self.output_size, sampling_ratio=self.sampling_ratio,
             aligned=self.aligned, min_level=self.min_level, max_level=self.max_level,
             canonical_size=self.canonical_size, canonical_level=self.canonical_level,
@@ -72,5 +84,6 @@ class RoIPooler(keras.layers.Layer):
                        "canonical_size": self.canonical_size,
                        "canonical_level": self.canonical_level,
                        "level_mapping": self.level_mapping,
-                       "sampling_ratio": self.sampling_ratio, "aligned": self.aligned})
+                       "sampling_ratio": self.sampling_ratio, "aligned": self.aligned,
+                       "implementation": self.implementation})
         return config
