@@ -313,4 +313,5 @@ class Preprocessor:
         shape = tf.shape(x)
         rows = tf.range(shape[1])[None, :, None] < image_sizes[:, 0, None, None]  # (B, Hp, 1)
         cols = tf.range(shape[2])[None, None, :] < image_sizes[:, 1, None, None]  # (B, 1, Wp)
-        return x * tf.cast(tf.logical_and(rows, cols), x.dtype)[..., None]
+        inside = tf.cast(tf.logical_and(rows, cols), x.dtype)  # (B, Hp, Wp)
+        return x * tf.expand_dims(inside, -1)  # ExpandDims: LiteRT has no new-axis slice

@@ -31,8 +31,8 @@ POOLERS = ("box_pooler", "mask_pooler", "keypoint_pooler")
 
 @contextlib.contextmanager
 def portable(model, export_format):
-    """The model's RoI poolers on ``implementation="gather"`` inside the block (restored
-    after). Raises ValueError up front for what the file could not run: adaptive RoIAlign
+    """The model's RoI poolers on ``implementation="gather"`` and ``model.portable`` True
+    inside the block (restored after). Raises ValueError up front for what the file could not run: adaptive RoIAlign
     sampling (``sampling_ratio`` 0, detectron2's), and for LiteRT detectron2's resize sizes
     (float64 arithmetic)."""
     poolers = [p for p in (getattr(model, name, None) for name in POOLERS) if p is not None]
@@ -47,9 +47,11 @@ def portable(model, export_format):
     before = [p.implementation for p in poolers]
     for pooler in poolers:
         pooler.implementation = "gather"
+    model.portable = True
     try:
         yield model
     finally:
+        model.portable = False
         for pooler, implementation in zip(poolers, before):
             pooler.implementation = implementation
 

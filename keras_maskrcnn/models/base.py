@@ -55,6 +55,10 @@ class Detector(keras.Model):
 
     mask_type = "box"  # the kind of masks the inference outputs carry (subclasses)
 
+    #: True while ``export.image_graph.portable`` traces the ONNX / LiteRT graph: the model
+    #: then uses only ops those runtimes have (e.g. unrolled keypoint decoding).
+    portable = False
+
     def __init__(self, loss_names, loss_weights, preprocessor, postprocessor=None,
                  config_dict=None, **kwargs):
         super().__init__(**kwargs)

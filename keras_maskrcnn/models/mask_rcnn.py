@@ -330,7 +330,8 @@ class MaskRCNN(Detector):
         if self.keypoint_head is not None:
             heatmaps = self.keypoint_logits(features, dets["boxes"])  # (B, D, Sk, Sk, Kp)
             heatmaps = tf.transpose(heatmaps, [0, 1, 4, 2, 3])  # (B, D, Kp, Sk, Sk)
-            keypoints = heatmaps_to_keypoints(heatmaps, dets["boxes"], score=self.keypoint_score)
+            keypoints = heatmaps_to_keypoints(heatmaps, dets["boxes"], score=self.keypoint_score,
+                                              unroll=self.portable)
             if self.keypoint_category_ids is not None:  # (B, D): the class has keypoints
                 present = tf.gather(tf.constant(self.keypoint_classes()), dets["classes"])
                 keypoints = mask_absent_keypoints(keypoints, present)

@@ -138,7 +138,7 @@ def _decode_one(args, num_keypoints, size, score):
     return pos % map_w, pos // map_w, peak
 
 
-def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4, score="logit"):
+def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4, score="logit", unroll=False):
     """Keypoint locations and scores from heatmap logits (Keypoint R-CNN inference).
 
     Args:
@@ -147,6 +147,9 @@ def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4, score="logit"):
         parallel_iterations: RoIs resized concurrently; peak memory is about this many times
             K * ceil(h) * ceil(w) floats of the largest RoIs.
         score: "logit" or "detectron2" (module docstring).
+        unroll: decode the RoIs one by one in a static Python loop instead of ``tf.map_fn``
+            (R static): the ONNX / LiteRT graphs, whose converters do not lower a loop over
+            tensors of dynamic inner shapes.
 
     Returns:
         (..., R, K, 3) float32 [x, y, score]: x = x1 + (j + 0.5) * w / ceil(w) with j the
@@ -173,13 +176,16 @@ def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4, score="logit"):
     heights = tf.maximum(y2 - y1, 1.0)
     map_w = tf.math.ceil(widths)  # (N,) resized heatmap width, >= 1
     map_h = tf.math.ceil(heights)
-    x_int, y_int, scores = tf.map_fn(
-        lambda a: _decode_one(a, num_keypoints, size, score),
-        (flat_maps, tf.cast(map_h, tf.int32), tf.cast(map_w, tf.int32)),
-        fn_output_signature=(tf.int32, tf.int32, tf.float32),
-        # eagerly map_fn runs one RoI at a time anyway, and warns when asked for more
-        parallel_iterations=None if tf.executing_eagerly() else parallel_iterations,
-    )  # each (N, K)
+    per_roi = (flat_maps, tf.cast(map_h, tf.int32), tf.cast(map_w, tf.int32))
+    if unroll:
+        x_int, y_int, scores = _decode_unrolled(per_roi, num_keypoints, size, score)
+    else:
+        x_int, y_int, scores = tf.map_fn(
+            lambda a: _decode_one(a, num_keypoints, size, score), per_roi,
+            fn_output_signature=(tf.int32, tf.int32, tf.float32),
+            # eagerly map_fn runs one RoI at a time anyway, and warns when asked for more
+            parallel_iterations=None if tf.executing_eagerly() else parallel_iterations,
+        )  # each (N, K)
     width_correction = (widths / map_w)[:, None]  # (N,) -> (N, 1)
     height_correction = (heights / map_h)[:, None]
     x = (tf.cast(x_int, tf.float32) + 0.5) * width_correction + x1[:, None]
@@ -189,6 +195,19 @@ def heatmaps_to_keypoints(heatmaps, rois, parallel_iterations=4, score="logit"):
     keypoints = tf.reshape(keypoints, out_shape)  # (N, K, 3) -> (..., R, K, 3)
     keypoints.set_shape(rois.shape[:-1].concatenate([heatmaps.shape[-3], 3]))
     return keypoints
+
+
+def _decode_unrolled(per_roi, num_keypoints, size, score):
+    """``_decode_one`` of each of the N RoIs (N static), stacked: 3 x (N, K)."""
+    count = per_roi[0].shape[0]
+    if count is None:
+        raise ValueError("unrolled keypoint decoding needs a static number of RoIs")
+    decoded = [_decode_one([t[i] for t in per_roi], num_keypoints, size, score)
+               for i in range(count)]
+    if not decoded:  # no RoI
+        return (tf.zeros([0, num_keypoints], tf.int32),) * 2 + (
+            tf.zeros([0, num_keypoints], tf.float32),)
+    return tuple(tf.stack(column) for column in zip(*decoded))
 
 
 def mask_absent_keypoints(keypoints, present):

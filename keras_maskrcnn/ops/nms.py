@@ -125,6 +125,9 @@ def _offset_nms(boxes, scores, classes, valid, iou_threshold, max_output):
         )  # kept (D,) padded with 0, ties in score -> lower index first
         return tf.where(tf.range(max_output) < count, kept, -1), count
 
+    if boxes.shape[0] == 1:  # a static batch of one (the ONNX / LiteRT graphs): no loop
+        kept, count = one_image((boxes[0], scores[0]))
+        return kept[None], count[None]  # (1, D), (1,)
     return tf.map_fn(
         one_image, (boxes, scores), fn_output_signature=(tf.int32, tf.int32)
     )  # (B, D), (B,)

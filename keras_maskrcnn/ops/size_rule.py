@@ -6,9 +6,9 @@ takes scale = min(min_size / short side, max_size / long side) and output side =
 floor(side * scale), both in float64. The float64 rounding matters: (800 / 49) * 49 is
 799.99... in float64, so a 49-pixel short side becomes 799 pixels, not 800; over the sizes
 16..3000 one pair in 25 differs from the exact rational floor, one in 13 from float32
-arithmetic. LiteRT has no float64 arithmetic among its builtins, so this module reproduces the
-float64 result with int64 operations only (multiply, floor-divide, floor-mod, compare,
-gather), which every runtime runs. ``preprocessing.shorter_side_size`` uses it everywhere, so
+arithmetic. LiteRT has no float64 arithmetic among its builtins, so this module reproduces
+the float64 result with int64 operations (multiply, floor-mod, compare, gather) and one exact
+float32 quotient, which every runtime runs. ``preprocessing.shorter_side_size`` uses it everywhere, so
 ``detect``, training and every export compute the same sizes.
 
 Method (exact for sides and sizes below 2**20, which covers every image the pixel cap admits
@@ -37,6 +37,13 @@ _POW2 = [2 ** i for i in range(63)]
 def _pow2(exponent):
     """2**exponent (int64) for an int64 tensor exponent in [0, 62]."""
     return tf.gather(tf.constant(_POW2, tf.int64), tf.cast(exponent, tf.int32))
+
+
+def _exact_quotient(multiple, d):
+    """multiple / d (int64) for a multiple of d whose quotient is below 2**21, through float32
+    (LiteRT's FloorDiv has no int64 kernel): the float32 quotient is within 2**-3 of it."""
+    quotient = tf.cast(multiple, tf.float32) / tf.cast(d, tf.float32)
+    return tf.cast(tf.round(quotient), tf.int64)
 
 
 def _floor_log2(value):
@@ -76,7 +83,8 @@ def floor_times_ratio(x, a, d):
         int32 tensor of the broadcast shape.
     """
     x, a, d = (tf.cast(v, tf.int64) for v in (x, a, d))
-    n, r = tf.math.floordiv(x * a, d), tf.math.floormod(x * a, d)
+    r = tf.math.floormod(x * a, d)
+    n = _exact_quotient(x * a - r, d)
     e = _ratio_exponent(a, d)  # q = Q * 2**(E - 52)
     k = 52 - e  # in [12, 92]
     twice = _times_pow2_mod(tf.math.floormod(a, 2 * d), k, 2 * d, 92)  # a * 2**k mod 2d
