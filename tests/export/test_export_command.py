@@ -36,3 +36,22 @@ def test_bad_arguments_fail_before_building(tmp_path, capsys):
         command.main(base + ["--format", "tflite"])
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+def test_portable_graph_refuses_what_the_files_could_not_run():
+    from keras_maskrcnn.export.image_graph import portable
+    adaptive = build_model(load_config(os.path.join(CONFIGS, "tiny.yaml"),
+                                       ["model.accel=off", "model.roi_align.sampling_ratio=0"]),
+                           build=False)
+    with pytest.raises(ValueError, match="fixed sampling_ratio.*SavedModel"):
+        with portable(adaptive, "onnx"):
+            pass
+    d2_sizes = build_model(load_config(os.path.join(CONFIGS, "tiny.yaml"),
+                                       ["model.accel=off", "input.resize_style=detectron2"]),
+                           build=False)
+    with portable(d2_sizes, "onnx"):  # ONNX Runtime computes float64
+        assert d2_sizes.portable and d2_sizes.box_pooler.implementation == "gather"
+    assert not d2_sizes.portable and d2_sizes.box_pooler.implementation == "crop_and_resize"
+    with pytest.raises(ValueError, match="litert export: input.resize_style 'detectron2'"):
+        with portable(d2_sizes, "litert"):
+            pass

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_maskrcnn.export.runtimes import file_detections
 from keras_maskrcnn.ops.anchors import level_sizes
 from support import detections as det
 
@@ -35,6 +36,20 @@ def assert_matches_detect(reference, ours):
             error = np.abs(reference["keypoints"][i, :, :2] - ours["keypoints"][j, :, :2])
             assert error.max() <= KEYPOINT_PIXELS, (i, j, error.max())
     return len(matched)
+
+
+def check_file(model, photos, references, run, category_ids=None):
+    """``run(photo)`` (a file's outputs) against ``detect``'s ``references`` on each photo;
+    returns the number of matched detections."""
+    matched = 0
+    for photo, reference in zip(photos, references):
+        outputs = run(photo)
+        np.testing.assert_array_equal(outputs["original_sizes"], [photo.shape[:2]])
+        ours = file_detections(model.postprocessor, outputs, photo.shape)
+        if category_ids is not None:
+            assert set(ours["labels"].tolist()) <= set(category_ids)  # dataset ids
+        matched += assert_matches_detect(reference, ours)
+    return matched
 
 
 def _standardise(layer, outputs, std, mean):
