@@ -21,7 +21,6 @@ def yolact():
     return model, photos, [model.detect([p])[0] for p in photos]
 
 
-@pytest.mark.slow
 def test_onnx_file_in_onnx_runtime_matches_detect(yolact, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="the onnx extra installs onnxruntime")
     pytest.importorskip("tf2onnx", reason="the onnx extra installs tf2onnx")
@@ -39,7 +38,6 @@ def test_onnx_file_in_onnx_runtime_matches_detect(yolact, tmp_path):
     exported.check_file(model, photos, references, onnx_runner(path), [3, 5, 9])
 
 
-@pytest.mark.slow
 def test_litert_file_in_litert_interpreter_matches_detect(yolact, tmp_path):
     litert = pytest.importorskip("ai_edge_litert.interpreter",
                                  reason="the litert extra installs ai-edge-litert")

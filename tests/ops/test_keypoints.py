@@ -246,3 +246,19 @@ def test_heatmaps_to_keypoints_batched_tf_function_and_empty(torch, torchvision,
     np.testing.assert_allclose(out.numpy().reshape(-1, k, 3), ref, atol=1e-3)
     empty = fn(tf.zeros([b, 0, k, 56, 56]), tf.zeros([b, 0, 4]))
     assert empty.shape == (b, 0, k, 3)
+
+
+@pytest.mark.parametrize("score", ["logit", "detectron2"])
+def test_heatmaps_to_keypoints_unrolled_equals_map_fn(rng, score):
+    """``unroll=True`` (the ONNX / LiteRT graphs) decodes the same keypoints as the loop."""
+    rois = _random_rois(rng, 6, low=0.3, high=120.0).reshape(1, 6, 4)
+    heatmaps = rng.normal(size=(1, 6, 3, 56, 56)).astype(np.float32)
+    looped = heatmaps_to_keypoints(heatmaps, rois, score=score).numpy()
+    spec = [tf.TensorSpec([1, 6, 3, 56, 56]), tf.TensorSpec([1, 6, 4])]
+    unrolled = tf.function(lambda h, r: heatmaps_to_keypoints(h, r, score=score, unroll=True),
+                           input_signature=spec)
+    assert "While" not in {op.type for op in unrolled.get_concrete_function().graph
+                           .get_operations()}
+    np.testing.assert_array_equal(unrolled(heatmaps, rois).numpy(), looped)
+    empty = heatmaps_to_keypoints(tf.zeros([1, 0, 3, 56, 56]), tf.zeros([1, 0, 4]), unroll=True)
+    assert empty.shape == (1, 0, 3, 3)
