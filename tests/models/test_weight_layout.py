@@ -92,9 +92,8 @@ def _record():
     with tempfile.TemporaryDirectory() as directory:
         for name in sorted(VARIANTS):
             layouts[name] = weight_layout(build_variant(name), directory)
-    with open(LAYOUT_FILE, "w", encoding="utf-8") as f:
-        json.dump(layouts, f, indent=0)
-        f.write("\n")
+    with open(LAYOUT_FILE, "w", encoding="utf-8") as f:  # one weight a line
+        f.write(json.dumps(layouts).replace("], [", "],\n[") + "\n")
     print(f"wrote {LAYOUT_FILE}: " + ", ".join(
         f"{k} {len(v['variables'])} variables" for k, v in layouts.items()))
 
