@@ -28,6 +28,8 @@ from keras_maskrcnn.models import base
 from keras_maskrcnn.models.backbones import ResNet, arch_arguments
 from keras_maskrcnn.models.mask_rcnn import MaskRCNN
 from keras_maskrcnn.models.res5_head import Res5Head
+from keras_maskrcnn.models.roi_branch import (KeypointBranch, MaskBranch, RCNNLossSettings,
+                                               RoIBranch)
 from keras_maskrcnn.models.yolact import YOLACT
 from keras_maskrcnn.postprocessing import Postprocessor
 from keras_maskrcnn.preprocessing import Preprocessor
@@ -183,6 +185,31 @@ def build_postprocessor(settings, category_ids=None):
         **common)
 
 
+def build_rcnn_branches(settings, heads):
+    """(box, mask, keypoint) ``models.roi_branch`` branches of ``model.*_head`` and
+    ``model.roi_align`` from the built (head, predictor) pairs ``heads`` (mask / keypoint None
+    when that head is off); the mask branch takes ``input.gt_mask_format``."""
+    m = settings.model
+    (box_head, box_predictor), (mask_head, mask_predictor), (kp_head, kp_predictor) = heads
+    box = RoIBranch(build_roi_pooler(m, m.box_head.pool_size, "box_pooler"), box_head,
+                    box_predictor)
+    mask = None if mask_head is None else MaskBranch(
+        build_roi_pooler(m, m.mask_head.pool_size, "mask_pooler"), mask_head, mask_predictor,
+        gt_mask_format=settings.input.gt_mask_format)
+    keypoint = None if kp_head is None else KeypointBranch(
+        build_roi_pooler(m, m.keypoint_head.pool_size, "keypoint_pooler"), kp_head,
+        kp_predictor, score=m.keypoint_head.score, category_ids=m.keypoint_head.category_ids)
+    return box, mask, keypoint
+
+
+def build_loss_settings(model_cfg):
+    """``RCNNLossSettings`` of ``model.rpn.smooth_l1_beta``, ``model.roi_heads.smooth_l1_beta``
+    and ``model.loss_weights``."""
+    return RCNNLossSettings(rpn_smooth_l1_beta=model_cfg.rpn.smooth_l1_beta,
+                            box_smooth_l1_beta=model_cfg.roi_heads.smooth_l1_beta,
+                            weights=dataclasses.asdict(model_cfg.loss_weights))
+
+
 def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
     """An unbuilt ``MaskRCNN`` from a validated Config's ``model`` and ``input`` sections."""
     m = settings.model
@@ -195,33 +222,17 @@ def build_mask_rcnn(settings, category_ids=None, config_dict=None, **kwargs):
         anchor_generator = build_anchor_generator(m)
         rpn_head, proposal_generator = build_rpn(m, anchor_generator.num_anchors)
         roi_sampler, detection_generator = build_roi_sampler(m), build_detection_generator(m)
-        box_head, box_predictor = build_box_head(m)
-        mask_head, mask_predictor = build_mask_head(m)
-        keypoint_head, keypoint_predictor = build_keypoint_head(m)
-        parts = dict(
-            backbone=backbone, fpn=fpn, anchor_generator=anchor_generator,
-            rpn_head=rpn_head, proposal_generator=proposal_generator,
-            roi_sampler=roi_sampler, detection_generator=detection_generator,
-            box_pooler=build_roi_pooler(m, m.box_head.pool_size, "box_pooler"),
-            box_head=box_head, box_predictor=box_predictor,
-            mask_pooler=None if mask_head is None else build_roi_pooler(
-                m, m.mask_head.pool_size, "mask_pooler"),
-            mask_head=mask_head, mask_predictor=mask_predictor,
-            keypoint_pooler=None if keypoint_head is None else build_roi_pooler(
-                m, m.keypoint_head.pool_size, "keypoint_pooler"),
-            keypoint_head=keypoint_head, keypoint_predictor=keypoint_predictor,
-            roi_feature_head=build_res5_head(m))
+        heads = build_box_head(m), build_mask_head(m), build_keypoint_head(m)
+        box_branch, mask_branch, keypoint_branch = build_rcnn_branches(settings, heads)
+        roi_feature_head = build_res5_head(m)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     model = MaskRCNN(
-        **parts, preprocessor=build_preprocessor(settings.input),
-        rpn_smooth_l1_beta=m.rpn.smooth_l1_beta, box_smooth_l1_beta=m.roi_heads.smooth_l1_beta,
-        loss_weights=dataclasses.asdict(m.loss_weights),
+        backbone, fpn, anchor_generator, rpn_head, proposal_generator, roi_sampler,
+        detection_generator, box_branch, mask_branch, keypoint_branch,
+        roi_feature_head=roi_feature_head, preprocessor=build_preprocessor(settings.input),
         postprocessor=build_postprocessor(settings, category_ids),
-        gt_mask_format=settings.input.gt_mask_format, config_dict=config_dict,
-        keypoint_score=m.keypoint_head.score,
-        keypoint_category_ids=m.keypoint_head.category_ids,
-        **kwargs)
+        loss_settings=build_loss_settings(m), config_dict=config_dict, **kwargs)
     if accel.resolve(m.accel):  # CPU kernels in place of the plain Keras layers
         # C4's res5 head swaps its eligible convs like the backbone, without Winograd or
         # chunks (roi_heads): its maps are 7x7 after a strided first block.

@@ -1,68 +1,36 @@
-"""The package's import graph has no cycle, counting function-level imports too.
+"""The package's import graph: no cycle, and no module imports one of a higher layer.
 
 Every module of ``keras_maskrcnn`` is parsed with ``ast`` (nothing is imported): each
 ``import`` / ``from ... import`` anywhere in it (module level or inside a function), relative
 ones resolved, gives an edge to the package module it names. ``from a.b import c`` is an edge
 to ``a.b.c`` when that is a module of the package, else to ``a.b``. A package's ``__init__``
-is its own node (a submodule does not depend on it by this graph).
+is its own node (a submodule does not depend on it by this graph). The graph and the layers
+(ops < layers < models < builders < jobs < cli) are ``bench/import_layers.py``'s, which prints
+them for any checkout.
 """
-import ast
+import importlib.util
 import os
-import sys
 
 import pytest
 
 import support
 
 PACKAGE = "keras_maskrcnn"
-ROOT = os.path.join(support.ROOT, PACKAGE)
 
 
-def package_modules():
-    """{module name: file path} of every .py file of the package."""
-    modules = {}
-    for directory, _, files in os.walk(ROOT):
-        for name in files:
-            if not name.endswith(".py"):
-                continue
-            path = os.path.join(directory, name)
-            parts = os.path.relpath(path, ROOT)[:-3].split(os.sep)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            modules[".".join([PACKAGE, *parts])] = path
-    return modules
+def _load_import_layers():
+    spec = importlib.util.spec_from_file_location(
+        "import_layers", os.path.join(support.ROOT, "bench", "import_layers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def imported_names(module, path):
-    """Absolute dotted names (and ``from`` targets as ``base.name``) imported by a module."""
-    with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), filename=path)
-    is_package = os.path.basename(path) == "__init__.py"
-    names = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [(alias.name, None) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from the module's package, up level - 1 packages
-                package = module.split(".") if is_package else module.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
-                base = ".".join(package + ([base] if base else []))
-            names += [(base, alias.name) for alias in node.names]
-    return names
+import_layers = _load_import_layers()
 
 
-def import_graph():
-    modules = package_modules()
-    graph = {name: set() for name in modules}
-    for module, path in modules.items():
-        for base, name in imported_names(module, path):
-            target = f"{base}.{name}" if name and f"{base}.{name}" in modules else base
-            while target and target not in modules and target.startswith(PACKAGE + "."):
-                target = target.rsplit(".", 1)[0]  # a name inside a module: that module
-            if target in modules and target != module:
-                graph[module].add(target)
-    return graph
+def import_graph(root=support.ROOT):
+    return import_layers.import_graph(root)
 
 
 def find_cycle(graph):
@@ -113,7 +81,7 @@ def test_find_cycle_on_small_graphs(graph, expected):
     assert find_cycle(graph) == expected
 
 
-def test_relative_and_function_level_imports_count(tmp_path, monkeypatch):
+def test_relative_and_function_level_imports_count(tmp_path):
     """A function-level relative import that closes a loop is found (the mutation check)."""
     package = tmp_path / PACKAGE
     (package / "sub").mkdir(parents=True)
@@ -121,6 +89,42 @@ def test_relative_and_function_level_imports_count(tmp_path, monkeypatch):
     (package / "sub" / "__init__.py").write_text("")
     (package / "sub" / "a.py").write_text("from . import b\n")
     (package / "sub" / "b.py").write_text("def f():\n    from ..sub.a import g\n")
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", str(package))
-    cycle = find_cycle(import_graph())
+    cycle = find_cycle(import_graph(str(tmp_path)))
     assert cycle == [f"{PACKAGE}.sub.a", f"{PACKAGE}.sub.b", f"{PACKAGE}.sub.a"]
+
+
+def test_no_lower_layer_imports_a_higher_one():
+    upward, unplaced = import_layers.violations(import_graph())
+    assert not unplaced, f"modules without a layer in bench/import_layers.py: {unplaced}"
+    assert not upward, "\n".join(f"{m} (layer {a}) imports {t} (layer {b})"
+                                  for m, a, t, b in upward)
+
+
+@pytest.mark.parametrize("module,layer", [
+    ("keras_maskrcnn.ops.roi_align", 0), ("keras_maskrcnn.config.schema", 0),
+    ("keras_maskrcnn.layers.rpn", 1), ("keras_maskrcnn.preprocessing", 1),
+    ("keras_maskrcnn.models.mask_rcnn", 2), ("keras_maskrcnn.data.pipeline", 2),
+    ("keras_maskrcnn.builders", 3), ("keras_maskrcnn.postprocessing", 3),
+    ("keras_maskrcnn.convert.weights", 4), ("keras_maskrcnn.export.onnx", 4),
+    ("keras_maskrcnn.predict", 4), ("keras_maskrcnn.prediction", 4),
+    ("keras_maskrcnn.export.__main__", 5), ("keras_maskrcnn.cli.train", 5),
+    ("keras_maskrcnn", 5), ("keras_maskrcnn.newthing", None),
+])
+def test_layer_rules(module, layer):
+    """The longest prefix wins ("predict" does not place "prediction"; export/__main__ is
+    the command line, not an exporter); an unknown module has no layer."""
+    assert import_layers.layer_of(module) == layer
+
+
+def test_an_upward_import_is_found(tmp_path):
+    """A function-level import from ops/ into models/ is reported (the mutation check)."""
+    package = tmp_path / PACKAGE
+    for sub in ("ops", "models"):
+        (package / sub).mkdir(parents=True)
+        (package / sub / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "ops" / "boxes.py").write_text("def f():\n    from ..models.base import D\n")
+    (package / "models" / "base.py").write_text("from keras_maskrcnn.ops import boxes\n")
+    upward, unplaced = import_layers.violations(import_graph(str(tmp_path)))
+    assert upward == [(f"{PACKAGE}.ops.boxes", 0, f"{PACKAGE}.models.base", 2)]
+    assert unplaced == []

@@ -15,8 +15,10 @@ that, none of it specific to one architecture:
       outputs to results, category ids and names included);
     * ``get_config`` keeps the recipe the builders made the model from (``config_dict``,
       the model and input config sections), ``category_ids`` and ``category_names``;
-      ``from_config`` rebuilds through the function ``keras_maskrcnn.builders`` registers here (``register_builder``),
-      so this package never imports the builders.
+      ``from_config`` rebuilds through the function ``keras_maskrcnn.builders`` registers
+      here (``register_builder``), so this package never imports the builders;
+    * ``is_multi_worker``, the strategy test ``compute_metrics`` needs (``training``
+      re-exports it: the models import nothing above them, ``bench/import_layers.py``).
 
 Shape shorthand: B batch; Hp, Wp padded input size.
 """
@@ -26,8 +28,6 @@ import keras
 import tensorflow as tf
 
 from keras_maskrcnn import inference
-from keras_maskrcnn.postprocessing import Postprocessor
-from keras_maskrcnn.training import is_multi_worker
 
 _BUILDERS = {}  # class name -> build(config_dict, category_ids, **keras_args) -> unbuilt model
 
@@ -36,6 +36,12 @@ def register_builder(class_name, build):
     """Registers ``build(config_dict, category_ids, **keras_args)`` as the way to rebuild
     ``class_name`` (``keras_args``: the saved ``keras.Model`` arguments, e.g. its name)."""
     _BUILDERS[class_name] = build
+
+
+def is_multi_worker(strategy):
+    """True for a strategy that spans more than one worker process (``compute_metrics``; the
+    training job asks it too, as ``training.is_multi_worker``)."""
+    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
 
 
 class Detector(keras.Model):
@@ -47,8 +53,9 @@ class Detector(keras.Model):
         preprocessor: ``keras_maskrcnn.preprocessing.Preprocessor``: the model normalises
             with it; ``detect`` and the export resize, pad and map back with it.
         postprocessor: ``keras_maskrcnn.postprocessing.Postprocessor``, the mapping of the
-            inference outputs to results (``detect``, evaluation, exports); None: its
-            defaults with the class's ``mask_type``.
+            inference outputs to results (``detect``, evaluation, exports); its ``mask_kind``
+            is the class's ``mask_type`` (or None: no masks). A part like the others: the
+            models never import ``postprocessing`` (it sits above them, with the builders).
         config_dict: the recipe ``keras_maskrcnn.builders`` made the model from (only kept
             for ``get_config``; the model never reads it).
     """
@@ -59,11 +66,14 @@ class Detector(keras.Model):
     #: then uses only ops those runtimes have (e.g. unrolled keypoint decoding).
     portable = False
 
-    def __init__(self, loss_names, loss_weights, preprocessor, postprocessor=None,
-                 config_dict=None, **kwargs):
+    def __init__(self, loss_names, loss_weights, preprocessor, postprocessor, config_dict=None,
+                 **kwargs):
+        if postprocessor is None or postprocessor.mask_kind not in (self.mask_type, None):
+            raise ValueError(f"{type(self).__name__} needs a postprocessor with mask_kind "
+                             f"{self.mask_type!r} or None, got {postprocessor!r}")
         super().__init__(**kwargs)
         self.preprocessor = preprocessor
-        self.postprocessor = postprocessor or Postprocessor(mask_kind=self.mask_type)
+        self.postprocessor = postprocessor
         self.config_dict = config_dict
         self.loss_term_weights = {name: float(loss_weights.get(name, 1.0))
                                   for name in loss_names}

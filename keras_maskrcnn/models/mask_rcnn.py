@@ -22,13 +22,14 @@ Method, as in He et al. 2017 and torchvision's ``MaskRCNN``:
 C4 variant (detectron2's ``Res5ROIHeads``) is a choice of parts: ``fpn`` None (step 1 stops at
 C4, stride 16), a one-level anchor generator with every anchor size on "C4", poolers of the
 "C4" level (14x14), and the res5 head as ``roi_feature_head`` (-> 7x7), averaged for the box
-predictor (``box_head`` None) and fed to the mask predictor (14x14 masks). In training the
+predictor (the box branch has no head) and fed to the mask predictor (14x14 masks). In training the
 mask path runs res5 again on the foreground slots (the same values as reusing the box path's,
 whose slots they are).
 Training returns predictions, targets and weights; ``compute_losses`` is arithmetic over them;
 mask and heatmap targets take the logits' size (as torchvision's and detectron2's losses).
-The model receives built parts that hold their settings (anchor generator, RoI poolers, the
-proposal generator with the RPN's target settings) plus loss settings; ``keras_maskrcnn.
+The model receives built parts that hold their settings (anchor generator, the proposal
+generator with the RPN's target settings, and one ``models.roi_branch`` branch per RoI head:
+pooler, head, predictor and the branch's settings) plus loss settings; ``keras_maskrcnn.
 builders`` maps a config onto them; the Keras machinery (loss tracking, fit, saving,
 ``detect``) is ``models.base.Detector``'s.
 """
@@ -38,12 +39,12 @@ import tensorflow as tf
 from keras_maskrcnn import losses
 from keras_maskrcnn.losses import global_count
 from keras_maskrcnn.models.base import Detector
+from keras_maskrcnn.models.roi_branch import branch_parts, check_branches
 from keras_maskrcnn.ops.anchors import level_sizes
 from keras_maskrcnn.ops.keypoints import (heatmaps_to_keypoints, keypoints_to_heatmap,
                                           mask_absent_keypoints)
 from keras_maskrcnn.ops.masks import project_cropped_masks_on_boxes, project_masks_on_boxes
 from keras_maskrcnn.ops.targets import foreground_slots, used_gt_rows
-from keras_maskrcnn.postprocessing import Postprocessor
 
 
 LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression", "mask",
@@ -52,7 +53,7 @@ LOSS_NAMES = ("rpn_objectness", "rpn_box", "box_classification", "box_regression
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class MaskRCNN(Detector):
-    """Mask R-CNN / Faster R-CNN / Keypoint R-CNN, depending on which heads it is given.
+    """Mask R-CNN / Faster R-CNN / Keypoint R-CNN, depending on which branches it is given.
 
     Args:
         backbone: ResNet layer, images -> {"C2".."C5"} ({"C2".."C4"} for C4).
@@ -64,33 +65,32 @@ class MaskRCNN(Detector):
             training targets (``targets``) with their settings and seed.
         roi_sampler, detection_generator: ``layers.roi_sampler`` /
             ``layers.detection_generator`` layers.
-        box_pooler, mask_pooler, keypoint_pooler: ``layers.roi_pooler.RoIPooler`` of each head
-            (levels, level mapping, sampling, output size; C4: one "C4" level).
-        box_head, box_predictor: -> class logits (B, R, K), deltas (B, R, K, 4); box_head
-            None with a ``roi_feature_head``: the mean over its output (C4).
-        mask_head, mask_predictor: -> mask logits (B, R, Sm, Sm, K or 1); None: no masks.
-        keypoint_head, keypoint_predictor: -> heatmap logits (B, R, Sk, Sk, Kp); None: none.
+        box_branch: ``models.roi_branch.RoIBranch``: the ``RoIPooler`` (levels, level mapping,
+            sampling, output size; C4: one "C4" level), head and predictor -> class logits
+            (B, R, K), deltas (B, R, K, 4); its head None with a ``roi_feature_head``: the
+            mean over that head's output (C4).
+        mask_branch: ``models.roi_branch.MaskBranch`` -> mask logits (B, R, Sm, Sm, K or 1),
+            with its ``gt_mask_format``; None: no masks.
+        keypoint_branch: ``models.roi_branch.KeypointBranch`` -> heatmap logits (B, R, Sk,
+            Sk, Kp), with its ``score`` and ``category_ids``; None: no keypoints.
         roi_feature_head: per-RoI layer shared by the box and mask paths, applied to the
             pooled RoIs before them (``models.res5_head.Res5Head``, the C4 variant); None: FPN.
         preprocessor: ``preprocessing.Preprocessor`` (normalisation here; resize in detect).
-        rpn_smooth_l1_beta, box_smooth_l1_beta: smooth L1 betas of the two box losses.
-        gt_mask_format: "full": gt_masks are image masks (B, M, Hp, Wp), targets by
-            ``ops.masks.project_masks_on_boxes`` (torchvision's); "cropped": (B, M, C, C)
-            crops of each GT box's frame, targets by ``project_cropped_masks_on_boxes``.
-            Mask and heatmap targets take the size of the predicted logits (Sm, Sk), as
-            torchvision's and detectron2's losses do.
-        loss_weights, postprocessor, config_dict: see ``Detector`` (the postprocessor holds
-            the mask threshold, paste style, keypoint offset of COCO results and category ids
-            and names).
-        keypoint_score: "logit" (torchvision) or "detectron2" (``ops.keypoints``).
-        keypoint_category_ids: dataset ids (as ``category_ids``) of the classes that have
-            keypoints; None = every class. Other classes' GT keypoints are not trained and
-            their detections' keypoints are (0, 0, -inf) (``ops.keypoints.ABSENT_SCORE``).
+        postprocessor: ``postprocessing.Postprocessor``: the mask threshold, paste style,
+            keypoint offset of COCO results, category ids and names (see ``Detector``).
+        loss_settings: ``models.roi_branch.RCNNLossSettings``: the smooth L1 betas of the two
+            box losses and the loss weights.
+        config_dict: see ``Detector``.
+    The parts are kept under the attributes Keras tracks them by (``box_pooler``,
+    ``box_head``, ``box_predictor``, ``mask_pooler``, ..., ``keypoint_predictor``; None for a
+    branch left out) and the branch settings as ``gt_mask_format``, ``keypoint_score``,
+    ``keypoint_category_ids``: the weight paths are the same as before the branches were
+    grouped.
 
     Inputs (dict): images (B, Hp, Wp, 3) float RGB in [0, 255], resized, zero-padded;
         image_sizes (B, 2) int32 resized unpadded (h, w); in training also gt_boxes (B, M, 4),
         gt_classes (B, M) int32 (contiguous, -1 padding), gt_masks (B, M, Hp, Wp) uint8 (or
-        (B, M, C, C) crops, ``gt_mask_format``),
+        (B, M, C, C) crops, the mask branch's ``gt_mask_format``),
         gt_keypoints (B, M, Kp, 3).
     Outputs (inference): boxes (B, D, 4) xyxy in input pixels, scores (B, D), classes (B, D)
         int32 contiguous (0 = padding), num_detections (B,), masks (B, D, Sm, Sm) probabilities
@@ -101,45 +101,42 @@ class MaskRCNN(Detector):
     mask_type = "box"  # masks are Sm x Sm inside each box (YOLACT's: "image")
 
     def __init__(self, backbone, fpn, anchor_generator, rpn_head, proposal_generator,
-                 roi_sampler, detection_generator, box_pooler, box_head, box_predictor,
-                 mask_pooler=None, mask_head=None, mask_predictor=None, keypoint_pooler=None,
-                 keypoint_head=None, keypoint_predictor=None, *, roi_feature_head=None,
-                 preprocessor, rpn_smooth_l1_beta, box_smooth_l1_beta, loss_weights,
-                 gt_mask_format="full", postprocessor=None, config_dict=None,
-                 keypoint_score="logit", keypoint_category_ids=None, **kwargs):
-        if gt_mask_format not in ("full", "cropped"):
-            raise ValueError(f"gt_mask_format must be 'full' or 'cropped', got "
-                             f"{gt_mask_format!r}")
-        names = list(LOSS_NAMES[:4]) + (["mask"] if mask_head is not None else []) + (
-            ["keypoint"] if keypoint_head is not None else [])
-        if postprocessor is None:  # the defaults, masks when there is a mask head
-            postprocessor = Postprocessor(mask_kind="box" if mask_head is not None else None)
-        super().__init__(names, loss_weights, preprocessor, postprocessor=postprocessor,
+                 roi_sampler, detection_generator, box_branch, mask_branch=None,
+                 keypoint_branch=None, *, roi_feature_head=None, preprocessor, postprocessor,
+                 loss_settings, config_dict=None, **kwargs):
+        check_branches(box_branch, mask_branch, keypoint_branch, loss_settings, LOSS_NAMES)
+        names = list(LOSS_NAMES[:4]) + (["mask"] if mask_branch is not None else []) + (
+            ["keypoint"] if keypoint_branch is not None else [])
+        super().__init__(names, loss_settings.weights, preprocessor, postprocessor,
                          config_dict=config_dict, **kwargs)
-        if fpn is None and (roi_feature_head is None or keypoint_head is not None
+        if box_branch.head is None and roi_feature_head is None:
+            raise ValueError("box_branch.head is None: only with a roi_feature_head (C4)")
+        if fpn is None and (roi_feature_head is None or keypoint_branch is not None
                             or len(anchor_generator.levels) != 1):
             raise ValueError("fpn None (C4) needs a roi_feature_head, one feature level and no "
-                             "keypoint head")
-        for head, pooler in (("mask_head", mask_pooler), ("keypoint_head", keypoint_pooler)):
-            if (locals()[head] is None) != (pooler is None):
-                raise ValueError(f"{head} and its pooler go together (both or neither)")
+                             "keypoint branch")
+        mask_parts, keypoint_parts = branch_parts(mask_branch), branch_parts(keypoint_branch)
+        # Attribute names and the order they are set in = the tracked layers' names and order
+        # (weight paths, the .weights.h5 layout, model.weights): as before the branches.
         self.backbone, self.fpn = backbone, fpn
         self.roi_feature_head = roi_feature_head
         self.anchor_generator = anchor_generator
         self.rpn_head, self.proposal_generator = rpn_head, proposal_generator
         self.roi_sampler, self.detection_generator = roi_sampler, detection_generator
-        self.box_pooler, self.mask_pooler = box_pooler, mask_pooler
-        self.keypoint_pooler = keypoint_pooler
-        self.box_head, self.box_predictor = box_head, box_predictor
-        self.mask_head, self.mask_predictor = mask_head, mask_predictor
-        self.keypoint_head, self.keypoint_predictor = keypoint_head, keypoint_predictor
-        self.gt_mask_format = gt_mask_format
-        self.rpn_smooth_l1_beta = float(rpn_smooth_l1_beta)
-        self.box_smooth_l1_beta = float(box_smooth_l1_beta)
-        self.keypoint_score = str(keypoint_score)
-        self.keypoint_category_ids = (None if keypoint_category_ids is None
-                                      else [int(c) for c in keypoint_category_ids])
-        if keypoint_head is not None:
+        self.box_pooler, self.mask_pooler = box_branch.pooler, mask_parts[0]
+        self.keypoint_pooler = keypoint_parts[0]
+        self.box_head, self.box_predictor = box_branch.head, box_branch.predictor
+        self.mask_head, self.mask_predictor = mask_parts[1:]
+        self.keypoint_head, self.keypoint_predictor = keypoint_parts[1:]
+        # The branches' settings (None without the branch).
+        self.gt_mask_format = mask_branch.gt_mask_format if mask_branch else None
+        self.rpn_smooth_l1_beta = loss_settings.rpn_smooth_l1_beta
+        self.box_smooth_l1_beta = loss_settings.box_smooth_l1_beta
+        self.keypoint_score = keypoint_branch.score if keypoint_branch else None
+        self.keypoint_category_ids = (
+            None if keypoint_branch is None or keypoint_branch.category_ids is None
+            else list(keypoint_branch.category_ids))
+        if keypoint_branch is not None:
             self.keypoint_classes()  # unknown ids fail here rather than at the first call
 
     @property

@@ -73,9 +73,9 @@ class YOLACT(Detector):
 
     def __init__(self, backbone, fpn, protonet, prediction_head, semantic_head,
                  anchor_generator, anchor_matcher, detection_generator, *, preprocessor,
-                 negpos_ratio, max_masks, loss_weights, postprocessor=None, config_dict=None,
+                 negpos_ratio, max_masks, loss_weights, postprocessor, config_dict=None,
                  mask_seed=0, **kwargs):
-        super().__init__(LOSS_NAMES, loss_weights, preprocessor, postprocessor=postprocessor,
+        super().__init__(LOSS_NAMES, loss_weights, preprocessor, postprocessor,
                          config_dict=config_dict, **kwargs)
         self.backbone, self.fpn, self.protonet = backbone, fpn, protonet
         self.prediction_head, self.semantic_head = prediction_head, semantic_head

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from keras_maskrcnn.accel.optimizer import UpdateAfterGradient
+from keras_maskrcnn.models.base import is_multi_worker  # the models own it (compute_metrics)
 from keras_maskrcnn.training.callbacks import CheckpointAndGuard
 from keras_maskrcnn.training.checkpoints import (CHECKPOINT_PATTERN, RNG_GROUP, CheckpointError,
                                                  list_checkpoints, restore_latest,
@@ -104,11 +105,6 @@ def _is_chief_task(task_type, task_id, jobs):
     if task_type is None or task_type == "chief":
         return True
     return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in jobs
-
-
-def is_multi_worker(strategy):
-    """True for a strategy that spans more than one worker process."""
-    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
 
 
 def sync_workers(strategy):

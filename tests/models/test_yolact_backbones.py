@@ -36,7 +36,10 @@ def test_every_backbone_option_reaches_yolact():
 
 
 @pytest.mark.slow
-def test_resnext101_yolact_trains_a_step():
+def test_resnext101_yolact_trains_a_step_and_converts_nothing_wrongly():
+    """Issue 22's check: a YOLACT on ResNeXt-101 32x8d builds, trains a step, and the YOLACT
+    converter refuses its grouped layout (read as a checkpoint) instead of taking it for a
+    ResNet-101's, and refuses a ResNet-101 checkpoint for it, leaving its weights alone."""
     cfg = tiny_yolact_config(**{"model.backbone.name": "resnext101_32x8d",
                                 "model.backbone.width_multiplier": 0.125, "input.size": 64})
     m = build_model(cfg)
@@ -48,6 +51,15 @@ def test_resnext101_yolact_trains_a_step():
     history = m.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
     assert all(np.isfinite(v[-1]) for v in history.history.values())
     assert not np.array_equal(before, grouped.kernel.numpy())
+    with pytest.raises(ValueError, match=r"a grouped \(ResNeXt, 32 groups\) backbone"):
+        convert_yolact.infer_settings(_reference_layout(m))
+    resnet101 = build_model(tiny_yolact_config(**{
+        "model.backbone.name": "resnet101", "model.backbone.width_multiplier": 0.125,
+        "input.size": 64}))
+    weights = [w.copy() for w in m.get_weights()]
+    with pytest.raises(ValueError, match=r"shape mismatch for 'backbone.layers.0.0.conv"):
+        convert_yolact.load_yolact_weights(m, _reference_layout(resnet101))
+    assert all(np.array_equal(a, b) for a, b in zip(weights, m.get_weights()))
 
 
 class _ShapeRecorder:
