@@ -3,7 +3,7 @@ same photo, same threads, in one run.
 
     python bench/export_runtimes.py [--model yolact|maskrcnn] [--threads 2] [--repeats 5]
         [--photo coffee] [--workdir /tmp/kmr_export_bench] [--score-threshold 0.05]
-        [--paths ...]
+        [--paths ...] [--prepare-only]
 
 Model: ``keras_maskrcnn.build_model`` of ``configs/yolact_r50_fpn_coco.yaml`` (``--model
 yolact``) or ``configs/maskrcnn_r50_fpn_coco.yaml`` (``maskrcnn``) with random weights
@@ -159,6 +159,8 @@ def main():
     parser.add_argument("--workdir", default="/tmp/kmr_export_bench")
     parser.add_argument("--score-threshold", type=float, default=0.05)
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the weights and files, time nothing")
     parser.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -166,6 +168,8 @@ def main():
     if args.model == "yolact" and "torchvision" in args.paths:
         args.paths.remove("torchvision")  # torchvision has no YOLACT
     prepare(args)
+    if args.prepare_only:
+        return None
     medians = {}
     for path in args.paths:  # one after the other: no two paths share the cores
         command = [sys.executable, __file__, "--worker", path, "--model", args.model,

@@ -7,7 +7,8 @@ MASK_IOU = 0.95
 
 
 def pairwise_iou(a, b):
-    """(n, 4), (m, 4) xyxy -> (n, m) IoU (numpy, float64)."""
+    """(n, 4), (m, 4) xyxy -> (n, m) IoU (numpy, float64); two identical empty boxes
+    (YOLACT's integer boxes can be) have IoU 1, other empty ones 0."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
@@ -15,7 +16,8 @@ def pairwise_iou(a, b):
     area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
     area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    same = np.all(a[:, None] == b[None], axis=-1)  # identical boxes, empty ones included: 1
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), same.astype(np.float64))
 
 
 def relative_error(ours, reference):
