@@ -45,6 +45,7 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from keras_maskrcnn.ops.bilinear_resize import resize_bilinear_gather
 from keras_maskrcnn.ops.masks import paste_and_threshold
 from keras_maskrcnn.ops.pil_resize import resize_bilinear_pil
 from keras_maskrcnn.ops.prototype_masks import masks_to_image
@@ -286,11 +287,13 @@ class Preprocessor:
             return detectron2_output_size(height, width, self.min_size, self.max_size)
         return shorter_side_output_size(height, width, self.min_size, self.max_size)
 
-    def __call__(self, images):
+    def __call__(self, images, portable=False):
         """Same-size images -> model inputs.
 
         Args:
             images: (B, H0, W0, 3) uint8 (or any real dtype) RGB.
+            portable: resize by gathers (``ops.bilinear_resize``: TensorFlow's sample
+                coordinates in ONNX Runtime too) instead of ``tf.image.resize``.
 
         Returns:
             images (B, Hp, Wp, 3) float32 in [0, 255] (zero padding), image_sizes (B, 2) int32
@@ -298,7 +301,10 @@ class Preprocessor:
         """
         shape = tf.shape(images)
         new_h, new_w = self.output_size(shape[1], shape[2])
-        resize = resize_image_detectron2 if self.detectron2_style else resize_image
+        if self.detectron2_style:
+            resize = resize_image_detectron2
+        else:
+            resize = resize_bilinear_gather if portable else resize_image
         resized = resize(images, tf.stack([new_h, new_w]))  # (B, H, W, 3)
         pad_h, pad_w = padded_size(new_h, new_w, self.size_divisor)
         padded = tf.pad(resized, [[0, 0], [0, pad_h - new_h], [0, pad_w - new_w], [0, 0]])

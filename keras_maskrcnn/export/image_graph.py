@@ -12,8 +12,10 @@ W0) uint8 with ``full_masks``.
 
 ``portable(model)``: while the graph is traced, the RoI poolers pool with gathers
 (``ops.roi_align_gather``) instead of TensorFlow's CropAndResize / DynamicPartition, which
-neither ONNX Runtime nor LiteRT has; the sizes of the resize are integer arithmetic
-(``ops.size_rule``) in every graph.
+neither ONNX Runtime nor LiteRT has, the image is resized by gathers with TensorFlow's sample
+coordinates (``ops.bilinear_resize``; ONNX's Resize derives them otherwise), and
+``model.portable`` makes the model avoid loops over tensors of varying shapes (the keypoint
+decoding). The sizes of the resize are integer arithmetic (``ops.size_rule``) in every graph.
 """
 import contextlib
 

@@ -87,7 +87,7 @@ def model_runner(model):
     preprocessor, mask_shape = model.preprocessor, image_mask_shape(model)
 
     def run(images):
-        inputs, image_sizes = preprocessor(images)
+        inputs, image_sizes = preprocessor(images, portable=model.portable)
         outputs = model({"images": inputs, "image_sizes": image_sizes}, training=False)
         if mask_shape is not None:
             outputs = dict(outputs, masks=tf.ensure_shape(outputs["masks"], (None,) + mask_shape))
