@@ -2,8 +2,8 @@
 
 The graph is ``export.image_graph.image_function`` (one uint8 input ``images`` (1, H, W, 3),
 dynamic H and W; the named outputs of ``serving_images``), converted at ``OPSET`` with the
-model's weights frozen in. It runs in ONNX Runtime (tests/export/test_onnx_litert.py checks
-its detections against ``model.detect``).
+model's weights frozen in. It runs in ONNX Runtime (tests/export/test_files_match_detect.py
+checks its detections against ``model.detect``).
 """
 import os
 
