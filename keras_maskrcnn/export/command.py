@@ -98,6 +98,12 @@ def main(argv=None):
 
     progress(f"building the model of {args.config}")
     model = build_model(cfg, category_ids=parse_category_ids(args.category_ids))
+    if args.export_format != "saved_model":
+        from keras_maskrcnn.export.image_graph import check_portable
+        try:
+            check_portable(model, args.export_format)
+        except ValueError as e:
+            p.error(str(e))
     progress(f"loading {weights}")
     try:  # another class count: the class layers are skipped, logged
         weights_lib.load_weights(model, weights)

@@ -31,14 +31,15 @@ OUTPUT_ORDER = ("boxes", "scores", "classes", "num_detections", "original_sizes"
 POOLERS = ("box_pooler", "mask_pooler", "keypoint_pooler")
 
 
-@contextlib.contextmanager
-def portable(model, export_format):
-    """The model's RoI poolers on ``implementation="gather"`` and ``model.portable`` True
-    inside the block (restored after). Raises ValueError up front for what the file could not run: adaptive RoIAlign
-    sampling (``sampling_ratio`` 0, detectron2's), and for LiteRT detectron2's resize sizes
-    (float64 arithmetic)."""
-    poolers = [p for p in (getattr(model, name, None) for name in POOLERS) if p is not None]
-    adaptive = [p.name for p in poolers if p.sampling_ratio == 0]
+def _poolers(model):
+    return [p for p in (getattr(model, name, None) for name in POOLERS) if p is not None]
+
+
+def check_portable(model, export_format):
+    """Raises ValueError for what an ``export_format`` ("onnx" / "litert") file could not
+    run: adaptive RoIAlign sampling (``sampling_ratio`` 0, detectron2's), and for LiteRT
+    detectron2's resize sizes (float64 arithmetic)."""
+    adaptive = [p.name for p in _poolers(model) if p.sampling_ratio == 0]
     if adaptive:
         raise ValueError(f"{export_format} export needs RoI poolers with a fixed "
                          f"sampling_ratio; {adaptive} sample adaptively (sampling_ratio 0, "
@@ -46,6 +47,14 @@ def portable(model, export_format):
     if export_format == "litert" and model.preprocessor.detectron2_style:
         raise ValueError("litert export: input.resize_style 'detectron2' computes its sizes in "
                          "float64, which LiteRT has no builtin for; export ONNX or a SavedModel")
+
+
+@contextlib.contextmanager
+def portable(model, export_format):
+    """The model's RoI poolers on ``implementation="gather"`` and ``model.portable`` True
+    inside the block (restored after), once ``check_portable`` passes."""
+    check_portable(model, export_format)
+    poolers = _poolers(model)
     before = [p.implementation for p in poolers]
     for pooler in poolers:
         pooler.implementation = "gather"

@@ -55,3 +55,15 @@ def test_portable_graph_refuses_what_the_files_could_not_run():
     with pytest.raises(ValueError, match="litert export: input.resize_style 'detectron2'"):
         with portable(d2_sizes, "litert"):
             pass
+
+
+def test_unportable_model_is_refused_before_its_weights_load(tmp_path, capsys):
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"")  # never read: the check comes first
+    with pytest.raises(SystemExit):
+        command.main(["--config", os.path.join(CONFIGS, "tiny.yaml"), "--weights", str(weights),
+                      "--output", str(tmp_path / "m.onnx"), "--format", "onnx",
+                      "--set", "model.roi_align.sampling_ratio=0"])
+    err = capsys.readouterr().err
+    assert "fixed sampling_ratio" in err and "export a SavedModel instead" in err
+    assert not (tmp_path / "m.onnx").exists()
