@@ -144,15 +144,19 @@ def calibrate_maskrcnn_(model, photo, seed=0):
 
 
 def calibrate_yolact_(model, photo, seed=0):
-    """Spreads a random YOLACT's class logits over ``photo`` (in place): ~ N(N(0, 1), 3^2)
-    per anchor channel, so that its scores are peaky but not all saturated at 1.0 (a random
-    R50 YOLACT scores every detection 0.9999999 and its top 100 are then ties)."""
+    """Spreads a random YOLACT's predictions over ``photo`` (in place): class logits ~
+    N(N(0, 1), 3^2) per anchor channel, so that its scores are peaky but not all saturated
+    at 1.0 (a random R50 YOLACT scores every detection 0.9999999 and its top 100 are then
+    ties), and box deltas ~ N(0, 1) (boxes near their anchors, not collapsed to empty)."""
     rng = np.random.default_rng(seed)
     images, sizes = model.preprocessor(photo[None])
     features = model.fpn(model.backbone(model.preprocessor.normalize(images, sizes)))
     head = model.prediction_head
-    logits = head(features)["class_logits"].numpy()  # (1, N, K), N = sum H_l W_l A
-    per_channel = logits.reshape(-1, head.num_anchors * logits.shape[-1])  # (N / A, A K)
-    _standardise(head.predictors["class_logits"], per_channel, 3.0,
-                 rng.standard_normal(per_channel.shape[1]).astype(np.float32))
+    outputs = head(features)  # each (1, N, D), N = sum H_l W_l A
+    for name, std in (("class_logits", 3.0), ("box_deltas", 1.0)):
+        values = outputs[name].numpy()
+        per_channel = values.reshape(-1, head.num_anchors * values.shape[-1])  # (N / A, A D)
+        mean = rng.standard_normal(per_channel.shape[1]).astype(np.float32)
+        _standardise(head.predictors[name], per_channel, std,
+                     mean if name == "class_logits" else 0.0 * mean)
     model._drop_detect_fn()
