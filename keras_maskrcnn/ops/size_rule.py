@@ -77,7 +77,8 @@ def floor_times_ratio(x, a, d):
     """floor(float64(x) * float64(a / d)) exactly as Python floats compute it.
 
     Args:
-        x, a, d: positive integer tensors (any int dtype, broadcastable), each below 2**20.
+        x, a, d: positive integer tensors (any int dtype, broadcastable), each below 2**20,
+            with x * a / d below 2**21 (an image side: ``_exact_quotient``).
 
     Returns:
         int32 tensor of the broadcast shape.
