@@ -31,7 +31,8 @@ RULES = (
     ("builders", 3), ("postprocessing", 3),
     ("training", 4), ("evaluation", 4), ("export", 4), ("convert", 4), ("run", 4),
     ("prediction", 4), ("predict", 4), ("demo", 4), ("visualize", 4), ("media", 4),
-    ("cli", 5), ("cli.weights", 4), ("__main__", 5), ("convert.__main__", 5), ("export.__main__", 5), ("", 5),
+    ("cli", 5), ("cli.weights", 4), ("__main__", 5), ("convert.__main__", 5),
+    ("export.__main__", 5), ("", 5),
 )
 
 

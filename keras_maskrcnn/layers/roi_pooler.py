@@ -33,7 +33,8 @@ class RoIPooler(keras.layers.Layer):
         sampling_ratio: samples per bin side (0: adaptive); aligned: half-pixel shift.
         implementation: "crop_and_resize" (``ops.roi_align``: TensorFlow's kernels, the
             fast path) or "gather" (``ops.roi_align_gather``: builtin ops of ONNX Runtime
-            and LiteRT, fixed sampling only; the exports switch to it, ``export.portable``).
+            and LiteRT, fixed sampling only; the exports switch to it while they trace,
+            ``export.image_graph.portable``).
 
     Call:
         features {level: (B, H_l, W_l, C)} holding at least ``levels``; boxes (B, R, 4) xyxy

@@ -8,8 +8,8 @@ floor(side * scale), both in float64. The float64 rounding matters: (800 / 49) *
 16..3000 one pair in 25 differs from the exact rational floor, one in 13 from float32
 arithmetic. LiteRT has no float64 arithmetic among its builtins, so this module reproduces
 the float64 result with int64 operations (multiply, floor-mod, compare, gather) and one exact
-float32 quotient, which every runtime runs. ``preprocessing.shorter_side_size`` uses it everywhere, so
-``detect``, training and every export compute the same sizes.
+float32 quotient, which every runtime runs. ``preprocessing.shorter_side_output_size`` uses it
+everywhere, so ``detect``, training and every export compute the same sizes.
 
 Method (exact for sides and sizes below 2**20, which covers every image the pixel cap admits
 except absurd strips): for positive integers x, a, d, let n, r = divmod(x * a, d).
