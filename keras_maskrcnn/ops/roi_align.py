@@ -377,6 +377,15 @@ def fpn_levels(boxes, level_mapping="torchvision", **settings):
     raise ValueError(f"level_mapping must be one of {LEVEL_MAPPINGS}, got {level_mapping!r}")
 
 
+def pyramid_level_names(features, min_level, max_level):
+    """["P{min_level}", ..., "P{max_level}"]; ValueError naming the levels ``features`` lacks."""
+    names = [f"P{level}" for level in range(min_level, max_level + 1)]
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise ValueError(f"features lacks levels {missing}; got keys {sorted(features)}")
+    return names
+
+
 def multilevel_roi_align(features, boxes, output_size, sampling_ratio=2, aligned=True,
                          min_level=2, max_level=5, canonical_size=224, canonical_level=4,
                          level_mapping="torchvision"):
@@ -406,10 +415,7 @@ def multilevel_roi_align(features, boxes, output_size, sampling_ratio=2, aligned
     """
     out_hw = output_pair(output_size)
     grid = _check_sampling_ratio(sampling_ratio, allow_adaptive=True)
-    names = [f"P{level}" for level in range(min_level, max_level + 1)]
-    missing = [name for name in names if name not in features]
-    if missing:
-        raise ValueError(f"features lacks levels {missing}; got keys {sorted(features)}")
+    names = pyramid_level_names(features, min_level, max_level)
     first = tf.convert_to_tensor(features[names[0]])
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     flat, indices = _flatten_rois(boxes)

@@ -24,7 +24,8 @@ C channels; P, Q output size; G sampling ratio; N = P * G (or Q * G) samples per
 """
 import tensorflow as tf
 
-from keras_maskrcnn.ops.roi_align import fpn_levels
+from keras_maskrcnn.ops.roi_align import (_flatten_rois, _unflatten, fpn_levels,
+                                          pyramid_level_names)
 from keras_maskrcnn.ops.roi_bins import output_pair, roi_extent
 
 
@@ -110,15 +111,10 @@ def multilevel_roi_align_gather(features, boxes, output_size, sampling_ratio=2, 
                          f"{sampling_ratio!r} (0 = adaptive sampling, whose sample count "
                          "depends on each RoI's size)")
     out_hw = output_pair(output_size)
-    names = [f"P{level}" for level in range(min_level, max_level + 1)]
-    missing = [name for name in names if name not in features]
-    if missing:
-        raise ValueError(f"features lacks levels {missing}; got keys {sorted(features)}")
+    names = pyramid_level_names(features, min_level, max_level)
     first = tf.convert_to_tensor(features[names[0]])
     boxes = tf.stop_gradient(tf.convert_to_tensor(boxes, tf.float32))  # as multilevel_roi_align
-    shape = tf.shape(boxes)
-    flat = tf.reshape(boxes, [-1, 4])  # (K, 4)
-    images = tf.repeat(tf.range(shape[0], dtype=tf.int32), shape[1])  # (K,)
+    flat, images = _flatten_rois(boxes)  # (K, 4), (K,) batch index
     level = fpn_levels(flat, level_mapping, min_level=min_level, max_level=max_level,
                        canonical_size=canonical_size,
                        canonical_level=canonical_level) - min_level  # (K,) in [0, L)
@@ -131,7 +127,4 @@ def multilevel_roi_align_gather(features, boxes, output_size, sampling_ratio=2, 
     ys = _axis_neighbours(y1, y2, tf.cast(height, tf.float32), out_hw[0], grid, aligned)
     xs = _axis_neighbours(x1, x2, tf.cast(width, tf.float32), out_hw[1], grid, aligned)
     pooled = _pool(table, base, width, ys, xs, out_hw, grid)  # (K, P, Q, C)
-    out = tf.reshape(pooled, tf.stack([shape[0], shape[1], out_hw[0], out_hw[1],
-                                       tf.shape(table)[1]]))
-    out.set_shape(boxes.shape[:2].concatenate([out_hw[0], out_hw[1], first.shape[-1]]))
-    return tf.cast(out, first.dtype)
+    return _unflatten(pooled, boxes, out_hw, first.shape[-1], first.dtype)
