@@ -116,22 +116,10 @@ def runner(args):
         model = keras_maskrcnn.build_model(cfg)
         model.load_weights(file_path(args, None))
         return lambda photo: len(model.detect([photo])[0]["scores"])
-    if args.worker == "onnxruntime":
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-        session = ort.InferenceSession(file_path(args, "onnxruntime"), options,
-                                       providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-
-        def call(photo):
-            out = dict(zip(names, session.run(None, {"images": photo[None]})))
-            return int(np.asarray(out["num_detections"])[0])
-        return call
-    from ai_edge_litert.interpreter import Interpreter
-    run = Interpreter(model_path=file_path(args, args.worker),
-                      num_threads=args.threads).get_signature_runner("serving_images")
-    return lambda photo: int(run(images=photo[None])["num_detections"][0])
+    from keras_maskrcnn.export.runtimes import litert_runner, onnx_runner
+    make = onnx_runner if args.worker == "onnxruntime" else litert_runner
+    run = make(file_path(args, args.worker), args.threads)
+    return lambda photo: int(np.asarray(run(photo)["num_detections"])[0])
 
 
 def worker(args):
