@@ -19,8 +19,9 @@ import keras
 import tensorflow as tf
 
 from keras_maskrcnn.export.image_graph import image_function, portable
+from keras_maskrcnn.export.saved_model import IMAGES_SIGNATURE
 
-SIGNATURE = "serving_images"
+SIGNATURE = IMAGES_SIGNATURE  # the SavedModel's image signature, the same outputs
 
 
 def export_litert(model, output_path, full_masks=False, quantize=None):
